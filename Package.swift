@@ -1,0 +1,39 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// jemalloc is built from Debian's source package by scripts/build-jemalloc.sh into .deps/jemalloc
+// (je_ prefix, global-dynamic TLS, static PIC) and linked into libedkm.so; see README.
+let jemalloc = Context.packageDirectory + "/.deps/jemalloc"
+
+let package = Package(
+    name: "edkm",
+    products: [
+        // $(swift build -c release --show-bin-path)/libedkm.so
+        .library(name: "edkm", type: .dynamic, targets: ["EDKMCAPI"]),
+    ],
+    targets: [
+        // The public C ABI (header only): include/edkm.h.
+        .target(name: "CEDKM", path: "include", publicHeadersPath: "."),
+        // C support: jemalloc wrappers, the thread-local error buffer, CPU feature probes.
+        .target(
+            name: "EDKMSupport",
+            cSettings: [.unsafeFlags(["-I", jemalloc + "/include", "-O2"])],
+            linkerSettings: [
+                .unsafeFlags(["-L", jemalloc + "/lib", "-Xlinker", "--exclude-libs=ALL"]),
+                .linkedLibrary("jemalloc_pic"),
+                .linkedLibrary("pthread"),
+            ]
+        ),
+        // The Swift core: clustering math, kernels, saved-state store. No Foundation, no C types in its API.
+        .target(name: "EDKMSwift", dependencies: ["EDKMSupport"]),
+        // The @c exports implementing include/edkm.h.
+        .target(
+            name: "EDKMCAPI",
+            dependencies: ["EDKMSwift", "CEDKM"],
+            linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=" + Context.packageDirectory + "/Sources/EDKMCAPI/exports.map"])]
+        ),
+        .testTarget(name: "EDKMCAPITests", dependencies: ["CEDKM", "EDKMCAPI"]),
+        .testTarget(name: "EDKMSwiftTests", dependencies: ["EDKMSwift"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,177 @@
+import CEDKM
+import EDKMSwift
+
+func defaultLayerConfig() -> edkm_layer_config {
+    let d = ClusteringConfig()
+    return edkm_layer_config(
+        struct_size: UInt32(MemoryLayout<edkm_layer_config>.size), bits: UInt32(d.bits), cluster_dim: UInt32(d.clusterDim),
+        group_size: UInt32(d.groupSize), max_iterations: UInt32(d.maxIterations), init: d.initialization.rawValue,
+        tau: d.tau, epsilon: d.epsilon, zero_threshold: d.zeroThreshold, prune_threshold: d.pruneThreshold,
+        algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed)
+}
+
+func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringConfig {
+    var config = ClusteringConfig()
+    config.bits = Int(c.bits)
+    config.clusterDim = Int(c.cluster_dim)
+    config.groupSize = Int(c.group_size)
+    config.maxIterations = Int(c.max_iterations)
+    guard let initialization = ClusteringConfig.Initialization(rawValue: c.`init`) else {
+        throw EDKMError(.invalidArgument, "init \(c.`init`) is not an edkm_init (0...2)")
+    }
+    config.initialization = initialization
+    config.tau = c.tau
+    config.epsilon = c.epsilon
+    config.zeroThreshold = c.zero_threshold
+    config.pruneThreshold = c.prune_threshold
+    guard let algorithm = ClusteringConfig.Algorithm(rawValue: c.algorithm) else {
+        throw EDKMError(.invalidArgument, "algorithm \(c.algorithm) is not an edkm_algorithm (0...2)")
+    }
+    config.algorithm = algorithm
+    guard let key = ElementType(rawValue: c.f32_key_dtype) else {
+        throw EDKMError(.dtype, "f32_key_dtype \(c.f32_key_dtype) is not an edkm_dtype")
+    }
+    config.f32KeyType = key
+    config.seed = c.seed
+    try config.validate()
+    return config
+}
+
+@c @implementation
+public func edkm_layer_config_init(_ cfg: UnsafeMutablePointer<edkm_layer_config>!) {
+    cfg?.pointee = defaultLayerConfig()
+}
+
+@c @implementation
+public func edkm_layer_create(_ runtime: OpaquePointer!, _ cfg: UnsafePointer<edkm_layer_config>!,
+                              _ shape: UnsafePointer<Int64>!, _ ndim: Int, _ out: UnsafeMutablePointer<OpaquePointer?>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let rt = try HandleRegistry.object(runtime, .runtime, as: Runtime.self, name: "runtime")
+        let out = try require(out, "out")
+        let shape = try require(shape, "shape")
+        guard ndim >= 1 && ndim <= 16 else { throw EDKMError(.shape, "ndim must be in 1...16, got \(ndim)") }
+        var extents: [Int] = []
+        for i in 0..<ndim {
+            guard shape[i] >= 1 && shape[i] <= Int64(Int32.max) * 256 else {
+                throw EDKMError(.shape, "shape[\(i)] must be >= 1, got \(shape[i])")
+            }
+            extents.append(Int(shape[i]))
+        }
+        let raw = try cfg.map { (p) throws(EDKMError) in try readSized(p, defaults: defaultLayerConfig(), name: "edkm_layer_config") }
+            ?? defaultLayerConfig()
+        let layer = try Layer(runtime: rt, config: try clusteringConfig(raw), shape: extents)
+        out.pointee = HandleRegistry.register(layer, .layer)
+    }
+}
+
+@c @implementation
+public func edkm_layer_destroy(_ layer: OpaquePointer!) {
+    HandleRegistry.release(layer, .layer)
+}
+
+func layerObject(_ h: OpaquePointer?) throws(EDKMError) -> Layer {
+    try HandleRegistry.object(h, .layer, as: Layer.self, name: "layer")
+}
+
+@c @implementation
+public func edkm_layer_centroid_count(_ layer: OpaquePointer!, _ count: UnsafeMutablePointer<Int>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try require(count, "count").pointee = l.centroidCount
+    }
+}
+
+@c @implementation
+public func edkm_layer_get_centroids(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<Float>!, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let out = try require(out, "out")
+        guard count == l.centroidCount else {
+            throw EDKMError(.shape, "expected room for \(l.centroidCount) centroid values, got \(count)")
+        }
+        let c = try l.getCentroids()
+        out.update(from: c, count: c.count)
+    }
+}
+
+@c @implementation
+public func edkm_layer_set_centroids(_ layer: OpaquePointer!, _ centroids: UnsafePointer<Float>!, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let c = try require(centroids, "centroids")
+        try l.setCentroids(UnsafeBufferPointer(start: c, count: count))
+    }
+}
+
+@c @implementation
+public func edkm_layer_init_centroids(_ layer: OpaquePointer!, _ weights: UnsafeRawPointer!, _ dtype: edkm_dtype,
+                                      _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let w = try require(weights, "weights")
+        try l.initializeCentroids(weights: w, type: try elementType(dtype, "dtype"), count: count)
+    }
+}
+
+@c @implementation
+public func edkm_layer_forward(_ layer: OpaquePointer!, _ weights: UnsafeRawPointer!, _ dtype: edkm_dtype, _ count: Int,
+                               _ out: UnsafeMutableRawPointer!, _ out_dtype: edkm_dtype,
+                               _ saved: UnsafeMutablePointer<OpaquePointer?>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let w = try require(weights, "weights")
+        let o = try require(out, "out")
+        let state = try l.forward(weights: w, type: try elementType(dtype, "dtype"), count: count, output: o,
+                                  outputType: try elementType(out_dtype, "out_dtype"), save: saved != nil)
+        if let saved, let state { saved.pointee = HandleRegistry.register(state, .savedState) }
+    }
+}
+
+@c @implementation
+public func edkm_layer_get_stats(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<edkm_layer_stats>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let out = try require(out, "out")
+        let s = try l.statistics
+        let value = edkm_layer_stats(struct_size: UInt32(MemoryLayout<edkm_layer_stats>.size), iterations: UInt32(s.iterations),
+                                     forwards: s.forwards, distinct_values: UInt64(s.distinctValues),
+                                     algorithm: s.algorithm.rawValue, reserved: 0, inertia: s.inertia)
+        try writeSized(value, to: out, name: "edkm_layer_stats")
+    }
+}
+
+@c @implementation
+public func edkm_layer_export_sizes(_ layer: OpaquePointer!, _ lut_count: UnsafeMutablePointer<Int>!,
+                                    _ packed_bytes: UnsafeMutablePointer<Int>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let lc = try require(lut_count, "lut_count"), pb = try require(packed_bytes, "packed_bytes")
+        let sizes = l.exportSizes
+        lc.pointee = sizes.lutCount
+        pb.pointee = sizes.packedBytes
+    }
+}
+
+@c @implementation
+public func edkm_layer_export(_ layer: OpaquePointer!, _ weights: UnsafeRawPointer!, _ dtype: edkm_dtype, _ count: Int,
+                              _ lut: UnsafeMutableRawPointer!, _ lut_dtype: edkm_dtype,
+                              _ packed: UnsafeMutablePointer<UInt8>!, _ packed_bytes: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try l.exportPalette(weights: try require(weights, "weights"), type: try elementType(dtype, "dtype"), count: count,
+                            lut: try require(lut, "lut"), lutType: try elementType(lut_dtype, "lut_dtype"),
+                            packed: try require(packed, "packed"), packedBytes: packed_bytes)
+    }
+}
+
+@c @implementation
+public func edkm_layer_unpack(_ layer: OpaquePointer!, _ lut: UnsafeRawPointer!, _ lut_dtype: edkm_dtype,
+                              _ packed: UnsafePointer<UInt8>!, _ packed_bytes: Int,
+                              _ out: UnsafeMutableRawPointer!, _ out_dtype: edkm_dtype, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try l.unpack(lut: try require(lut, "lut"), lutType: try elementType(lut_dtype, "lut_dtype"),
+                     packed: try require(packed, "packed"), packedBytes: packed_bytes,
+                     output: try require(out, "out"), outputType: try elementType(out_dtype, "out_dtype"), count: count)
+    }
+}

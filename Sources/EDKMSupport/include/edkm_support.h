@@ -1,0 +1,34 @@
+/* Internal C support for the Swift core (not API; hidden symbols). */
+#ifndef EDKM_SUPPORT_H
+#define EDKM_SUPPORT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define EDKM_HIDDEN __attribute__((visibility("hidden")))
+
+/* --- jemalloc (the library's private copy, je_ prefix), wrapped so Swift never sees its macros --- */
+/** Creates a new arena; returns 0 and its index in *index, or jemalloc's error code. */
+EDKM_HIDDEN int edkm_jem_arena_create(unsigned *index);
+/** Destroys an arena and everything allocated in it; returns jemalloc's error code. */
+EDKM_HIDDEN int edkm_jem_arena_destroy(unsigned index);
+/** mallocx(size, MALLOCX_ARENA(index) | MALLOCX_TCACHE_NONE | MALLOCX_ALIGN(64)); NULL on failure. */
+EDKM_HIDDEN void *edkm_jem_arena_alloc(unsigned index, size_t size);
+/** sdallocx with the same flags. */
+EDKM_HIDDEN void edkm_jem_arena_free(unsigned index, void *ptr, size_t size);
+/** The usable size jemalloc would give to edkm_jem_arena_alloc(index, size) (nallocx). */
+EDKM_HIDDEN size_t edkm_jem_arena_usable_size(unsigned index, size_t size);
+/** Reads stats.arenas.<index>.{small.allocated, large.allocated, pactive * page}; returns 0 on success. */
+EDKM_HIDDEN int edkm_jem_arena_stats(unsigned index, uint64_t *small_allocated, uint64_t *large_allocated,
+                                    uint64_t *active_bytes);
+/** 1 when jemalloc was built with statistics. */
+EDKM_HIDDEN int edkm_jem_stats_enabled(void);
+
+/* --- thread-local last-error message --- */
+EDKM_HIDDEN void edkm_error_set(const char *message, size_t length);
+EDKM_HIDDEN const char *edkm_error_get(void);
+
+/* --- processor --- */
+/** Number of processors this process may run on (sched_getaffinity), at least 1. */
+EDKM_HIDDEN int edkm_available_cores(void);
+
+#endif

@@ -1,0 +1,209 @@
+/// Initial centroids: exact 1-D k-means for scalars, k-means++ and Lloyd for vectors.
+public enum CentroidInitialization {
+    /// Exact minimum-SSE k-means of weighted scalars: the k centroids minimising
+    /// sum_m n_m min_j (u_m - c_j)^2.
+    ///
+    /// Dynamic programming over the values sorted ascending: with prefix sums of n, n u and n u^2
+    /// the cost of one cluster over a run of values is O(1), and the optimal split points are
+    /// monotone (the cost satisfies the quadrangle inequality), so each of the k layers is solved
+    /// by divide and conquer in O(U log U): O(k U log U) overall.
+    /// With fewer distinct values than k, each value is a centroid and the rest split the widest
+    /// gaps (or repeat the value when there is only one).
+    /// - Returns: k centroids, ascending.
+    public static func optimal1D(values: [Double], counts: [Double], k: Int) -> [Double] {
+        precondition(values.count == counts.count && !values.isEmpty && k >= 1)
+        // Sort by value and merge equal values (+0 and -0, or rounding to the same double).
+        let order = values.indices.sorted { values[$0] < values[$1] }
+        var u: [Double] = []
+        var n: [Double] = []
+        for i in order {
+            if let last = u.last, last == values[i] { n[n.count - 1] += counts[i] } else {
+                u.append(values[i])
+                n.append(counts[i])
+            }
+        }
+        let U = u.count
+        if U <= k { return fillGaps(u, k: k) }
+        var s0 = [Double](repeating: 0, count: U + 1)
+        var s1 = s0, s2 = s0
+        // Centre the values for the prefix sums to limit cancellation.
+        let mean = zip(u, n).reduce(0) { $0 + $1.0 * $1.1 } / n.reduce(0, +)
+        for i in 0..<U {
+            let x = u[i] - mean
+            s0[i + 1] = s0[i] + n[i]
+            s1[i + 1] = s1[i] + n[i] * x
+            s2[i + 1] = s2[i] + n[i] * x * x
+        }
+        // cost(i, j): SSE of the values i..<j as one cluster.
+        func cost(_ i: Int, _ j: Int) -> Double {
+            let w = s0[j] - s0[i]
+            if w <= 0 { return 0 }
+            let m = s1[j] - s1[i]
+            return Swift.max(0, (s2[j] - s2[i]) - m * m / w)
+        }
+        // prev[j] = best cost of clustering the first j values into (layer) clusters.
+        var prev = (0...U).map { cost(0, $0) }
+        var split = [[Int32]](repeating: [Int32](repeating: 0, count: U + 1), count: k)
+        var cur = [Double](repeating: .infinity, count: U + 1)
+        for layer in 1..<k {
+            // cur[j] = min_{i in [layer, j]} prev[i] + cost(i, j), for j in layer...U
+            func solve(_ lo: Int, _ hi: Int, _ optLo: Int, _ optHi: Int) {
+                if lo > hi { return }
+                let mid = (lo + hi) / 2
+                var best = Double.infinity
+                var bestI = optLo
+                let upper = Swift.min(mid, optHi)
+                if optLo <= upper {
+                    for i in optLo...upper {
+                        let v = prev[i] + cost(i, mid)
+                        if v < best { best = v; bestI = i }
+                    }
+                }
+                cur[mid] = best
+                split[layer][mid] = Int32(bestI)
+                solve(lo, mid - 1, optLo, bestI)
+                solve(mid + 1, hi, bestI, optHi)
+            }
+            for j in 0..<layer { cur[j] = .infinity }
+            solve(layer, U, layer, U)
+            swap(&prev, &cur)
+        }
+        // Backtrack the boundaries.
+        var centroids = [Double](repeating: 0, count: k)
+        var j = U
+        for layer in stride(from: k - 1, through: 0, by: -1) {
+            let i = layer == 0 ? 0 : Int(split[layer][j])
+            let w = s0[j] - s0[i]
+            centroids[layer] = w > 0 ? mean + (s1[j] - s1[i]) / w : u[Swift.min(i, U - 1)]
+            j = i
+        }
+        return centroids
+    }
+
+    /// k centroids from fewer than k distinct sorted values: the values, then midpoints of the
+    /// widest gaps.
+    static func fillGaps(_ sorted: [Double], k: Int) -> [Double] {
+        var c = sorted
+        while c.count < k {
+            var widest = -1
+            var gap = 0.0
+            for i in 0..<(c.count - 1) where c[i + 1] - c[i] > gap {
+                gap = c[i + 1] - c[i]
+                widest = i
+            }
+            if widest < 0 { c.append(c[c.count - 1]) } else { c.insert((c[widest] + c[widest + 1]) / 2, at: widest + 1) }
+        }
+        return c
+    }
+
+    /// Total weighted squared error of scalar values against centroids (nearest centroid).
+    public static func sse(values: [Double], counts: [Double], centroids: [Double]) -> Double {
+        var total = 0.0
+        for (x, n) in zip(values, counts) {
+            var best = Double.infinity
+            for c in centroids { best = Swift.min(best, (x - c) * (x - c)) }
+            total += n * best
+        }
+        return total
+    }
+
+    /// Seeded k-means++ on n vectors of dimension d (row-major), followed by `lloydIterations`
+    /// Lloyd steps. Returns k x d centroids. Deterministic for a given seed.
+    public static func kMeansPlusPlus(vectors: UnsafePointer<Double>, count n: Int, d: Int, k: Int,
+                                      seed: UInt64, lloydIterations: Int = 10) -> [Double] {
+        precondition(n >= 1 && k >= 1)
+        var rng = SplitMix64(seed: seed)
+        var centroids = [Double](repeating: 0, count: k * d)
+        var nearest = [Double](repeating: .infinity, count: n)
+        func dist2(_ i: Int, _ c: Int) -> Double {
+            var acc = 0.0
+            for e in 0..<d {
+                let diff = vectors[i * d + e] - centroids[c * d + e]
+                acc += diff * diff
+            }
+            return acc
+        }
+        var chosen = Int(rng.next() % UInt64(n))
+        for c in 0..<k {
+            for e in 0..<d { centroids[c * d + e] = vectors[chosen * d + e] }
+            var total = 0.0
+            for i in 0..<n {
+                nearest[i] = Swift.min(nearest[i], dist2(i, c))
+                total += nearest[i]
+            }
+            if c == k - 1 { break }
+            if total <= 0 {
+                chosen = Int(rng.next() % UInt64(n))
+                continue
+            }
+            var target = rng.nextUnit() * total
+            chosen = n - 1
+            for i in 0..<n {
+                target -= nearest[i]
+                if target <= 0 { chosen = i; break }
+            }
+        }
+        // Lloyd iterations; an empty cluster keeps its centroid.
+        var sums = [Double](repeating: 0, count: k * d)
+        var sizes = [Double](repeating: 0, count: k)
+        for _ in 0..<lloydIterations {
+            for i in 0..<(k * d) { sums[i] = 0 }
+            for j in 0..<k { sizes[j] = 0 }
+            for i in 0..<n {
+                var best = 0
+                var bestD = Double.infinity
+                for c in 0..<k {
+                    let dd = dist2(i, c)
+                    if dd < bestD { bestD = dd; best = c }
+                }
+                sizes[best] += 1
+                for e in 0..<d { sums[best * d + e] += vectors[i * d + e] }
+            }
+            for c in 0..<k where sizes[c] > 0 {
+                for e in 0..<d { centroids[c * d + e] = sums[c * d + e] / sizes[c] }
+            }
+        }
+        return centroids
+    }
+
+    /// coremltools' re-spread of collapsed centroids (scalar or vector): with the distinct
+    /// centroids sorted (lexicographically), for every distinct centroid that occurs more than
+    /// once, its first occurrence moves to the midpoint between it and the next distinct centroid
+    /// (cyclically). A no-op when all k centroids are distinct.
+    public static func respreadDuplicates(_ c: inout [Float], k: Int, d: Int) {
+        var distinct: [[Float]] = []
+        var firstIndex: [Int] = []
+        var multiplicity: [Int] = []
+        for j in 0..<k {
+            let v = Array(c[(j * d)..<((j + 1) * d)])
+            if let at = distinct.firstIndex(of: v) { multiplicity[at] += 1 } else {
+                distinct.append(v)
+                firstIndex.append(j)
+                multiplicity.append(1)
+            }
+        }
+        if distinct.count == k { return }
+        let order = distinct.indices.sorted { a, b in distinct[a].lexicographicallyPrecedes(distinct[b]) }
+        let U = order.count
+        for (rank, idx) in order.enumerated() where multiplicity[idx] > 1 {
+            let next = distinct[order[(rank + 1) % U]]
+            let j = firstIndex[idx]
+            for e in 0..<d { c[j * d + e] = 0.5 * (distinct[idx][e] + next[e]) }
+        }
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator (Steele, Lea and Flood 2014).
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}

@@ -1,0 +1,127 @@
+/// How one weight tensor is clustered: the knobs of coremltools' DKMPalettizer, with its defaults.
+public struct ClusteringConfig: Sendable, Equatable {
+    /// Centroid initialisation. Raw values equal the C ABI's `edkm_init`.
+    public enum Initialization: Int32, Sendable {
+        /// `.optimal1D` for scalar clustering, `.kMeansPlusPlus` for vectors.
+        case automatic = 0
+        /// Exact minimum-SSE 1-D k-means on the weighted value histogram.
+        case optimal1D = 1
+        /// Seeded k-means++ and a few Lloyd iterations.
+        case kMeansPlusPlus = 2
+    }
+
+    /// Implementation of forward and backward. Raw values equal the C ABI's `edkm_algorithm`.
+    public enum Algorithm: Int32, Sendable {
+        /// Uniquified where possible (cluster_dim 1 and 16-bit keys), dense otherwise.
+        case automatic = 0
+        /// N x k maps, in bounded chunks.
+        case dense = 1
+        /// On the value histogram: O(N) + O(U k T).
+        case uniquified = 2
+    }
+
+    /// k = 2^bits centroids; 1...8.
+    public var bits: Int = 4
+    /// Length d of the clustered vectors (consecutive elements of a row); 1...64.
+    public var clusterDim: Int = 1
+    /// 0 = one LUT per tensor; g > 0 = one LUT per g consecutive rows.
+    public var groupSize: Int = 0
+    /// DKM iterations per forward; 1...64.
+    public var maxIterations: Int = 3
+    public var initialization: Initialization = .automatic
+    /// Softmax temperature tau (> 0).
+    public var tau: Double = 1e-4
+    /// Early stop when |I^{t-1} - I^t| <= epsilon (absolute, on the inertia summed over weights).
+    public var epsilon: Double = 1e-4
+    /// Attention clamped from below at this value.
+    public var zeroThreshold: Double = 1e-7
+    /// Subtracted from the squared distance to centroid 0.
+    public var pruneThreshold: Double = 1e-7
+    public var algorithm: Algorithm = .automatic
+    /// f32 weights on the uniquified path are keyed by rounding to this 16-bit type; `.f32` = never.
+    public var f32KeyType: ElementType = .f32
+    /// Seed of k-means++.
+    public var seed: UInt64 = 0x5eed
+
+    public init() {}
+
+    /// Number of centroids, 2^bits.
+    @inlinable public var k: Int { 1 << bits }
+
+    /// Checks every field's range.
+    public func validate() throws(EDKMError) {
+        guard (1...8).contains(bits) else { throw EDKMError(.invalidArgument, "bits must be in 1...8, got \(bits)") }
+        guard (1...64).contains(clusterDim) else {
+            throw EDKMError(.invalidArgument, "cluster_dim must be in 1...64, got \(clusterDim)")
+        }
+        guard groupSize >= 0 else { throw EDKMError(.invalidArgument, "group_size must be >= 0, got \(groupSize)") }
+        guard (1...64).contains(maxIterations) else {
+            throw EDKMError(.invalidArgument, "max_iterations must be in 1...64, got \(maxIterations)")
+        }
+        guard tau.isFinite && tau > 0 else { throw EDKMError(.invalidArgument, "tau must be finite and > 0, got \(tau)") }
+        guard epsilon.isFinite && epsilon >= 0 else {
+            throw EDKMError(.invalidArgument, "epsilon must be finite and >= 0, got \(epsilon)")
+        }
+        guard zeroThreshold.isFinite && zeroThreshold >= 0 && zeroThreshold < 1 else {
+            throw EDKMError(.invalidArgument, "zero_threshold must be in [0, 1), got \(zeroThreshold)")
+        }
+        guard pruneThreshold.isFinite && pruneThreshold >= 0 else {
+            throw EDKMError(.invalidArgument, "prune_threshold must be finite and >= 0, got \(pruneThreshold)")
+        }
+        if clusterDim > 1 && algorithm == .uniquified {
+            throw EDKMError(.invalidArgument, "the uniquified algorithm clusters scalars only (cluster_dim 1), got cluster_dim \(clusterDim)")
+        }
+        if clusterDim > 1 && initialization == .optimal1D {
+            throw EDKMError(.invalidArgument, "optimal 1-D initialisation needs cluster_dim 1, got \(clusterDim)")
+        }
+    }
+}
+
+/// The partition geometry of one weight tensor under a config.
+///
+/// A tensor of shape [rows, ...] (row-major) has rowLength = product of the other extents. With
+/// group size g the partitions are the blocks of g consecutive rows, each contiguous in memory;
+/// without, the whole tensor is one partition. A partition's n elements form n/d vectors of d
+/// consecutive elements.
+public struct TensorGeometry: Sendable, Equatable {
+    public let shape: [Int]
+    public let count: Int
+    public let rows: Int
+    public let rowLength: Int
+    public let partitions: Int
+    public let elementsPerPartition: Int
+    public let d: Int
+    public var vectorsPerPartition: Int { elementsPerPartition / d }
+
+    public init(shape: [Int], config: ClusteringConfig) throws(EDKMError) {
+        guard !shape.isEmpty else { throw EDKMError(.shape, "shape must have at least one dimension") }
+        var total = 1
+        for (i, e) in shape.enumerated() {
+            guard e >= 1 else { throw EDKMError(.shape, "shape[\(i)] must be >= 1, got \(e)") }
+            let (p, overflow) = total.multipliedReportingOverflow(by: e)
+            guard !overflow && p <= Int(Int32.max) * 256 else { throw EDKMError(.shape, "tensor too large") }
+            total = p
+        }
+        self.shape = shape
+        count = total
+        rows = shape[0]
+        rowLength = total / shape[0]
+        d = config.clusterDim
+        guard rowLength % d == 0 else {
+            throw EDKMError(.shape, "cluster_dim \(d) must divide the row length \(rowLength)")
+        }
+        if config.groupSize > 0 {
+            guard rows % config.groupSize == 0 else {
+                throw EDKMError(.shape, "group_size \(config.groupSize) must divide shape[0] = \(rows)")
+            }
+            partitions = rows / config.groupSize
+            elementsPerPartition = config.groupSize * rowLength
+        } else {
+            partitions = 1
+            elementsPerPartition = total
+        }
+        guard vectorsPerPartition >= config.k else {
+            throw EDKMError(.shape, "each partition has \(vectorsPerPartition) vectors, fewer than the \(config.k) centroids of \(config.bits) bits")
+        }
+    }
+}

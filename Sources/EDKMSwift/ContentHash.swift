@@ -1,0 +1,47 @@
+/// A fast 64-bit content hash of byte buffers, used as the dedup key and to check that the
+/// weights handed to a backward are the forward's. Blocks of 8 bytes are mixed with a
+/// multiply-xorshift; chunks of 1 MiB are hashed independently and combined in order, so the
+/// value does not depend on the thread count. Not cryptographic: a hit is always verified by
+/// comparing contents where the contents are still at hand.
+public enum ContentHash {
+    static let chunkBytes = 1 << 20
+
+    @inline(__always)
+    static func mix(_ h: UInt64, _ v: UInt64) -> UInt64 {
+        var x = (h ^ v) &* 0x9E37_79B9_7F4A_7C15
+        x ^= x >> 29
+        x = x &* 0xBF58_476D_1CE4_E5B9
+        return x ^ (x >> 32)
+    }
+
+    static func hashChunk(_ p: UnsafeRawPointer, _ count: Int, seed: UInt64) -> UInt64 {
+        var h = seed ^ UInt64(count)
+        var i = 0
+        var a: UInt64 = 0x243F_6A88_85A3_08D3, b: UInt64 = 0x1319_8A2E_0370_7344
+        while i + 16 <= count {
+            a = mix(a, p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            b = mix(b, p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+            i += 16
+        }
+        while i < count {
+            h = mix(h, UInt64(p.load(fromByteOffset: i, as: UInt8.self)) | 0x100)
+            i += 1
+        }
+        return mix(mix(h, a), b)
+    }
+
+    /// The hash of `count` bytes at `p`.
+    public static func hash(_ p: UnsafeRawPointer, count: Int, pool: ThreadPool? = nil) -> UInt64 {
+        let chunks = Swift.max(1, (count + chunkBytes - 1) / chunkBytes)
+        var parts = [UInt64](repeating: 0, count: chunks)
+        parts.withUnsafeMutableBufferPointer { buf in
+            let out = buf.baseAddress!
+            let body = { (c: Int) in
+                let start = c * chunkBytes
+                out[c] = hashChunk(p + start, Swift.min(chunkBytes, count - start), seed: UInt64(c))
+            }
+            if let pool { pool.parallelFor(chunks, body) } else { for c in 0..<chunks { body(c) } }
+        }
+        return parts.reduce(0xCBF2_9CE4_8422_2325) { mix($0, $1) }
+    }
+}

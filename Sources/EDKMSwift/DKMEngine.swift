@@ -1,0 +1,352 @@
+/// The rows of one partition as the DKM engine reads them, in blocks: values (d per row, Double)
+/// and row counts (nil = every row counts once).
+protocol RowBlocks {
+    var rowCount: Int { get }
+    /// Values of rows [start, start + count), count * d doubles: either a pointer into the source
+    /// or `scratch` (capacity count * d) filled by the call.
+    func values(start: Int, count: Int, scratch: UnsafeMutablePointer<Double>) -> UnsafePointer<Double>
+    /// Counts of rows [start, start + count), or nil when each row counts once.
+    func counts(start: Int, count: Int) -> UnsafePointer<Double>?
+}
+
+/// What a backward needs of one partition's forward (the whole HISTOGRAM-mode saved state besides
+/// the value table): every iteration's centroids and normalisers.
+public struct PartitionTrace: Sendable, Equatable {
+    /// c^0 ... c^T, each k x d.
+    public var centroids: [[Double]]
+    /// S^0 ... S^{T-1}, each k: S^t_j = sum_m n_m A^t_mj.
+    public var normalizers: [[Double]]
+    /// I^{T-1} = sum_m n_m min_j D_mj at the last iteration.
+    public var inertia: Double
+    /// T, the iterations run.
+    public var iterations: Int { normalizers.count }
+    /// Bytes this trace occupies when saved.
+    public var byteCount: Int { (centroids.reduce(0) { $0 + $1.count } + normalizers.reduce(0) { $0 + $1.count } + 1) * 8 }
+}
+
+/// The DKM forward iterations and the reverse-mode backward over every partition of a tensor,
+/// in blocks of rows spread over the thread pool. Each block writes its own partial sums, reduced
+/// in block order, so results do not depend on the thread count.
+struct DKMEngine {
+    let kernel: SoftKMeansKernel
+    let config: ClusteringConfig
+    let pool: ThreadPool
+
+    /// Rows per block: about 8192 values.
+    var blockRows: Int { max(1, 8192 / kernel.d) }
+
+    private struct BlockItem { var partition: Int; var start: Int; var count: Int }
+
+    private func blocks(_ rows: [any RowBlocks], partitions: [Int]) -> [BlockItem] {
+        var items: [BlockItem] = []
+        for p in partitions {
+            var start = 0
+            let n = rows[p].rowCount
+            while start < n {
+                let c = Swift.min(blockRows, n - start)
+                items.append(BlockItem(partition: p, start: start, count: c))
+                start += c
+            }
+        }
+        return items
+    }
+
+    /// Runs up to maxIterations DKM iterations on every partition from its initial centroids
+    /// (k x d, Double), with coremltools' early stop. `prepare(t)` (optional) runs before
+    /// iteration t (to allocate where its maps go; an error stops the forward) and
+    /// `mapSink(p, t, start, count)` returns where to store the D and s maps (count x k floats
+    /// each) of those rows.
+    func iterate(_ rows: [any RowBlocks], initial: [[Double]],
+                 prepare: ((Int) throws(EDKMError) -> Void)? = nil,
+                 mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil)
+        throws(EDKMError) -> [PartitionTrace]
+    {
+        let k = kernel.k, d = kernel.d
+        let P = rows.count
+        var traces = initial.map { PartitionTrace(centroids: [$0], normalizers: [], inertia: 0) }
+        var active = Array(0..<P)
+        var lastInertia = [Double](repeating: 0, count: P)
+        let stride = k + k * d + 1  // S, P, inertia
+        for t in 0..<config.maxIterations {
+            if active.isEmpty { break }
+            try prepare?(t)
+            let items = blocks(rows, partitions: active)
+            var partials = [Double](repeating: 0, count: items.count * stride)
+            partials.withUnsafeMutableBufferPointer { partialsBuf in
+                let out = partialsBuf.baseAddress!
+                traces.withUnsafeBufferPointer { tracesBuf in
+                    pool.parallelFor(items.count) { i in
+                        let item = items[i]
+                        let c = tracesBuf[item.partition].centroids[t]
+                        let acc = out + i * stride
+                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d + k) { scratch in
+                            let s = scratch.baseAddress!
+                            let vbuf = s + k
+                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                            let counts = rows[item.partition].counts(start: item.start, count: item.count)
+                            let maps = mapSink?(item.partition, t, item.start, item.count)
+                            c.withUnsafeBufferPointer { cb in
+                                let cp = cb.baseAddress!
+                                var inertia = 0.0
+                                for m in 0..<item.count {
+                                    let u = values + m * d
+                                    let minD = kernel.softmax(u, cp, s, distances: maps.map { $0.0 + m * k })
+                                    if let maps { for j in 0..<k { maps.1[m * k + j] = Float(s[j]) } }
+                                    let n = counts?[m] ?? 1
+                                    inertia += n * minD
+                                    for j in 0..<k {
+                                        let w = n * kernel.attention(s[j])
+                                        acc[j] += w
+                                        for e in 0..<d { acc[k + j * d + e] += w * u[e] }
+                                    }
+                                }
+                                acc[stride - 1] = inertia
+                            }
+                        }
+                    }
+                }
+            }
+            var stillActive: [Int] = []
+            var offset = 0
+            var itemIndex = 0
+            for p in active {
+                var S = [Double](repeating: 0, count: k)
+                var Psum = [Double](repeating: 0, count: k * d)
+                var inertia = 0.0
+                while itemIndex < items.count && items[itemIndex].partition == p {
+                    let base = itemIndex * stride
+                    for j in 0..<k { S[j] += partials[base + j] }
+                    for j in 0..<(k * d) { Psum[j] += partials[base + k + j] }
+                    inertia += partials[base + stride - 1]
+                    itemIndex += 1
+                }
+                offset += 1
+                let c = traces[p].centroids[t]
+                var next = [Double](repeating: 0, count: k * d)
+                for j in 0..<k {
+                    for e in 0..<d { next[j * d + e] = S[j] > 0 ? Psum[j * d + e] / S[j] : c[j * d + e] }
+                }
+                traces[p].normalizers.append(S)
+                traces[p].centroids.append(next)
+                traces[p].inertia = inertia
+                // coremltools: stop after iteration t if t > 0, the previous inertia is nonzero and
+                // the change is within epsilon.
+                let stop = t > 0 && lastInertia[p] != 0 && abs(lastInertia[p] - inertia) <= config.epsilon
+                lastInertia[p] = inertia
+                if !stop { stillActive.append(p) }
+            }
+            active = stillActive
+        }
+        return traces
+    }
+
+    /// Soft output rows f_m = sum_j A^{T-1}_mj c^T_j; `sink(p, start, count, f)` receives count x d values.
+    func output(_ rows: [any RowBlocks], traces: [PartitionTrace],
+                sink: (Int, Int, Int, UnsafePointer<Double>) -> Void)
+    {
+        let k = kernel.k, d = kernel.d
+        let items = blocks(rows, partitions: Array(0..<rows.count))
+        pool.parallelFor(items.count) { i in
+            let item = items[i]
+            let trace = traces[item.partition]
+            let T = trace.iterations
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d + k) { scratch in
+                let s = scratch.baseAddress!
+                let vbuf = s + k
+                let f = vbuf + item.count * d
+                let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
+                    trace.centroids[T].withUnsafeBufferPointer { cLast in
+                        for m in 0..<item.count {
+                            _ = kernel.softmax(values + m * d, cPrev.baseAddress!, s)
+                            for e in 0..<d { f[m * d + e] = 0 }
+                            for j in 0..<k {
+                                let a = kernel.attention(s[j])
+                                for e in 0..<d { f[m * d + e] += a * cLast[j * d + e] }
+                            }
+                        }
+                    }
+                }
+                sink(item.partition, item.start, item.count, f)
+            }
+        }
+    }
+
+    /// The per-row results of a backward for one partition.
+    struct RowGradients {
+        /// d = 1: h_m, the derivative of the output with respect to the value with the centroids
+        /// held fixed (the element gradient is g_i h_m + r_m). d > 1 (count-1 rows): the row's
+        /// whole gradient through the last attention (the element gradient is last_m + r_m).
+        let last: DoubleBuffer
+        /// r_m per element of the row (count x d): every path through the centroid updates.
+        let r: DoubleBuffer
+    }
+
+    /// Reverse mode through every iteration (DESIGN section 1, research/dkm-histogram-adjoints.md).
+    /// `gradients(p, start, count, scratch)` returns G for those rows (count x d: the upstream
+    /// gradient summed over the elements of each row). `savedSoftmax(p, t, start, count)` (optional)
+    /// returns the forward's saved s map of those rows at iteration t instead of recomputing it.
+    func backward(_ rows: [any RowBlocks], traces: [PartitionTrace],
+                  gradients: (Int, Int, Int, UnsafeMutablePointer<Double>) -> UnsafePointer<Double>,
+                  savedSoftmax: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = nil) -> [RowGradients]
+    {
+        let k = kernel.k, d = kernel.d
+        let P = rows.count
+        let results = rows.map { RowGradients(last: DoubleBuffer(zeros: $0.rowCount * d),
+                                              r: DoubleBuffer(zeros: $0.rowCount * d)) }
+        let lastPtrs = results.map { $0.last.pointer }
+        let rPtrs = results.map { $0.r.pointer }
+        let items = blocks(rows, partitions: Array(0..<P))
+        // Pass 1: the output y = A^{T-1} c^T. Per block: cbar^T partial (k x d) and extra (k x d).
+        let stride1 = 2 * k * d
+        var partials = [Double](repeating: 0, count: items.count * stride1)
+        do {
+            partials.withUnsafeMutableBufferPointer { pb in
+                let out = pb.baseAddress!
+                pool.parallelFor(items.count) { i in
+                    let item = items[i]
+                    let trace = traces[item.partition]
+                    let T = trace.iterations
+                    let acc = out + i * stride1
+                    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d + 3 * k) { scratch in
+                        let s = scratch.baseAddress!
+                        let x = s + k
+                        let sv = x + k
+                        let vbuf = sv + k
+                        let gbuf = vbuf + item.count * d
+                        let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                        let G = gradients(item.partition, item.start, item.count, gbuf)
+                        let saved = savedSoftmax?(item.partition, T - 1, item.start, item.count)
+                        let last = lastPtrs[item.partition] + item.start * d
+                        trace.centroids[T - 1].withUnsafeBufferPointer { cPrevB in
+                            trace.centroids[T].withUnsafeBufferPointer { cLastB in
+                                let cPrev = cPrevB.baseAddress!, cLast = cLastB.baseAddress!
+                                for m in 0..<item.count {
+                                    let u = values + m * d
+                                    let g = G + m * d
+                                    if let saved { kernel.loadSoftmax(saved + m * k, s) } else { _ = kernel.softmax(u, cPrev, s) }
+                                    // cbar^T_j += A_mj G_m
+                                    for j in 0..<k {
+                                        let a = kernel.attention(s[j])
+                                        for e in 0..<d { acc[j * d + e] += a * g[e] }
+                                    }
+                                    // X_j = c^T_j (d = 1: unit upstream, h_m) or G_m . c^T_j (d > 1)
+                                    for j in 0..<k {
+                                        if d == 1 { x[j] = cLast[j] } else {
+                                            var dot = 0.0
+                                            for e in 0..<d { dot += g[e] * cLast[j * d + e] }
+                                            x[j] = dot
+                                        }
+                                    }
+                                    kernel.softmaxVJP(s, x)
+                                    // Ea_mj = 2 (u - c^{T-1}_j) J_j
+                                    for e in 0..<d { sv[e] = 0 }
+                                    for j in 0..<k {
+                                        for e in 0..<d {
+                                            let ea = 2 * (u[e] - cPrev[j * d + e]) * x[j]
+                                            sv[e] += ea
+                                            acc[k * d + j * d + e] -= (d == 1 ? g[0] : 1) * ea
+                                        }
+                                    }
+                                    for e in 0..<d { last[m * d + e] = sv[e] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // cbar (adjoint of the newest centroids) and the extra term on c^{T-1}, per partition.
+        var cbar = [[Double]](repeating: [Double](repeating: 0, count: k * d), count: P)
+        var extra = cbar
+        for (i, item) in items.enumerated() {
+            for j in 0..<(k * d) {
+                cbar[item.partition][j] += partials[i * stride1 + j]
+                extra[item.partition][j] += partials[i * stride1 + k * d + j]
+            }
+        }
+        // Iterations t = T-1 ... 0, all partitions in step (each with its own T).
+        let maxT = traces.map(\.iterations).max() ?? 0
+        let stride2 = k * d
+        for step in 0..<maxT {
+            // Partition p processes t = T_p - 1 - step when that is >= 0.
+            let live = (0..<P).filter { traces[$0].iterations - 1 - step >= 0 }
+            let liveItems = blocks(rows, partitions: live)
+            // Pbar_j = cbar_j / S^t_j (0 where S^t_j = 0: there c^{t+1}_j = c^t_j passes cbar through).
+            var pbar = cbar
+            for p in live {
+                let t = traces[p].iterations - 1 - step
+                let S = traces[p].normalizers[t]
+                for j in 0..<k { for e in 0..<d { pbar[p][j * d + e] = S[j] > 0 ? cbar[p][j * d + e] / S[j] : 0 } }
+            }
+            var partials2 = [Double](repeating: 0, count: liveItems.count * stride2)
+            do {
+                partials2.withUnsafeMutableBufferPointer { pb in
+                    let out = pb.baseAddress!
+                    pool.parallelFor(liveItems.count) { i in
+                        let item = liveItems[i]
+                        let trace = traces[item.partition]
+                        let t = trace.iterations - 1 - step
+                        let acc = out + i * stride2
+                        let r = rPtrs[item.partition] + item.start * d
+                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d + 2 * k) { scratch in
+                            let s = scratch.baseAddress!
+                            let q = s + k
+                            let vbuf = q + k
+                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                            let counts = rows[item.partition].counts(start: item.start, count: item.count)
+                            let saved = savedSoftmax?(item.partition, t, item.start, item.count)
+                            trace.centroids[t].withUnsafeBufferPointer { ctB in
+                                trace.centroids[t + 1].withUnsafeBufferPointer { cnB in
+                                    pbar[item.partition].withUnsafeBufferPointer { pbB in
+                                        let ct = ctB.baseAddress!, cn = cnB.baseAddress!, pb = pbB.baseAddress!
+                                        for m in 0..<item.count {
+                                            let u = values + m * d
+                                            if let saved { kernel.loadSoftmax(saved + m * k, s) } else { _ = kernel.softmax(u, ct, s) }
+                                            for j in 0..<k {
+                                                // direct path through P: r += A_j Pbar_j
+                                                let a = kernel.attention(s[j])
+                                                var qj = 0.0
+                                                for e in 0..<d {
+                                                    r[m * d + e] += a * pb[j * d + e]
+                                                    qj += (u[e] - cn[j * d + e]) * pb[j * d + e]
+                                                }
+                                                q[j] = qj
+                                            }
+                                            kernel.softmaxVJP(s, q)
+                                            let n = counts?[m] ?? 1
+                                            for j in 0..<k {
+                                                for e in 0..<d {
+                                                    let ee = 2 * (u[e] - ct[j * d + e]) * q[j]
+                                                    r[m * d + e] += ee
+                                                    if t > 0 { acc[j * d + e] -= n * ee }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            var next = [[Double]](repeating: [Double](repeating: 0, count: k * d), count: P)
+            for (i, item) in liveItems.enumerated() {
+                for j in 0..<(k * d) { next[item.partition][j] += partials2[i * stride2 + j] }
+            }
+            for p in live {
+                let t = traces[p].iterations - 1 - step
+                if t == 0 { continue }
+                let S = traces[p].normalizers[t]
+                for j in 0..<k where !(S[j] > 0) {
+                    for e in 0..<d { next[p][j * d + e] += cbar[p][j * d + e] }
+                }
+                if t == traces[p].iterations - 1 {
+                    for j in 0..<(k * d) { next[p][j] += extra[p][j] }
+                }
+                cbar[p] = next[p]
+            }
+        }
+        return results
+    }
+}

@@ -1,0 +1,257 @@
+/// A growable list of saved tensors shared between the engine's hooks.
+final class SavedTensorList: @unchecked Sendable {
+    var items: [SavedTensor] = []
+    var pointers: [UnsafeMutablePointer<Float>] = []
+    func append(_ t: SavedTensor) {
+        items.append(t)
+        pointers.append(t.typed(Float.self))
+    }
+}
+
+extension Layer {
+    /// The algorithm a forward runs for weights of `type` under the runtime's saved mode.
+    func resolvedAlgorithm(for type: ElementType, saving: Bool) throws(EDKMError) -> ClusteringConfig.Algorithm {
+        let uniquifiable = config.clusterDim == 1 && (type.is16Bit || config.f32KeyType != .f32)
+        var algorithm: ClusteringConfig.Algorithm
+        switch config.algorithm {
+        case .dense: algorithm = .dense
+        case .uniquified:
+            guard uniquifiable else {
+                throw EDKMError(.dtype, "the uniquified algorithm needs 16-bit keys: f16/bf16 weights, or f32 with f32_key_dtype set")
+            }
+            algorithm = .uniquified
+        case .automatic: algorithm = uniquifiable ? .uniquified : .dense
+        }
+        // The DKM, marshal and dedup rows of the ablation keep N x k maps: the dense form.
+        if saving && runtime.options.savedMode.keepsDenseMaps { algorithm = .dense }
+        return algorithm
+    }
+
+    /// Training forward: writes w~ = A^{T-1} c^T to `output` (count elements of `outputType`,
+    /// which is f32 or the weights' type), makes c^T the layer's centroids and, with `save`,
+    /// returns what the backward needs. On error nothing is written and the layer is unchanged.
+    public func forward(weights: UnsafeRawPointer, type: ElementType, count: Int,
+                        output: UnsafeMutableRawPointer, outputType: ElementType,
+                        save: Bool) throws(EDKMError) -> SavedState? {
+        guard outputType == .f32 || outputType == type else {
+            throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
+        }
+        try validateWeights(weights, type: type, count: count)
+        return try exclusive { () throws(EDKMError) -> SavedState? in
+            let algorithm = try resolvedAlgorithm(for: type, saving: save)
+            var initial = centroids ?? computeInitialCentroids(weights, type: type)
+            for p in 0..<initial.count {
+                CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
+            }
+            let c0 = initial.map { $0.map { Double($0) } }
+            let run: ForwardRun
+            if algorithm == .uniquified {
+                run = try forwardUniquified(weights, type: type, initial: c0, save: save)
+            } else {
+                run = try forwardDense(weights, type: type, initial: c0, save: save)
+            }
+            run.writeOutput(output, outputType)
+            centroids = run.traces.map { $0.centroids[$0.iterations].map { Float($0) } }
+            stats.forwards += 1
+            stats.iterations = run.traces.map(\.iterations).max() ?? 0
+            stats.inertia = run.traces.reduce(0) { $0 + $1.inertia }
+            stats.distinctValues = run.distinctValues
+            stats.algorithm = algorithm
+            return run.saved
+        }
+    }
+
+    /// The result of a forward before its output is written.
+    struct ForwardRun {
+        var traces: [PartitionTrace]
+        var distinctValues: Int
+        var saved: SavedState?
+        var writeOutput: (UnsafeMutableRawPointer, ElementType) -> Void
+    }
+
+    private var engine: DKMEngine { DKMEngine(kernel: SoftKMeansKernel(config: config), config: config, pool: runtime.pool) }
+
+    private func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
+        let encoded = SavedState.encodeTraces(traces)
+        let result = encoded.withUnsafeBytes { b in
+            Result { () throws(EDKMError) in
+                try runtime.store.save(b.baseAddress!, byteCount: b.count, tag: "trace", shape: [encoded.count],
+                                       inArena: inArena, deduplicate: false, pool: nil)
+            }
+        }
+        return try result.get()
+    }
+
+    private func saveArray<T>(_ array: [T], tag: String) throws(EDKMError) -> SavedTensor {
+        let result = array.withUnsafeBytes { b in
+            Result { () throws(EDKMError) in
+                try runtime.store.save(b.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!, byteCount: b.count, tag: tag,
+                                       shape: [array.count], inArena: true, deduplicate: false, pool: nil)
+            }
+        }
+        return try result.get()
+    }
+
+    // MARK: uniquified
+
+    private func forwardUniquified(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
+                                   save: Bool) throws(EDKMError) -> ForwardRun {
+        let mode = runtime.options.savedMode
+        let pool = runtime.pool
+        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
+        let keys = WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
+        let hists = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool)
+        for h in hists {
+            if let bad = h.keys.first(where: { ElementIO.keyValue($0, type: keys.keyType).isFinite == false }) {
+                throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
+            }
+        }
+        let rows: [any RowBlocks] = hists.map { h in
+            let values = DoubleBuffer(zeros: h.distinctCount)
+            let counts = DoubleBuffer(zeros: h.distinctCount)
+            for m in 0..<h.distinctCount {
+                values[m] = ElementIO.keyValue(h.keys[m], type: keys.keyType)
+                counts[m] = Double(h.counts[m])
+            }
+            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
+        }
+        var rowOffset = [Int](repeating: 0, count: P + 1)
+        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
+        let totalU = rowOffset[P]
+        let keepTables = save && (mode == .uniquify || mode == .shard)
+        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
+        let store = runtime.store
+        let traces = try engine.iterate(
+            rows, initial: initial,
+            prepare: keepTables ? { (_: Int) throws(EDKMError) in
+                dMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
+                sMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
+            } : nil,
+            mapSink: keepTables ? { p, t, start, _ in
+                (dMaps.pointers[t] + (rowOffset[p] + start) * k, sMaps.pointers[t] + (rowOffset[p] + start) * k)
+            } : nil)
+        // f_m per partition.
+        let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
+        engine.output(rows, traces: traces) { p, start, count, values in
+            (f[p].pointer + start).update(from: values, count: count)
+        }
+        var saved: SavedState? = nil
+        if save {
+            let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .uniquified,
+                                   weightType: type, keyType: keys.keyType,
+                                   weightsHash: ContentHash.hash(weights, count: geometry.count * type.byteWidth, pool: pool),
+                                   traces: try saveTraces(traces, inArena: true))
+            state.distinctCounts = hists.map(\.distinctCount)
+            state.histogramKeys = try saveArray(hists.flatMap(\.keys), tag: "keys")
+            state.histogramCounts = try saveArray(hists.flatMap(\.counts), tag: "counts")
+            state.distanceMaps = dMaps.items
+            state.softmaxMaps = sMaps.items
+            switch mode {
+            case .uniquify, .shard:
+                let index = UnsafeMutablePointer<UInt16>.allocate(capacity: geometry.count)
+                defer { index.deallocate() }
+                KeyPasses.gather(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
+                                 fill: { (p: Int, table: UnsafeMutablePointer<UInt16>) in
+                                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
+                                 }, store: { table, e, key in index[e] = table[Int(key)] })
+                state.elementKeysAreIndices = true
+                if mode == .uniquify {
+                    state.elementKeys = try store.save(index, byteCount: geometry.count * 2, tag: "index", shape: geometry.shape,
+                                                       inArena: true, deduplicate: true, pool: pool)
+                } else {
+                    let world = runtime.communicator.worldSize, rank = runtime.communicator.rank
+                    let length = (geometry.count + world - 1) / world
+                    let lo = Swift.min(geometry.count, rank * length), hi = Swift.min(geometry.count, lo + length)
+                    state.shardLength = length
+                    state.shardRange = lo..<hi
+                    state.elementKeys = try store.save(index + lo, byteCount: Swift.max(0, hi - lo) * 2, tag: "index-shard",
+                                                       shape: [rank, world] + geometry.shape, inArena: true, deduplicate: true, pool: pool)
+                }
+            default:
+                if runtime.options.keepWeights {
+                    state.elementKeys = try store.save(keys.pointer, byteCount: geometry.count * 2, tag: "keys", shape: geometry.shape,
+                                                       inArena: true, deduplicate: true, pool: pool)
+                }
+            }
+            saved = state
+        }
+        let keysPointer = keys.pointer
+        return ForwardRun(traces: traces, distinctValues: totalU, saved: saved) { output, outputType in
+            _ = keys  // the keys (a rounded copy for f32) live until the output is written
+            if outputType == .f32 {
+                let out = output.assumingMemoryBound(to: Float.self)
+                KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
+                                 fill: { (p: Int, table: UnsafeMutablePointer<Float>) in
+                                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
+                                 }, store: { table, e, key in out[e] = table[Int(key)] })
+            } else {
+                let out = output.assumingMemoryBound(to: UInt16.self)
+                let toF16 = outputType == .f16
+                KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
+                                 fill: { (p: Int, table: UnsafeMutablePointer<UInt16>) in
+                                     for (m, key) in hists[p].keys.enumerated() {
+                                         let v = Float(f[p][m])
+                                         table[Int(key)] = toF16 ? HalfConversion.floatToF16(v) : HalfConversion.floatToBF16(v)
+                                     }
+                                 }, store: { table, e, key in out[e] = table[Int(key)] })
+            }
+        }
+    }
+
+    // MARK: dense
+
+    private func forwardDense(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
+                              save: Bool) throws(EDKMError) -> ForwardRun {
+        let mode = runtime.options.savedMode
+        let pool = runtime.pool
+        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, d = config.clusterDim
+        let width = type.byteWidth
+        let rowsPerPartition = E / d
+        let rows: [any RowBlocks] = (0..<P).map {
+            DenseElementRows(base: weights + $0 * E * width, type: type, d: d, rowCount: rowsPerPartition)
+        }
+        let keepMaps = save && mode.keepsDenseMaps
+        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
+        var weightCopies: [SavedTensor] = []
+        let store = runtime.store
+        let mapBytes = geometry.count / d * k * 4
+        let count = geometry.count, shape = geometry.shape
+        let traces = try engine.iterate(
+            rows, initial: initial,
+            prepare: keepMaps ? { (_: Int) throws(EDKMError) in
+                // What autograd keeps per iteration: the weights (cdist input), D and the softmax.
+                weightCopies.append(try store.save(weights, byteCount: count * width, tag: "weights-\(type.name)",
+                                                   shape: shape, inArena: mode.usesArena,
+                                                   deduplicate: mode.deduplicates, pool: pool))
+                dMaps.append(try store.allocateTensor(byteCount: mapBytes, inArena: mode.usesArena))
+                sMaps.append(try store.allocateTensor(byteCount: mapBytes, inArena: mode.usesArena))
+            } : nil,
+            mapSink: keepMaps ? { p, t, start, _ in
+                (dMaps.pointers[t] + (p * rowsPerPartition + start) * k, sMaps.pointers[t] + (p * rowsPerPartition + start) * k)
+            } : nil)
+        var saved: SavedState? = nil
+        if save {
+            let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .dense,
+                                   weightType: type, keyType: type,
+                                   weightsHash: ContentHash.hash(weights, count: geometry.count * width, pool: pool),
+                                   traces: try saveTraces(traces, inArena: mode.usesArena))
+            state.distanceMaps = dMaps.items
+            state.softmaxMaps = sMaps.items
+            // Without maps the backward recomputes from the weights: keep a copy when the caller
+            // will not hand them back (keep_weights, or the index-list modes, which need none).
+            if !keepMaps && (runtime.options.keepWeights || mode == .uniquify || mode == .shard) {
+                weightCopies = [try store.save(weights, byteCount: geometry.count * width, tag: "weights-\(type.name)",
+                                               shape: geometry.shape, inArena: true, deduplicate: true, pool: pool)]
+            }
+            state.weightCopies = weightCopies
+            saved = state
+        }
+        let eng = engine
+        return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType in
+            eng.output(rows, traces: traces) { p, start, count, values in
+                let base = p * E + start * d
+                for i in 0..<(count * d) { ElementIO.store(Float(values[i]), output, type: outputType, at: base + i) }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+import Synchronization
+
+/// The clustering of one weight tensor: its config, geometry and current centroids (the LUT).
+///
+/// Not internally synchronised for concurrent use: a call made while another call on the same
+/// layer runs on another thread fails with `.busy` (nothing is changed).
+public final class Layer: @unchecked Sendable {
+    public let runtime: Runtime
+    public let config: ClusteringConfig
+    public let geometry: TensorGeometry
+
+    /// Per partition, k x d centroids; nil until initialised or set.
+    var centroids: [[Float]]?
+    var stats = Statistics()
+    private let busy = Atomic<Bool>(false)
+
+    /// Figures of the last forward.
+    public struct Statistics: Sendable, Equatable {
+        public var iterations = 0
+        public var forwards: UInt64 = 0
+        public var distinctValues = 0
+        public var algorithm: ClusteringConfig.Algorithm = .automatic
+        public var inertia = 0.0
+    }
+
+    public init(runtime: Runtime, config: ClusteringConfig, shape: [Int]) throws(EDKMError) {
+        try config.validate()
+        self.runtime = runtime
+        self.config = config
+        geometry = try TensorGeometry(shape: shape, config: config)
+        guard geometry.elementsPerPartition <= Int(UInt32.max) else {
+            throw EDKMError(.shape, "a partition may hold at most \(UInt32.max) elements; use group_size")
+        }
+    }
+
+    /// Runs body with the layer marked busy; a concurrent call gets `.busy`.
+    func exclusive<R>(_ body: () throws(EDKMError) -> R) throws(EDKMError) -> R {
+        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            throw EDKMError(.busy, "the layer is in use by another thread")
+        }
+        defer { busy.store(false, ordering: .releasing) }
+        return try body()
+    }
+
+    /// Number of centroid floats: partitions x k x d.
+    public var centroidCount: Int { geometry.partitions * config.k * config.clusterDim }
+
+    public var statistics: Statistics {
+        get throws(EDKMError) { try exclusive { stats } }
+    }
+
+    /// The centroids, layout [partition][centroid][dim].
+    public func getCentroids() throws(EDKMError) -> [Float] {
+        try exclusive { () throws(EDKMError) -> [Float] in
+            guard let c = centroids else {
+                throw EDKMError(.state, "the layer has no centroids yet: run a forward, init_centroids or set_centroids first")
+            }
+            return c.flatMap { $0 }
+        }
+    }
+
+    /// Replaces the centroids, layout [partition][centroid][dim]; all must be finite.
+    public func setCentroids(_ values: UnsafeBufferPointer<Float>) throws(EDKMError) {
+        guard values.count == centroidCount else {
+            throw EDKMError(.shape, "expected \(centroidCount) centroid values (partitions x k x d), got \(values.count)")
+        }
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw EDKMError(.nonFinite, "centroid \(bad) is \(values[bad])")
+        }
+        let per = config.k * config.clusterDim
+        let parts = (0..<geometry.partitions).map { Array(values[($0 * per)..<(($0 + 1) * per)]) }
+        try exclusive { centroids = parts }
+    }
+
+    /// (Re)initialises the centroids from the weights with the configured method.
+    public func initializeCentroids(weights: UnsafeRawPointer, type: ElementType, count: Int) throws(EDKMError) {
+        try validateWeights(weights, type: type, count: count)
+        try exclusive { centroids = computeInitialCentroids(weights, type: type) }
+    }
+
+    /// Checks element count and finiteness of weights.
+    func validateWeights(_ weights: UnsafeRawPointer, type: ElementType, count: Int) throws(EDKMError) {
+        guard count == geometry.count else {
+            throw EDKMError(.shape, "expected \(geometry.count) weights for shape \(geometry.shape), got \(count)")
+        }
+        if let bad = ElementIO.firstNonFinite(weights, type: type, count: count) {
+            throw EDKMError(.nonFinite, "weight \(bad) is \(ElementIO.load(weights, type: type, at: bad)) (NaN or Inf)")
+        }
+    }
+
+    func computeInitialCentroids(_ weights: UnsafeRawPointer, type: ElementType) -> [[Float]] {
+        let k = config.k, d = config.clusterDim
+        let E = geometry.elementsPerPartition
+        let useOptimal = d == 1 && config.initialization != .kMeansPlusPlus
+        var result = [[Float]](repeating: [], count: geometry.partitions)
+        if useOptimal {
+            let hists = scalarHistograms(weights, type: type)
+            result.withUnsafeMutableBufferPointer { out in
+                let res = out.baseAddress!
+                runtime.pool.parallelFor(geometry.partitions) { p in
+                    let c = CentroidInitialization.optimal1D(values: hists[p].values, counts: hists[p].counts, k: k)
+                    res[p] = c.map { Float($0) }
+                }
+            }
+            return result
+        }
+        // k-means++ on the partition's vectors (a strided sample of at most 65,536 of them).
+        result.withUnsafeMutableBufferPointer { out in
+            let res = out.baseAddress!
+            runtime.pool.parallelFor(geometry.partitions) { p in
+                let n = E / d
+                let stride = Swift.max(1, n / 65536)
+                let sampled = (n + stride - 1) / stride
+                var v = [Double](repeating: 0, count: sampled * d)
+                let base = weights + p * E * type.byteWidth
+                for s in 0..<sampled {
+                    for e in 0..<d { v[s * d + e] = Double(ElementIO.load(base, type: type, at: s * stride * d + e)) }
+                }
+                let c = v.withUnsafeBufferPointer {
+                    CentroidInitialization.kMeansPlusPlus(vectors: $0.baseAddress!, count: sampled, d: d, k: k,
+                                                          seed: config.seed &+ UInt64(p))
+                }
+                res[p] = c.map { Float($0) }
+            }
+        }
+        return result
+    }
+
+    /// Distinct scalar values and counts per partition, for the 1-D initialisation: exact for
+    /// 16-bit weights and for f32 partitions of at most 65,536 elements; larger f32 partitions
+    /// are keyed by rounding to f16 (or to f32_key_dtype when set).
+    func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) -> [(values: [Double], counts: [Double])] {
+        let E = geometry.elementsPerPartition
+        if type == .f32 && E <= 65536 {
+            return (0..<geometry.partitions).map { p in
+                let f = (weights + p * E * 4).assumingMemoryBound(to: Float.self)
+                let sorted = (0..<E).map { Double(f[$0]) }.sorted()
+                var values: [Double] = [], counts: [Double] = []
+                for x in sorted {
+                    if let last = values.last, last == x { counts[counts.count - 1] += 1 } else { values.append(x); counts.append(1) }
+                }
+                return (values, counts)
+            }
+        }
+        let keys = WeightKeys(weights, type: type, count: geometry.count,
+                              f32KeyType: config.f32KeyType == .f32 ? .f16 : config.f32KeyType, pool: runtime.pool)
+        let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,
+                                         pool: runtime.pool)
+        return hists.map { h in
+            (h.keys.map { ElementIO.keyValue($0, type: keys.keyType) }, h.counts.map { Double($0) })
+        }
+    }
+}
+
+/// The 16-bit keys of a weight tensor: the weights' own bit patterns for f16/bf16, or a rounded
+/// copy (owned, freed with this value) for f32.
+final class WeightKeys {
+    let pointer: UnsafePointer<UInt16>
+    let keyType: ElementType
+    private let owned: UnsafeMutablePointer<UInt16>?
+
+    init(_ weights: UnsafeRawPointer, type: ElementType, count: Int, f32KeyType: ElementType, pool: ThreadPool) {
+        if type.is16Bit {
+            pointer = weights.assumingMemoryBound(to: UInt16.self)
+            keyType = type
+            owned = nil
+            return
+        }
+        let buf = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(count, 1))
+        let f = weights.assumingMemoryBound(to: Float.self)
+        let chunks = (count + 65535) / 65536
+        let toF16 = f32KeyType == .f16
+        pool.parallelFor(chunks) { c in
+            let lo = c * 65536, hi = Swift.min(count, lo + 65536)
+            if toF16 { for i in lo..<hi { buf[i] = HalfConversion.floatToF16(f[i]) } }
+            else { for i in lo..<hi { buf[i] = HalfConversion.floatToBF16(f[i]) } }
+        }
+        owned = buf
+        pointer = UnsafePointer(buf)
+        keyType = f32KeyType
+    }
+
+    deinit { owned?.deallocate() }
+}

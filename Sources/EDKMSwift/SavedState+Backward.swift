@@ -1,0 +1,141 @@
+extension SavedState {
+    /// dL/dw from dL/dw~ through every DKM iteration (DESIGN section 1). `weights`: the forward's
+    /// weights (checked by hash), required when the state kept neither the weights nor an index
+    /// list. On error nothing is written; a state supports one backward.
+    public func backward(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,
+                         count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
+        try exclusive { () throws(EDKMError) in
+            guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
+            guard count == geometry.count else {
+                throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(count)")
+            }
+            if let bad = ElementIO.firstNonFinite(gradOutput, type: gradType, count: count) {
+                throw EDKMError(.nonFinite, "grad_output[\(bad)] is \(ElementIO.load(gradOutput, type: gradType, at: bad))")
+            }
+            if let weights {
+                let h = ContentHash.hash(weights, count: count * weightType.byteWidth, pool: runtime.pool)
+                guard h == weightsHash else {
+                    throw EDKMError(.weightsChanged, "the weights given to backward differ from the forward's (hash mismatch)")
+                }
+            }
+            let traces = decodeTraces()
+            if algorithm == .uniquified {
+                try backwardUniquified(traces, gradOutput, gradInput, gradType, weights)
+            } else {
+                try backwardDense(traces, gradOutput, gradInput, gradType, weights)
+            }
+            markConsumed()
+        }
+    }
+
+    private var engine: DKMEngine { DKMEngine(kernel: SoftKMeansKernel(config: config), config: config, pool: runtime.pool) }
+
+    private func missingWeights() -> EDKMError {
+        EDKMError(.state, "this saved state needs the forward's weights: pass them to backward (or create the runtime with keep_weights)")
+    }
+
+    private func backwardUniquified(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,
+                                    _ gradType: ElementType, _ weights: UnsafeRawPointer?) throws(EDKMError) {
+        let pool = runtime.pool
+        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, N = geometry.count
+        let hists = decodeHistograms()
+        let rows: [any RowBlocks] = hists.map { h in
+            let values = DoubleBuffer(zeros: h.distinctCount), counts = DoubleBuffer(zeros: h.distinctCount)
+            for m in 0..<h.distinctCount {
+                values[m] = ElementIO.keyValue(h.keys[m], type: keyType)
+                counts[m] = Double(h.counts[m])
+            }
+            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
+        }
+        // The key of every element: the weights' own, a kept copy, the index list or its shards.
+        var keyHolder: WeightKeys? = nil
+        var gathered: UnsafeMutablePointer<UInt16>? = nil
+        defer { gathered?.deallocate() }
+        let keys: UnsafePointer<UInt16>
+        var indices = elementKeysAreIndices
+        if mode == .shard, let shard = elementKeys {
+            let world = runtime.communicator.worldSize
+            let send = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, shardLength))
+            defer { send.deallocate() }
+            send.initialize(repeating: 0, count: Swift.max(1, shardLength))
+            send.update(from: shard.typed(UInt16.self), count: shardRange.count)
+            let all = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, world * shardLength))
+            gathered = all
+            try runtime.communicator.allGather(UnsafeRawBufferPointer(start: send, count: shardLength * 2),
+                                               into: UnsafeMutableRawBufferPointer(start: all, count: world * shardLength * 2))
+            runtime.countCommunicatorBytes(shardLength * 2)
+            keys = UnsafePointer(all)
+        } else if let kept = elementKeys {
+            keys = UnsafePointer(kept.typed(UInt16.self))
+        } else if let weights {
+            let wk = WeightKeys(weights, type: weightType, count: N, f32KeyType: keyType, pool: pool)
+            keyHolder = wk
+            keys = wk.pointer
+            indices = false
+        } else {
+            throw missingWeights()
+        }
+        _ = keyHolder
+        let slots: [[UInt16]] = hists.map { h in indices ? (0..<h.distinctCount).map { UInt16($0) } : h.keys }
+        let G = KeyPasses.scatterAdd(keys, slots: slots, elementsPerPartition: E, pool: pool) { e in
+            Double(ElementIO.load(grad, type: gradType, at: e))
+        }
+        var rowOffset = [Int](repeating: 0, count: P + 1)
+        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
+        let sPointers = softmaxMaps.map { $0.typed(Float.self) }
+        let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
+            UnsafePointer(sPointers[t] + (rowOffset[p] + start) * k)
+        }
+        let results = engine.backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
+                                      savedSoftmax: saved)
+        KeyPasses.gather(keys, partitions: P, elementsPerPartition: E, pool: pool,
+                         fill: { (p: Int, table: UnsafeMutablePointer<SIMD2<Float>>) in
+                             for (m, slot) in slots[p].enumerated() {
+                                 table[Int(slot)] = SIMD2(Float(results[p].last[m]), Float(results[p].r[m]))
+                             }
+                         }, store: { table, e, key in
+                             let hr = table[Int(key)]
+                             let g = ElementIO.load(grad, type: gradType, at: e)
+                             ElementIO.store(g * hr.x + hr.y, out, type: gradType, at: e)
+                         })
+    }
+
+    private func backwardDense(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,
+                               _ gradType: ElementType, _ weights: UnsafeRawPointer?) throws(EDKMError) {
+        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, d = config.clusterDim
+        let source: UnsafeRawPointer
+        if let copy = weightCopies.first { source = UnsafeRawPointer(copy.pointer) } else if let weights { source = weights } else {
+            throw missingWeights()
+        }
+        let width = weightType.byteWidth
+        let rowsPerPartition = E / d
+        let rows: [any RowBlocks] = (0..<P).map {
+            DenseElementRows(base: source + $0 * E * width, type: weightType, d: d, rowCount: rowsPerPartition)
+        }
+        let sPointers = softmaxMaps.map { $0.typed(Float.self) }
+        let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
+            UnsafePointer(sPointers[t] + (p * rowsPerPartition + start) * k)
+        }
+        let results = engine.backward(rows, traces: traces, gradients: { p, start, count, scratch in
+            ElementIO.loadDoubles(grad, type: gradType, from: p * E + start * d, count: count * d, into: scratch)
+            return UnsafePointer(scratch)
+        }, savedSoftmax: saved)
+        let chunk = 65536
+        let chunksPerPartition = (E + chunk - 1) / chunk
+        runtime.pool.parallelFor(P * chunksPerPartition) { item in
+            let p = item / chunksPerPartition
+            let lo = (item % chunksPerPartition) * chunk, hi = Swift.min(E, lo + chunk)
+            let last = results[p].last.pointer, r = results[p].r.pointer
+            for i in lo..<hi {
+                let e = p * E + i
+                let value: Double
+                if d == 1 {
+                    value = Double(ElementIO.load(grad, type: gradType, at: e)) * last[i] + r[i]
+                } else {
+                    value = last[i] + r[i]
+                }
+                ElementIO.store(Float(value), out, type: gradType, at: e)
+            }
+        }
+    }
+}

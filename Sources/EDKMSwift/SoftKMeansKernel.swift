@@ -1,0 +1,89 @@
+import Glibc
+
+/// The per-row arithmetic of DKM (DESIGN section 1), in Double, for rows that are either distinct
+/// values with a count (uniquified) or the weights themselves (dense, count 1).
+///
+/// For a row value u (d-vector) and centroids c (k x d, row-major):
+///
+///     D_j = ||u - c_j||^2 - p [j = 0]          p = prune threshold
+///     s   = softmax(-D / tau),  A_j = max(s_j, z),  M_j = [s_j >= z]     z = zero threshold
+///
+/// and the vector-Jacobian product of the clamped softmax, for an adjoint X on A:
+///
+///     J(X)_j = -(1/tau) s_j (M_j X_j - sum_l s_l M_l X_l)      (the adjoint on D)
+///
+/// All functions take raw pointers to caller-owned buffers of the documented sizes.
+@usableFromInline
+struct SoftKMeansKernel {
+    @usableFromInline let k: Int
+    @usableFromInline let d: Int
+    @usableFromInline let tau: Double
+    @usableFromInline let zeroThreshold: Double
+    @usableFromInline let pruneThreshold: Double
+
+    init(config: ClusteringConfig) {
+        k = config.k
+        d = config.clusterDim
+        tau = config.tau
+        zeroThreshold = config.zeroThreshold
+        pruneThreshold = config.pruneThreshold
+    }
+
+    /// Writes D (k, when `distances` is given) and s (k) for row u; returns min_j D_j.
+    @inline(__always)
+    func softmax(_ u: UnsafePointer<Double>, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<Double>,
+                 distances: UnsafeMutablePointer<Float>? = nil) -> Double {
+        var minD = Double.infinity
+        if d == 1 {
+            let x = u[0]
+            for j in 0..<k {
+                let diff = x - c[j]
+                s[j] = diff * diff
+            }
+        } else {
+            for j in 0..<k {
+                var acc = 0.0
+                let cj = c + j * d
+                for e in 0..<d {
+                    let diff = u[e] - cj[e]
+                    acc += diff * diff
+                }
+                s[j] = acc
+            }
+        }
+        s[0] -= pruneThreshold
+        for j in 0..<k { minD = Swift.min(minD, s[j]) }
+        if let distances { for j in 0..<k { distances[j] = Float(s[j]) } }
+        var sum = 0.0
+        let invTau = 1 / tau
+        for j in 0..<k {
+            let e = exp((minD - s[j]) * invTau)
+            s[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0..<k { s[j] *= inv }
+        return minD
+    }
+
+    /// Loads s for a row from a saved float map instead of recomputing it.
+    @inline(__always)
+    func loadSoftmax(_ saved: UnsafePointer<Float>, _ s: UnsafeMutablePointer<Double>) {
+        for j in 0..<k { s[j] = Double(saved[j]) }
+    }
+
+    /// The attention A_j = max(s_j, z).
+    @inline(__always) func attention(_ s: Double) -> Double { Swift.max(s, zeroThreshold) }
+
+    /// In place: X <- J(X) for softmax row s.
+    @inline(__always)
+    func softmaxVJP(_ s: UnsafePointer<Double>, _ x: UnsafeMutablePointer<Double>) {
+        var dot = 0.0
+        for j in 0..<k where s[j] >= zeroThreshold { dot += s[j] * x[j] }
+        let scale = -1 / tau
+        for j in 0..<k {
+            let masked = s[j] >= zeroThreshold ? x[j] : 0
+            x[j] = scale * s[j] * (masked - dot)
+        }
+    }
+}

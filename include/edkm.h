@@ -1,0 +1,355 @@
+/*
+ * edkm.h: the public C ABI of libedkm, train-time weight clustering (DKM / eDKM).
+ *
+ * This header is the whole contract: what is not declared here is not API. It is valid C99 and C++.
+ *
+ * What the library does
+ * ---------------------
+ * A *layer* clusters the N weights of one tensor into k = 2^bits centroids (scalar, or d-vectors
+ * with cluster_dim = d) with differentiable k-means (DKM, Cho et al. 2022), with the semantics of
+ * coremltools' DKMPalettizer. Its forward returns the soft-clustered weights
+ *
+ *     w~_i = sum_j A_ij c_j      A = clamped softmax attention of weight i to centroid j
+ *
+ * and its backward returns dL/dw through every k-means iteration. What the forward keeps for the
+ * backward (the *saved state*) lives in the *runtime*'s offload arena, a dedicated jemalloc arena
+ * with exact statistics and an optional byte budget, stored the eDKM way (Cho et al. 2023): on the
+ * value histogram of the weights instead of N x k attention maps.
+ *
+ * Conventions
+ * -----------
+ * - Every fallible function returns an edkm_status. On failure nothing is written to outputs, and
+ *   edkm_last_error() returns a message with the detail.
+ * - Handles are opaque, created by one *_create and released by one *_destroy; *_destroy(NULL) is a
+ *   no-op. A handle that was destroyed, or that was never returned by *_create, is rejected with
+ *   EDKM_ERR_INVALID_HANDLE (the library keeps a registry of live handles), never dereferenced.
+ * - Buffers: inputs are borrowed for the duration of the call only; outputs are allocated by the
+ *   caller, with sizes given by the documented formula or a size query. Pointers need only the
+ *   natural alignment of their element type.
+ * - Tensors are dense, row-major (C order). Element counts are size_t, shapes int64_t arrays.
+ * - Thread safety: a runtime may be used from any number of threads at once. A layer or a saved
+ *   state must be used by one thread at a time; a second thread that calls into a layer or saved
+ *   state while another call on it is running gets EDKM_ERR_BUSY (nothing is corrupted). Different
+ *   layers on one runtime may run concurrently.
+ * - The library never prints, never exits, never aborts on bad input.
+ *
+ * ABI rule
+ * --------
+ * Within one major version: functions, enum values and struct fields are only ever added (struct
+ * fields at the end); nothing is renumbered, removed or reordered. Config and stats structs begin
+ * with struct_size (the sizeof the caller compiled against): the library reads or writes only the
+ * fields that size covers and gives fields beyond it their defaults, so a program built against an
+ * older minor version keeps working. A struct_size of 0, or larger than this library knows, is
+ * rejected with EDKM_ERR_STRUCT_SIZE. A new major version may change anything.
+ */
+#ifndef EDKM_H
+#define EDKM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  define EDKM_API __declspec(dllimport)
+#elif defined(__GNUC__) && (__GNUC__ >= 4)
+#  define EDKM_API __attribute__((visibility("default")))
+#else
+#  define EDKM_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ============================ Version ============================ */
+
+#define EDKM_VERSION_MAJOR 0
+#define EDKM_VERSION_MINOR 1
+#define EDKM_VERSION_PATCH 0
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 100 for 0.1.0. */
+#define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
+
+/** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's. */
+EDKM_API uint32_t edkm_version_number(void);
+/** "MAJOR.MINOR.PATCH", static storage. */
+EDKM_API const char *edkm_version_string(void);
+
+/* ============================ Status ============================ */
+
+/** Status codes. Values are ABI: never renumbered, never reused. */
+typedef enum edkm_status {
+    EDKM_OK = 0,
+    EDKM_ERR_INVALID_ARGUMENT = 1,  /**< a value out of its documented range (bits, tau, ...) */
+    EDKM_ERR_NULL_POINTER = 2,      /**< a required pointer was NULL */
+    EDKM_ERR_INVALID_HANDLE = 3,    /**< handle destroyed, never created, or of another kind */
+    EDKM_ERR_DTYPE = 4,             /**< unknown dtype, or dtype not allowed here */
+    EDKM_ERR_SHAPE = 5,             /**< element count or shape inconsistent with the layer */
+    EDKM_ERR_NON_FINITE = 6,        /**< NaN or Inf in weights, gradients or centroids */
+    EDKM_ERR_OUT_OF_MEMORY = 7,     /**< the system allocator failed */
+    EDKM_ERR_BUDGET_EXCEEDED = 8,   /**< the saved state would exceed the runtime's byte budget */
+    EDKM_ERR_STATE = 9,             /**< call out of order: backward twice, no centroids yet, ... */
+    EDKM_ERR_WEIGHTS_CHANGED = 10,  /**< backward got weights that differ from the forward's */
+    EDKM_ERR_COMMUNICATOR = 11,     /**< a communicator callback returned nonzero */
+    EDKM_ERR_BUSY = 12,             /**< the handle is in use by another thread */
+    EDKM_ERR_STRUCT_SIZE = 13,      /**< struct_size is 0 or larger than this library knows */
+    EDKM_ERR_ALLOCATOR = 14,        /**< jemalloc could not create or use the offload arena */
+    EDKM_ERR_INTERNAL = 99          /**< a bug in libedkm; please report it */
+} edkm_status;
+
+/** A static, human-readable name for a status ("EDKM_ERR_SHAPE"); "EDKM_UNKNOWN_STATUS" otherwise. */
+EDKM_API const char *edkm_status_name(edkm_status status);
+
+/**
+ * The detail of the last failed call on the calling thread ("" when none). Thread-local; valid
+ * until the next edkm_ call on this thread. Owned by the library: do not free. Successful calls
+ * leave it unchanged.
+ */
+EDKM_API const char *edkm_last_error(void);
+
+/* ============================ Types ============================ */
+
+/** Element types of weights, gradients, outputs and LUTs (passed as int32_t). Values are ABI. */
+typedef enum edkm_dtype {
+    EDKM_DTYPE_F32 = 0,   /**< IEEE binary32 */
+    EDKM_DTYPE_F16 = 1,   /**< IEEE binary16, passed as its uint16_t bit pattern */
+    EDKM_DTYPE_BF16 = 2   /**< bfloat16 (upper half of a binary32), as its uint16_t bit pattern */
+} edkm_dtype;
+
+/** Opaque handles. */
+typedef struct edkm_runtime edkm_runtime;
+typedef struct edkm_layer edkm_layer;
+typedef struct edkm_saved_state edkm_saved_state;
+
+/* ============================ Communicator ============================ */
+
+/**
+ * How a data-parallel trainer lends its collective operations (MPI, torch.distributed, ...) to
+ * the library; libedkm has no network code. Every rank must make the same sequence of libedkm
+ * calls, since each collective is entered by all ranks (as with MPI).
+ *
+ * Callbacks return 0 on success; any other value makes the libedkm call fail with
+ * EDKM_ERR_COMMUNICATOR and lose nothing (a saved state stays usable, outputs stay unwritten).
+ * They are called from the thread that called libedkm, never concurrently for one runtime.
+ */
+typedef struct edkm_communicator {
+    uint32_t struct_size;   /**< sizeof(edkm_communicator) */
+    int32_t rank;           /**< this process's rank, 0 <= rank < world_size */
+    int32_t world_size;     /**< number of ranks, >= 1 */
+    int32_t reserved;       /**< 0 */
+    void *user_data;        /**< passed back to the callbacks; borrowed, must outlive the runtime */
+    /**
+     * All-gather of equal-sized blocks: every rank passes `bytes` bytes in `send`; on return
+     * `recv` holds world_size * bytes bytes, rank r's block at offset r * bytes.
+     */
+    int (*all_gather)(void *user_data, const void *send, void *recv, size_t bytes);
+    /** In-place element-wise sum of `count` doubles over all ranks. */
+    int (*all_reduce_sum)(void *user_data, double *data, size_t count);
+} edkm_communicator;
+
+/* ============================ Runtime ============================ */
+
+/** What a forward keeps for its backward: the rows of the eDKM ablation. Values are ABI. */
+typedef enum edkm_saved_mode {
+    /** Ours (default): only the k-sized centroid/normaliser vectors of every iteration and the
+     *  U-sized value table; the weights are handed back to backward and checked by hash. */
+    EDKM_SAVED_HISTOGRAM = 0,
+    /** The DKM baseline: every iteration's N x k distance and attention maps and its copy of the
+     *  weights, as autograd keeps them, on the ordinary heap (not the arena). */
+    EDKM_SAVED_DKM = 1,
+    /** DKM + marshal: the same tensors, in the offload arena. */
+    EDKM_SAVED_MARSHAL = 2,
+    /** + dedup: a tensor whose content is already in the arena is referenced, not copied. */
+    EDKM_SAVED_DEDUP = 3,
+    /** + uniquify: U x k attention tables and an N-entry 16-bit index list instead of N x k maps. */
+    EDKM_SAVED_UNIQUIFY = 4,
+    /** + shard: each rank keeps 1/world_size of the index list; backward all-gathers it. */
+    EDKM_SAVED_SHARD = 5
+} edkm_saved_mode;
+
+typedef struct edkm_runtime_config {
+    uint32_t struct_size;      /**< sizeof(edkm_runtime_config); set by edkm_runtime_config_init */
+    uint32_t num_threads;      /**< worker threads for the O(N) passes; 0 = the cores available */
+    uint64_t budget_bytes;     /**< cap on the arena's allocated bytes; 0 = unlimited */
+    int32_t saved_mode;        /**< an edkm_saved_mode; default EDKM_SAVED_HISTOGRAM */
+    uint32_t keep_weights;     /**< HISTOGRAM mode: 1 = also keep the weights' 16-bit keys (2 bytes
+                                    per weight) so backward may be given weights = NULL; default 0 */
+    const edkm_communicator *communicator; /**< NULL = one process (default); copied at create */
+} edkm_runtime_config;
+
+/** Fills cfg with the defaults above and struct_size = sizeof(edkm_runtime_config). */
+EDKM_API void edkm_runtime_config_init(edkm_runtime_config *cfg);
+
+/**
+ * Creates a runtime: its own jemalloc arena, its thread pool, its communicator.
+ * cfg may be NULL (defaults). *out receives the handle; release it with edkm_runtime_destroy.
+ * Layers and saved states keep their runtime alive: destroying the runtime handle while they live
+ * is allowed; the arena goes when the last of them is destroyed.
+ */
+EDKM_API edkm_status edkm_runtime_create(const edkm_runtime_config *cfg, edkm_runtime **out);
+/** Releases the runtime handle. NULL is a no-op. */
+EDKM_API void edkm_runtime_destroy(edkm_runtime *runtime);
+
+/** Changes the byte budget (0 = unlimited). Bytes already held are not affected. */
+EDKM_API edkm_status edkm_runtime_set_budget(edkm_runtime *runtime, uint64_t budget_bytes);
+
+/** Arena statistics, read from jemalloc's own per-arena counters (bytes) and the library's. */
+typedef struct edkm_runtime_stats {
+    uint32_t struct_size;          /**< in: sizeof(edkm_runtime_stats) */
+    uint32_t num_threads;          /**< out: worker threads in the pool */
+    uint64_t arena_allocated;      /**< bytes allocated in the arena now (jemalloc small + large) */
+    uint64_t arena_peak;           /**< highest arena_allocated seen since create or reset */
+    uint64_t arena_active;         /**< bytes of active pages of the arena (jemalloc pactive) */
+    uint64_t heap_saved;           /**< bytes of saved state on the ordinary heap (EDKM_SAVED_DKM) */
+    uint64_t heap_saved_peak;      /**< highest heap_saved since create or reset */
+    uint64_t live_saved_states;    /**< saved states not yet destroyed */
+    uint64_t dedup_hits;           /**< saved tensors referenced instead of copied */
+    uint64_t dedup_misses;         /**< saved tensors copied */
+    uint64_t budget_bytes;         /**< the current budget (0 = unlimited) */
+    uint64_t communicator_bytes;   /**< bytes this rank sent through the communicator */
+} edkm_runtime_stats;
+
+/** Writes the statistics. out->struct_size must be set by the caller. */
+EDKM_API edkm_status edkm_runtime_get_stats(const edkm_runtime *runtime, edkm_runtime_stats *out);
+/** Sets arena_peak to arena_allocated and heap_saved_peak to heap_saved. */
+EDKM_API edkm_status edkm_runtime_reset_peak(edkm_runtime *runtime);
+
+/* ============================ Layer ============================ */
+
+/** Centroid initialisation. Values are ABI. */
+typedef enum edkm_init {
+    EDKM_INIT_AUTO = 0,         /**< OPTIMAL_1D for cluster_dim 1, KMEANS_PP otherwise */
+    EDKM_INIT_OPTIMAL_1D = 1,   /**< exact minimum-SSE 1-D k-means on the value histogram */
+    EDKM_INIT_KMEANS_PP = 2     /**< seeded k-means++ followed by Lloyd iterations */
+} edkm_init;
+
+/** Implementation of the forward and backward. Values are ABI. */
+typedef enum edkm_algorithm {
+    EDKM_ALGORITHM_AUTO = 0,        /**< UNIQUIFIED where possible (cluster_dim 1 and 16-bit keys) */
+    EDKM_ALGORITHM_DENSE = 1,       /**< N x k maps, computed in bounded chunks */
+    EDKM_ALGORITHM_UNIQUIFIED = 2   /**< on the value histogram: O(N) + O(U k T) */
+} edkm_algorithm;
+
+typedef struct edkm_layer_config {
+    uint32_t struct_size;      /**< sizeof(edkm_layer_config); set by edkm_layer_config_init */
+    uint32_t bits;             /**< k = 2^bits centroids, 1..8; default 4 */
+    uint32_t cluster_dim;      /**< d: weights clustered as d-vectors of consecutive elements of a
+                                    row; 1..64, must divide the row length; default 1 */
+    uint32_t group_size;       /**< 0 = one LUT for the tensor (default); g > 0 = a LUT per group of
+                                    g consecutive rows (shape[0] must be divisible by g) */
+    uint32_t max_iterations;   /**< DKM iterations per forward, 1..64; default 3 */
+    int32_t init;              /**< an edkm_init; default EDKM_INIT_AUTO */
+    double tau;                /**< softmax temperature (> 0, finite); default 1e-4 */
+    double epsilon;            /**< early stop when |inertia change| <= epsilon (>= 0); default 1e-4 */
+    double zero_threshold;     /**< attention clamped from below at this value (>= 0); default 1e-7 */
+    double prune_threshold;    /**< subtracted from the distance to centroid 0 (>= 0); default 1e-7 */
+    int32_t algorithm;         /**< an edkm_algorithm; default EDKM_ALGORITHM_AUTO */
+    int32_t f32_key_dtype;     /**< f32 weights on the UNIQUIFIED path are keyed by rounding to this
+                                    16-bit dtype (EDKM_DTYPE_F16 or BF16); EDKM_DTYPE_F32 (default)
+                                    = no rounding, f32 weights take the DENSE path */
+    uint64_t seed;             /**< seed of k-means++; default 0x5eed */
+} edkm_layer_config;
+
+/** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */
+EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
+
+/**
+ * Creates a layer for a weight tensor of the given shape (ndim >= 1; shape[0] = output rows;
+ * every extent >= 1). cfg may be NULL (defaults). The layer has no centroids until
+ * edkm_layer_init_centroids, edkm_layer_set_centroids or its first forward (which initialises
+ * them from the weights with cfg->init).
+ */
+EDKM_API edkm_status edkm_layer_create(edkm_runtime *runtime, const edkm_layer_config *cfg,
+                                       const int64_t *shape, size_t ndim, edkm_layer **out);
+/** Releases the layer handle. NULL is a no-op. Its saved states stay valid. */
+EDKM_API void edkm_layer_destroy(edkm_layer *layer);
+
+/**
+ * Number of floats in the layer's centroids: groups * 2^bits * cluster_dim, where groups =
+ * shape[0] / group_size (1 when group_size is 0). Layout [group][centroid][dim].
+ */
+EDKM_API edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
+/** Copies the current centroids (layout above) into out[count]. EDKM_ERR_STATE if none yet. */
+EDKM_API edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
+/** Replaces the centroids (layout above), e.g. to restore a checkpoint. Must be finite. */
+EDKM_API edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);
+/** (Re)initialises the centroids from weights[count] (count = the tensor's element count). */
+EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *weights,
+                                               edkm_dtype dtype, size_t count);
+
+/**
+ * Training forward. weights: count elements of `dtype` (count = the tensor's element count);
+ * out: count elements of out_dtype (EDKM_DTYPE_F32, or the weights' dtype), written with the
+ * soft-clustered weights w~ = A^{T-1} c^T. Internal arithmetic is float64 on the uniquified path and
+ * float64 accumulation on the dense path, whatever the dtypes.
+ * The layer's centroids become c^T (the warm start of the next forward).
+ * saved: NULL = nothing is kept (no backward possible); otherwise *saved receives a new saved state
+ * (release with edkm_saved_state_destroy), stored as the runtime's saved_mode says.
+ */
+EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, edkm_dtype dtype,
+                                        size_t count, void *out, edkm_dtype out_dtype,
+                                        edkm_saved_state **saved);
+
+/** Per-layer figures of the last forward. */
+typedef struct edkm_layer_stats {
+    uint32_t struct_size;         /**< in: sizeof(edkm_layer_stats) */
+    uint32_t iterations;          /**< DKM iterations run by the last forward (max over groups) */
+    uint64_t forwards;            /**< forwards run since create */
+    uint64_t distinct_values;     /**< distinct keys U of the last forward (sum over groups; 0 on the
+                                       dense path) */
+    int32_t algorithm;            /**< the edkm_algorithm the last forward used */
+    int32_t reserved;
+    double inertia;               /**< sum over weights of the squared distance to the nearest
+                                       centroid, at the last iteration (sum over groups) */
+} edkm_layer_stats;
+
+EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_stats *out);
+
+/* ============================ Saved state ============================ */
+
+/**
+ * Backward: given grad_output = dL/dw~ (count elements of grad_dtype) writes grad_input = dL/dw
+ * (count elements of grad_dtype) through every DKM iteration (no gradient to the initial
+ * centroids). weights: the weights given to the forward (same dtype), needed in
+ * EDKM_SAVED_HISTOGRAM mode unless keep_weights was set (then, and in every other mode, it may be
+ * NULL; when given it is checked). Weights that differ from the forward's give
+ * EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
+ * Its memory is released by edkm_saved_state_destroy (not by backward).
+ */
+EDKM_API edkm_status edkm_saved_state_backward(edkm_saved_state *state, const void *grad_output,
+                                               void *grad_input, edkm_dtype grad_dtype,
+                                               size_t count, const void *weights);
+/** Bytes this saved state holds (arena or heap; a deduplicated tensor counts fully in each). */
+EDKM_API edkm_status edkm_saved_state_bytes(const edkm_saved_state *state, uint64_t *bytes);
+/** Releases the saved state and its memory. NULL is a no-op. */
+EDKM_API void edkm_saved_state_destroy(edkm_saved_state *state);
+
+/* ============================ Export ============================ */
+
+/**
+ * Sizes of the hard-palettized export of the layer: lut_count = groups * 2^bits * cluster_dim
+ * values; packed_bytes = groups * ceil(n_per_group / cluster_dim * bits / 8), where each group's
+ * indices start on a byte boundary.
+ */
+EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lut_count,
+                                             size_t *packed_bytes);
+
+/**
+ * Hard assignment: label = argmin_j (||w - c_j||^2 - prune_threshold * [j == 0]) per weight (per
+ * d-vector), with the layer's current centroids. lut: lut_count values of lut_dtype (F32 or F16),
+ * layout [group][centroid][dim]. packed: the labels of each group in element order, `bits` bits
+ * each, least significant bit first: label n of a group occupies stream bits n*bits .. n*bits+bits-1,
+ * stream bit b being bit (b % 8) of byte b / 8 of that group's slice.
+ */
+EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
+                                       size_t count, void *lut, edkm_dtype lut_dtype,
+                                       uint8_t *packed, size_t packed_bytes);
+
+/** The inverse of export: out[count] (F32, F16 or BF16) = lut[label] for every weight. */
+EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
+                                       const uint8_t *packed, size_t packed_bytes,
+                                       void *out, edkm_dtype out_dtype, size_t count);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* EDKM_H */
