@@ -313,8 +313,7 @@ def _load():
             return ctypes.CDLL(env), env
         except OSError as e:
             raise ImportError(
-                f"libedkm: EDKM_LIB_PATH={env!r} could not be loaded ({e}); "
-                f"point it at a built libedkm.so, or unset it and {_BUILD_HINT}"
+                f"libedkm: EDKM_LIB_PATH={env!r} could not be loaded ({e}); {_BUILD_HINT}"
             ) from e
     errors = []
     for cand in _candidates():

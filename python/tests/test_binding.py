@@ -696,7 +696,7 @@ def test_bf16_helpers(lib):
 
 @pytest.mark.parametrize("bits,d,group_size,shape", [
     (3, 1, 0, (64, 48)), (4, 1, 16, (64, 48)), (2, 4, 0, (32, 64)), (3, 2, 8, (32, 40)), (1, 1, 0, (8, 9)),
-    (8, 1, 0, (64, 64)), (5, 1, 4, (12, 7)),
+    (8, 1, 0, (64, 64)), (5, 1, 4, (12, 9)),
 ])
 @pytest.mark.parametrize("lut_dtype", ["f32", "f16"])
 def test_export_unpack(lib, rt, bits, d, group_size, shape, lut_dtype):
@@ -967,3 +967,16 @@ def test_discovery_prefers_repo_build(lib):
     r = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(built)
+
+
+def test_import_error_when_nothing_is_built(tmp_path):
+    """A checkout without a build and no EDKM_LIB_PATH: ImportError naming the repo to build in."""
+    shutil.copytree(PYTHON_DIR / "edkm", tmp_path / "python" / "edkm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import sys; sys.path.insert(0, %r); import edkm" % str(tmp_path / "python")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_clean_env())
+    if r.returncode == 0:
+        pytest.skip("a libedkm.so is installed on the system search path")
+    assert "ImportError" in r.stderr
+    assert f"build it with `swift build -c release` in {tmp_path}" in r.stderr
+    assert "EDKM_LIB_PATH=/path/to/libedkm.so" in r.stderr

@@ -1,0 +1,244 @@
+import CEDKM
+import Glibc
+import Testing
+
+/// Threads as ranks: an in-process all-gather / all-reduce over pthread barriers.
+final class ThreadGroup: @unchecked Sendable {
+    let world: Int
+    var barrier = pthread_barrier_t()
+    var buffer = [UInt8]()
+    var failNext = false
+    init(world: Int) {
+        self.world = world
+        pthread_barrier_init(&barrier, nil, UInt32(world))
+    }
+    deinit { pthread_barrier_destroy(&barrier) }
+}
+
+final class RankContext {
+    let group: ThreadGroup
+    let rank: Int
+    init(_ group: ThreadGroup, _ rank: Int) { self.group = group; self.rank = rank }
+}
+
+let gatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?, UnsafeMutableRawPointer?, Int) -> Int32 = { user, send, recv, bytes in
+    let ctx = Unmanaged<RankContext>.fromOpaque(user!).takeUnretainedValue()
+    let g = ctx.group
+    if g.failNext { return -1 }
+    if ctx.rank == 0 { g.buffer = [UInt8](repeating: 0, count: bytes * g.world) }
+    pthread_barrier_wait(&g.barrier)
+    g.buffer.withUnsafeMutableBytes { ($0.baseAddress! + ctx.rank * bytes).copyMemory(from: send!, byteCount: bytes) }
+    pthread_barrier_wait(&g.barrier)
+    g.buffer.withUnsafeBytes { recv!.copyMemory(from: $0.baseAddress!, byteCount: bytes * g.world) }
+    pthread_barrier_wait(&g.barrier)
+    return 0
+}
+
+let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<Double>?, Int) -> Int32 = { _, _, _ in 0 }
+
+@Suite(.serialized) struct SavedStateTests {
+    static let rows = 48, cols = 64
+    static func data() -> (w: [UInt16], grad: [Float]) {
+        var rng = Gaussian(seed: 21)
+        return (f16Bits(rng.floats(rows * cols, std: 0.02)), rng.floats(rows * cols, std: 1))
+    }
+
+    func run(mode: edkm_saved_mode, keepWeights: Bool = false) -> (Step, edkm_runtime_stats, UInt64)? {
+        let (w, grad) = Self.data()
+        let n = w.count
+        let rt = makeRuntime(mode: mode, keepWeights: keepWeights)
+        defer { edkm_runtime_destroy(rt) }
+        let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
+        defer { edkm_layer_destroy(l) }
+        let before = stats(rt)
+        var out = [Float](repeating: 0, count: n)
+        var state: OpaquePointer? = nil
+        guard check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &state)) == EDKM_OK else { return nil }
+        var bytes: UInt64 = 0
+        check(edkm_saved_state_bytes(state, &bytes))
+        let during = stats(rt)
+        var gin = [Float](repeating: 0, count: n)
+        let passWeights = mode == EDKM_SAVED_HISTOGRAM && !keepWeights
+        check(edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, passWeights ? w : nil))
+        edkm_saved_state_destroy(state)
+        let after = stats(rt)
+        #expect(after.live_saved_states == 0 && after.arena_allocated == before.arena_allocated && after.heap_saved == 0)
+        #expect(during.live_saved_states == 1)
+        return (Step(output: out, gradient: gin), during, bytes)
+    }
+
+    /// Every mode gives the same output and gradient. Modes that keep float32 softmax maps read
+    /// them back instead of recomputing in float64: 1e-6 relative.
+    @Test func everyModeSameGradients() {
+        guard let reference = run(mode: EDKM_SAVED_HISTOGRAM) else { return }
+        for mode in [EDKM_SAVED_DKM, EDKM_SAVED_MARSHAL, EDKM_SAVED_DEDUP, EDKM_SAVED_UNIQUIFY, EDKM_SAVED_SHARD] {
+            guard let r = run(mode: mode) else { continue }
+            #expect(maxRelativeDifference(r.0.output, reference.0.output) < 1e-6, "mode \(mode)")
+            #expect(maxRelativeDifference(r.0.gradient, reference.0.gradient) < 1e-6, "mode \(mode)")
+            if mode == EDKM_SAVED_DKM {
+                #expect(r.1.heap_saved > 0 && r.1.arena_allocated == 0)
+            } else {
+                #expect(r.1.arena_allocated > 0 && r.1.heap_saved == 0)
+            }
+        }
+        if let kept = run(mode: EDKM_SAVED_HISTOGRAM, keepWeights: true) {
+            #expect(kept.0.gradient == reference.0.gradient)
+        }
+        // Saved bytes shrink along the ablation.
+        let sizes = [EDKM_SAVED_DKM, EDKM_SAVED_DEDUP, EDKM_SAVED_UNIQUIFY, EDKM_SAVED_HISTOGRAM].compactMap { run(mode: $0)?.2 }
+        #expect(sizes.count == 4 && sizes[0] >= sizes[1] && sizes[1] > sizes[2] && sizes[2] > sizes[3])
+    }
+
+    /// Dedup: the same weights forwarded twice (gradient accumulation) share their saved copy;
+    /// different contents and same-pointer-changed-contents do not.
+    @Test func dedupHitsAndMisses() {
+        var (w, _) = Self.data()
+        let n = w.count
+        let rt = makeRuntime(mode: EDKM_SAVED_DEDUP)
+        let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 2, iterations: 3))
+        let cfg = layerConfig(bits: 2, iterations: 3)
+        var out = [Float](repeating: 0, count: n)
+        var s1: OpaquePointer? = nil, s2: OpaquePointer? = nil, s3: OpaquePointer? = nil
+        check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &s1))
+        let a = stats(rt)
+        #expect(a.dedup_misses == 1 && a.dedup_hits == 2)  // 3 iterations save the same weights once
+        check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &s2))
+        let b = stats(rt)
+        #expect(b.dedup_hits == 5 && b.dedup_misses == 1)
+        // A tied weight in another layer hits too.
+        let tied = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], cfg)
+        var s4: OpaquePointer? = nil
+        check(edkm_layer_forward(tied, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &s4))
+        #expect(stats(rt).dedup_misses == 1)
+        w[7] ^= 1  // same buffer, changed content
+        check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &s3))
+        #expect(stats(rt).dedup_misses == 2)
+        for s in [s1, s2, s3, s4] { edkm_saved_state_destroy(s) }
+        let end = stats(rt)
+        #expect(end.arena_allocated == 0 && end.live_saved_states == 0)
+        edkm_layer_destroy(l)
+        edkm_layer_destroy(tied)
+        edkm_runtime_destroy(rt)
+    }
+
+    /// A budget smaller than one saved state: forward fails cleanly, nothing leaks, and raising
+    /// the budget lets training continue.
+    @Test func budgetExceeded() {
+        let (w, grad) = Self.data()
+        let n = w.count
+        let rt = makeRuntime(mode: EDKM_SAVED_MARSHAL, budget: 64 * 1024)
+        let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3))
+        var out = [Float](repeating: -1, count: n)
+        var state: OpaquePointer? = nil
+        #expect(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &state) == EDKM_ERR_BUDGET_EXCEEDED)
+        #expect(lastError().contains("budget"))
+        #expect(state == nil && out.allSatisfy { $0 == -1 })
+        #expect(stats(rt).arena_allocated == 0 && stats(rt).live_saved_states == 0)
+        check(edkm_runtime_set_budget(rt, 0))
+        #expect(forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad, passWeights: false) != nil)
+        #expect(stats(rt).arena_allocated == 0)
+        #expect(stats(rt).arena_peak > 64 * 1024)
+        edkm_layer_destroy(l)
+        edkm_runtime_destroy(rt)
+    }
+
+    /// Shard mode with threads as ranks: every rank's gradient equals the single-process one,
+    /// for world sizes with an uneven last shard.
+    @Test(arguments: [1, 2, 3, 8])
+    func shardedAcrossRanks(world: Int) {
+        guard let reference = run(mode: EDKM_SAVED_HISTOGRAM) else { return }
+        let (w, grad) = Self.data()
+        let n = w.count
+        let group = ThreadGroup(world: world)
+        let contexts = (0..<world).map { RankContext(group, $0) }
+        var gradients = [[Float]](repeating: [], count: world)
+        var shardBytes = [UInt64](repeating: 0, count: world)
+        var threads: [pthread_t] = []
+        final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        for r in 0..<world {
+            let job = Job {
+                var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
+                                             world_size: Int32(world), reserved: 0,
+                                             user_data: Unmanaged.passUnretained(contexts[r]).toOpaque(),
+                                             all_gather: gatherCallback, all_reduce_sum: reduceCallback)
+                let rt = makeRuntime(mode: EDKM_SAVED_SHARD, threads: 1, communicator: &comm)
+                let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
+                var out = [Float](repeating: 0, count: n)
+                var state: OpaquePointer? = nil
+                check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &state))
+                var gin = [Float](repeating: 0, count: n)
+                check(edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, nil))
+                gradients[r] = gin
+                shardBytes[r] = stats(rt).communicator_bytes
+                edkm_saved_state_destroy(state)
+                edkm_layer_destroy(l)
+                edkm_runtime_destroy(rt)
+            }
+            var tid = pthread_t()
+            pthread_create(&tid, nil, { raw in
+                Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
+                return nil
+            }, Unmanaged.passRetained(job).toOpaque())
+            threads.append(tid)
+        }
+        for t in threads { pthread_join(t, nil) }
+        for r in 0..<world {
+            #expect(maxRelativeDifference(gradients[r], reference.0.gradient) < 1e-6, "rank \(r)")
+            #expect(shardBytes[r] == UInt64((n + world - 1) / world * 2))
+        }
+    }
+
+    /// A failing communicator: backward reports EDKM_ERR_COMMUNICATOR, writes nothing, and the
+    /// saved state stays usable for a retry.
+    @Test func failingCommunicator() {
+        let (w, grad) = Self.data()
+        let n = w.count
+        let group = ThreadGroup(world: 1)
+        let ctx = RankContext(group, 0)
+        var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: 0, world_size: 1,
+                                     reserved: 0, user_data: Unmanaged.passUnretained(ctx).toOpaque(),
+                                     all_gather: gatherCallback, all_reduce_sum: reduceCallback)
+        let rt = makeRuntime(mode: EDKM_SAVED_SHARD, communicator: &comm)
+        let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3))
+        var out = [Float](repeating: 0, count: n)
+        var state: OpaquePointer? = nil
+        check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &state))
+        var gin = [Float](repeating: -3, count: n)
+        group.failNext = true
+        #expect(edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, nil) == EDKM_ERR_COMMUNICATOR)
+        #expect(gin.allSatisfy { $0 == -3 })
+        group.failNext = false
+        check(edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, nil))
+        edkm_saved_state_destroy(state)
+        edkm_layer_destroy(l)
+        edkm_runtime_destroy(rt)
+    }
+
+    /// Different layers on one runtime from different threads at once.
+    @Test func concurrentLayers() {
+        let (w, grad) = Self.data()
+        let n = w.count
+        let rt = makeRuntime(threads: 2)
+        guard let single = run(mode: EDKM_SAVED_HISTOGRAM) else { return }
+        var results = [[Float]](repeating: [], count: 4)
+        var threads: [pthread_t] = []
+        final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        for i in 0..<4 {
+            let job = Job {
+                let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
+                results[i] = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad)?.gradient ?? []
+                edkm_layer_destroy(l)
+            }
+            var tid = pthread_t()
+            pthread_create(&tid, nil, { raw in
+                Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
+                return nil
+            }, Unmanaged.passRetained(job).toOpaque())
+            threads.append(tid)
+        }
+        for t in threads { pthread_join(t, nil) }
+        for r in results { #expect(r == single.0.gradient) }
+        #expect(stats(rt).arena_allocated == 0)
+        edkm_runtime_destroy(rt)
+    }
+}

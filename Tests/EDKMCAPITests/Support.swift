@@ -1,0 +1,105 @@
+import CEDKM
+import Glibc
+import Testing
+
+/// Helpers for tests that use only the C ABI.
+func lastError() -> String { String(cString: edkm_last_error()) }
+
+@discardableResult
+func check(_ s: edkm_status, _ what: String = "", sourceLocation: SourceLocation = #_sourceLocation) -> edkm_status {
+    #expect(s == EDKM_OK, "\(what): \(String(cString: edkm_status_name(s))) \(lastError())", sourceLocation: sourceLocation)
+    return s
+}
+
+func makeRuntime(mode: edkm_saved_mode = EDKM_SAVED_HISTOGRAM, threads: UInt32 = 0, budget: UInt64 = 0,
+                 keepWeights: Bool = false, communicator: UnsafePointer<edkm_communicator>? = nil) -> OpaquePointer {
+    var cfg = edkm_runtime_config()
+    edkm_runtime_config_init(&cfg)
+    cfg.saved_mode = Int32(mode.rawValue)
+    cfg.num_threads = threads
+    cfg.budget_bytes = budget
+    cfg.keep_weights = keepWeights ? 1 : 0
+    cfg.communicator = communicator
+    var rt: OpaquePointer? = nil
+    check(edkm_runtime_create(&cfg, &rt), "runtime_create")
+    return rt!
+}
+
+func layerConfig(bits: UInt32 = 4, tau: Double = 1e-4, group: UInt32 = 0, d: UInt32 = 1,
+                 algorithm: edkm_algorithm = EDKM_ALGORITHM_AUTO, iterations: UInt32 = 3) -> edkm_layer_config {
+    var c = edkm_layer_config()
+    edkm_layer_config_init(&c)
+    c.bits = bits
+    c.tau = tau
+    c.group_size = group
+    c.cluster_dim = d
+    c.algorithm = Int32(algorithm.rawValue)
+    c.max_iterations = iterations
+    return c
+}
+
+func makeLayer(_ rt: OpaquePointer, _ shape: [Int64], _ cfg: edkm_layer_config) -> OpaquePointer {
+    var c = cfg
+    var layer: OpaquePointer? = nil
+    check(edkm_layer_create(rt, &c, shape, shape.count, &layer), "layer_create")
+    return layer!
+}
+
+func stats(_ rt: OpaquePointer) -> edkm_runtime_stats {
+    var s = edkm_runtime_stats()
+    s.struct_size = UInt32(MemoryLayout<edkm_runtime_stats>.size)
+    check(edkm_runtime_get_stats(rt, &s), "get_stats")
+    return s
+}
+
+/// Seeded normal samples (Box-Muller on SplitMix64).
+struct Gaussian {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func nextUInt() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func uniform() -> Double { (Double(nextUInt() >> 11) + 0.5) * 0x1.0p-53 }
+    mutating func normal() -> Double {
+        (-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform())
+    }
+    mutating func floats(_ n: Int, std: Double) -> [Float] { (0..<n).map { _ in Float(normal() * std) } }
+}
+
+func f16Bits(_ x: [Float]) -> [UInt16] { x.map { Float16($0).bitPattern } }
+/// bfloat16 bits, rounded to nearest even (finite inputs).
+func bf16Bits(_ x: [Float]) -> [UInt16] {
+    x.map { v in
+        let b = v.bitPattern
+        return UInt16(truncatingIfNeeded: (b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16)
+    }
+}
+func fromF16(_ b: [UInt16]) -> [Float] { b.map { Float(Float16(bitPattern: $0)) } }
+
+func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Double {
+    let scale = b.reduce(0) { max($0, Double(abs($1))) }
+    let diff = zip(a, b).reduce(0) { max($0, Double(abs($1.0 - $1.1))) }
+    return scale > 0 ? diff / scale : diff
+}
+
+/// One forward (f32 output) and backward (f32 gradients) through the C ABI.
+struct Step {
+    var output: [Float]
+    var gradient: [Float]
+}
+
+func forwardBackward(_ layer: OpaquePointer, weights: UnsafeRawPointer, dtype: edkm_dtype, count: Int,
+                     grad: [Float], passWeights: Bool = true) -> Step? {
+    var out = [Float](repeating: 0, count: count)
+    var state: OpaquePointer? = nil
+    guard check(edkm_layer_forward(layer, weights, dtype, count, &out, EDKM_DTYPE_F32, &state), "forward") == EDKM_OK else { return nil }
+    var gin = [Float](repeating: 0, count: count)
+    let s = edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, count, passWeights ? weights : nil)
+    check(s, "backward")
+    edkm_saved_state_destroy(state)
+    return s == EDKM_OK ? Step(output: out, gradient: gin) : nil
+}

@@ -1,0 +1,80 @@
+@testable import EDKMSwift
+import Testing
+
+/// Core unit tests (no C ABI): initialisation, conversions, re-spread.
+@Suite struct CoreTests {
+    /// Exact 1-D k-means equals exhaustive search over all contiguous splits of the sorted values.
+    @Test(arguments: 1...4)
+    func optimal1DEqualsBruteForce(k: Int) {
+        var rng = SplitMix64(seed: UInt64(k))
+        for _ in 0..<20 {
+            let U = 9
+            let values = (0..<U).map { _ in rng.nextUnit() * 2 - 1 }
+            let counts = (0..<U).map { _ in Double(1 + rng.next() % 5) }
+            let c = CentroidInitialization.optimal1D(values: values, counts: counts, k: k)
+            let got = CentroidInitialization.sse(values: values, counts: counts, centroids: c)
+            // brute force over the k-1 cut points of the sorted values
+            let order = values.indices.sorted { values[$0] < values[$1] }
+            let u = order.map { values[$0] }, n = order.map { counts[$0] }
+            var best = Double.infinity
+            func search(_ start: Int, _ left: Int, _ acc: Double) {
+                if left == 1 {
+                    best = min(best, acc + clusterCost(u, n, start, U))
+                    return
+                }
+                if start >= U { return }
+                for end in (start + 1)...U where U - end >= left - 1 {
+                    search(end, left - 1, acc + clusterCost(u, n, start, end))
+                }
+            }
+            search(0, k, 0)
+            #expect(abs(got - best) <= 1e-12 * max(1, best), "k \(k): \(got) vs \(best)")
+            // never worse than k-means++
+            let pp = u.withUnsafeBufferPointer {
+                CentroidInitialization.kMeansPlusPlus(vectors: $0.baseAddress!, count: U, d: 1, k: k, seed: 7)
+            }
+            #expect(got <= CentroidInitialization.sse(values: values, counts: counts, centroids: pp) + 1e-12)
+        }
+    }
+
+    func clusterCost(_ u: [Double], _ n: [Double], _ a: Int, _ b: Int) -> Double {
+        let w = n[a..<b].reduce(0, +)
+        let mean = zip(u[a..<b], n[a..<b]).reduce(0) { $0 + $1.0 * $1.1 } / w
+        return zip(u[a..<b], n[a..<b]).reduce(0) { $0 + $1.1 * ($1.0 - mean) * ($1.0 - mean) }
+    }
+
+    @Test func fewerValuesThanCentroids() {
+        let c = CentroidInitialization.optimal1D(values: [1, 3], counts: [2, 1], k: 4)
+        #expect(c.count == 4 && c.contains(1) && c.contains(3))
+        #expect(CentroidInitialization.optimal1D(values: [5], counts: [3], k: 2) == [5, 5])
+    }
+
+    /// Float -> f16/bf16 conversions round to nearest even exactly as the hardware types do.
+    @Test func halfConversionsExact() {
+        var rng = SplitMix64(seed: 1)
+        var samples: [Float] = [0, -0, 65504, 65519.99, 65520, 1e-8, 6e-8, -3e-5, .infinity, -.infinity, .nan, 1.0009765625]
+        for _ in 0..<200_000 { samples.append(Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))) }
+        for x in samples {
+            let ours = HalfConversion.floatToF16(x)
+            let ref = Float16(x).bitPattern
+            if x.isNaN { #expect(Float16(bitPattern: ours).isNaN) } else { #expect(ours == ref, "\(x)") }
+        }
+        for bits in 0..<65536 {
+            let h = Float16(bitPattern: UInt16(bits))
+            if !h.isNaN { #expect(HalfConversion.f16ToFloat(UInt16(bits)) == Float(h)) }
+            let b = HalfConversion.bf16ToFloat(UInt16(bits))
+            if !b.isNaN { #expect(HalfConversion.floatToBF16(b) == UInt16(bits)) }
+        }
+        #expect(HalfConversion.floatToBF16(1.00390625) == 0x3F80)  // tie to even
+        #expect(HalfConversion.floatToBF16(1.01171875) == 0x3F82)
+    }
+
+    @Test func respreadMovesDuplicates() {
+        var c: [Float] = [0.5, 0.1, 0.5, 0.9]
+        CentroidInitialization.respreadDuplicates(&c, k: 4, d: 1)
+        #expect(c == [0.7, 0.1, 0.5, 0.9])  // first 0.5 -> midpoint with the next distinct (0.9)
+        var distinct: [Float] = [1, 2, 3, 4]
+        CentroidInitialization.respreadDuplicates(&distinct, k: 4, d: 1)
+        #expect(distinct == [1, 2, 3, 4])
+    }
+}
