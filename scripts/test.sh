@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# All the tests: Swift (C ABI and core), ABI checks, the C examples, the Python binding (and the
+# torch autograd reference where torch is installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== swift test"
+swift test 2>&1 | grep -vE "^\[|^Test (Suite|Case)|^(\s)*Executed 0 tests" 
+echo "== ABI"
+bash scripts/check-abi.sh
+echo "== C examples"
+sh examples/c/build.sh run
+echo "== Python"
+python3 examples/python/quickstart.py
+EDKM_REQUIRE_LIB=1 python3 -m pytest -q python/tests
