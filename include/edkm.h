@@ -107,7 +107,8 @@ EDKM_API const char *edkm_last_error(void);
 
 /* ============================ Types ============================ */
 
-/** Element types of weights, gradients, outputs and LUTs (passed as int32_t). Values are ABI. */
+/** Element types of weights, gradients, outputs and LUTs. Values are ABI; struct fields carry
+ *  them as int32_t. */
 typedef enum edkm_dtype {
     EDKM_DTYPE_F32 = 0,   /**< IEEE binary32 */
     EDKM_DTYPE_F16 = 1,   /**< IEEE binary16, passed as its uint16_t bit pattern */
@@ -135,7 +136,8 @@ typedef struct edkm_communicator {
     int32_t rank;           /**< this process's rank, 0 <= rank < world_size */
     int32_t world_size;     /**< number of ranks, >= 1 */
     int32_t reserved;       /**< 0 */
-    void *user_data;        /**< passed back to the callbacks; borrowed, must outlive the runtime */
+    void *user_data;        /**< passed back to the callbacks; borrowed: must outlive the runtime
+                                 and every layer and saved state made from it */
     /**
      * All-gather of equal-sized blocks: every rank passes `bytes` bytes in `send`; on return
      * `recv` holds world_size * bytes bytes, rank r's block at offset r * bytes.
@@ -252,8 +254,9 @@ typedef struct edkm_layer_config {
 EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
 
 /**
- * Creates a layer for a weight tensor of the given shape (ndim >= 1; shape[0] = output rows;
- * every extent >= 1). cfg may be NULL (defaults). The layer has no centroids until
+ * Creates a layer for a weight tensor of the given shape (1 <= ndim <= 16; shape[0] = output rows;
+ * every extent >= 1). Each partition must hold at least 2^bits vectors (else EDKM_ERR_SHAPE).
+ * cfg may be NULL (defaults). The layer has no centroids until
  * edkm_layer_init_centroids, edkm_layer_set_centroids or its first forward (which initialises
  * them from the weights with cfg->init).
  */
@@ -343,7 +346,8 @@ EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weig
                                        size_t count, void *lut, edkm_dtype lut_dtype,
                                        uint8_t *packed, size_t packed_bytes);
 
-/** The inverse of export: out[count] (F32, F16 or BF16) = lut[label] for every weight. */
+/** The inverse of export: out[count] (F32, F16 or BF16) = lut[label] for every weight. lut must
+ *  hold lut_count values of lut_dtype (edkm_layer_export_sizes); packed_bytes must be exact. */
 EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
                                        const uint8_t *packed, size_t packed_bytes,
                                        void *out, edkm_dtype out_dtype, size_t count);
