@@ -427,7 +427,7 @@ static void usage(FILE *f) {
             "  --epochs N         float training epochs (default 20)\n"
             "  --ft-epochs N      DKM fine-tuning epochs (default 4)\n"
             "  --lr X             float Adam learning rate (default 3e-3, cosine decay)\n"
-            "  --ft-lr X          DKM fine-tuning Adam learning rate (default 1e-3, cosine decay)\n"
+            "  --ft-lr X          DKM fine-tuning Adam learning rate (default 2e-3, cosine decay)\n"
             "  --tau-scale S      tau = S * var(w) per layer (default 0.01)\n"
             "  --tau X            one absolute tau for every layer\n"
             "  --tau-default      the library's default tau (1e-4, coremltools' default)\n"
@@ -444,7 +444,7 @@ static int parse_options(int argc, char **argv, options *o) {
     o->float_epochs = 20;
     o->ft_epochs = 4;
     o->float_lr = 3e-3;
-    o->ft_lr = 1e-3;
+    o->ft_lr = 2e-3;
     o->tau_mode = 0;
     o->tau_scale = 0.01;
     o->tau_abs = 0;
