@@ -321,6 +321,27 @@ int main(void) {
         bad[1] = -8;
         expect2(edkm_layer_create(rt, &lcfg, bad, 2, &layer), EDKM_ERR_SHAPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create extent -8");
     }
+    {
+        int64_t big[17];
+        for (i = 0; i < 17; ++i) big[i] = 1;
+        big[16] = 64;
+        expect2(edkm_layer_create(rt, &lcfg, big, 17, &layer), EDKM_ERR_SHAPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create ndim 17 (> 16)");
+        big[0] = 16;
+        big[1] = 4;
+        expect(edkm_layer_create(rt, &lcfg, big, 16, &layer), EDKM_OK, "layer_create ndim 16");
+        if (layer != sentinel_layer) edkm_layer_destroy(layer);
+        layer = sentinel_layer;
+    }
+    {
+        int64_t small[2];
+        small[0] = 1;
+        small[1] = 15;
+        expect(edkm_layer_create(rt, &lcfg, small, 2, &layer), EDKM_ERR_SHAPE, "layer_create 15 weights < 2^4 centroids");
+        small[1] = 16;
+        expect(edkm_layer_create(rt, &lcfg, small, 2, &layer), EDKM_OK, "layer_create 16 weights = 2^4 centroids");
+        if (layer != sentinel_layer) edkm_layer_destroy(layer);
+        layer = sentinel_layer;
+    }
 #define BAD_LAYER_CFG(field, value, want1, want2, what)                               \
     do {                                                                              \
         edkm_layer_config_init(&lcfg);                                                \
@@ -335,6 +356,8 @@ int main(void) {
     BAD_LAYER_CFG(cluster_dim, 65, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_SHAPE, "layer_create cluster_dim 65");
     BAD_LAYER_CFG(cluster_dim, 3, EDKM_ERR_SHAPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create cluster_dim 3 (row of 8)");
     BAD_LAYER_CFG(group_size, 3, EDKM_ERR_SHAPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create group_size 3 (8 rows)");
+    BAD_LAYER_CFG(group_size, 1, EDKM_ERR_SHAPE, EDKM_ERR_SHAPE, "layer_create group_size 1 (8 weights per group < 16)");
+    BAD_LAYER_CFG(cluster_dim, 8, EDKM_ERR_SHAPE, EDKM_ERR_SHAPE, "layer_create cluster_dim 8 (8 vectors < 16)");
     BAD_LAYER_CFG(max_iterations, 0, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create max_iterations 0");
     BAD_LAYER_CFG(max_iterations, 65, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create max_iterations 65");
     BAD_LAYER_CFG(init, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create init 3");

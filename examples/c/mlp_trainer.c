@@ -11,7 +11,10 @@
  *      b. DKM fine-tuning: from the float weights, every step runs edkm_layer_forward on each weight
  *         matrix (f32 in, f32 out) with a saved state, uses the soft-clustered weights w~ in the MLP
  *         forward, backpropagates to dL/dw~, edkm_saved_state_backward gives dL/dw, the saved state
- *         is destroyed and Adam updates the float weights. At the end: export + unpack, test acc.
+ *         is destroyed and Adam updates the float weights (Adam also copes with the scale of DKM
+ *         gradients, which grows like 1/tau). At the end one more forward without a saved state
+ *         re-fits the centroids to the final weights (--no-refresh skips it), then export + unpack,
+ *         test acc.
  *   4. Prints the table model | bits | test accuracy | weight bytes, and the runtime's arena stats.
  *
  * Only the two weight matrices are clustered; the biases (138 floats) stay float32 in every row of
@@ -20,13 +23,15 @@
  *
  * Weights are float32 throughout. By default they take the library's DENSE path (f32_key_dtype =
  * EDKM_DTYPE_F32: no rounding); `--keys f16` (or bf16) keys them by their 16-bit rounding so that
- * the forward and backward take the eDKM UNIQUIFIED (value-histogram) path instead.
+ * the forward and backward take the eDKM UNIQUIFIED (value-histogram) path instead. `--saved-mode`
+ * picks what a forward keeps for its backward (the rows of the eDKM ablation: histogram, dkm,
+ * marshal, dedup, uniquify); the math is the same, only the memory (printed per run) differs.
  *
  * Temperature. The library's default tau = 1e-4 is coremltools' default, tuned for LLM weights of
  * scale ~0.02, where sqrt(tau) = 0.01 is about half a standard deviation. It is an absolute value
  * (in squared weight units), so the softness of the attention depends on the weights' scale. This
  * example therefore sets, per layer, tau = tau_scale * var(w) of the float weights (default
- * tau_scale = 0.01, i.e. an attention width sqrt(tau) of 0.1 standard deviations, about half the
+ * tau_scale = 0.01, i.e. an attention width sqrt(tau) of 0.1 standard deviations, under half the
  * spacing of 16 clusters); `--tau X` sets one absolute tau for every layer, and `--tau-default`
  * leaves the library default in place (the coremltools behaviour, testable as is).
  *
@@ -40,7 +45,9 @@
  *   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c -L .build/release -ledkm \
  *      -Wl,-rpath,$PWD/.build/release -lm -o examples/c/bin/mlp_trainer
  * or examples/c/build.sh. Run: examples/c/bin/mlp_trainer [--help]
- * Exit status: 0 on success, 1 on an edkm error or a failed check, 2 on bad usage.
+ * Exit status: 0 on success, 1 on an edkm error or a failed check (including two generous sanity
+ * bounds: the float MLP must beat the linear classifier by 5 points, and no >= 3-bit palettized
+ * model may lose more than 8 points), 2 on bad usage.
  */
 #define _POSIX_C_SOURCE 199309L /* clock_gettime, for wall-clock timings only */
 
@@ -415,6 +422,7 @@ typedef struct {
     int refresh;         /* run a final forward (no saved state) before export */
     int selfcheck;
     unsigned num_threads;
+    int saved_mode;      /* edkm_saved_mode of the runtime */
     unsigned bits[8];
     int nbits;
     uint64_t seed;
@@ -435,6 +443,8 @@ static void usage(FILE *f) {
             "  --iters N          DKM iterations per forward (max_iterations; default: library's, 3)\n"
             "  --no-refresh       export with the centroids of the last training forward\n"
             "  --threads N        runtime worker threads (default 0 = the cores available)\n"
+            "  --saved-mode M     histogram (default) | dkm | marshal | dedup | uniquify: what a forward\n"
+            "                     keeps for backward (the eDKM ablation); training is the same math\n"
             "  --no-selfcheck     skip the finite-difference gradient check\n"
             "  --seed N           data / init seed (default 42)\n");
 }
@@ -453,6 +463,7 @@ static int parse_options(int argc, char **argv, options *o) {
     o->refresh = 1;
     o->selfcheck = 1;
     o->num_threads = 0;
+    o->saved_mode = EDKM_SAVED_HISTOGRAM;
     o->bits[0] = 4;
     o->bits[1] = 3;
     o->nbits = 2;
@@ -493,6 +504,17 @@ static int parse_options(int argc, char **argv, options *o) {
         } else if (!strcmp(a, "--iters")) { NEEDV(); o->max_iterations = atoi(v);
         } else if (!strcmp(a, "--no-refresh")) { o->refresh = 0;
         } else if (!strcmp(a, "--threads")) { NEEDV(); o->num_threads = (unsigned)atoi(v);
+        } else if (!strcmp(a, "--saved-mode")) {
+            static const char *const names[] = {"histogram", "dkm", "marshal", "dedup", "uniquify", "shard"};
+            int m;
+            NEEDV();
+            o->saved_mode = -1;
+            for (m = 0; m < 6; ++m)
+                if (!strcmp(v, names[m])) o->saved_mode = m;
+            if (o->saved_mode < 0 || o->saved_mode == EDKM_SAVED_SHARD) {
+                fprintf(stderr, "bad --saved-mode %s (shard needs a communicator)\n", v);
+                return 0;
+            }
         } else if (!strcmp(a, "--no-selfcheck")) { o->selfcheck = 0;
         } else if (!strcmp(a, "--seed")) { NEEDV(); o->seed = (uint64_t)strtoull(v, NULL, 10);
         } else {
@@ -556,7 +578,6 @@ static size_t export_layer(edkm_layer *layer, const edkm_layer_config *cfg, cons
     uint16_t *lut16;
     float *lut32, *centroids, *hard32;
     uint8_t *packed, *packed32;
-    unsigned distinct = 0, seen[256];
 
     EDKM_CHECK(edkm_layer_export_sizes(layer, &lut_count, &packed_bytes));
     if (lut_count != k || packed_bytes != (n * bits + 7) / 8) fail("export sizes differ from the header's formula");
@@ -580,7 +601,6 @@ static size_t export_layer(edkm_layer *layer, const edkm_layer_config *cfg, cons
         if (lut16[i] != f32_to_f16(centroids[i])) fail("F16 LUT != float16 rounding of the centroids");
     }
     EDKM_CHECK(edkm_layer_unpack(layer, lut32, EDKM_DTYPE_F32, packed32, packed_bytes, hard32, EDKM_DTYPE_F32, n));
-    memset(seen, 0, sizeof seen);
     for (i = 0; i < n; ++i) {
         unsigned label = 0, b, j, best = 0;
         double dbest = 1e300, dlabel;
@@ -603,11 +623,9 @@ static size_t export_layer(edkm_layer *layer, const edkm_layer_config *cfg, cons
             }
             ++ties;
         }
-        if (!seen[label]) seen[label] = 1, ++distinct;
     }
     /* unused bits at the end of the last byte are not specified: not checked */
     if (ties) printf("    (export: %lu near-ties resolved differently from double precision)\n", (unsigned long)ties);
-    (void)distinct;
     free(lut16);
     free(lut32);
     free(packed);
@@ -630,7 +648,7 @@ static double gradcheck(edkm_runtime *rt, int f16, int *algorithm) {
     enum { N = 64, ROWS = 8 };
     const double h = f16 ? 1.0 / 256 : 1e-3;
     float w32[N], g[N], out[N], grad[N], c0[4];
-    uint16_t w16[N], grad16[N];
+    uint16_t w16[N];
     edkm_layer_config cfg;
     edkm_layer *layer;
     edkm_saved_state *saved = NULL;
@@ -666,14 +684,8 @@ static double gradcheck(edkm_runtime *rt, int f16, int *algorithm) {
     EDKM_CHECK(edkm_layer_get_stats(layer, &st));
     *algorithm = st.algorithm;
     if (st.iterations != 3) fail("gradcheck: forward did not run max_iterations with epsilon = 0");
-    if (f16) {
-        for (i = 0; i < N; ++i) w16[i] ^= 0; /* weights handed back unchanged */
-        EDKM_CHECK(edkm_saved_state_backward(saved, g, grad, EDKM_DTYPE_F32, N, w16));
-    } else {
-        EDKM_CHECK(edkm_saved_state_backward(saved, g, grad, EDKM_DTYPE_F32, N, w32));
-    }
+    EDKM_CHECK(edkm_saved_state_backward(saved, g, grad, EDKM_DTYPE_F32, N, wptr)); /* f32 gradients */
     edkm_saved_state_destroy(saved);
-    (void)grad16;
 
     for (i = 0; i < N; ++i) {
         double lp = 0, lm = 0, fd;
@@ -734,6 +746,7 @@ int main(int argc, char **argv) {
 
     edkm_runtime_config_init(&rcfg);
     rcfg.num_threads = o.num_threads;
+    rcfg.saved_mode = o.saved_mode;
     EDKM_CHECK(edkm_runtime_create(&rcfg, &rt));
 
     if (o.selfcheck) {
@@ -907,13 +920,17 @@ int main(int argc, char **argv) {
 
     rs.struct_size = sizeof rs;
     EDKM_CHECK(edkm_runtime_get_stats(rt, &rs));
-    printf("\nruntime stats: threads %u, arena_allocated %lu, arena_peak %lu, arena_active %lu, heap_saved %lu, "
-           "heap_saved_peak %lu, live_saved_states %lu, dedup hits/misses %lu/%lu, budget %lu, communicator_bytes %lu\n",
-           rs.num_threads, (unsigned long)rs.arena_allocated, (unsigned long)rs.arena_peak,
+    printf("\nruntime stats: threads %u, saved_mode %d, arena_allocated %lu, arena_peak %lu, arena_active %lu,\n"
+           "  heap_saved %lu, heap_saved_peak %lu, live_saved_states %lu, dedup hits/misses %lu/%lu, budget %lu, communicator_bytes %lu\n",
+           rs.num_threads, o.saved_mode, (unsigned long)rs.arena_allocated, (unsigned long)rs.arena_peak,
            (unsigned long)rs.arena_active, (unsigned long)rs.heap_saved, (unsigned long)rs.heap_saved_peak,
            (unsigned long)rs.live_saved_states, (unsigned long)rs.dedup_hits, (unsigned long)rs.dedup_misses,
            (unsigned long)rs.budget_bytes, (unsigned long)rs.communicator_bytes);
     if (rs.live_saved_states != 0) fail("live_saved_states != 0 after every saved state was destroyed");
+    /* Sanity (generous: catches a broken library, not run-to-run noise). */
+    if (rows[0].acc < acc_lin + 0.05) fail("the float32 MLP does not beat the linear classifier");
+    for (i = 1; i < nrows; ++i)
+        if (rows[i].bits >= 3 && rows[i].acc < rows[0].acc - 0.08) fail("a >= 3-bit palettized model lost > 8 points");
     if (rs.arena_allocated != 0) printf("note: arena_allocated is %lu with no saved state alive\n",
                                         (unsigned long)rs.arena_allocated);
     edkm_runtime_destroy(rt);
