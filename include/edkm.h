@@ -155,7 +155,9 @@ typedef enum edkm_saved_mode {
      *  U-sized value table; the weights are handed back to backward and checked by hash. */
     EDKM_SAVED_HISTOGRAM = 0,
     /** The DKM baseline: every iteration's N x k distance and attention maps and its copy of the
-     *  weights, as autograd keeps them, on the ordinary heap (not the arena). */
+     *  weights, as autograd keeps them, on the ordinary heap (not the arena). This mode and the
+     *  next two keep N x k maps, so their forwards run EDKM_ALGORITHM_DENSE whatever the layer's
+     *  algorithm (f32_key_dtype does not apply); edkm_layer_stats reports the algorithm run. */
     EDKM_SAVED_DKM = 1,
     /** DKM + marshal: the same tensors, in the offload arena. */
     EDKM_SAVED_MARSHAL = 2,
@@ -313,8 +315,8 @@ EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_st
  * (count elements of grad_dtype) through every DKM iteration (no gradient to the initial
  * centroids). weights: the weights given to the forward (same dtype), needed in
  * EDKM_SAVED_HISTOGRAM mode unless keep_weights was set (then, and in every other mode, it may be
- * NULL; when given it is checked). Weights that differ from the forward's give
- * EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
+ * NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
+ * weights that differ from the forward's give EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
  * Its memory is released by edkm_saved_state_destroy (not by backward).
  */
 EDKM_API edkm_status edkm_saved_state_backward(edkm_saved_state *state, const void *grad_output,

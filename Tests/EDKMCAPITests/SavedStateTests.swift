@@ -5,14 +5,17 @@ import Testing
 /// Threads as ranks: an in-process all-gather / all-reduce over pthread barriers.
 final class ThreadGroup: @unchecked Sendable {
     let world: Int
-    var barrier = pthread_barrier_t()
+    let barrier = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)  // stable address
     var buffer = [UInt8]()
     var failNext = false
     init(world: Int) {
         self.world = world
-        pthread_barrier_init(&barrier, nil, UInt32(world))
+        pthread_barrier_init(barrier, nil, UInt32(world))
     }
-    deinit { pthread_barrier_destroy(&barrier) }
+    deinit {
+        pthread_barrier_destroy(barrier)
+        barrier.deallocate()
+    }
 }
 
 final class RankContext {
@@ -26,11 +29,11 @@ let gatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?,
     let g = ctx.group
     if g.failNext { return -1 }
     if ctx.rank == 0 { g.buffer = [UInt8](repeating: 0, count: bytes * g.world) }
-    pthread_barrier_wait(&g.barrier)
+    pthread_barrier_wait(g.barrier)
     g.buffer.withUnsafeMutableBytes { ($0.baseAddress! + ctx.rank * bytes).copyMemory(from: send!, byteCount: bytes) }
-    pthread_barrier_wait(&g.barrier)
+    pthread_barrier_wait(g.barrier)
     g.buffer.withUnsafeBytes { recv!.copyMemory(from: $0.baseAddress!, byteCount: bytes * g.world) }
-    pthread_barrier_wait(&g.barrier)
+    pthread_barrier_wait(g.barrier)
     return 0
 }
 
@@ -153,10 +156,7 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         let contexts = (0..<world).map { RankContext(group, $0) }
         var gradients = [[Float]](repeating: [], count: world)
         var shardBytes = [UInt64](repeating: 0, count: world)
-        var threads: [pthread_t] = []
-        final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-        for r in 0..<world {
-            let job = Job {
+        runOnThreads(world) { r in
                 var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
                                              world_size: Int32(world), reserved: 0,
                                              user_data: Unmanaged.passUnretained(contexts[r]).toOpaque(),
@@ -173,15 +173,7 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
                 edkm_saved_state_destroy(state)
                 edkm_layer_destroy(l)
                 edkm_runtime_destroy(rt)
-            }
-            var tid = pthread_t()
-            pthread_create(&tid, nil, { raw in
-                Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
-                return nil
-            }, Unmanaged.passRetained(job).toOpaque())
-            threads.append(tid)
         }
-        for t in threads { pthread_join(t, nil) }
         for r in 0..<world {
             #expect(maxRelativeDifference(gradients[r], reference.0.gradient) < 1e-6, "rank \(r)")
             #expect(shardBytes[r] == UInt64((n + world - 1) / world * 2))
@@ -221,22 +213,11 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         let rt = makeRuntime(threads: 2)
         guard let single = run(mode: EDKM_SAVED_HISTOGRAM) else { return }
         var results = [[Float]](repeating: [], count: 4)
-        var threads: [pthread_t] = []
-        final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-        for i in 0..<4 {
-            let job = Job {
-                let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
-                results[i] = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad)?.gradient ?? []
-                edkm_layer_destroy(l)
-            }
-            var tid = pthread_t()
-            pthread_create(&tid, nil, { raw in
-                Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
-                return nil
-            }, Unmanaged.passRetained(job).toOpaque())
-            threads.append(tid)
+        runOnThreads(4) { i in
+            let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
+            results[i] = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad)?.gradient ?? []
+            edkm_layer_destroy(l)
         }
-        for t in threads { pthread_join(t, nil) }
         for r in results { #expect(r == single.0.gradient) }
         #expect(stats(rt).arena_allocated == 0)
         edkm_runtime_destroy(rt)

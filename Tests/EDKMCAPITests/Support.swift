@@ -103,3 +103,21 @@ func forwardBackward(_ layer: OpaquePointer, weights: UnsafeRawPointer, dtype: e
     edkm_saved_state_destroy(state)
     return s == EDKM_OK ? Step(output: out, gradient: gin) : nil
 }
+
+/// Runs body(0..<count) on `count` new threads at once and waits for all of them.
+func runOnThreads(_ count: Int, _ body: @escaping (Int) -> Void) {
+    final class Job {
+        let body: () -> Void
+        init(_ b: @escaping () -> Void) { body = b }
+    }
+    var threads: [pthread_t] = []
+    for i in 0..<count {
+        var tid = pthread_t()
+        pthread_create(&tid, nil, { raw in
+            Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(Job { body(i) }).toOpaque())
+        threads.append(tid)
+    }
+    for t in threads { pthread_join(t, nil) }
+}
