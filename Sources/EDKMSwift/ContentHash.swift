@@ -1,10 +1,10 @@
 /// A fast 64-bit content hash of byte buffers, used as the dedup key and to check that the
-/// weights handed to a backward are the forward's. Blocks of 8 bytes are mixed with a
-/// multiply-xorshift; chunks of 1 MiB are hashed independently and combined in order, so the
-/// value does not depend on the thread count. Not cryptographic: a hit is always verified by
-/// comparing contents where the contents are still at hand.
+/// weights handed to a backward are the forward's. 16-byte blocks are mixed into two lanes with
+/// a multiply-xorshift; chunks are hashed independently and combined in order, so the value does
+/// not depend on the thread count. Not cryptographic: a dedup hit is always verified by comparing
+/// contents.
 public enum ContentHash {
-    static let chunkBytes = 1 << 20
+    static let chunkBytes = 1 << 21
 
     @inline(__always)
     static func mix(_ h: UInt64, _ v: UInt64) -> UInt64 {
@@ -14,23 +14,43 @@ public enum ContentHash {
         return x ^ (x >> 32)
     }
 
-    static func hashChunk(_ p: UnsafeRawPointer, _ count: Int, seed: UInt64) -> UInt64 {
-        var h = seed ^ UInt64(count)
-        var i = 0
-        var a: UInt64 = 0x243F_6A88_85A3_08D3, b: UInt64 = 0x1319_8A2E_0370_7344
-        while i + 16 <= count {
-            a = mix(a, p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            b = mix(b, p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
-            i += 16
+    /// The hash state of one chunk: absorb 16-byte blocks, then the tail, then finish.
+    struct ChunkHasher {
+        var a: UInt64 = 0x243F_6A88_85A3_08D3
+        var b: UInt64 = 0x1319_8A2E_0370_7344
+        let seed: UInt64
+
+        init(seed: UInt64) { self.seed = seed }
+
+        @inline(__always)
+        mutating func absorb(_ lo: UInt64, _ hi: UInt64) {
+            a = mix(a, lo)
+            b = mix(b, hi)
         }
-        while i < count {
-            h = mix(h, UInt64(p.load(fromByteOffset: i, as: UInt8.self)) | 0x100)
-            i += 1
+
+        /// Absorbs the bytes after the last whole block and returns the chunk's hash.
+        func finish(tail p: UnsafeRawPointer, count: Int, totalBytes: Int) -> UInt64 {
+            var h = seed ^ UInt64(totalBytes)
+            for i in 0..<count { h = mix(h, UInt64(p.load(fromByteOffset: i, as: UInt8.self)) | 0x100) }
+            return mix(mix(h, a), b)
         }
-        return mix(mix(h, a), b)
     }
 
-    /// The hash of `count` bytes at `p`.
+    static func hashChunk(_ p: UnsafeRawPointer, _ count: Int, seed: UInt64) -> UInt64 {
+        var hasher = ChunkHasher(seed: seed)
+        var i = 0
+        while i + 16 <= count {
+            hasher.absorb(p.loadUnaligned(fromByteOffset: i, as: UInt64.self),
+                          p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+            i += 16
+        }
+        return hasher.finish(tail: p + i, count: count - i, totalBytes: count)
+    }
+
+    /// Combines chunk hashes, in order.
+    static func combine(_ parts: [UInt64]) -> UInt64 { parts.reduce(0xCBF2_9CE4_8422_2325) { mix($0, $1) } }
+
+    /// The hash of `count` bytes at `p` (chunks of 2 MiB from the start).
     public static func hash(_ p: UnsafeRawPointer, count: Int, pool: ThreadPool? = nil) -> UInt64 {
         let chunks = Swift.max(1, (count + chunkBytes - 1) / chunkBytes)
         var parts = [UInt64](repeating: 0, count: chunks)
@@ -42,6 +62,6 @@ public enum ContentHash {
             }
             if let pool { pool.parallelFor(chunks, body) } else { for c in 0..<chunks { body(c) } }
         }
-        return parts.reduce(0xCBF2_9CE4_8422_2325) { mix($0, $1) }
+        return combine(parts)
     }
 }

@@ -8,8 +8,11 @@ public struct KeyHistogram: Sendable, Equatable {
     public var distinctCount: Int { keys.count }
 }
 
-/// O(N) passes over 16-bit keys, split into fixed chunks (independent of the thread count) and
-/// run on the pool: histograms, gathers through a 65,536-entry table, scatter-adds.
+/// The O(N) passes of the uniquified path over 16-bit keys (the weights' bit patterns or row
+/// indices), split into fixed work items of at most `chunk` elements of one partition (independent
+/// of the thread count) and run on the pool: histograms, scatter-adds of gradients, gathers through
+/// 65,536-entry tables. Inner loops are specialised per element type and read 16 bytes of keys at a
+/// time, absorbing them into the item's content hash in the same pass.
 enum KeyPasses {
     /// Elements per work item.
     static let chunk = 1 << 20
@@ -29,29 +32,63 @@ enum KeyPasses {
         return out
     }
 
+    /// Runs body(k) for the keys of an item, 8 at a time, absorbing each 16-byte block into
+    /// `hasher`; returns the item's hash (the same as ContentHash.hashChunk of its bytes).
+    @inline(__always)
+    static func forEachKey(_ keys: UnsafePointer<UInt16>, _ item: Item, index: Int, hashing: Bool,
+                           _ body: (Int, UInt16) -> Void) -> UInt64 {
+        var hasher = ContentHash.ChunkHasher(seed: UInt64(index))
+        let base = keys + item.start
+        let raw = UnsafeRawPointer(base)
+        var e = 0
+        while e + 8 <= item.count {
+            let lo = raw.loadUnaligned(fromByteOffset: e * 2, as: UInt64.self)
+            let hi = raw.loadUnaligned(fromByteOffset: e * 2 + 8, as: UInt64.self)
+            if hashing { hasher.absorb(lo, hi) }
+            body(e, UInt16(truncatingIfNeeded: lo))
+            body(e + 1, UInt16(truncatingIfNeeded: lo >> 16))
+            body(e + 2, UInt16(truncatingIfNeeded: lo >> 32))
+            body(e + 3, UInt16(truncatingIfNeeded: lo >> 48))
+            body(e + 4, UInt16(truncatingIfNeeded: hi))
+            body(e + 5, UInt16(truncatingIfNeeded: hi >> 16))
+            body(e + 6, UInt16(truncatingIfNeeded: hi >> 32))
+            body(e + 7, UInt16(truncatingIfNeeded: hi >> 48))
+            e += 8
+        }
+        let tailStart = e
+        while e < item.count {
+            body(e, base[e])
+            e += 1
+        }
+        return hashing ? hasher.finish(tail: raw + tailStart * 2, count: (item.count - tailStart) * 2,
+                                       totalBytes: item.count * 2) : 0
+    }
+
     /// The histogram of every partition of `keys` (partitions of `elementsPerPartition`
-    /// consecutive keys). Memory: one 256 KiB table per running item, plus one per chunk of the
-    /// partitions that span several chunks.
+    /// consecutive keys) and the hash of the keys (item hashes combined in item order).
+    /// Memory: one 256 KiB table per running item, plus one per item of partitions that span
+    /// several items.
     static func histograms(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int,
-                           pool: ThreadPool) -> [KeyHistogram] {
+                           pool: ThreadPool, hashing: Bool = false) -> (histograms: [KeyHistogram], hash: UInt64) {
         let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
         let singleChunk = elementsPerPartition <= chunk
         let tables = UnsafeMutablePointer<UnsafeMutablePointer<UInt32>?>.allocate(capacity: work.count)
         tables.initialize(repeating: nil, count: work.count)
         let result = UnsafeMutablePointer<KeyHistogram>.allocate(capacity: partitions)
         result.initialize(repeating: KeyHistogram(keys: [], counts: []), count: partitions)
+        let hashes = UnsafeMutablePointer<UInt64>.allocate(capacity: work.count)
         defer {
             for i in 0..<work.count { tables[i]?.deallocate() }
             tables.deallocate()
             result.deinitialize(count: partitions)
             result.deallocate()
+            hashes.deallocate()
         }
         pool.parallelFor(work.count) { i in
             let item = work[i]
             let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
             t.initialize(repeating: 0, count: 65536)
-            let k = keys + item.start
-            for e in 0..<item.count { t[Int(k[e])] &+= 1 }
+            hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { _, key in t[Int(key)] &+= 1 }
             if singleChunk {
                 result[item.partition] = extract(t)
                 t.deallocate()
@@ -70,7 +107,22 @@ enum KeyPasses {
                 result[p] = extract(first)
             }
         }
-        return Array(UnsafeBufferPointer(start: result, count: partitions))
+        let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
+        return (Array(UnsafeBufferPointer(start: result, count: partitions)), hash)
+    }
+
+    /// The hash `histograms(..., hashing: true)` computes, alone.
+    static func hash(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int, pool: ThreadPool) -> UInt64 {
+        let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
+        var parts = [UInt64](repeating: 0, count: work.count)
+        parts.withUnsafeMutableBufferPointer { out in
+            let o = out.baseAddress!
+            pool.parallelFor(work.count) { i in
+                let item = work[i]
+                o[i] = ContentHash.hashChunk(UnsafeRawPointer(keys + item.start), item.count * 2, seed: UInt64(i))
+            }
+        }
+        return ContentHash.combine(parts)
     }
 
     private static func extract(_ table: UnsafeMutablePointer<UInt32>) -> KeyHistogram {
@@ -82,20 +134,19 @@ enum KeyPasses {
         return h
     }
 
-    /// out[e] = store(table_p, e, keys[e]) for every element e, where table_p is partition p's
-    /// 65,536-entry table filled by `fill(p, table)` (only the entries of keys present need be set).
-    static func gather<T>(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int,
-                          pool: ThreadPool, fill: (Int, UnsafeMutablePointer<T>) -> Void,
-                          store: (UnsafeMutablePointer<T>, _ element: Int, _ key: UInt16) -> Void) {
+    /// Runs body(item, table) for every item, where table is the item's partition's 65,536-entry
+    /// table filled by `fill(p, table)` (only the entries of keys present need be set): filled
+    /// inside the item when a partition is one item, up front otherwise.
+    static func withPartitionTables<T>(partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
+                                       fill: (Int, UnsafeMutablePointer<T>) -> Void,
+                                       _ body: (Item, UnsafeMutablePointer<T>) -> Void) {
         let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
         if elementsPerPartition <= chunk {
-            // One item per partition: fill its table and gather in the same item.
             pool.parallelFor(work.count) { i in
-                let item = work[i]
                 let table = UnsafeMutablePointer<T>.allocate(capacity: 65536)
                 defer { table.deallocate() }
-                fill(item.partition, table)
-                for e in item.start..<(item.start + item.count) { store(table, e, keys[e]) }
+                fill(work[i].partition, table)
+                body(work[i], table)
             }
             return
         }
@@ -108,40 +159,65 @@ enum KeyPasses {
             for p in 0..<partitions { tables[p].deallocate() }
             tables.deallocate()
         }
-        pool.parallelFor(work.count) { i in
-            let item = work[i]
-            let table = tables[item.partition]
-            for e in item.start..<(item.start + item.count) { store(table, e, keys[e]) }
+        pool.parallelFor(work.count) { i in body(work[i], tables[work[i].partition]) }
+    }
+
+    /// out[e] = table_p[keys[e]] for every element e.
+    static func gather<T>(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
+                          into out: UnsafeMutablePointer<T>, fill: (Int, UnsafeMutablePointer<T>) -> Void) {
+        withPartitionTables(partitions: partitions, elementsPerPartition: elementsPerPartition, pool: pool, fill: fill) { item, table in
+            let k = keys + item.start
+            let o = out + item.start
+            for e in 0..<item.count { o[e] = table[Int(k[e])] }
         }
     }
 
-    /// Per partition p and m < slots[p].count: sums[p][m] = sum of value(e) over the elements e of
-    /// p whose key equals slots[p][m] (every key of p must be among its slots). Chunk partials are
-    /// added in chunk order, so the result does not depend on the thread count.
-    static func scatterAdd(_ keys: UnsafePointer<UInt16>, slots: [[UInt16]], elementsPerPartition: Int,
-                           pool: ThreadPool, value: (Int) -> Double) -> [DoubleBuffer] {
+    /// Per partition p and m < slots[p].count: sums[p][m] = the sum of the gradients of the
+    /// elements of p whose key is slots[p][m] (every key of p must be among its slots), plus the
+    /// keys' hash when `hashing`. Item partials are added in item order, so the result does not
+    /// depend on the thread count.
+    static func scatterGradients(_ keys: UnsafePointer<UInt16>, slots: [[UInt16]], elementsPerPartition: Int,
+                                 pool: ThreadPool, grad: UnsafeRawPointer, gradType: ElementType,
+                                 hashing: Bool) -> (sums: [DoubleBuffer], hash: UInt64) {
         let partitions = slots.count
         let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
         let singleChunk = elementsPerPartition <= chunk
         let sums = slots.map { DoubleBuffer(zeros: $0.count) }
         let tables = UnsafeMutablePointer<UnsafeMutablePointer<Double>?>.allocate(capacity: work.count)
         tables.initialize(repeating: nil, count: work.count)
+        let hashes = UnsafeMutablePointer<UInt64>.allocate(capacity: work.count)
         defer {
             for i in 0..<work.count { tables[i]?.deallocate() }
             tables.deallocate()
+            hashes.deallocate()
         }
-        pool.parallelFor(work.count) { i in
-            let item = work[i]
-            let mySlots = slots[item.partition]
-            let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
-            for key in mySlots { t[Int(key)] = 0 }
-            for e in item.start..<(item.start + item.count) { t[Int(keys[e])] += value(e) }
-            if singleChunk {
-                let out = sums[item.partition].pointer
-                for m in 0..<mySlots.count { out[m] = t[Int(mySlots[m])] }
-                t.deallocate()
-            } else {
-                tables[i] = t
+        HalfConversion.f16Table.withUnsafeBufferPointer { f16b in
+            let f16 = f16b.baseAddress!
+            pool.parallelFor(work.count) { i in
+                let item = work[i]
+                let mySlots = slots[item.partition]
+                let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
+                for key in mySlots { t[Int(key)] = 0 }
+                switch gradType {
+                case .f32:
+                    let g = grad.assumingMemoryBound(to: Float.self) + item.start
+                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(g[e]) }
+                case .f16:
+                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(f16[Int(g[e])]) }
+                case .bf16:
+                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in
+                        t[Int(key)] += Double(Float(bitPattern: UInt32(g[e]) << 16))
+                    }
+                }
+                if singleChunk {
+                    let out = sums[item.partition].pointer
+                    for m in 0..<mySlots.count { out[m] = t[Int(mySlots[m])] }
+                    t.deallocate()
+                } else {
+                    tables[i] = t
+                }
             }
         }
         if !singleChunk {
@@ -152,6 +228,43 @@ enum KeyPasses {
                 for m in 0..<mySlots.count { out[m] += t[Int(mySlots[m])] }
             }
         }
-        return sums
+        let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
+        return (sums, hash)
+    }
+
+    /// dL/dw for every element: out[e] = g[e] * h[key] + r[key], with (h, r) from partition p's
+    /// table filled by `fill`; g and out of `type`.
+    static func gradients(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
+                          grad: UnsafeRawPointer, output: UnsafeMutableRawPointer, type: ElementType,
+                          fill: (Int, UnsafeMutablePointer<SIMD2<Float>>) -> Void) {
+        HalfConversion.f16Table.withUnsafeBufferPointer { f16b in
+            let f16 = f16b.baseAddress!
+            withPartitionTables(partitions: partitions, elementsPerPartition: elementsPerPartition, pool: pool, fill: fill) { item, table in
+                let k = keys + item.start
+                switch type {
+                case .f32:
+                    let g = grad.assumingMemoryBound(to: Float.self) + item.start
+                    let o = output.assumingMemoryBound(to: Float.self) + item.start
+                    for e in 0..<item.count {
+                        let hr = table[Int(k[e])]
+                        o[e] = g[e] * hr.x + hr.y
+                    }
+                case .f16:
+                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                    let o = output.assumingMemoryBound(to: UInt16.self) + item.start
+                    for e in 0..<item.count {
+                        let hr = table[Int(k[e])]
+                        o[e] = HalfConversion.floatToF16(f16[Int(g[e])] * hr.x + hr.y)
+                    }
+                case .bf16:
+                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                    let o = output.assumingMemoryBound(to: UInt16.self) + item.start
+                    for e in 0..<item.count {
+                        let hr = table[Int(k[e])]
+                        o[e] = HalfConversion.floatToBF16(Float(bitPattern: UInt32(g[e]) << 16) * hr.x + hr.y)
+                    }
+                }
+            }
+        }
     }
 }

@@ -36,9 +36,11 @@ extension Layer {
         guard outputType == .f32 || outputType == type else {
             throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
         }
-        try validateWeights(weights, type: type, count: count)
+        let algorithm = try resolvedAlgorithm(for: type, saving: save)
+        let scanned = !(algorithm == .uniquified && type.is16Bit)
+        try validateWeights(weights, type: type, count: count, scan: scanned)
         return try exclusive { () throws(EDKMError) -> SavedState? in
-            let algorithm = try resolvedAlgorithm(for: type, saving: save)
+            if centroids == nil && !scanned { try rejectNonFinite(weights, type: type) }  // before initialising from them
             var initial = centroids ?? computeInitialCentroids(weights, type: type)
             for p in 0..<initial.count {
                 CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
@@ -100,7 +102,11 @@ extension Layer {
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
         let keys = WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
-        let hists = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool)
+        let (hists, keysHash) = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
+                                                     hashing: save && type.is16Bit)
+        if type.is16Bit && hists.contains(where: { $0.keys.contains { !ElementIO.keyValue($0, type: type).isFinite } }) {
+            try rejectNonFinite(weights, type: type)
+        }
         for h in hists {
             if let bad = h.keys.first(where: { ElementIO.keyValue($0, type: keys.keyType).isFinite == false }) {
                 throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
@@ -139,7 +145,8 @@ extension Layer {
         if save {
             let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .uniquified,
                                    weightType: type, keyType: keys.keyType,
-                                   weightsHash: ContentHash.hash(weights, count: geometry.count * type.byteWidth, pool: pool),
+                                   weightsHash: type.is16Bit ? keysHash
+                                       : ContentHash.hash(weights, count: geometry.count * type.byteWidth, pool: pool),
                                    traces: try saveTraces(traces, inArena: true))
             state.distinctCounts = hists.map(\.distinctCount)
             state.histogramKeys = try saveArray(hists.flatMap(\.keys), tag: "keys")
@@ -150,10 +157,9 @@ extension Layer {
             case .uniquify, .shard:
                 let index = UnsafeMutablePointer<UInt16>.allocate(capacity: geometry.count)
                 defer { index.deallocate() }
-                KeyPasses.gather(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
-                                 fill: { (p: Int, table: UnsafeMutablePointer<UInt16>) in
-                                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
-                                 }, store: { table, e, key in index[e] = table[Int(key)] })
+                KeyPasses.gather(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool, into: index) { p, table in
+                    for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
+                }
                 state.elementKeysAreIndices = true
                 if mode == .uniquify {
                     state.elementKeys = try store.save(index, byteCount: geometry.count * 2, tag: "index", shape: geometry.shape,
@@ -179,21 +185,19 @@ extension Layer {
         return ForwardRun(traces: traces, distinctValues: totalU, saved: saved) { output, outputType in
             _ = keys  // the keys (a rounded copy for f32) live until the output is written
             if outputType == .f32 {
-                let out = output.assumingMemoryBound(to: Float.self)
                 KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
-                                 fill: { (p: Int, table: UnsafeMutablePointer<Float>) in
-                                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
-                                 }, store: { table, e, key in out[e] = table[Int(key)] })
+                                 into: output.assumingMemoryBound(to: Float.self)) { p, table in
+                    for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
+                }
             } else {
-                let out = output.assumingMemoryBound(to: UInt16.self)
                 let toF16 = outputType == .f16
                 KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
-                                 fill: { (p: Int, table: UnsafeMutablePointer<UInt16>) in
-                                     for (m, key) in hists[p].keys.enumerated() {
-                                         let v = Float(f[p][m])
-                                         table[Int(key)] = toF16 ? HalfConversion.floatToF16(v) : HalfConversion.floatToBF16(v)
-                                     }
-                                 }, store: { table, e, key in out[e] = table[Int(key)] })
+                                 into: output.assumingMemoryBound(to: UInt16.self)) { p, table in
+                    for (m, key) in hists[p].keys.enumerated() {
+                        let v = Float(f[p][m])
+                        table[Int(key)] = toF16 ? HalfConversion.floatToF16(v) : HalfConversion.floatToBF16(v)
+                    }
+                }
             }
         }
     }

@@ -78,12 +78,17 @@ public final class Layer: @unchecked Sendable {
         try exclusive { centroids = computeInitialCentroids(weights, type: type) }
     }
 
-    /// Checks element count and finiteness of weights.
-    func validateWeights(_ weights: UnsafeRawPointer, type: ElementType, count: Int) throws(EDKMError) {
+    /// Checks element count and (with `scan`) finiteness of weights. The uniquified forward of
+    /// 16-bit weights skips the scan and checks the keys of its histogram instead.
+    func validateWeights(_ weights: UnsafeRawPointer, type: ElementType, count: Int, scan: Bool = true) throws(EDKMError) {
         guard count == geometry.count else {
             throw EDKMError(.shape, "expected \(geometry.count) weights for shape \(geometry.shape), got \(count)")
         }
-        if let bad = ElementIO.firstNonFinite(weights, type: type, count: count) {
+        if scan { try rejectNonFinite(weights, type: type) }
+    }
+
+    func rejectNonFinite(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) {
+        if let bad = ElementIO.firstNonFinite(weights, type: type, count: geometry.count) {
             throw EDKMError(.nonFinite, "weight \(bad) is \(ElementIO.load(weights, type: type, at: bad)) (NaN or Inf)")
         }
     }
@@ -145,7 +150,7 @@ public final class Layer: @unchecked Sendable {
         let keys = WeightKeys(weights, type: type, count: geometry.count,
                               f32KeyType: config.f32KeyType == .f32 ? .f16 : config.f32KeyType, pool: runtime.pool)
         let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,
-                                         pool: runtime.pool)
+                                         pool: runtime.pool).histograms
         return hists.map { h in
             (h.keys.map { ElementIO.keyValue($0, type: keys.keyType) }, h.counts.map { Double($0) })
         }

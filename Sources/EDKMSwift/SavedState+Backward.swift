@@ -9,14 +9,11 @@ extension SavedState {
             guard count == geometry.count else {
                 throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(count)")
             }
-            if let bad = ElementIO.firstNonFinite(gradOutput, type: gradType, count: count) {
-                throw EDKMError(.nonFinite, "grad_output[\(bad)] is \(ElementIO.load(gradOutput, type: gradType, at: bad))")
-            }
-            if let weights {
-                let h = ContentHash.hash(weights, count: count * weightType.byteWidth, pool: runtime.pool)
-                guard h == weightsHash else {
-                    throw EDKMError(.weightsChanged, "the weights given to backward differ from the forward's (hash mismatch)")
-                }
+            // The uniquified path of 16-bit weights checks gradients and weights inside its scatter pass.
+            let fused = algorithm == .uniquified && weightType.is16Bit
+            if !fused {
+                try rejectNonFiniteGradients(gradOutput, gradType)
+                if let weights { try checkWeights(ContentHash.hash(weights, count: count * weightType.byteWidth, pool: runtime.pool)) }
             }
             let traces = decodeTraces()
             if algorithm == .uniquified {
@@ -25,6 +22,18 @@ extension SavedState {
                 try backwardDense(traces, gradOutput, gradInput, gradType, weights)
             }
             markConsumed()
+        }
+    }
+
+    func rejectNonFiniteGradients(_ grad: UnsafeRawPointer, _ type: ElementType) throws(EDKMError) {
+        if let bad = ElementIO.firstNonFinite(grad, type: type, count: geometry.count) {
+            throw EDKMError(.nonFinite, "grad_output[\(bad)] is \(ElementIO.load(grad, type: type, at: bad))")
+        }
+    }
+
+    func checkWeights(_ hash: UInt64) throws(EDKMError) {
+        guard hash == weightsHash else {
+            throw EDKMError(.weightsChanged, "the weights given to backward differ from the forward's (hash mismatch)")
         }
     }
 
@@ -76,9 +85,18 @@ extension SavedState {
             throw missingWeights()
         }
         _ = keyHolder
+        // The keys are the weights themselves: their hash comes out of the scatter pass.
+        let keysAreWeights = weightType.is16Bit && weights != nil && UnsafeRawPointer(keys) == weights
+        if weightType.is16Bit, let weights, !keysAreWeights {
+            try checkWeights(KeyPasses.hash(weights.assumingMemoryBound(to: UInt16.self), partitions: P,
+                                            elementsPerPartition: E, pool: pool))
+        }
         let slots: [[UInt16]] = hists.map { h in indices ? (0..<h.distinctCount).map { UInt16($0) } : h.keys }
-        let G = KeyPasses.scatterAdd(keys, slots: slots, elementsPerPartition: E, pool: pool) { e in
-            Double(ElementIO.load(grad, type: gradType, at: e))
+        let (G, keysHash) = KeyPasses.scatterGradients(keys, slots: slots, elementsPerPartition: E, pool: pool,
+                                                       grad: grad, gradType: gradType, hashing: keysAreWeights)
+        if keysAreWeights { try checkWeights(keysHash) }
+        if G.contains(where: { g in (0..<g.count).contains { !g[$0].isFinite } }) {
+            try rejectNonFiniteGradients(grad, gradType)
         }
         var rowOffset = [Int](repeating: 0, count: P + 1)
         for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
@@ -88,16 +106,12 @@ extension SavedState {
         }
         let results = engine.backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
                                       savedSoftmax: saved)
-        KeyPasses.gather(keys, partitions: P, elementsPerPartition: E, pool: pool,
-                         fill: { (p: Int, table: UnsafeMutablePointer<SIMD2<Float>>) in
-                             for (m, slot) in slots[p].enumerated() {
-                                 table[Int(slot)] = SIMD2(Float(results[p].last[m]), Float(results[p].r[m]))
-                             }
-                         }, store: { table, e, key in
-                             let hr = table[Int(key)]
-                             let g = ElementIO.load(grad, type: gradType, at: e)
-                             ElementIO.store(g * hr.x + hr.y, out, type: gradType, at: e)
-                         })
+        KeyPasses.gradients(keys, partitions: P, elementsPerPartition: E, pool: pool, grad: grad, output: out,
+                            type: gradType) { p, table in
+            for (m, slot) in slots[p].enumerated() {
+                table[Int(slot)] = SIMD2(Float(results[p].last[m]), Float(results[p].r[m]))
+            }
+        }
     }
 
     private func backwardDense(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,
