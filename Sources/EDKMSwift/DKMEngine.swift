@@ -79,28 +79,12 @@ struct DKMEngine {
                         let item = items[i]
                         let c = tracesBuf[item.partition].centroids[t]
                         let acc = out + i * stride
-                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d + k) { scratch in
-                            let s = scratch.baseAddress!
-                            let vbuf = s + k
-                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d) { scratch in
+                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: scratch.baseAddress!)
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let maps = mapSink?(item.partition, t, item.start, item.count)
                             c.withUnsafeBufferPointer { cb in
-                                let cp = cb.baseAddress!
-                                var inertia = 0.0
-                                for m in 0..<item.count {
-                                    let u = values + m * d
-                                    let minD = kernel.softmax(u, cp, s, distances: maps.map { $0.0 + m * k })
-                                    if let maps { for j in 0..<k { maps.1[m * k + j] = Float(s[j]) } }
-                                    let n = counts?[m] ?? 1
-                                    inertia += n * minD
-                                    for j in 0..<k {
-                                        let w = n * kernel.attention(s[j])
-                                        acc[j] += w
-                                        for e in 0..<d { acc[k + j * d + e] += w * u[e] }
-                                    }
-                                }
-                                acc[stride - 1] = inertia
+                                acc[stride - 1] = kernel.iterateBlock(values, counts, item.count, cb.baseAddress!, acc, maps: maps)
                             }
                         }
                     }
@@ -150,21 +134,13 @@ struct DKMEngine {
             let item = items[i]
             let trace = traces[item.partition]
             let T = trace.iterations
-            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d + k) { scratch in
-                let s = scratch.baseAddress!
-                let vbuf = s + k
+            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d) { scratch in
+                let vbuf = scratch.baseAddress!
                 let f = vbuf + item.count * d
                 let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
                 trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
                     trace.centroids[T].withUnsafeBufferPointer { cLast in
-                        for m in 0..<item.count {
-                            _ = kernel.softmax(values + m * d, cPrev.baseAddress!, s)
-                            for e in 0..<d { f[m * d + e] = 0 }
-                            for j in 0..<k {
-                                let a = kernel.attention(s[j])
-                                for e in 0..<d { f[m * d + e] += a * cLast[j * d + e] }
-                            }
-                        }
+                        kernel.outputBlock(values, item.count, cPrev.baseAddress!, cLast.baseAddress!, f)
                     }
                 }
                 sink(item.partition, item.start, item.count, f)
@@ -208,11 +184,8 @@ struct DKMEngine {
                     let trace = traces[item.partition]
                     let T = trace.iterations
                     let acc = out + i * stride1
-                    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d + 3 * k) { scratch in
-                        let s = scratch.baseAddress!
-                        let x = s + k
-                        let sv = x + k
-                        let vbuf = sv + k
+                    withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d) { scratch in
+                        let vbuf = scratch.baseAddress!
                         let gbuf = vbuf + item.count * d
                         let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
                         let G = gradients(item.partition, item.start, item.count, gbuf)
@@ -220,36 +193,8 @@ struct DKMEngine {
                         let last = lastPtrs[item.partition] + item.start * d
                         trace.centroids[T - 1].withUnsafeBufferPointer { cPrevB in
                             trace.centroids[T].withUnsafeBufferPointer { cLastB in
-                                let cPrev = cPrevB.baseAddress!, cLast = cLastB.baseAddress!
-                                for m in 0..<item.count {
-                                    let u = values + m * d
-                                    let g = G + m * d
-                                    if let saved { kernel.loadSoftmax(saved + m * k, s) } else { _ = kernel.softmax(u, cPrev, s) }
-                                    // cbar^T_j += A_mj G_m
-                                    for j in 0..<k {
-                                        let a = kernel.attention(s[j])
-                                        for e in 0..<d { acc[j * d + e] += a * g[e] }
-                                    }
-                                    // X_j = c^T_j (d = 1: unit upstream, h_m) or G_m . c^T_j (d > 1)
-                                    for j in 0..<k {
-                                        if d == 1 { x[j] = cLast[j] } else {
-                                            var dot = 0.0
-                                            for e in 0..<d { dot += g[e] * cLast[j * d + e] }
-                                            x[j] = dot
-                                        }
-                                    }
-                                    kernel.softmaxVJP(s, x)
-                                    // Ea_mj = 2 (u - c^{T-1}_j) J_j
-                                    for e in 0..<d { sv[e] = 0 }
-                                    for j in 0..<k {
-                                        for e in 0..<d {
-                                            let ea = 2 * (u[e] - cPrev[j * d + e]) * x[j]
-                                            sv[e] += ea
-                                            acc[k * d + j * d + e] -= (d == 1 ? g[0] : 1) * ea
-                                        }
-                                    }
-                                    for e in 0..<d { last[m * d + e] = sv[e] }
-                                }
+                                kernel.backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
+                                                         saved: saved, last, acc)
                             }
                         }
                     }
@@ -289,40 +234,15 @@ struct DKMEngine {
                         let t = trace.iterations - 1 - step
                         let acc = out + i * stride2
                         let r = rPtrs[item.partition] + item.start * d
-                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d + 2 * k) { scratch in
-                            let s = scratch.baseAddress!
-                            let q = s + k
-                            let vbuf = q + k
-                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                        withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d) { scratch in
+                            let values = rows[item.partition].values(start: item.start, count: item.count, scratch: scratch.baseAddress!)
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let saved = savedSoftmax?(item.partition, t, item.start, item.count)
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
                                 trace.centroids[t + 1].withUnsafeBufferPointer { cnB in
                                     pbar[item.partition].withUnsafeBufferPointer { pbB in
-                                        let ct = ctB.baseAddress!, cn = cnB.baseAddress!, pb = pbB.baseAddress!
-                                        for m in 0..<item.count {
-                                            let u = values + m * d
-                                            if let saved { kernel.loadSoftmax(saved + m * k, s) } else { _ = kernel.softmax(u, ct, s) }
-                                            for j in 0..<k {
-                                                // direct path through P: r += A_j Pbar_j
-                                                let a = kernel.attention(s[j])
-                                                var qj = 0.0
-                                                for e in 0..<d {
-                                                    r[m * d + e] += a * pb[j * d + e]
-                                                    qj += (u[e] - cn[j * d + e]) * pb[j * d + e]
-                                                }
-                                                q[j] = qj
-                                            }
-                                            kernel.softmaxVJP(s, q)
-                                            let n = counts?[m] ?? 1
-                                            for j in 0..<k {
-                                                for e in 0..<d {
-                                                    let ee = 2 * (u[e] - ct[j * d + e]) * q[j]
-                                                    r[m * d + e] += ee
-                                                    if t > 0 { acc[j * d + e] -= n * ee }
-                                                }
-                                            }
-                                        }
+                                        kernel.backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
+                                                                      pbB.baseAddress!, saved: saved, r, acc, accumulate: t > 0)
                                     }
                                 }
                             }

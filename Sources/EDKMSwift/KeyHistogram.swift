@@ -1,3 +1,5 @@
+import EDKMSupport
+
 /// The distinct 16-bit keys of one partition and how often each occurs (the uniquified form of
 /// the partition's weights). Keys are either bit patterns of f16/bf16 weights or row indices.
 public struct KeyHistogram: Sendable, Equatable {
@@ -232,8 +234,9 @@ enum KeyPasses {
         return (sums, hash)
     }
 
-    /// dL/dw for every element: out[e] = g[e] * h[key] + r[key], with (h, r) from partition p's
-    /// table filled by `fill`; g and out of `type`.
+    /// dL/dw for every element: out[e] = fma(g[e], h[key], r[key]) in float32, rounded once to
+    /// `type`, with (h, r) from partition p's table filled by `fill`. Runs the AVX2/F16C kernel
+    /// where the CPU has it, the portable loop (same results) otherwise.
     static func gradients(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
                           grad: UnsafeRawPointer, output: UnsafeMutableRawPointer, type: ElementType,
                           fill: (Int, UnsafeMutablePointer<SIMD2<Float>>) -> Void) {
@@ -241,27 +244,33 @@ enum KeyPasses {
             let f16 = f16b.baseAddress!
             withPartitionTables(partitions: partitions, elementsPerPartition: elementsPerPartition, pool: pool, fill: fill) { item, table in
                 let k = keys + item.start
+                let width = type.byteWidth
+                let handled = table.withMemoryRebound(to: Float.self, capacity: 2 * 65536) { hr in
+                    edkm_kernel_gradients(type.rawValue, k, grad + item.start * width, hr,
+                                          output + item.start * width, item.count) != 0
+                }
+                if handled { return }
                 switch type {
                 case .f32:
                     let g = grad.assumingMemoryBound(to: Float.self) + item.start
                     let o = output.assumingMemoryBound(to: Float.self) + item.start
                     for e in 0..<item.count {
                         let hr = table[Int(k[e])]
-                        o[e] = g[e] * hr.x + hr.y
+                        o[e] = hr.y.addingProduct(g[e], hr.x)
                     }
                 case .f16:
                     let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
                     let o = output.assumingMemoryBound(to: UInt16.self) + item.start
                     for e in 0..<item.count {
                         let hr = table[Int(k[e])]
-                        o[e] = HalfConversion.floatToF16(f16[Int(g[e])] * hr.x + hr.y)
+                        o[e] = HalfConversion.floatToF16(hr.y.addingProduct(f16[Int(g[e])], hr.x))
                     }
                 case .bf16:
                     let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
                     let o = output.assumingMemoryBound(to: UInt16.self) + item.start
                     for e in 0..<item.count {
                         let hr = table[Int(k[e])]
-                        o[e] = HalfConversion.floatToBF16(Float(bitPattern: UInt32(g[e]) << 16) * hr.x + hr.y)
+                        o[e] = HalfConversion.floatToBF16(hr.y.addingProduct(Float(bitPattern: UInt32(g[e]) << 16), hr.x))
                     }
                 }
             }

@@ -78,3 +78,39 @@ import Testing
         #expect(distinct == [1, 2, 3, 4])
     }
 }
+
+import EDKMSupport
+
+/// The AVX2/F16C gradient kernel and the portable loop give bit-identical results.
+@Suite(.serialized) struct KernelSelectionTests {
+    @Test(arguments: ElementType.allCases)
+    func gradientKernelMatchesPortableLoop(type: ElementType) {
+        var rng = SplitMix64(seed: 5)
+        let n = 4099  // not a multiple of 8: exercises the tails
+        let keys = (0..<n).map { _ in UInt16(truncatingIfNeeded: rng.next() % 700) }
+        let gradF = (0..<n).map { _ in Float(rng.nextUnit() * 4 - 2) }
+        let grad: [UInt16] = type == .f16 ? gradF.map { HalfConversion.floatToF16($0) } : gradF.map { HalfConversion.floatToBF16($0) }
+        let table = (0..<700).map { _ in SIMD2<Float>(Float(rng.nextUnit() * 3 - 1.5), Float(rng.nextUnit() - 0.5)) }
+        let pool = ThreadPool(threads: 1)
+        func run() -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: n * type.byteWidth)
+            keys.withUnsafeBufferPointer { k in
+                out.withUnsafeMutableBytes { o in
+                    let body = { (g: UnsafeRawPointer) in
+                        KeyPasses.gradients(k.baseAddress!, partitions: 1, elementsPerPartition: n, pool: pool, grad: g,
+                                            output: o.baseAddress!, type: type) { _, t in
+                            for i in 0..<700 { t[i] = table[i] }
+                        }
+                    }
+                    if type == .f32 { gradF.withUnsafeBytes { body($0.baseAddress!) } } else { grad.withUnsafeBytes { body($0.baseAddress!) } }
+                }
+            }
+            return out
+        }
+        let fast = run()
+        edkm_kernel_force_portable(1)
+        let portable = run()
+        edkm_kernel_force_portable(0)
+        #expect(fast == portable)
+    }
+}

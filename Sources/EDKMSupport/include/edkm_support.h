@@ -31,4 +31,17 @@ EDKM_HIDDEN const char *edkm_error_get(void);
 /** Number of processors this process may run on (sched_getaffinity), at least 1. */
 EDKM_HIDDEN int edkm_available_cores(void);
 
+/* --- element kernels with run-time ISA selection (kernels.c) --- */
+/** out[i] = g[i] * hr[2 keys[i]] + hr[2 keys[i] + 1] in float32, g and out of dtype `type`
+ *  (0 f32, 1 f16, 2 bf16; values finite). Returns 1 when run (AVX2 + F16C + FMA present), 0 when
+ *  the caller must use its portable loop. */
+EDKM_HIDDEN int edkm_kernel_gradients(int type, const uint16_t *keys, const void *grad, const float *hr, void *out,
+                                      size_t n);
+/** out[i] = (float)in[i] for binary16 bit patterns; returns 1 when run (F16C), else 0. */
+EDKM_HIDDEN int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n);
+/** Tests only: 1 = behave as on a CPU without the x86 kernels (not thread-safe; set while idle). */
+EDKM_HIDDEN void edkm_kernel_force_portable(int on);
+/** 1 when the x86 kernels above are available on this CPU (and not forced off). */
+EDKM_HIDDEN int edkm_kernel_available(void);
+
 #endif

@@ -1,0 +1,166 @@
+/// d = 1, four rows at a time: the same formulas as the row-at-a-time passes, lanes = rows.
+/// Each returns how many leading rows it handled (a multiple of 4); the caller does the rest.
+extension SoftKMeansKernel {
+    typealias V4 = SIMD4<Double>
+
+    /// s (k lanes of 4 rows) for rows u; returns min_j D_j per row.
+    @inline(__always)
+    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>) -> V4 {
+        var minD = V4(repeating: .infinity)
+        for j in 0..<k {
+            let diff = u - c[j]
+            var dist = diff * diff
+            if j == 0 { dist -= pruneThreshold }
+            s[j] = dist
+            minD = pointwiseMin(minD, dist)
+        }
+        let invTau = 1 / tau
+        var sum = V4(repeating: 0)
+        for j in 0..<k {
+            let e = VectorMath.exp((minD - s[j]) * invTau)
+            s[j] = e
+            sum += e
+        }
+        let inv = 1 / sum
+        for j in 0..<k { s[j] *= inv }
+        return minD
+    }
+
+    @inline(__always)
+    func load4(_ p: UnsafePointer<Double>) -> V4 { V4(p[0], p[1], p[2], p[3]) }
+
+    @inline(__always)
+    func attention4(_ s: V4) -> V4 { pointwiseMax(s, V4(repeating: zeroThreshold)) }
+
+    /// In place X <- J(X) for four rows.
+    @inline(__always)
+    func softmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>) {
+        var dot = V4(repeating: 0)
+        let z = V4(repeating: zeroThreshold)
+        for j in 0..<k {
+            var sx = s[j] * x[j]
+            sx.replace(with: 0, where: s[j] .< z)
+            dot += sx
+        }
+        let scale = -1 / tau
+        for j in 0..<k {
+            var masked = x[j]
+            masked.replace(with: 0, where: s[j] .< z)
+            x[j] = scale * s[j] * (masked - dot)
+        }
+    }
+
+    func iterateScalar4(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
+                        _ c: UnsafePointer<Double>, _ acc: UnsafeMutablePointer<Double>) -> (Int, Double) {
+        let rows = count & ~3
+        if rows == 0 { return (0, 0) }
+        var inertia = V4(repeating: 0)
+        withUnsafeTemporaryAllocation(of: V4.self, capacity: 3 * k) { buf in
+            let s = buf.baseAddress!, sumS = s + k, sumP = sumS + k
+            for j in 0..<(2 * k) { sumS[j] = V4(repeating: 0) }
+            var m = 0
+            while m < rows {
+                let u = load4(values + m)
+                let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
+                let minD = softmax4(u, c, s)
+                inertia += n * minD
+                for j in 0..<k {
+                    let w = n * attention4(s[j])
+                    sumS[j] += w
+                    sumP[j] += w * u
+                }
+                m += 4
+            }
+            for j in 0..<k {
+                acc[j] += sumS[j].sum()
+                acc[k + j] += sumP[j].sum()
+            }
+        }
+        return (rows, inertia.sum())
+    }
+
+    func outputScalar4(_ values: UnsafePointer<Double>, _ count: Int, _ cPrev: UnsafePointer<Double>,
+                       _ cLast: UnsafePointer<Double>, _ f: UnsafeMutablePointer<Double>) -> Int {
+        let rows = count & ~3
+        withUnsafeTemporaryAllocation(of: V4.self, capacity: k) { buf in
+            let s = buf.baseAddress!
+            var m = 0
+            while m < rows {
+                _ = softmax4(load4(values + m), cPrev, s)
+                var out = V4(repeating: 0)
+                for j in 0..<k { out += attention4(s[j]) * cLast[j] }
+                for l in 0..<4 { f[m + l] = out[l] }
+                m += 4
+            }
+        }
+        return rows
+    }
+
+    func backwardLastScalar4(_ values: UnsafePointer<Double>, _ G: UnsafePointer<Double>, _ count: Int,
+                             _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
+                             _ last: UnsafeMutablePointer<Double>, _ acc: UnsafeMutablePointer<Double>) -> Int {
+        let rows = count & ~3
+        if rows == 0 { return 0 }
+        withUnsafeTemporaryAllocation(of: V4.self, capacity: 4 * k) { buf in
+            let s = buf.baseAddress!, x = s + k, cbar = x + k, extra = cbar + k
+            for j in 0..<(2 * k) { cbar[j] = V4(repeating: 0) }
+            var m = 0
+            while m < rows {
+                let u = load4(values + m)
+                let g = load4(G + m)
+                _ = softmax4(u, cPrev, s)
+                for j in 0..<k {
+                    cbar[j] += attention4(s[j]) * g
+                    x[j] = V4(repeating: cLast[j])
+                }
+                softmaxVJP4(s, x)
+                var h = V4(repeating: 0)
+                for j in 0..<k {
+                    let ea = 2 * (u - cPrev[j]) * x[j]
+                    h += ea
+                    extra[j] -= g * ea
+                }
+                for l in 0..<4 { last[m + l] = h[l] }
+                m += 4
+            }
+            for j in 0..<k {
+                acc[j] += cbar[j].sum()
+                acc[k + j] += extra[j].sum()
+            }
+        }
+        return rows
+    }
+
+    func backwardIterationScalar4(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
+                                  _ ct: UnsafePointer<Double>, _ cn: UnsafePointer<Double>, _ pbar: UnsafePointer<Double>,
+                                  _ r: UnsafeMutablePointer<Double>, _ acc: UnsafeMutablePointer<Double>,
+                                  accumulate: Bool) -> Int {
+        let rows = count & ~3
+        if rows == 0 { return 0 }
+        withUnsafeTemporaryAllocation(of: V4.self, capacity: 3 * k) { buf in
+            let s = buf.baseAddress!, q = s + k, cbar = q + k
+            for j in 0..<k { cbar[j] = V4(repeating: 0) }
+            var m = 0
+            while m < rows {
+                let u = load4(values + m)
+                _ = softmax4(u, ct, s)
+                var rr = load4(r + m)
+                for j in 0..<k {
+                    rr += attention4(s[j]) * pbar[j]
+                    q[j] = (u - cn[j]) * pbar[j]
+                }
+                softmaxVJP4(s, q)
+                let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
+                for j in 0..<k {
+                    let ee = 2 * (u - ct[j]) * q[j]
+                    rr += ee
+                    if accumulate { cbar[j] -= n * ee }
+                }
+                for l in 0..<4 { r[m + l] = rr[l] }
+                m += 4
+            }
+            if accumulate { for j in 0..<k { acc[j] += cbar[j].sum() } }
+        }
+        return rows
+    }
+}
