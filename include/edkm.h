@@ -232,6 +232,19 @@ typedef enum edkm_algorithm {
     EDKM_ALGORITHM_UNIQUIFIED = 2   /**< on the value histogram: O(N) + O(U k T) */
 } edkm_algorithm;
 
+/** How tau, prune_threshold and epsilon are read. Values are ABI. */
+typedef enum edkm_temperature_mode {
+    /** Absolute values, compared with squared weight distances (coremltools' semantics). */
+    EDKM_TEMPERATURE_ABSOLUTE = 0,
+    /** Dimensionless multiples of each partition's centroid scale sigma^2 = mean over centroids of
+     *  the squared distance to the nearest other centroid, taken on the forward's initial
+     *  centroids: tau_eff = tau sigma^2, prune_eff = prune_threshold sigma^2, epsilon_eff =
+     *  epsilon sigma^2 n (n = the partition's vectors). Multiplying the weights by a constant
+     *  then changes nothing but the scale of the results. The initial centroids are a constant of
+     *  the graph, so the backward stays exact. */
+    EDKM_TEMPERATURE_SCALE_FREE = 1
+} edkm_temperature_mode;
+
 typedef struct edkm_layer_config {
     uint32_t struct_size;      /**< sizeof(edkm_layer_config); set by edkm_layer_config_init */
     uint32_t bits;             /**< k = 2^bits centroids, 1..8; default 4 */
@@ -250,6 +263,8 @@ typedef struct edkm_layer_config {
                                     16-bit dtype (EDKM_DTYPE_F16 or BF16); EDKM_DTYPE_F32 (default)
                                     = no rounding, f32 weights take the DENSE path */
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
+    int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_ABSOLUTE (since 0.1) */
+    uint32_t reserved;         /**< 0 */
 } edkm_layer_config;
 
 /** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */
@@ -304,6 +319,10 @@ typedef struct edkm_layer_stats {
     int32_t reserved;
     double inertia;               /**< sum over weights of the squared distance to the nearest
                                        centroid, at the last iteration (sum over groups) */
+    double effective_tau;         /**< the temperature the last forward used (mean over groups) */
+    double attention_entropy;     /**< mean over weights (vectors) of the entropy, in nats, of the
+                                       last forward's final softmax row: 0 = hard assignment,
+                                       ln(2^bits) = uniform; near ln(2^bits) means too soft */
 } edkm_layer_stats;
 
 EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_stats *out);

@@ -7,7 +7,8 @@ func defaultLayerConfig() -> edkm_layer_config {
         struct_size: UInt32(MemoryLayout<edkm_layer_config>.size), bits: UInt32(d.bits), cluster_dim: UInt32(d.clusterDim),
         group_size: UInt32(d.groupSize), max_iterations: UInt32(d.maxIterations), init: d.initialization.rawValue,
         tau: d.tau, epsilon: d.epsilon, zero_threshold: d.zeroThreshold, prune_threshold: d.pruneThreshold,
-        algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed)
+        algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed,
+        temperature_mode: d.temperatureMode.rawValue, reserved: 0)
 }
 
 func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringConfig {
@@ -33,6 +34,10 @@ func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringCon
     }
     config.f32KeyType = key
     config.seed = c.seed
+    guard let mode = ClusteringConfig.TemperatureMode(rawValue: c.temperature_mode) else {
+        throw EDKMError(.invalidArgument, "temperature_mode \(c.temperature_mode) is not an edkm_temperature_mode (0...1)")
+    }
+    config.temperatureMode = mode
     try config.validate()
     return config
 }
@@ -135,7 +140,8 @@ public func edkm_layer_get_stats(_ layer: OpaquePointer!, _ out: UnsafeMutablePo
         let s = try l.statistics
         let value = edkm_layer_stats(struct_size: UInt32(MemoryLayout<edkm_layer_stats>.size), iterations: UInt32(s.iterations),
                                      forwards: s.forwards, distinct_values: UInt64(s.distinctValues),
-                                     algorithm: s.algorithm.rawValue, reserved: 0, inertia: s.inertia)
+                                     algorithm: s.algorithm.rawValue, reserved: 0, inertia: s.inertia,
+                                     effective_tau: s.effectiveTau, attention_entropy: s.attentionEntropy)
         try writeSized(value, to: out, name: "edkm_layer_stats")
     }
 }

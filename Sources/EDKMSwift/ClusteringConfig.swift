@@ -42,6 +42,20 @@ public struct ClusteringConfig: Sendable, Equatable {
     public var f32KeyType: ElementType = .f32
     /// Seed of k-means++.
     public var seed: UInt64 = 0x5eed
+    /// How `tau` (and the prune threshold and epsilon) are read.
+    public var temperatureMode: TemperatureMode = .absolute
+
+    /// Raw values equal the C ABI's `edkm_temperature_mode`.
+    public enum TemperatureMode: Int32, Sendable {
+        /// tau, prune_threshold and epsilon are absolute (coremltools' semantics).
+        case absolute = 0
+        /// tau, prune_threshold and epsilon are multiples of the partition's centroid scale
+        /// sigma^2 = mean_j min_{l != j} ||c0_j - c0_l||^2 (the squared spacing of the forward's
+        /// initial centroids; epsilon also times the partition's weight count), so multiplying the
+        /// weights by any constant changes nothing but the scale of the results. c0 is a constant
+        /// of the graph (no gradient), so the backward stays exact.
+        case scaleFree = 1
+    }
 
     public init() {}
 
@@ -67,6 +81,9 @@ public struct ClusteringConfig: Sendable, Equatable {
         }
         guard pruneThreshold.isFinite && pruneThreshold >= 0 else {
             throw EDKMError(.invalidArgument, "prune_threshold must be finite and >= 0, got \(pruneThreshold)")
+        }
+        guard temperatureMode == .absolute || temperatureMode == .scaleFree else {
+            throw EDKMError(.invalidArgument, "unknown temperature mode")
         }
         if clusterDim > 1 && algorithm == .uniquified {
             throw EDKMError(.invalidArgument, "the uniquified algorithm clusters scalars only (cluster_dim 1), got cluster_dim \(clusterDim)")
@@ -123,5 +140,53 @@ public struct TensorGeometry: Sendable, Equatable {
         guard vectorsPerPartition >= config.k else {
             throw EDKMError(.shape, "each partition has \(vectorsPerPartition) vectors, fewer than the \(config.k) centroids of \(config.bits) bits")
         }
+    }
+}
+
+/// The softmax temperature, prune bias and early-stop tolerance one partition's forward uses.
+public struct EffectiveParameters: Sendable, Equatable {
+    public var tau: Double
+    public var prune: Double
+    public var epsilon: Double
+
+    public init(tau: Double, prune: Double, epsilon: Double) {
+        self.tau = tau
+        self.prune = prune
+        self.epsilon = epsilon
+    }
+
+    /// For initial centroids c0 (k x d) of a partition of `vectors` vectors.
+    public init(config: ClusteringConfig, initial c0: [Double], vectors: Int) {
+        switch config.temperatureMode {
+        case .absolute:
+            tau = config.tau
+            prune = config.pruneThreshold
+            epsilon = config.epsilon
+        case .scaleFree:
+            let scale = EffectiveParameters.centroidScale(c0, k: config.k, d: config.clusterDim)
+            tau = config.tau * scale
+            prune = config.pruneThreshold * scale
+            epsilon = config.epsilon * scale * Double(vectors)
+        }
+    }
+
+    /// sigma^2 = mean over centroids of the squared distance to the nearest other centroid
+    /// (ignoring coincident ones); the smallest positive normal double when all coincide.
+    public static func centroidScale(_ c: [Double], k: Int, d: Int) -> Double {
+        var total = 0.0
+        var counted = 0
+        for j in 0..<k {
+            var best = Double.infinity
+            for l in 0..<k where l != j {
+                var dist = 0.0
+                for e in 0..<d {
+                    let diff = c[j * d + e] - c[l * d + e]
+                    dist += diff * diff
+                }
+                if dist > 0 { best = Swift.min(best, dist) }
+            }
+            if best.isFinite { total += best; counted += 1 }
+        }
+        return counted > 0 && total > 0 ? total / Double(counted) : Double.leastNormalMagnitude
     }
 }

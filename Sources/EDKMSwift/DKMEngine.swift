@@ -18,22 +18,30 @@ public struct PartitionTrace: Sendable, Equatable {
     public var normalizers: [[Double]]
     /// I^{T-1} = sum_m n_m min_j D_mj at the last iteration.
     public var inertia: Double
+    /// The temperature, prune bias and stop tolerance this partition ran with.
+    public var parameters: EffectiveParameters
+    /// sum_m n_m H_m of the last attention (H = entropy of the softmax row, nats); set by `output`.
+    public var entropySum: Double = 0
     /// T, the iterations run.
     public var iterations: Int { normalizers.count }
     /// Bytes this trace occupies when saved.
-    public var byteCount: Int { (centroids.reduce(0) { $0 + $1.count } + normalizers.reduce(0) { $0 + $1.count } + 1) * 8 }
+    public var byteCount: Int { (centroids.reduce(0) { $0 + $1.count } + normalizers.reduce(0) { $0 + $1.count } + 4) * 8 }
 }
 
 /// The DKM forward iterations and the reverse-mode backward over every partition of a tensor,
 /// in blocks of rows spread over the thread pool. Each block writes its own partial sums, reduced
 /// in block order, so results do not depend on the thread count.
 struct DKMEngine {
-    let kernel: SoftKMeansKernel
     let config: ClusteringConfig
     let pool: ThreadPool
 
     /// Rows per block: about 8192 values.
-    var blockRows: Int { max(1, 8192 / kernel.d) }
+    var blockRows: Int { max(1, 8192 / config.clusterDim) }
+
+    /// The row arithmetic of one partition, with its effective temperature and prune bias.
+    func kernel(_ trace: PartitionTrace) -> SoftKMeansKernel {
+        SoftKMeansKernel(config: config, tau: trace.parameters.tau, prune: trace.parameters.prune)
+    }
 
     private struct BlockItem { var partition: Int; var start: Int; var count: Int }
 
@@ -56,14 +64,14 @@ struct DKMEngine {
     /// iteration t (to allocate where its maps go; an error stops the forward) and
     /// `mapSink(p, t, start, count)` returns where to store the D and s maps (count x k floats
     /// each) of those rows.
-    func iterate(_ rows: [any RowBlocks], initial: [[Double]],
+    func iterate(_ rows: [any RowBlocks], initial: [[Double]], parameters: [EffectiveParameters],
                  prepare: ((Int) throws(EDKMError) -> Void)? = nil,
                  mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil)
         throws(EDKMError) -> [PartitionTrace]
     {
-        let k = kernel.k, d = kernel.d
+        let k = config.k, d = config.clusterDim
         let P = rows.count
-        var traces = initial.map { PartitionTrace(centroids: [$0], normalizers: [], inertia: 0) }
+        var traces = (0..<P).map { PartitionTrace(centroids: [initial[$0]], normalizers: [], inertia: 0, parameters: parameters[$0]) }
         var active = Array(0..<P)
         var lastInertia = [Double](repeating: 0, count: P)
         let stride = k + k * d + 1  // S, P, inertia
@@ -84,7 +92,8 @@ struct DKMEngine {
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let maps = mapSink?(item.partition, t, item.start, item.count)
                             c.withUnsafeBufferPointer { cb in
-                                acc[stride - 1] = kernel.iterateBlock(values, counts, item.count, cb.baseAddress!, acc, maps: maps)
+                                acc[stride - 1] = kernel(tracesBuf[item.partition]).iterateBlock(values, counts, item.count,
+                                                                                                 cb.baseAddress!, acc, maps: maps)
                             }
                         }
                     }
@@ -115,7 +124,7 @@ struct DKMEngine {
                 traces[p].inertia = inertia
                 // coremltools: stop after iteration t if t > 0, the previous inertia is nonzero and
                 // the change is within epsilon.
-                let stop = t > 0 && lastInertia[p] != 0 && abs(lastInertia[p] - inertia) <= config.epsilon
+                let stop = t > 0 && lastInertia[p] != 0 && abs(lastInertia[p] - inertia) <= traces[p].parameters.epsilon
                 lastInertia[p] = inertia
                 if !stop { stillActive.append(p) }
             }
@@ -125,27 +134,37 @@ struct DKMEngine {
     }
 
     /// Soft output rows f_m = sum_j A^{T-1}_mj c^T_j; `sink(p, start, count, f)` receives count x d values.
-    func output(_ rows: [any RowBlocks], traces: [PartitionTrace],
+    /// Also sets every trace's `entropySum`.
+    func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace],
                 sink: (Int, Int, Int, UnsafePointer<Double>) -> Void)
     {
-        let k = kernel.k, d = kernel.d
+        let d = config.clusterDim
         let items = blocks(rows, partitions: Array(0..<rows.count))
-        pool.parallelFor(items.count) { i in
-            let item = items[i]
-            let trace = traces[item.partition]
-            let T = trace.iterations
-            withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d) { scratch in
-                let vbuf = scratch.baseAddress!
-                let f = vbuf + item.count * d
-                let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
-                trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
-                    trace.centroids[T].withUnsafeBufferPointer { cLast in
-                        kernel.outputBlock(values, item.count, cPrev.baseAddress!, cLast.baseAddress!, f)
+        var entropy = [Double](repeating: 0, count: items.count)
+        let snapshot = traces
+        entropy.withUnsafeMutableBufferPointer { eb in
+            let entropyOut = eb.baseAddress!
+            pool.parallelFor(items.count) { i in
+                let item = items[i]
+                let trace = snapshot[item.partition]
+                let T = trace.iterations
+                withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * item.count * d) { scratch in
+                    let vbuf = scratch.baseAddress!
+                    let f = vbuf + item.count * d
+                    let values = rows[item.partition].values(start: item.start, count: item.count, scratch: vbuf)
+                    let counts = rows[item.partition].counts(start: item.start, count: item.count)
+                    trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
+                        trace.centroids[T].withUnsafeBufferPointer { cLast in
+                            entropyOut[i] = kernel(trace).outputBlock(values, counts, item.count, cPrev.baseAddress!,
+                                                                      cLast.baseAddress!, f)
+                        }
                     }
+                    sink(item.partition, item.start, item.count, f)
                 }
-                sink(item.partition, item.start, item.count, f)
             }
         }
+        for p in traces.indices { traces[p].entropySum = 0 }
+        for (i, item) in items.enumerated() { traces[item.partition].entropySum += entropy[i] }
     }
 
     /// The per-row results of a backward for one partition.
@@ -166,7 +185,7 @@ struct DKMEngine {
                   gradients: (Int, Int, Int, UnsafeMutablePointer<Double>) -> UnsafePointer<Double>,
                   savedSoftmax: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = nil) -> [RowGradients]
     {
-        let k = kernel.k, d = kernel.d
+        let k = config.k, d = config.clusterDim
         let P = rows.count
         let results = rows.map { RowGradients(last: DoubleBuffer(zeros: $0.rowCount * d),
                                               r: DoubleBuffer(zeros: $0.rowCount * d)) }
@@ -193,7 +212,7 @@ struct DKMEngine {
                         let last = lastPtrs[item.partition] + item.start * d
                         trace.centroids[T - 1].withUnsafeBufferPointer { cPrevB in
                             trace.centroids[T].withUnsafeBufferPointer { cLastB in
-                                kernel.backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
+                                kernel(trace).backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
                                                          saved: saved, last, acc)
                             }
                         }
@@ -241,7 +260,7 @@ struct DKMEngine {
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
                                 trace.centroids[t + 1].withUnsafeBufferPointer { cnB in
                                     pbar[item.partition].withUnsafeBufferPointer { pbB in
-                                        kernel.backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
+                                        kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
                                                                       pbB.baseAddress!, saved: saved, r, acc, accumulate: t > 0)
                                     }
                                 }

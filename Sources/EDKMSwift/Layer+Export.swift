@@ -11,7 +11,8 @@ extension Layer {
     }
 
     /// Writes the LUT (the current centroids, as `lutType`: f32 or f16) and the packed labels
-    /// argmin_j (||w - c_j||^2 - prune [j = 0]).
+    /// argmin_j (||w - c_j||^2 - prune [j = 0]) (prune relative to the centroid scale in the
+    /// scale-free temperature mode).
     public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
                               lut: UnsafeMutableRawPointer, lutType: ElementType,
                               packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
@@ -27,7 +28,11 @@ extension Layer {
         let k = config.k, d = config.clusterDim, bits = config.bits
         let E = geometry.elementsPerPartition, V = geometry.vectorsPerPartition
         let slice = sizes.packedBytes / geometry.partitions
-        let prune = config.pruneThreshold
+        // The prune bias of each partition (relative to its centroid scale in the scale-free mode).
+        let prunes = (0..<geometry.partitions).map { p in
+            EffectiveParameters(config: config, initial: c[(p * k * d)..<((p + 1) * k * d)].map { Double($0) },
+                                vectors: V).prune
+        }
         let chunkVectors = 1 << 16  // a multiple of 8: chunks start on byte boundaries
         let chunks = (V + chunkVectors - 1) / chunkVectors
         c.withUnsafeBufferPointer { cb in
@@ -35,6 +40,7 @@ extension Layer {
                 let p = item / chunks
                 let lo = (item % chunks) * chunkVectors, hi = Swift.min(V, lo + chunkVectors)
                 let cp = cb.baseAddress! + p * k * d
+                let prune = prunes[p]
                 let out = packed + p * slice
                 // Clear this chunk's bytes, then OR the labels in.
                 let firstByte = lo * bits / 8, endByte = Swift.min(slice, (hi * bits + 7) / 8)

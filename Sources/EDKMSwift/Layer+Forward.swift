@@ -46,19 +46,22 @@ extension Layer {
                 CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
             }
             let c0 = initial.map { $0.map { Double($0) } }
+            let parameters = c0.map { EffectiveParameters(config: config, initial: $0, vectors: geometry.vectorsPerPartition) }
             let run: ForwardRun
             if algorithm == .uniquified {
-                run = try forwardUniquified(weights, type: type, initial: c0, save: save)
+                run = try forwardUniquified(weights, type: type, initial: c0, parameters: parameters, save: save)
             } else {
-                run = try forwardDense(weights, type: type, initial: c0, save: save)
+                run = try forwardDense(weights, type: type, initial: c0, parameters: parameters, save: save)
             }
-            run.writeOutput(output, outputType)
+            let entropy = run.writeOutput(output, outputType)
             centroids = run.traces.map { $0.centroids[$0.iterations].map { Float($0) } }
             stats.forwards += 1
             stats.iterations = run.traces.map(\.iterations).max() ?? 0
             stats.inertia = run.traces.reduce(0) { $0 + $1.inertia }
             stats.distinctValues = run.distinctValues
             stats.algorithm = algorithm
+            stats.effectiveTau = parameters.reduce(0) { $0 + $1.tau } / Double(parameters.count)
+            stats.attentionEntropy = entropy / Double(geometry.partitions * geometry.vectorsPerPartition)
             return run.saved
         }
     }
@@ -68,10 +71,11 @@ extension Layer {
         var traces: [PartitionTrace]
         var distinctValues: Int
         var saved: SavedState?
-        var writeOutput: (UnsafeMutableRawPointer, ElementType) -> Void
+        /// Writes the output; returns sum over vectors of the last softmax's entropy (nats).
+        var writeOutput: (UnsafeMutableRawPointer, ElementType) -> Double
     }
 
-    private var engine: DKMEngine { DKMEngine(kernel: SoftKMeansKernel(config: config), config: config, pool: runtime.pool) }
+    private var engine: DKMEngine { DKMEngine(config: config, pool: runtime.pool) }
 
     private func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
         let encoded = SavedState.encodeTraces(traces)
@@ -97,7 +101,7 @@ extension Layer {
     // MARK: uniquified
 
     private func forwardUniquified(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
-                                   save: Bool) throws(EDKMError) -> ForwardRun {
+                                   parameters: [EffectiveParameters], save: Bool) throws(EDKMError) -> ForwardRun {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
@@ -127,8 +131,8 @@ extension Layer {
         let keepTables = save && (mode == .uniquify || mode == .shard)
         let dMaps = SavedTensorList(), sMaps = SavedTensorList()
         let store = runtime.store
-        let traces = try engine.iterate(
-            rows, initial: initial,
+        var traces = try engine.iterate(
+            rows, initial: initial, parameters: parameters,
             prepare: keepTables ? { (_: Int) throws(EDKMError) in
                 dMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
                 sMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
@@ -138,9 +142,10 @@ extension Layer {
             } : nil)
         // f_m per partition.
         let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
-        engine.output(rows, traces: traces) { p, start, count, values in
+        engine.output(rows, traces: &traces) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }
+        let entropy = traces.reduce(0) { $0 + $1.entropySum }
         var saved: SavedState? = nil
         if save {
             let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .uniquified,
@@ -199,13 +204,14 @@ extension Layer {
                     }
                 }
             }
+            return entropy
         }
     }
 
     // MARK: dense
 
     private func forwardDense(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
-                              save: Bool) throws(EDKMError) -> ForwardRun {
+                              parameters: [EffectiveParameters], save: Bool) throws(EDKMError) -> ForwardRun {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, d = config.clusterDim
@@ -220,8 +226,8 @@ extension Layer {
         let store = runtime.store
         let mapBytes = geometry.count / d * k * 4
         let count = geometry.count, shape = geometry.shape
-        let traces = try engine.iterate(
-            rows, initial: initial,
+        var traces = try engine.iterate(
+            rows, initial: initial, parameters: parameters,
             prepare: keepMaps ? { (_: Int) throws(EDKMError) in
                 // What autograd keeps per iteration: the weights (cdist input), D and the softmax.
                 weightCopies.append(try store.save(weights, byteCount: count * width, tag: "weights-\(type.name)",
@@ -252,10 +258,12 @@ extension Layer {
         }
         let eng = engine
         return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType in
-            eng.output(rows, traces: traces) { p, start, count, values in
+            var withEntropy = traces
+            eng.output(rows, traces: &withEntropy) { p, start, count, values in
                 let base = p * E + start * d
                 for i in 0..<(count * d) { ElementIO.store(Float(values[i]), output, type: outputType, at: base + i) }
             }
+            return withEntropy.reduce(0) { $0 + $1.entropySum }
         }
     }
 }

@@ -21,6 +21,11 @@ public final class Layer: @unchecked Sendable {
         public var distinctValues = 0
         public var algorithm: ClusteringConfig.Algorithm = .automatic
         public var inertia = 0.0
+        /// Mean over partitions of the temperature the last forward used.
+        public var effectiveTau = 0.0
+        /// Mean over weights (vectors) of the entropy, in nats, of the last forward's final
+        /// softmax row (0 = hard assignment, ln k = uniform).
+        public var attentionEntropy = 0.0
     }
 
     public init(runtime: Runtime, config: ClusteringConfig, shape: [Int]) throws(EDKMError) {

@@ -37,7 +37,7 @@ extension SavedState {
         }
     }
 
-    private var engine: DKMEngine { DKMEngine(kernel: SoftKMeansKernel(config: config), config: config, pool: runtime.pool) }
+    private var engine: DKMEngine { DKMEngine(config: config, pool: runtime.pool) }
 
     private func missingWeights() -> EDKMError {
         EDKMError(.state, "this saved state needs the forward's weights: pass them to backward (or create the runtime with keep_weights)")

@@ -82,14 +82,15 @@ public final class SavedState: @unchecked Sendable {
 
     // MARK: trace encoding
 
-    /// [P, then per partition: T, c^0..c^T (k d each), S^0..S^{T-1} (k each), inertia].
+    /// [P, then per partition: T, c^0..c^T (k d each), S^0..S^{T-1} (k each), inertia, tau,
+    /// prune, epsilon].
     static func encodeTraces(_ traces: [PartitionTrace]) -> [Double] {
         var out: [Double] = [Double(traces.count)]
         for t in traces {
             out.append(Double(t.iterations))
             for c in t.centroids { out += c }
             for s in t.normalizers { out += s }
-            out.append(t.inertia)
+            out += [t.inertia, t.parameters.tau, t.parameters.prune, t.parameters.epsilon]
         }
         return out
     }
@@ -108,8 +109,9 @@ public final class SavedState: @unchecked Sendable {
             let T = Int(take(1)[0])
             let cs = (0...T).map { _ in take(kd) }
             let ss = (0..<T).map { _ in take(k) }
-            let inertia = take(1)[0]
-            result.append(PartitionTrace(centroids: cs, normalizers: ss, inertia: inertia))
+            let tail = take(4)
+            result.append(PartitionTrace(centroids: cs, normalizers: ss, inertia: tail[0],
+                                         parameters: EffectiveParameters(tau: tail[1], prune: tail[2], epsilon: tail[3])))
         }
         return result
     }

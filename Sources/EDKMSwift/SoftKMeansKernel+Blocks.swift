@@ -29,14 +29,18 @@ extension SoftKMeansKernel {
         return inertia
     }
 
-    /// f_m = sum_j A_mj(cPrev) cLast_j, count x d values.
-    func outputBlock(_ values: UnsafePointer<Double>, _ count: Int, _ cPrev: UnsafePointer<Double>,
-                     _ cLast: UnsafePointer<Double>, _ f: UnsafeMutablePointer<Double>) {
-        let done = d == 1 ? outputScalar4(values, count, cPrev, cLast, f) : 0
+    /// f_m = sum_j A_mj(cPrev) cLast_j, count x d values. Returns sum_m n_m H_m, the
+    /// count-weighted entropy (nats) of the rows' softmax.
+    func outputBlock(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
+                     _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
+                     _ f: UnsafeMutablePointer<Double>) -> Double {
+        var (done, entropy) = d == 1 ? outputScalar4(values, counts, count, cPrev, cLast, f) : (0, 0.0)
         withUnsafeTemporaryAllocation(of: Double.self, capacity: k) { sb in
             let s = sb.baseAddress!
+            var h = 0.0
             for m in done..<count {
-                _ = softmax(values + m * d, cPrev, s)
+                _ = softmax(values + m * d, cPrev, s, entropy: &h)
+                entropy += (counts?[m] ?? 1) * h
                 for e in 0..<d { f[m * d + e] = 0 }
                 for j in 0..<k {
                     let a = attention(s[j])
@@ -44,6 +48,7 @@ extension SoftKMeansKernel {
                 }
             }
         }
+        return entropy
     }
 
     /// The output's adjoint: acc[0 ..< kd] += cbar^T (sum_m A_m G_m), acc[kd ..< 2kd] += extra

@@ -1,28 +1,36 @@
+import Glibc
+
 /// d = 1, four rows at a time: the same formulas as the row-at-a-time passes, lanes = rows.
 /// Each returns how many leading rows it handled (a multiple of 4); the caller does the rest.
 extension SoftKMeansKernel {
     typealias V4 = SIMD4<Double>
 
-    /// s (k lanes of 4 rows) for rows u; returns min_j D_j per row.
+    /// s (k lanes of 4 rows) for rows u; returns min_j D_j per row. With `entropy`, also writes the
+    /// rows' softmax entropy (see `softmax`).
     @inline(__always)
-    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>) -> V4 {
+    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>,
+                  entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
         var minD = V4(repeating: .infinity)
         for j in 0..<k {
             let diff = u - c[j]
             var dist = diff * diff
             if j == 0 { dist -= pruneThreshold }
             s[j] = dist
-            minD = pointwiseMin(minD, dist)
+            minD.replace(with: dist, where: dist .< minD)
         }
         let invTau = 1 / tau
         var sum = V4(repeating: 0)
+        var weighted = V4(repeating: 0)
         for j in 0..<k {
-            let e = VectorMath.exp((minD - s[j]) * invTau)
+            let x = (minD - s[j]) * invTau
+            let e = VectorMath.exp(x)
             s[j] = e
             sum += e
+            if entropy != nil { weighted += (e * x).replacing(with: 0, where: e .== 0) }
         }
         let inv = 1 / sum
         for j in 0..<k { s[j] *= inv }
+        if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
         return minD
     }
 
@@ -30,7 +38,7 @@ extension SoftKMeansKernel {
     func load4(_ p: UnsafePointer<Double>) -> V4 { V4(p[0], p[1], p[2], p[3]) }
 
     @inline(__always)
-    func attention4(_ s: V4) -> V4 { pointwiseMax(s, V4(repeating: zeroThreshold)) }
+    func attention4(_ s: V4) -> V4 { s.replacing(with: zeroThreshold, where: s .< V4(repeating: zeroThreshold)) }
 
     /// In place X <- J(X) for four rows.
     @inline(__always)
@@ -79,21 +87,25 @@ extension SoftKMeansKernel {
         return (rows, inertia.sum())
     }
 
-    func outputScalar4(_ values: UnsafePointer<Double>, _ count: Int, _ cPrev: UnsafePointer<Double>,
-                       _ cLast: UnsafePointer<Double>, _ f: UnsafeMutablePointer<Double>) -> Int {
+    func outputScalar4(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
+                       _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
+                       _ f: UnsafeMutablePointer<Double>) -> (Int, Double) {
         let rows = count & ~3
+        var entropy = V4(repeating: 0)
         withUnsafeTemporaryAllocation(of: V4.self, capacity: k) { buf in
             let s = buf.baseAddress!
             var m = 0
+            var h = V4(repeating: 0)
             while m < rows {
-                _ = softmax4(load4(values + m), cPrev, s)
+                _ = softmax4(load4(values + m), cPrev, s, entropy: &h)
+                entropy += (counts.map { load4($0 + m) } ?? V4(repeating: 1)) * h
                 var out = V4(repeating: 0)
                 for j in 0..<k { out += attention4(s[j]) * cLast[j] }
                 for l in 0..<4 { f[m + l] = out[l] }
                 m += 4
             }
         }
-        return rows
+        return (rows, entropy.sum())
     }
 
     func backwardLastScalar4(_ values: UnsafePointer<Double>, _ G: UnsafePointer<Double>, _ count: Int,

@@ -21,18 +21,20 @@ struct SoftKMeansKernel {
     @usableFromInline let zeroThreshold: Double
     @usableFromInline let pruneThreshold: Double
 
-    init(config: ClusteringConfig) {
+    init(config: ClusteringConfig, tau: Double, prune: Double) {
         k = config.k
         d = config.clusterDim
-        tau = config.tau
+        self.tau = tau
         zeroThreshold = config.zeroThreshold
-        pruneThreshold = config.pruneThreshold
+        pruneThreshold = prune
     }
 
-    /// Writes D (k, when `distances` is given) and s (k) for row u; returns min_j D_j.
+    /// Writes D (k, when `distances` is given) and s (k) for row u; returns min_j D_j. With
+    /// `entropy`, also writes H = -sum_j s_j ln s_j = ln(sum_l e^{x_l}) - sum_j s_j x_j, where
+    /// x_j = (min D - D_j) / tau.
     @inline(__always)
     func softmax(_ u: UnsafePointer<Double>, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<Double>,
-                 distances: UnsafeMutablePointer<Float>? = nil) -> Double {
+                 distances: UnsafeMutablePointer<Float>? = nil, entropy: UnsafeMutablePointer<Double>? = nil) -> Double {
         var minD = Double.infinity
         if d == 1 {
             let x = u[0]
@@ -55,14 +57,18 @@ struct SoftKMeansKernel {
         for j in 0..<k { minD = Swift.min(minD, s[j]) }
         if let distances { for j in 0..<k { distances[j] = Float(s[j]) } }
         var sum = 0.0
+        var weighted = 0.0
         let invTau = 1 / tau
         for j in 0..<k {
-            let e = exp((minD - s[j]) * invTau)
+            let x = (minD - s[j]) * invTau
+            let e = exp(x)
             s[j] = e
             sum += e
+            if e > 0 { weighted += e * x }
         }
         let inv = 1 / sum
         for j in 0..<k { s[j] *= inv }
+        entropy?.pointee = log(sum) - weighted * inv
         return minD
     }
 

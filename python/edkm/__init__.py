@@ -16,6 +16,7 @@ from . import _ffi
 from .core import (
     BFLOAT16,
     Algorithm,
+    TemperatureMode,
     Communicator,
     DType,
     EdkmError,
@@ -45,6 +46,7 @@ if "edkm_version_number" not in _ffi.missing_symbols:
 
 __all__ = [
     "Algorithm",
+    "TemperatureMode",
     "BFLOAT16",
     "Communicator",
     "DType",

@@ -86,6 +86,10 @@ EDKM_ALGORITHM_AUTO = 0
 EDKM_ALGORITHM_DENSE = 1
 EDKM_ALGORITHM_UNIQUIFIED = 2
 
+# typedef enum edkm_temperature_mode
+EDKM_TEMPERATURE_ABSOLUTE = 0
+EDKM_TEMPERATURE_SCALE_FREE = 1
+
 # C enums (edkm_status, edkm_dtype) are passed and returned as int.
 edkm_status = c_int
 edkm_dtype = c_int
@@ -178,6 +182,8 @@ class edkm_layer_config(Structure):
         ("algorithm", c_int32),
         ("f32_key_dtype", c_int32),
         ("seed", c_uint64),
+        ("temperature_mode", c_int32),
+        ("reserved", c_uint32),
     ]
 
 
@@ -190,6 +196,8 @@ class edkm_layer_stats(Structure):
         ("algorithm", c_int32),
         ("reserved", c_int32),
         ("inertia", c_double),
+        ("effective_tau", c_double),
+        ("attention_entropy", c_double),
     ]
 
 

@@ -75,6 +75,11 @@ class Init(enum.IntEnum):
     KMEANS_PP = _ffi.EDKM_INIT_KMEANS_PP
 
 
+class TemperatureMode(enum.IntEnum):
+    ABSOLUTE = _ffi.EDKM_TEMPERATURE_ABSOLUTE
+    SCALE_FREE = _ffi.EDKM_TEMPERATURE_SCALE_FREE
+
+
 class Algorithm(enum.IntEnum):
     AUTO = _ffi.EDKM_ALGORITHM_AUTO
     DENSE = _ffi.EDKM_ALGORITHM_DENSE
@@ -493,6 +498,8 @@ class LayerStats:
     distinct_values: int
     algorithm: object  # an Algorithm, or the raw int if unknown to this binding
     inertia: float
+    effective_tau: float = 0.0
+    attention_entropy: float = 0.0
 
 
 def unpack_labels(packed, bits, groups, labels_per_group):
@@ -526,7 +533,7 @@ class Layer(_Handle):
 
     def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=1e-4,
                  epsilon=1e-4, zero_threshold=1e-7, prune_threshold=1e-7, init=Init.AUTO,
-                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED):
+                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None):
         super().__init__()
         if not isinstance(runtime, Runtime):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
@@ -547,6 +554,8 @@ class Layer(_Handle):
         cfg.algorithm = int(_enum_value(Algorithm, algorithm, "algorithm"))
         cfg.f32_key_dtype = int(_resolve_dtype(f32_key_dtype, "f32_key_dtype"))
         cfg.seed = _u64(seed, "seed")
+        if temperature_mode is not None:  # None keeps the library's default
+            cfg.temperature_mode = int(_enum_value(TemperatureMode, temperature_mode, "temperature_mode"))
         self._runtime = runtime  # keeps the communicator (and its callbacks) alive
         c_shape = (ctypes.c_int64 * max(len(shape), 1))(*shape)
         h = _ffi.edkm_layer_p()
@@ -645,7 +654,8 @@ class Layer(_Handle):
         except ValueError:
             alg = s.algorithm
         return LayerStats(iterations=s.iterations, forwards=s.forwards, distinct_values=s.distinct_values,
-                          algorithm=alg, inertia=s.inertia)
+                          algorithm=alg, inertia=s.inertia, effective_tau=s.effective_tau,
+                          attention_entropy=s.attention_entropy)
 
     # ---- export ----
 

@@ -1,0 +1,87 @@
+import CEDKM
+import Glibc
+import Testing
+
+/// The scale-free temperature: invariance under weight scaling, and the layer statistics.
+@Suite struct TemperatureTests {
+    struct Run {
+        var output: [Float]
+        var gradient: [Float]
+        var labels: [UInt8]
+        var stats: edkm_layer_stats
+    }
+
+    func run(_ w: [Float], mode: edkm_temperature_mode, tau: Double, algorithm: edkm_algorithm, grad: [Float]) -> Run? {
+        let n = w.count
+        let rt = makeRuntime()
+        defer { edkm_runtime_destroy(rt) }
+        var cfg = layerConfig(bits: 3, tau: tau, algorithm: algorithm)
+        cfg.temperature_mode = Int32(mode.rawValue)
+        cfg.f32_key_dtype = Int32(EDKM_DTYPE_BF16.rawValue)
+        let l = makeLayer(rt, [32, Int64(n / 32)], cfg)
+        defer { edkm_layer_destroy(l) }
+        guard let step = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F32, count: n, grad: grad) else { return nil }
+        var lc = 0, pb = 0
+        check(edkm_layer_export_sizes(l, &lc, &pb))
+        var lut = [Float](repeating: 0, count: lc)
+        var packed = [UInt8](repeating: 0, count: pb)
+        check(edkm_layer_export(l, w, EDKM_DTYPE_F32, n, &lut, EDKM_DTYPE_F32, &packed, pb))
+        var s = edkm_layer_stats()
+        s.struct_size = UInt32(MemoryLayout<edkm_layer_stats>.size)
+        check(edkm_layer_get_stats(l, &s))
+        return Run(output: step.output, gradient: step.gradient, labels: packed, stats: s)
+    }
+
+    /// Scaling the weights by a power of two scales every intermediate exactly, so in the
+    /// scale-free mode outputs scale exactly, gradients and labels are bit-identical; with a
+    /// non-power-of-two factor they agree to float32 rounding. The absolute mode is not invariant.
+    @Test(arguments: [EDKM_ALGORITHM_DENSE, EDKM_ALGORITHM_UNIQUIFIED])
+    func scaleFreeIsScaleInvariant(algorithm: edkm_algorithm) {
+        var rng = Gaussian(seed: 17)
+        let n = 32 * 48
+        // bf16-exact values so both paths see the same weights at every scale
+        let w = bf16Bits(rng.floats(n, std: 0.02)).map { Float(bitPattern: UInt32($0) << 16) }
+        let grad = rng.floats(n, std: 1)
+        guard let base = run(w, mode: EDKM_TEMPERATURE_SCALE_FREE, tau: 0.05, algorithm: algorithm, grad: grad) else { return }
+        for alpha: Float in [0x1p-8, 0x1p6] {
+            guard let scaled = run(w.map { $0 * alpha }, mode: EDKM_TEMPERATURE_SCALE_FREE, tau: 0.05, algorithm: algorithm, grad: grad)
+            else { continue }
+            #expect(scaled.output == base.output.map { $0 * alpha })
+            #expect(scaled.gradient == base.gradient)
+            #expect(scaled.labels == base.labels)
+            #expect(abs(scaled.stats.effective_tau / base.stats.effective_tau - Double(alpha * alpha)) < 1e-12 * Double(alpha * alpha))
+            #expect(scaled.stats.attention_entropy == base.stats.attention_entropy)
+        }
+        if algorithm == EDKM_ALGORITHM_DENSE {
+            let alpha: Float = 3
+            if let scaled = run(w.map { $0 * alpha }, mode: EDKM_TEMPERATURE_SCALE_FREE, tau: 0.05, algorithm: algorithm, grad: grad) {
+                #expect(maxRelativeDifference(scaled.output, base.output.map { $0 * alpha }) < 1e-5)
+                #expect(maxRelativeDifference(scaled.gradient, base.gradient) < 1e-4)
+            }
+        }
+        // The absolute temperature depends on the scale: the same factor changes the result.
+        if let a = run(w, mode: EDKM_TEMPERATURE_ABSOLUTE, tau: 1e-4, algorithm: algorithm, grad: grad),
+           let b = run(w.map { $0 * 0x1p6 }, mode: EDKM_TEMPERATURE_ABSOLUTE, tau: 1e-4, algorithm: algorithm, grad: grad) {
+            #expect(a.gradient != b.gradient)
+        }
+    }
+
+    /// effective_tau is tau (absolute) or tau times the centroid scale; the entropy lies in
+    /// [0, ln k] and falls as tau shrinks.
+    @Test func statisticsReportTemperatureAndEntropy() {
+        var rng = Gaussian(seed: 4)
+        let n = 32 * 64
+        let w = rng.floats(n, std: 0.02)
+        let grad = rng.floats(n, std: 1)
+        let k = 8.0
+        guard let soft = run(w, mode: EDKM_TEMPERATURE_ABSOLUTE, tau: 1e-3, algorithm: EDKM_ALGORITHM_DENSE, grad: grad),
+              let hard = run(w, mode: EDKM_TEMPERATURE_ABSOLUTE, tau: 1e-7, algorithm: EDKM_ALGORITHM_DENSE, grad: grad),
+              let free = run(w, mode: EDKM_TEMPERATURE_SCALE_FREE, tau: 0.05, algorithm: EDKM_ALGORITHM_DENSE, grad: grad)
+        else { return }
+        #expect(soft.stats.effective_tau == 1e-3 && hard.stats.effective_tau == 1e-7)
+        #expect(soft.stats.attention_entropy > 1.5 && soft.stats.attention_entropy <= log(k) + 1e-9)
+        #expect(hard.stats.attention_entropy >= 0 && hard.stats.attention_entropy < 0.1)
+        // sigma^2 of 8 centroids spread over ~6 std of 0.02: spacing ~0.015, squared ~2e-4
+        #expect(free.stats.effective_tau > 0.05 * 1e-5 && free.stats.effective_tau < 0.05 * 1e-3)
+    }
+}
