@@ -308,6 +308,21 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
                                         size_t count, void *out, edkm_dtype out_dtype,
                                         edkm_saved_state **saved);
 
+/**
+ * Training forward on weights sharded across the communicator's ranks (each rank holds a slice,
+ * as with FSDP / ZeRO-3): weights[0 .. count) are the tensor's elements [offset, offset + count)
+ * and out[0 .. count) receives their w~. A collective: every rank calls it (slices may differ in
+ * size, including 0). The ranks all-reduce the 65,536-entry key histogram (and backward the
+ * U-entry gradient sums), run the same O(U k T) math and write only their slice, so per-rank
+ * memory and traffic do not grow with N: (65,537 + U + 2) x 8 bytes per forward+backward.
+ * Requires per-tensor granularity, cluster_dim 1 and 16-bit keys. A rank whose slice holds NaN/Inf
+ * makes every rank fail with EDKM_ERR_NON_FINITE. The saved state's backward takes this rank's
+ * slice of grad_output, grad_input and weights (count elements).
+ */
+EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
+                                              size_t offset, size_t count, void *out, edkm_dtype out_dtype,
+                                              edkm_saved_state **saved);
+
 /** Per-layer figures of the last forward. */
 typedef struct edkm_layer_stats {
     uint32_t struct_size;         /**< in: sizeof(edkm_layer_stats) */

@@ -133,6 +133,20 @@ public func edkm_layer_forward(_ layer: OpaquePointer!, _ weights: UnsafeRawPoin
 }
 
 @c @implementation
+public func edkm_layer_forward_shard(_ layer: OpaquePointer!, _ weights: UnsafeRawPointer!, _ dtype: edkm_dtype,
+                                     _ offset: Int, _ count: Int, _ out: UnsafeMutableRawPointer!, _ out_dtype: edkm_dtype,
+                                     _ saved: UnsafeMutablePointer<OpaquePointer?>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let w = try require(weights, "weights")
+        let o = try require(out, "out")
+        let state = try l.forwardShard(weights: w, type: try elementType(dtype, "dtype"), offset: offset, count: count,
+                                       output: o, outputType: try elementType(out_dtype, "out_dtype"), save: saved != nil)
+        if let saved, let state { saved.pointee = HandleRegistry.register(state, .savedState) }
+    }
+}
+
+@c @implementation
 public func edkm_layer_get_stats(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<edkm_layer_stats>!) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)

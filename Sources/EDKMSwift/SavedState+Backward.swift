@@ -6,6 +6,15 @@ extension SavedState {
                          count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
         try exclusive { () throws(EDKMError) in
             guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
+            if let slice = weightShard {
+                guard count == slice.count else {
+                    throw EDKMError(.shape, "expected this rank's \(slice.count) gradient elements, got \(count)")
+                }
+                try backwardShard(slice, traces: decodeTraces(), grad: gradOutput, output: gradInput, gradType: gradType,
+                                  weights: weights)
+                markConsumed()
+                return
+            }
             guard count == geometry.count else {
                 throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(count)")
             }

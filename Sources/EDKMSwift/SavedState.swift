@@ -34,6 +34,8 @@ public final class SavedState: @unchecked Sendable {
     /// SHARD: the range of elements this rank's shard covers, and the padded shard length.
     var shardRange: Range<Int> = 0..<0
     var shardLength = 0
+    /// Sharded weights: the slice of the tensor this rank's forward saw (nil = the whole tensor).
+    var weightShard: Range<Int>? = nil
 
     private var consumed = false
     private let busy = Atomic<Bool>(false)

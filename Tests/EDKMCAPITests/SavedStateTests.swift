@@ -223,3 +223,118 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         edkm_runtime_destroy(rt)
     }
 }
+
+/// In-process all-reduce for threads as ranks: ranks add their buffers into a shared sum in rank
+/// order (deterministic), then every rank copies the result.
+final class ReduceGroup: @unchecked Sendable {
+    let world: Int
+    let barrier = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)
+    var sum: [Double] = []
+    var gatherBuffer: [UInt8] = []
+    init(world: Int) {
+        self.world = world
+        pthread_barrier_init(barrier, nil, UInt32(world))
+    }
+    deinit {
+        pthread_barrier_destroy(barrier)
+        barrier.deallocate()
+    }
+}
+
+final class ReduceRank {
+    let group: ReduceGroup
+    let rank: Int
+    init(_ g: ReduceGroup, _ r: Int) { group = g; rank = r }
+}
+
+let allReduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<Double>?, Int) -> Int32 = { user, data, n in
+    let me = Unmanaged<ReduceRank>.fromOpaque(user!).takeUnretainedValue()
+    let g = me.group
+    if me.rank == 0 { g.sum = [Double](repeating: 0, count: n) }
+    pthread_barrier_wait(g.barrier)
+    for r in 0..<g.world {
+        if r == me.rank { for i in 0..<n { g.sum[i] += data![i] } }
+        pthread_barrier_wait(g.barrier)
+    }
+    for i in 0..<n { data![i] = g.sum[i] }
+    pthread_barrier_wait(g.barrier)
+    return 0
+}
+
+let noGatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?, UnsafeMutableRawPointer?, Int) -> Int32 = { _, _, _, _ in -1 }
+
+/// Weights sharded across ranks (histogram-native): every rank's slice equals the single-process
+/// forward and backward of the whole tensor (gradient sums are added in another order: 1e-6).
+@Suite(.serialized) struct ShardedWeightsTests {
+    @Test(arguments: [1, 2, 3, 5])
+    func slicesEqualTheWholeTensor(world: Int) {
+        var rng = Gaussian(seed: 8)
+        let rows = 40, cols = 64, n = rows * cols
+        let w = f16Bits(rng.floats(n, std: 0.02))
+        let grad = rng.floats(n, std: 1)
+        let rt = makeRuntime()
+        let whole = makeLayer(rt, [Int64(rows), Int64(cols)], layerConfig(bits: 3, tau: 1e-5))
+        guard let reference = forwardBackward(whole, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad) else { return }
+        edkm_layer_destroy(whole)
+        edkm_runtime_destroy(rt)
+        // Uneven slices, one of them empty when world > 3.
+        var bounds = (0...world).map { $0 * n / world }
+        if world > 3 { bounds[2] = bounds[1] }
+        let group = ReduceGroup(world: world)
+        let ranks = (0..<world).map { ReduceRank(group, $0) }
+        var outputs = [[Float]](repeating: [], count: world), grads = outputs
+        var traffic = [UInt64](repeating: 0, count: world)
+        runOnThreads(world) { r in
+            var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
+                                         world_size: Int32(world), reserved: 0,
+                                         user_data: Unmanaged.passUnretained(ranks[r]).toOpaque(),
+                                         all_gather: noGatherCallback, all_reduce_sum: allReduceCallback)
+            let rt = makeRuntime(threads: 1, communicator: &comm)
+            let l = makeLayer(rt, [Int64(rows), Int64(cols)], layerConfig(bits: 3, tau: 1e-5))
+            let lo = bounds[r], count = bounds[r + 1] - bounds[r]
+            let slice = Array(w[lo..<(lo + count)])
+            var out = [Float](repeating: 0, count: max(count, 1))
+            var state: OpaquePointer? = nil
+            check(edkm_layer_forward_shard(l, slice.isEmpty ? [0] : slice, EDKM_DTYPE_F16, lo, count, &out, EDKM_DTYPE_F32, &state))
+            var gin = [Float](repeating: 0, count: max(count, 1))
+            let g = Array(grad[lo..<(lo + count)])
+            check(edkm_saved_state_backward(state, g.isEmpty ? [0] : g, &gin, EDKM_DTYPE_F32, count, slice.isEmpty ? [0] : slice))
+            outputs[r] = Array(out.prefix(count))
+            grads[r] = Array(gin.prefix(count))
+            traffic[r] = stats(rt).communicator_bytes
+            edkm_saved_state_destroy(state)
+            edkm_layer_destroy(l)
+            edkm_runtime_destroy(rt)
+        }
+        #expect(outputs.flatMap { $0 } == reference.output)
+        #expect(maxRelativeDifference(grads.flatMap { $0 }, reference.gradient) < 1e-6)
+        // (65,536 + 1) counts + (U + 2) gradient sums, 8 bytes each, whatever the slice size.
+        #expect(traffic.allSatisfy { $0 == traffic[0] && $0 > 65537 * 8 && $0 < (65537 + 3000) * 8 })
+    }
+
+    @Test func nonFiniteSliceFailsEveryRank() {
+        let world = 2, n = 64 * 16
+        var w = [UInt16](repeating: Float16(0.01).bitPattern, count: n)
+        for i in 0..<n { w[i] = Float16(Float(i % 17) * 0.001).bitPattern }
+        w[n - 3] = Float16.nan.bitPattern  // in rank 1's slice
+        let group = ReduceGroup(world: world)
+        let ranks = (0..<world).map { ReduceRank(group, $0) }
+        var statuses = [edkm_status](repeating: EDKM_OK, count: world)
+        runOnThreads(world) { r in
+            var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
+                                         world_size: Int32(world), reserved: 0,
+                                         user_data: Unmanaged.passUnretained(ranks[r]).toOpaque(),
+                                         all_gather: noGatherCallback, all_reduce_sum: allReduceCallback)
+            let rt = makeRuntime(threads: 1, communicator: &comm)
+            let l = makeLayer(rt, [64, 16], layerConfig(bits: 2))
+            let lo = r * n / 2
+            var out = [Float](repeating: 0, count: n / 2)
+            var state: OpaquePointer? = nil
+            statuses[r] = edkm_layer_forward_shard(l, Array(w[lo..<(lo + n / 2)]), EDKM_DTYPE_F16, lo, n / 2, &out,
+                                                   EDKM_DTYPE_F32, &state)
+            edkm_layer_destroy(l)
+            edkm_runtime_destroy(rt)
+        }
+        #expect(statuses == [EDKM_ERR_NON_FINITE, EDKM_ERR_NON_FINITE])
+    }
+}

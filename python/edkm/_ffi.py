@@ -259,6 +259,13 @@ PROTOTYPES = {
         edkm_status,
         [edkm_layer_p, c_void_p, edkm_dtype, c_size_t, c_void_p, edkm_dtype, POINTER(edkm_saved_state_p)],
     ),
+    # edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
+    #                                      size_t offset, size_t count, void *out, edkm_dtype out_dtype,
+    #                                      edkm_saved_state **saved);
+    "edkm_layer_forward_shard": (
+        edkm_status,
+        [edkm_layer_p, c_void_p, edkm_dtype, c_size_t, c_size_t, c_void_p, edkm_dtype, POINTER(edkm_saved_state_p)],
+    ),
     # edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_stats *out);
     "edkm_layer_get_stats": (edkm_status, [edkm_layer_p, POINTER(edkm_layer_stats)]),
     # edkm_status edkm_saved_state_backward(edkm_saved_state *state, const void *grad_output,

@@ -644,6 +644,28 @@ class Layer(_Handle):
 
     __call__ = forward
 
+    def forward_shard(self, weights, offset, out_dtype=None, *, dtype=None, save=True, out=None):
+        """Forward on this rank's slice of the tensor (a collective over the runtime's communicator):
+        weights holds the tensor's flattened elements [offset, offset + weights.size). Returns the
+        slice's w~ (and a SavedState whose backward takes this rank's slices)."""
+        code = _array_dtype(weights, dtype, "weights")
+        _check_layout(weights, "weights")
+        if out is None:
+            ocode = code if out_dtype is None else _resolve_dtype(out_dtype, "out_dtype")
+            out = np.empty(weights.shape, _np_dtype(ocode, out_dtype, weights.dtype))
+        else:
+            ocode = _array_dtype(out, out_dtype, "out", fallback16=code)
+            _check_layout(out, "out", writable=True)
+            if out.size != weights.size:
+                raise ValueError(f"out has {out.size} elements, weights {weights.size}")
+        saved = _ffi.edkm_saved_state_p() if save else None
+        status = _ffi.edkm_layer_forward_shard(self._handle(), weights.ctypes.data, code, int(offset), weights.size,
+                                               out.ctypes.data, ocode, byref(saved) if save else None)
+        _check(status, "edkm_layer_forward_shard", self._comm())
+        if not save:
+            return out
+        return out, SavedState(saved, self._runtime, code, weights.size, weights.shape)
+
     def stats(self):
         """LayerStats of the last forward."""
         s = _ffi.edkm_layer_stats()

@@ -1,0 +1,674 @@
+"""edkm.torch: libedkm for PyTorch models (CPU tensors).
+
+    import edkm.torch as et
+    et.palettize(model, bits=4, group_size=0, modules=(nn.Linear,))   # DKM on the chosen weights
+    ...  # an ordinary training loop: the parametrized weights are the soft-clustered ones
+    et.finalize(model)                       # hard palettized weights + coremltools metadata buffers
+    et.export_safetensors(model, "m.safetensors")   # <name>.lut + <name>.indices per tensor
+    state = et.load_safetensors("m.safetensors")    # dense tensors again
+
+Pieces:
+- `DKMFunction` / `dkm(weight, layer)`: an autograd Function over `Layer.forward` and
+  `SavedState.backward`. Weights of dtype float32, float16 or bfloat16 go to the library without
+  copies (CPU, contiguous; bfloat16 as its 16-bit patterns). The saved state is released right after
+  the backward, or when the autograd graph is freed if the backward never runs.
+- `DKMWeight`: the torch.nn.utils.parametrize parametrization `palettize` registers. In training mode
+  it returns the soft-clustered weights (DKM); in eval mode the hard palettized weights (nearest
+  centroid), as coremltools' FakePalettize does. Its centroids are a buffer, so they are part of the
+  model's state_dict and come back with load_state_dict.
+- `palettize`, `finalize`, `export_safetensors`, `load_safetensors`, `communicator` (a
+  torch.distributed process group lent to the library, for EDKM_SAVED_SHARD).
+
+Imports torch: import this module only where torch is installed (`import edkm` alone does not).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize as _parametrize
+
+from . import core as _core
+from .core import DType, EdkmError, Layer, Runtime, unpack_labels
+
+__all__ = [
+    "DKMFunction",
+    "DKMWeight",
+    "PalettizedTensor",
+    "dkm",
+    "palettize",
+    "palettized",
+    "finalize",
+    "export_safetensors",
+    "load_safetensors",
+    "communicator",
+    "tensor_as_numpy",
+    "COREML_PREFIX",
+    "COREML_METADATA_VERSION_BUFFER",
+    "SAFETENSORS_FORMAT",
+]
+
+# coremltools.optimize.torch._utils.metadata_utils: STATE_DICT_METADATA_BUFFER_PREFIX, the separator,
+# METADATA_VERSION_BUFFER / METADATA_VERSION, CompressionType.palettization.
+COREML_PREFIX = "_COREML_"
+COREML_METADATA_VERSION_BUFFER = COREML_PREFIX + "/metadata_version"
+COREML_METADATA_VERSION = 1
+COREML_PALETTIZATION = 2
+
+SAFETENSORS_FORMAT = "edkm.palettized.v1"
+
+_TORCH_TO_EDKM = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_NAME_TO_DTYPE = {v: k for k, v in _DTYPE_NAMES.items()}
+
+
+# ============================ tensors <-> numpy, without copies ============================
+
+
+def tensor_as_numpy(t, what="tensor"):
+    """(numpy view, edkm DType) of a CPU, contiguous float32/float16/bfloat16 tensor; no copy.
+
+    bfloat16 becomes a uint16 view of its bit patterns (the library's EDKM_DTYPE_BF16)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{what} is on {t.device}; libedkm works on CPU tensors (move the model with .cpu())")
+    code = _TORCH_TO_EDKM.get(t.dtype)
+    if code is None:
+        raise TypeError(f"{what} has dtype {t.dtype}; libedkm takes float32, float16 or bfloat16")
+    if not t.is_contiguous():
+        raise ValueError(f"{what} is not contiguous (shape {tuple(t.shape)}, strides {t.stride()})")
+    t = t.detach()
+    if code == DType.BF16:
+        arr = t.view(torch.int16).numpy().view(np.uint16)
+    else:
+        arr = t.numpy()
+    return arr, code
+
+
+def _contiguous(t):
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# ============================ autograd ============================
+
+
+class _SavedBox:
+    """Holds one forward's SavedState; closes it after the backward or when freed with the graph."""
+
+    __slots__ = ("state", "backward_done")
+
+    def __init__(self, state):
+        self.state = state
+        self.backward_done = False
+
+    def close(self):
+        s, self.state = self.state, None
+        if s is not None:
+            s.close()
+
+    def __del__(self):  # the graph was freed without a backward
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class DKMFunction(torch.autograd.Function):
+    """w~ = DKM(w): libedkm's forward, and its backward through every k-means iteration.
+
+    apply(weight, layer): weight a CPU contiguous float32/float16/bfloat16 tensor of layer.shape;
+    returns w~ in the weight's dtype. The centroids get no gradient (DESIGN section 1)."""
+
+    @staticmethod
+    def forward(ctx, weight, layer):
+        w, code = tensor_as_numpy(weight, "weight")
+        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        out_np, _ = tensor_as_numpy(out, "out")
+        _, saved = layer.forward(w, dtype=code, out=out_np)
+        ctx.box = _SavedBox(saved)
+        ctx.code = code
+        ctx.save_for_backward(weight)  # no copy: the parameter itself (HISTOGRAM mode re-reads it)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        box = ctx.box
+        if box.state is None:
+            raise RuntimeError("edkm: a DKM backward ran twice on one forward; the saved state is released "
+                               "after the first backward (retain_graph=True is not supported)")
+        (weight,) = ctx.saved_tensors
+        w, code = tensor_as_numpy(weight, "weight")
+        g = _contiguous(grad_out.to(weight.dtype))
+        g_np, _ = tensor_as_numpy(g, "grad_output")
+        grad_in = torch.empty_like(g, memory_format=torch.contiguous_format)
+        gi_np, _ = tensor_as_numpy(grad_in, "grad_input")
+        try:
+            box.state.backward(g_np, weights=w, dtype=code, out=gi_np)
+        finally:
+            box.close()
+        return grad_in, None
+
+
+def dkm(weight, layer):
+    """The soft-clustered weights of `weight` through `layer` (an edkm.Layer), differentiable."""
+    return DKMFunction.apply(weight, layer)
+
+
+# ============================ the parametrization ============================
+
+
+@dataclass
+class PalettizedTensor:
+    """The hard palettization of one tensor, in the library's export layout.
+
+    lut: torch tensor (groups, 2^bits, cluster_dim) in the tensor's dtype (the values the dense
+    weights hold); packed: numpy uint8, each group's labels `bits` bits each, LSB first, every group
+    starting on a byte boundary."""
+
+    lut: torch.Tensor
+    packed: np.ndarray
+    bits: int
+    group_size: int
+    cluster_dim: int
+    shape: tuple
+    dtype: torch.dtype
+
+    @property
+    def groups(self):
+        return self.lut.shape[0]
+
+    def labels(self):
+        per_group = int(np.prod(self.shape)) // self.cluster_dim // self.groups
+        return unpack_labels(self.packed, self.bits, self.groups, per_group)
+
+    def dense(self):
+        """The dense tensor lut[label] (shape, dtype)."""
+        lab = torch.from_numpy(self.labels().astype(np.int64))
+        g = torch.arange(self.groups).unsqueeze(1)
+        return self.lut[g, lab].reshape(self.shape).contiguous()
+
+    def coreml_lut(self, ndim=None):
+        """The LUT in coremltools' metadata shape: (groups, 1, ..., 1, 2^bits, cluster_dim), rank
+        ndim + 2 (coremltools: stack the per-partition centroids, unsqueeze(-3) until it has the
+        weight's rank + 2; the groups run along axis 0)."""
+        ndim = len(self.shape) if ndim is None else ndim
+        lut = self.lut
+        while lut.dim() < ndim + 2:
+            lut = lut.unsqueeze(-3)
+        return lut.contiguous()
+
+    @property
+    def nbytes(self):
+        return self.lut.numel() * self.lut.element_size() + self.packed.nbytes
+
+
+class DKMWeight(nn.Module):
+    """Parametrization putting DKM on one weight (registered by `palettize`).
+
+    training mode: the soft-clustered weights w~ (differentiable when grad is enabled);
+    eval mode: the hard palettized weights (each weight replaced by its nearest centroid).
+    The centroids (float32, (groups, 2^bits, cluster_dim)) are the buffer `centroids`."""
+
+    def __init__(self, runtime, shape, dtype, layer_options, weight=None):
+        super().__init__()
+        self.runtime = runtime
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.layer_options = dict(layer_options)
+        self.layer = Layer(runtime, self.shape, **self.layer_options)
+        self.register_buffer("centroids", torch.zeros(self.layer.groups, self.layer.k, self.layer.cluster_dim))
+        self._push_centroids = False
+        self._hard_cache = None
+        self._forwards = 0
+        if weight is not None:
+            w, code = tensor_as_numpy(weight, "weight")
+            self.layer.init_centroids(w, dtype=code)
+            self._pull_centroids()
+
+    # -- configuration --
+
+    @property
+    def bits(self):
+        return self.layer.bits
+
+    @property
+    def group_size(self):
+        return self.layer.group_size
+
+    @property
+    def cluster_dim(self):
+        return self.layer.cluster_dim
+
+    def extra_repr(self):
+        return (f"shape={self.shape}, dtype={_DTYPE_NAMES[self.dtype]}, bits={self.bits}, "
+                f"group_size={self.group_size}, cluster_dim={self.cluster_dim}, tau={self.layer.config['tau']:g}")
+
+    # -- centroids <-> buffer --
+
+    def _pull_centroids(self):
+        with torch.no_grad():
+            self.centroids.copy_(torch.from_numpy(self.layer.centroids))
+        self._forwards += 1
+
+    def _sync_in(self):
+        if self._push_centroids:
+            c = np.ascontiguousarray(self.centroids.detach().cpu().numpy(), dtype=np.float32)
+            self.layer.set_centroids(c)
+            self._push_centroids = False
+            self._forwards += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._push_centroids = True
+
+    def _check(self, w):
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"edkm: weight of shape {tuple(w.shape)}, the layer was made for {self.shape}")
+        if w.dtype != self.dtype:
+            raise TypeError(f"edkm: weight dtype changed from {self.dtype} to {w.dtype}; palettize after "
+                            f"converting the model's dtype")
+
+    # -- forward --
+
+    def forward(self, w):
+        self._check(w)
+        self._sync_in()
+        if not self.training:
+            return self.hard(w)
+        if torch.is_grad_enabled() and w.requires_grad:
+            out = DKMFunction.apply(w, self.layer)
+        else:
+            wn, code = tensor_as_numpy(w, "weight")
+            out = torch.empty_like(w, memory_format=torch.contiguous_format)
+            self.layer.forward(wn, dtype=code, save=False, out=tensor_as_numpy(out, "out")[0])
+        self._pull_centroids()
+        return out
+
+    def export(self, w):
+        """PalettizedTensor of w with the current centroids (export; the LUT cast to w's dtype)."""
+        self._check(w)
+        self._sync_in()
+        wn, code = tensor_as_numpy(_contiguous(w.detach()), "weight")
+        lut, packed = self.layer.export(wn, "f32", dtype=code)
+        lut_t = torch.from_numpy(np.ascontiguousarray(lut).reshape(self.layer.groups, self.layer.k,
+                                                                  self.layer.cluster_dim)).to(self.dtype)
+        return PalettizedTensor(lut=lut_t, packed=packed, bits=self.bits, group_size=self.group_size,
+                                cluster_dim=self.cluster_dim, shape=self.shape, dtype=self.dtype)
+
+    def hard(self, w):
+        """The hard palettized weights (cached while the weights and centroids are unchanged)."""
+        key = (w.data_ptr(), w._version, self._forwards)
+        if self._hard_cache is not None and self._hard_cache[0] == key:
+            return self._hard_cache[1]
+        with torch.no_grad():
+            out = self.export(w).dense()
+        self._hard_cache = (key, out)
+        return out
+
+    def close(self):
+        """Releases the library layer (after finalize)."""
+        self.layer.close()
+        self._hard_cache = None
+
+    def __deepcopy__(self, memo):
+        """A new library layer on the same runtime, with a copy of the centroids."""
+        new = DKMWeight.__new__(DKMWeight)
+        memo[id(self)] = new
+        nn.Module.__init__(new)
+        new.runtime = self.runtime
+        new.shape = self.shape
+        new.dtype = self.dtype
+        new.layer_options = dict(self.layer_options)
+        new.training = self.training
+        new.layer = Layer(self.runtime, self.shape, **self.layer_options)
+        new.register_buffer("centroids", self.centroids.detach().clone())
+        new.layer.set_centroids(np.ascontiguousarray(new.centroids.numpy()))
+        new._push_centroids = False
+        new._hard_cache = None
+        new._forwards = 0
+        for k, v in self._forward_hooks.items():  # hooks are rare on parametrizations; keep them
+            new._forward_hooks[k] = copy.deepcopy(v, memo)
+        return new
+
+    def __getstate__(self):
+        raise TypeError("edkm.torch.DKMWeight holds a native libedkm layer and cannot be pickled; save the "
+                        "model's state_dict (centroids are in it), or finalize() first")
+
+
+# ============================ palettize / finalize ============================
+
+_DEFAULT_MODULES = (nn.Linear, nn.Embedding, nn.Conv2d)
+
+
+def _selector(modules):
+    """A predicate (qualified_name, module) -> bool from the `modules` argument of palettize."""
+    if modules is None:
+        modules = _DEFAULT_MODULES
+    if isinstance(modules, type):
+        modules = (modules,)
+    if callable(modules) and not isinstance(modules, type):
+        return modules
+    if isinstance(modules, str):
+        pattern = re.compile(modules)
+        return lambda name, m: pattern.search(name) is not None
+    if isinstance(modules, re.Pattern):
+        return lambda name, m: modules.search(name) is not None
+    items = tuple(modules)
+    types_ = tuple(x for x in items if isinstance(x, type))
+    names = {x for x in items if isinstance(x, str)}
+    other = [x for x in items if not isinstance(x, (type, str))]
+    if other:
+        raise TypeError(f"modules: expected module types, names, a regex string or a callable, got {other!r}")
+    return lambda name, m: (types_ and isinstance(m, types_)) or name in names
+
+
+def _runtime_from(runtime):
+    if runtime is None:
+        return Runtime()
+    if isinstance(runtime, Runtime):
+        return runtime
+    if isinstance(runtime, dict):
+        return Runtime(**runtime)
+    raise TypeError(f"runtime: expected None, an edkm.Runtime or a dict of Runtime options, got {type(runtime).__name__}")
+
+
+def palettized(model):
+    """[(qualified module name, tensor name, module, DKMWeight)] for every DKM parametrization in model."""
+    found = []
+    for name, m in model.named_modules():
+        if not _parametrize.is_parametrized(m):
+            continue
+        for pname, plist in m.parametrizations.items():
+            for p in plist:
+                if isinstance(p, DKMWeight):
+                    found.append((name, pname, m, p))
+    return found
+
+
+def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=1e-4, modules=_DEFAULT_MODULES, runtime=None,
+              min_numel=0, tensor_name="weight", **layer_options):
+    """Puts DKM on the weights of the chosen modules (torch.nn.utils.parametrize), in place.
+
+    bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
+    other edkm.Layer option (max_iterations, epsilon, zero_threshold, prune_threshold, init,
+    algorithm, f32_key_dtype, seed) configure each weight's layer; tau is absolute (coremltools
+    semantics). f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
+    faster: the histogram path on the rounded keys).
+    modules: module types (default Linear, Embedding, Conv2d), qualified names, a regex string
+    matched against the qualified module name, or a callable (name, module) -> bool.
+    runtime: None (a new edkm.Runtime shared by these weights), an edkm.Runtime, or a dict of
+    Runtime options (e.g. {"saved_mode": "shard", "communicator": edkm.torch.communicator()}).
+    min_numel: modules whose weight has fewer elements are left alone.
+    Weights already palettized are skipped, so palettize may be called again with another filter
+    and other options. The centroids are initialised from the weights now (layer init, default the
+    exact 1-D k-means). Returns the model."""
+    select = _selector(modules)
+    rt = _runtime_from(runtime)
+    opts = dict(layer_options, bits=bits, group_size=group_size, cluster_dim=cluster_dim, tau=tau)
+    done = {(n, p) for n, p, _, _ in palettized(model)}
+    chosen = []
+    for name, m in model.named_modules():
+        if (name, tensor_name) in done or not select(name, m):
+            continue
+        if _parametrize.is_parametrized(m, tensor_name):
+            raise ValueError(f"edkm: {name}.{tensor_name} already has another parametrization")
+        w = getattr(m, tensor_name, None)
+        if not isinstance(w, nn.Parameter):
+            continue
+        if w.numel() < min_numel:
+            continue
+        chosen.append((name, m, w))
+    for name, m, w in chosen:
+        try:
+            p = DKMWeight(rt, w.shape, w.dtype, opts, weight=w)
+        except EdkmError as e:
+            where = f"edkm.torch.palettize: {name or type(m).__name__}.{tensor_name} {tuple(w.shape)}"
+            raise EdkmError(e.status, e.message, f"{where}: {e.function}", e.status_name) from e
+        p.train(m.training)
+        _parametrize.register_parametrization(m, tensor_name, p, unsafe=True)
+    return model
+
+
+def _register_coreml_metadata(module, pname, pt):
+    """The buffers coremltools' finalize registers for one palettized parameter
+    (CompressionMetadata(param_name).register(module)): compression_type (appended to an existing
+    one), lut, and vector_axis for vector palettization."""
+    base = f"{COREML_PREFIX}/{pname}/"
+    ctype = [COREML_PALETTIZATION]
+    try:
+        ctype = module.get_buffer(base + "compression_type").tolist() + ctype
+    except AttributeError:
+        pass
+    module.register_buffer(base + "compression_type", torch.tensor(ctype))
+    module.register_buffer(base + "lut", pt.coreml_lut())
+    if pt.cluster_dim > 1:
+        # libedkm's d-vectors are consecutive elements of a row: along the last axis when d divides it.
+        if pt.shape[-1] % pt.cluster_dim:
+            warnings.warn(f"edkm: {pname} {pt.shape}: cluster_dim {pt.cluster_dim} does not divide the last axis, "
+                          f"so the vectors cross axes and Core ML's vector_axis cannot describe them", stacklevel=3)
+        module.register_buffer(base + "vector_axis", torch.tensor(len(pt.shape) - 1))
+
+
+def _own_class(module):
+    """Gives a parametrized module a class of its own before its parametrization is removed.
+
+    torch.nn.utils.parametrize injects a class (e.g. ParametrizedLinear) holding the parametrized
+    tensor as a property; copy.deepcopy shares that class between the copies, so removing the
+    parametrization from one copy (delattr on the class) would break the others."""
+    cls = module.__class__
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def finalize(model, coreml_metadata=True):
+    """Replaces every DKM parametrization with the hard palettized weights, in place.
+
+    Each weight becomes lut[label] (export with the layer's centroids, then unpack: at most 2^bits
+    distinct values per LUT group), written into the original Parameter (optimizers keep it). With
+    coreml_metadata, registers the buffers coremltools' DKMPalettizer.finalize registers:
+    `<module>._COREML_/weight/compression_type` ([2] = palettization), `..._COREML_/weight/lut`
+    (shape (groups, 1, ..., 2^bits, cluster_dim): weight rank + 2), `vector_axis` for
+    cluster_dim > 1, and `_COREML_/metadata_version` (1) on the model, so that coremltools.convert
+    emits constexpr_lut_to_dense. The palettization is also kept as `module._edkm_palettized[name]`
+    (a PalettizedTensor) for export_safetensors. Returns the model."""
+    for name, pname, m, p in palettized(model):
+        plist = m.parametrizations[pname]
+        if len(plist) != 1:
+            raise NotImplementedError(f"edkm: {name}.{pname} has other parametrizations stacked with DKM")
+        original = plist.original
+        pt = p.export(original)
+        hard = pt.dense()
+        _own_class(m)
+        _parametrize.remove_parametrizations(m, pname, leave_parametrized=False)
+        with torch.no_grad():
+            getattr(m, pname).copy_(hard)
+        if not hasattr(m, "_edkm_palettized"):
+            m._edkm_palettized = {}
+        m._edkm_palettized[pname] = pt
+        if coreml_metadata:
+            _register_coreml_metadata(m, pname, pt)
+        p.close()
+    if coreml_metadata:
+        model.register_buffer(COREML_METADATA_VERSION_BUFFER, torch.tensor(COREML_METADATA_VERSION))
+    return model
+
+
+# ============================ safetensors ============================
+
+
+def _pack_labels(labels, bits):
+    """Inverse of edkm.unpack_labels: (groups, n) labels -> bytes, per group byte-aligned, LSB first."""
+    labels = np.asarray(labels, dtype=np.uint16)
+    g, n = labels.shape
+    bitsarr = ((labels[..., None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8).reshape(g, n * bits)
+    return np.packbits(bitsarr, axis=1, bitorder="little").reshape(-1)
+
+
+def _from_coreml_buffers(m, pname, w):
+    """A PalettizedTensor for a weight finalized elsewhere (e.g. coremltools, or a reloaded state
+    dict): the LUT from the _COREML_ buffers, the labels by nearest LUT entry."""
+    lut = m.get_buffer(f"{COREML_PREFIX}/{pname}/lut").detach()
+    k, d = lut.shape[-2], lut.shape[-1]
+    bits = int(np.log2(k))
+    if 2 ** bits != k:
+        raise ValueError(f"{pname}: LUT of {k} entries is not a power of two")
+    blocks = lut.shape[:-2]
+    if any(b != 1 for b in blocks[1:]):
+        raise NotImplementedError(f"{pname}: LUT blocked along axes other than 0 ({tuple(blocks)})")
+    if d > 1:
+        axis = int(m.get_buffer(f"{COREML_PREFIX}/{pname}/vector_axis")) % w.dim()
+        if axis != w.dim() - 1:
+            raise NotImplementedError(f"{pname}: vector_axis {axis}; edkm's vectors run along the last axis")
+    groups = blocks[0]
+    lut3 = lut.reshape(groups, k, d).to(w.dtype)
+    x = w.detach().reshape(groups, -1, d).float()
+    dist = ((x[:, :, None, :] - lut3.float()[:, None, :, :]) ** 2).sum(-1)
+    labels = dist.argmin(-1).numpy()
+    return PalettizedTensor(lut=lut3.contiguous(), packed=_pack_labels(labels, bits), bits=bits,
+                            group_size=0 if groups == 1 else w.shape[0] // groups, cluster_dim=d,
+                            shape=tuple(w.shape), dtype=w.dtype)
+
+
+def _collect(model):
+    """(palettized: OrderedDict name -> PalettizedTensor, other: OrderedDict name -> tensor)."""
+    pal = OrderedDict()
+    skip_prefixes = set()
+    for name, pname, m, p in palettized(model):
+        full = f"{name}.{pname}" if name else pname
+        pal[full] = p.export(m.parametrizations[pname].original)
+        skip_prefixes.add((f"{name}." if name else "") + f"parametrizations.{pname}.")
+    for name, m in model.named_modules():
+        for pname, pt in getattr(m, "_edkm_palettized", {}).items():
+            full = f"{name}.{pname}" if name else pname
+            w = getattr(m, pname)
+            if not torch.equal(pt.dense(), w.detach()):  # changed since finalize: re-derive
+                pt = _from_coreml_buffers(m, pname, w)
+            pal[full] = pt
+        for bname, _ in m.named_buffers(recurse=False):
+            if bname.startswith(COREML_PREFIX + "/") and bname.endswith("/lut"):
+                pname = bname[len(COREML_PREFIX) + 1:-len("/lut")]
+                full = f"{name}.{pname}" if name else pname
+                if full not in pal:
+                    pal[full] = _from_coreml_buffers(m, pname, getattr(m, pname))
+    other = OrderedDict()
+    for key, val in model.state_dict(keep_vars=False).items():
+        if COREML_PREFIX in key or key in pal or any(key.startswith(s) for s in skip_prefixes):
+            continue
+        if ".parametrizations." in key or key.startswith("parametrizations."):
+            # another library's parametrization: store the tensor the module sees
+            head, _, tail = key.partition("parametrizations.")
+            pname = tail.split(".", 1)[0]
+            full = head + pname
+            if full not in other and full not in pal:
+                mod = model.get_submodule(head[:-1]) if head else model
+                other[full] = getattr(mod, pname).detach()
+            continue
+        other[key] = val
+    return pal, other
+
+
+def export_safetensors(model, path, include_other=True, metadata=None):
+    """Writes every palettized tensor of model as `<name>.lut` ((groups, 2^bits, cluster_dim), the
+    tensor's dtype) and `<name>.indices` (uint8, the packed labels: `bits` bits each, LSB first, each
+    group starting on a byte boundary), with `__metadata__[name]` a JSON object {bits, group_size,
+    cluster_dim, shape, dtype}. Works before finalize (the layers' current centroids), after it, and
+    on a model finalized by coremltools (labels by nearest LUT entry). include_other: also store the
+    model's other tensors (biases, norms, unpalettized weights, buffers) under their state-dict names,
+    so the file is a whole checkpoint. Returns {name: PalettizedTensor}."""
+    from safetensors.torch import save_file
+
+    pal, other = _collect(model)
+    tensors, meta = {}, {"format": SAFETENSORS_FORMAT, "edkm_version": _core.library_version()}
+    for name, pt in pal.items():
+        tensors[name + ".lut"] = pt.lut.contiguous()
+        tensors[name + ".indices"] = torch.from_numpy(np.ascontiguousarray(pt.packed))
+        meta[name] = json.dumps({"bits": pt.bits, "group_size": pt.group_size, "cluster_dim": pt.cluster_dim,
+                                 "shape": list(pt.shape), "dtype": _DTYPE_NAMES[pt.dtype]})
+    if include_other:
+        for name, t in other.items():
+            tensors[name] = t.detach().cpu().contiguous().clone()  # clone: tied tensors must not share
+    if metadata:
+        meta.update({str(k): str(v) for k, v in metadata.items()})
+    save_file(tensors, str(path), metadata=meta)
+    return pal
+
+
+def load_safetensors(path, palettized_only=False, return_palettized=False):
+    """Reads a file written by export_safetensors: an OrderedDict name -> dense tensor, each
+    palettized tensor unpacked (lut[label]) to its original shape and dtype, the other tensors as
+    stored (unless palettized_only). Load it with model.load_state_dict(...). With
+    return_palettized, returns (tensors, {name: PalettizedTensor})."""
+    from safetensors import safe_open
+
+    out, pals = OrderedDict(), OrderedDict()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != SAFETENSORS_FORMAT:
+            raise ValueError(f"{path}: not an edkm palettized file (format {meta.get('format')!r}, "
+                             f"expected {SAFETENSORS_FORMAT!r})")
+        keys = list(f.keys())
+        names = [k[:-len(".lut")] for k in keys if k.endswith(".lut") and k[:-len(".lut")] in meta]
+        for name in names:
+            info = json.loads(meta[name])
+            pt = PalettizedTensor(lut=f.get_tensor(name + ".lut"), packed=f.get_tensor(name + ".indices").numpy(),
+                                  bits=int(info["bits"]), group_size=int(info["group_size"]),
+                                  cluster_dim=int(info["cluster_dim"]), shape=tuple(info["shape"]),
+                                  dtype=_NAME_TO_DTYPE[info["dtype"]])
+            if pt.lut.dtype != pt.dtype:
+                raise ValueError(f"{name}: LUT dtype {pt.lut.dtype} differs from the metadata's {pt.dtype}")
+            pals[name] = pt
+            out[name] = pt.dense()
+        if not palettized_only:
+            taken = {n + ".lut" for n in names} | {n + ".indices" for n in names}
+            for k in keys:
+                if k not in taken:
+                    out[k] = f.get_tensor(k)
+    return (out, pals) if return_palettized else out
+
+
+# ============================ torch.distributed ============================
+
+
+def communicator(group=None):
+    """An edkm.Communicator over a torch.distributed process group (default: the default group).
+
+    all_gather of bytes: all_gather_into_tensor of uint8 CPU tensors; all_reduce_sum: all_reduce
+    (SUM) of float64 in place. Works with gloo (CPU). Every rank must make the same libedkm calls
+    in the same order (palettize, forwards, backwards), as data-parallel training does."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("edkm.torch.communicator: torch.distributed is not initialised "
+                           "(call torch.distributed.init_process_group first)")
+    rank = dist.get_rank(group)
+    world = dist.get_world_size(group)
+    gather_into = getattr(dist, "all_gather_into_tensor", None)
+
+    def all_gather(send, nbytes):
+        if nbytes == 0:
+            return b""
+        inp = torch.from_numpy(np.frombuffer(send, dtype=np.uint8).copy())
+        out = torch.empty(world * nbytes, dtype=torch.uint8)
+        if gather_into is not None:
+            gather_into(out, inp, group=group)
+        else:  # older torch
+            dist.all_gather(list(out.chunk(world)), inp, group=group)
+        return out.numpy()
+
+    def all_reduce_sum(data):
+        if data.size == 0:
+            return
+        t = torch.from_numpy(data)  # a view of the library's buffer: summed in place
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+
+    return _core.Communicator(rank, world, all_gather, all_reduce_sum)
