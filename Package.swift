@@ -10,6 +10,13 @@ let package = Package(
     products: [
         // $(swift build -c release --show-bin-path)/libedkm.so
         .library(name: "edkm", type: .dynamic, targets: ["EDKMCAPI"]),
+        // The command-line tool (binary edkm-cli: the name edkm is the library's): palettize / unpack / info / demo.
+        .executable(name: "edkm-cli", targets: ["EDKMCLI"]),
+        // Benchmarks: speed against dense and a bandwidth probe; the eDKM memory ablation.
+        .executable(name: "edkm-bench", targets: ["EDKMBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // The public C ABI (header only): include/edkm.h.
@@ -32,8 +39,16 @@ let package = Package(
             dependencies: ["EDKMSwift", "CEDKM"],
             linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=" + Context.packageDirectory + "/Sources/EDKMCAPI/exports.map"])]
         ),
+        // Safetensors reading (mmap) and streaming writing, and the palettized-file format (Foundation-free).
+        .target(name: "EDKMSafetensors"),
+        .executableTarget(
+            name: "EDKMCLI",
+            dependencies: ["CEDKM", "EDKMCAPI", "EDKMSafetensors", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(name: "EDKMBench", dependencies: ["CEDKM", "EDKMCAPI"]),
         .testTarget(name: "EDKMCAPITests", dependencies: ["CEDKM", "EDKMCAPI"]),
         .testTarget(name: "EDKMSwiftTests", dependencies: ["EDKMSwift"]),
+        .testTarget(name: "EDKMCLITests", dependencies: ["EDKMCLI", "EDKMSafetensors"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -221,7 +221,9 @@ EDKM_API edkm_status edkm_runtime_reset_peak(edkm_runtime *runtime);
 /** Centroid initialisation. Values are ABI. */
 typedef enum edkm_init {
     EDKM_INIT_AUTO = 0,         /**< OPTIMAL_1D for cluster_dim 1, KMEANS_PP otherwise */
-    EDKM_INIT_OPTIMAL_1D = 1,   /**< exact minimum-SSE 1-D k-means on the value histogram */
+    EDKM_INIT_OPTIMAL_1D = 1,   /**< exact minimum-SSE 1-D k-means on the value histogram (f32
+                                     partitions over 65,536 weights: on the values rounded to
+                                     f32_key_dtype, else f16 when they fit its range, else bf16) */
     EDKM_INIT_KMEANS_PP = 2     /**< seeded k-means++ followed by Lloyd iterations */
 } edkm_init;
 

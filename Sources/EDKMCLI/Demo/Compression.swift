@@ -1,0 +1,81 @@
+import CEDKM
+import EDKMSafetensors
+
+/// The demo's use of libedkm for one weight matrix: layer configuration, hard export and unpack.
+struct DemoLayerSpec {
+    let name: String
+    let rows: Int, cols: Int
+    var count: Int { rows * cols }
+    var shape: [Int] { [rows, cols] }
+
+    /// DKM configuration for this matrix at `bits`: tau scaled to the weights' variance (the
+    /// library default 1e-4 is tuned for LLM weights of std ~0.02; these have std ~0.3), f32 weights
+    /// keyed by their f16 rounding so the forward and backward run on the value histogram.
+    func config(bits: Int, weights: [Float]) -> edkm_layer_config {
+        var c = EDKMLayer.defaultConfig()
+        c.bits = UInt32(bits)
+        c.tau = 0.01 * variance(weights)
+        c.f32_key_dtype = Int32(EDKM_DTYPE_F16.rawValue)
+        return c
+    }
+}
+
+func variance(_ w: [Float]) -> Double {
+    let mean = w.reduce(0.0) { $0 + Double($1) } / Double(w.count)
+    return w.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(w.count)
+}
+
+/// Hard palettization with the layer's current centroids: export (F16 LUT, packed indices) and
+/// unpack to float32. Returns the palettized weights and their size in bytes (LUT + indices).
+func hardPalettize(_ layer: EDKMLayer, _ weights: [Float]) throws -> (weights: [Float], bytes: Int) {
+    let sizes = try layer.exportSizes()
+    var lut = [UInt16](repeating: 0, count: sizes.lutCount)
+    var packed = [UInt8](repeating: 0, count: sizes.packedBytes)
+    var out = [Float](repeating: 0, count: weights.count)
+    try weights.withUnsafeBytes { w in
+        try lut.withUnsafeMutableBytes { l in
+            try packed.withUnsafeMutableBufferPointer { p in
+                try layer.export(w.baseAddress!, EDKM_DTYPE_F32, lut: l.baseAddress!, lutDtype: EDKM_DTYPE_F16,
+                                 packed: p.baseAddress!, packedBytes: p.count)
+                try out.withUnsafeMutableBytes { o in
+                    try layer.unpack(lut: l.baseAddress!, lutDtype: EDKM_DTYPE_F16, packed: p.baseAddress!, packedBytes: p.count,
+                                     out: o.baseAddress!, outDtype: EDKM_DTYPE_F32)
+                }
+            }
+        }
+    }
+    return (out, sizes.lutCount * 2 + sizes.packedBytes)
+}
+
+/// One training forward of a layer: w~ (f32) and the saved state.
+func softForward(_ layer: EDKMLayer, _ weights: [Float], into out: inout [Float], save: Bool) throws -> EDKMSavedState? {
+    try weights.withUnsafeBytes { w in
+        try out.withUnsafeMutableBytes { o in
+            try layer.forward(w.baseAddress!, EDKM_DTYPE_F32, out: o.baseAddress!, outDtype: EDKM_DTYPE_F32, save: save)
+        }
+    }
+}
+
+/// dL/dw from dL/dw~ through the saved state (weights handed back for the histogram mode's check).
+func softBackward(_ saved: EDKMSavedState, gradOutput: UnsafePointer<Float>, weights: [Float]) throws -> [Float] {
+    var g = [Float](repeating: 0, count: weights.count)
+    try weights.withUnsafeBytes { w in
+        try g.withUnsafeMutableBytes { gi in
+            try saved.backward(gradOutput: gradOutput, gradInput: gi.baseAddress!, dtype: EDKM_DTYPE_F32, weights: w.baseAddress!)
+        }
+    }
+    return g
+}
+
+extension edkm_saved_mode {
+    var title: String {
+        switch self {
+        case EDKM_SAVED_DKM: return "DKM baseline (autograd maps)"
+        case EDKM_SAVED_MARSHAL: return "+ marshal to the arena"
+        case EDKM_SAVED_DEDUP: return "+ dedup"
+        case EDKM_SAVED_UNIQUIFY: return "+ uniquify (eDKM)"
+        case EDKM_SAVED_HISTOGRAM: return "histogram (libedkm default)"
+        default: return "mode \(rawValue)"
+        }
+    }
+}

@@ -1,0 +1,262 @@
+import CEDKM
+import EDKMSafetensors
+import Foundation
+
+/// Post-training palettization of a safetensors file through libedkm: per selected tensor, a
+/// layer whose centroids are initialised by exact optimal 1-D k-means (edkm_layer_init_centroids),
+/// then a hard export (edkm_layer_export: LUT + packed indices). Output written as a stream.
+struct PalettizeSettings {
+    enum LUTType: String { case auto, f16, f32 }
+    var bits = 4
+    var groupSize = 0
+    var clusterDim = 1
+    var minSize = 2048
+    var include: Regex<AnyRegexOutput>? = nil
+    var exclude: Regex<AnyRegexOutput>? = nil
+    var lutType = LUTType.auto
+    var threads: UInt32 = 0
+}
+
+/// What happens to one input tensor.
+enum TensorPlan {
+    case copy(TensorInfo, reason: String)
+    case palettize(TensorInfo, PalettizedTensor)
+
+    var info: TensorInfo {
+        switch self {
+        case .copy(let t, _), .palettize(let t, _): return t
+        }
+    }
+}
+
+/// The result of palettizing one tensor.
+struct PalettizedResult {
+    let record: PalettizedTensor
+    let layer: EDKMLayer
+    let lutDtype: DType
+    let lutBytes: [UInt8]
+    /// Kept while the total stays small; otherwise re-exported when written.
+    var packed: [UInt8]?
+    let distinct: Int
+    let diffNorm: Double
+    let weightNorm: Double
+    let seconds: Double
+
+    var relativeError: Double { weightNorm > 0 ? diffNorm / weightNorm : (diffNorm > 0 ? .infinity : 0) }
+    var bytesAfter: Int { lutBytes.count + record.packedBytes }
+}
+
+struct Palettizer {
+    let file: SafetensorsFile
+    let settings: PalettizeSettings
+    /// Packed indices up to this many bytes in all are kept from phase 1 to phase 2; beyond it
+    /// they are exported again when written. EDKM_PACKED_CACHE_BYTES overrides it (tests use 0).
+    static let packedCacheLimit: Int = {
+        if let v = ProcessInfo.processInfo.environment["EDKM_PACKED_CACHE_BYTES"], let n = Int(v), n >= 0 { return n }
+        return 256 << 20
+    }()
+
+    /// Decides, for every tensor of the input, whether it is palettized (and how) or copied.
+    func plan() throws -> [TensorPlan] {
+        if let m = file.header.metadata, m.entries.contains(where: { $0.key.hasPrefix("edkm.") }) {
+            throw CLIError("\(file.path) is already palettized (it has edkm.* metadata); unpack it first")
+        }
+        var plans: [TensorPlan] = []
+        for t in file.header.tensors {
+            plans.append(try planOne(t))
+        }
+        // Output names must be unique.
+        var owner: [String: String] = [:]
+        for p in plans {
+            let names: [String]
+            switch p {
+            case .copy(let t, _): names = [t.name]
+            case .palettize(_, let r): names = [r.lutName, r.indicesName]
+            }
+            for n in names {
+                if let other = owner[n] {
+                    throw CLIError("output tensor name \(JSON.quote(n)) would be written twice (by \(JSON.quote(other)) and \(JSON.quote(p.info.name))); rename the input tensor or exclude one")
+                }
+                owner[n] = p.info.name
+            }
+        }
+        return plans
+    }
+
+    private func planOne(_ t: TensorInfo) throws -> TensorPlan {
+        guard t.dtype.isPalettizable else { return .copy(t, reason: "\(t.dtype.rawValue) is not F32/F16/BF16") }
+        guard t.shape.count >= 2 else { return .copy(t, reason: "rank \(t.shape.count) < 2") }
+        guard t.elementCount >= settings.minSize else {
+            return .copy(t, reason: "\(t.elementCount) elements < --min-size \(settings.minSize)")
+        }
+        if let inc = settings.include, (try? inc.firstMatch(in: t.name)) == nil {
+            return .copy(t, reason: "not matched by --include")
+        }
+        if let exc = settings.exclude, (try? exc.firstMatch(in: t.name)) != nil {
+            return .copy(t, reason: "matched by --exclude")
+        }
+        do {
+            let r = try PalettizedTensor(name: t.name, dtype: t.dtype, shape: t.shape, bits: settings.bits,
+                                         groupSize: settings.groupSize, clusterDim: settings.clusterDim)
+            return .palettize(t, r)
+        } catch {
+            // The geometry does not fit this tensor (e.g. group size vs rows): keep it dense.
+            let why = error.message.replacingOccurrences(of: "palettized tensor \(JSON.quote(t.name)): ", with: "")
+            return .copy(t, reason: why)
+        }
+    }
+
+    /// Palettizes one tensor: layer, optimal 1-D k-means, export, statistics.
+    ///
+    /// prune_threshold is 0 here: the DKM training default (1e-7, an absolute squared distance
+    /// subtracted for centroid 0) would send every weight of a tensor whose values are ~1e-4 or
+    /// smaller to centroid 0; post-training palettization wants the plain nearest centroid.
+    /// F32 tensors are first scaled by a power of two (exact) to an RMS near 1: libedkm keys F32
+    /// partitions of over 65,536 weights by their f16 rounding for the 1-D k-means, which loses
+    /// precision for tiny weights and overflows for huge ones; BF16 keys are used when even the
+    /// scaled weights exceed the f16 range.
+    func palettize(_ t: TensorInfo, _ r: PalettizedTensor, runtime: EDKMRuntime, keepPacked: Bool) throws -> PalettizedResult {
+        let start = Date()
+        let q = JSON.quote(t.name)
+        let dtype = t.dtype.edkm!
+        let original = AlignedTensor(file.data(t), alignment: t.dtype.alignment)
+        var cfg = EDKMLayer.defaultConfig()
+        cfg.bits = UInt32(r.bits)
+        cfg.group_size = UInt32(r.groupSize)
+        cfg.cluster_dim = UInt32(r.clusterDim)
+        cfg.prune_threshold = 0
+        cfg.`init` = Int32(EDKM_INIT_AUTO.rawValue)
+        let prepared = F32Scaling(original, dtype: t.dtype, count: t.elementCount)
+        if prepared.needsBF16Keys { cfg.f32_key_dtype = Int32(EDKM_DTYPE_BF16.rawValue) }
+        do {
+            let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
+            try layer.initCentroids(prepared.pointer, dtype)
+            let sizes = try layer.exportSizes()
+            guard sizes.lutCount == r.lutShape.reduce(1, *), sizes.packedBytes == r.packedBytes else {
+                throw CLIError("edkm_layer_export_sizes gave \(sizes) but the format expects (\(r.lutShape.reduce(1, *)), \(r.packedBytes))")
+            }
+            let centroids = try layer.centroids().map { $0 * prepared.scale }
+            guard centroids.allSatisfy(\.isFinite) else {
+                throw CLIError("libedkm produced non-finite centroids (weights out of the range it keys them in); try --group-size")
+            }
+            let lutDtype = chooseLUT(for: t.dtype, centroids: centroids)
+            var packed = [UInt8](repeating: 0, count: sizes.packedBytes)
+            let lut = try export(layer, prepared, lutDtype: lutDtype, lutCount: sizes.lutCount, packed: &packed)
+            let lutValues = lut.withUnsafeBytes { b in (0..<sizes.lutCount).map { FloatBits.load(b.baseAddress!, lutDtype, $0) } }
+            let err = packed.withUnsafeBufferPointer {
+                TensorStatistics.reconstructionError(weights: original.pointer, record: r, lut: lutValues, packed: $0.baseAddress!)
+            }
+            let distinct = TensorStatistics.distinctValues(original.pointer, dtype: t.dtype, count: t.elementCount)
+            file.release(t)
+            return PalettizedResult(record: r, layer: layer, lutDtype: lutDtype, lutBytes: lut,
+                                    packed: keepPacked ? packed : nil, distinct: distinct, diffNorm: err.diff,
+                                    weightNorm: err.norm, seconds: Date().timeIntervalSince(start))
+        } catch let e as CLIError {
+            throw CLIError("tensor \(q): \(e.message)")
+        }
+    }
+
+    /// edkm_layer_export of the (scaled) weights; returns the LUT bytes (scaled back) in lutDtype.
+    private func export(_ layer: EDKMLayer, _ w: F32Scaling, lutDtype: DType, lutCount: Int, packed: inout [UInt8]) throws -> [UInt8] {
+        let direct = w.scale == 1
+        let exportType: DType = direct ? lutDtype : .f32
+        var lut = [UInt8](repeating: 0, count: lutCount * exportType.alignment)
+        try lut.withUnsafeMutableBytes { l in
+            try packed.withUnsafeMutableBufferPointer { p in
+                try layer.export(w.pointer, w.dtype.edkm!, lut: l.baseAddress!, lutDtype: exportType.edkm!,
+                                 packed: p.baseAddress!, packedBytes: p.count)
+            }
+        }
+        if direct { return lut }
+        let values = lut.withUnsafeBytes { b in (0..<lutCount).map { FloatBits.load(b.baseAddress!, .f32, $0) * w.scale } }
+        switch lutDtype {
+        case .f16: return values.flatMap { v -> [UInt8] in let h = FloatBits.floatToF16(v); return [UInt8(h & 0xff), UInt8(h >> 8)] }
+        default: return values.flatMap { v -> [UInt8] in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
+        }
+    }
+
+    /// F16 LUTs for 16-bit tensors (F32 for BF16 tensors whose centroids F16 cannot hold
+    /// accurately), F32 for F32 tensors, unless --lut-dtype says otherwise.
+    private func chooseLUT(for dtype: DType, centroids: [Float]) -> DType {
+        switch settings.lutType {
+        case .f16: return .f16
+        case .f32: return .f32
+        case .auto:
+            switch dtype {
+            case .f16: return .f16
+            case .bf16:
+                let fits = centroids.allSatisfy { $0 == 0 || (abs($0) >= 6.103515625e-05 && abs($0) <= 65504) }
+                return fits ? .f16 : .f32
+            default: return .f32
+            }
+        }
+    }
+
+    /// The packed indices of a result: cached, or exported again (same centroids, same labels).
+    func packedIndices(_ result: PalettizedResult, _ t: TensorInfo) throws -> [UInt8] {
+        if let p = result.packed { return p }
+        let original = AlignedTensor(file.data(t), alignment: t.dtype.alignment)
+        let prepared = F32Scaling(original, dtype: t.dtype, count: t.elementCount)
+        var packed = [UInt8](repeating: 0, count: result.record.packedBytes)
+        let lut = try export(result.layer, prepared, lutDtype: result.lutDtype, lutCount: result.record.lutShape.reduce(1, *),
+                             packed: &packed)
+        guard lut == result.lutBytes else { throw CLIError("tensor \(JSON.quote(t.name)): the second export gave a different LUT") }
+        file.release(t)
+        return packed
+    }
+}
+
+/// The weights handed to libedkm: as they are for F16/BF16, and for F32 scaled by a power of two
+/// (exactly) to an RMS in [1, 2) when the RMS is outside [2^-12, 2^9) (where f16 keys lose
+/// precision or range); usual weights (RMS ~0.02) are handed over as they are.
+final class F32Scaling {
+    let pointer: UnsafeRawPointer
+    let dtype: DType
+    /// original = handed * scale
+    let scale: Float
+    let needsBF16Keys: Bool
+    private let owned: UnsafeMutableBufferPointer<Float>?
+    private let original: AlignedTensor
+
+    init(_ w: AlignedTensor, dtype: DType, count: Int) {
+        original = w
+        self.dtype = dtype
+        guard dtype == .f32, count > 0 else {
+            pointer = w.pointer; scale = 1; needsBF16Keys = false; owned = nil
+            return
+        }
+        let f = w.pointer.assumingMemoryBound(to: Float.self)
+        var sum = 0.0
+        var maxAbs: Float = 0
+        for i in 0..<count { sum += Double(f[i]) * Double(f[i]); maxAbs = max(maxAbs, abs(f[i])) }
+        let rms = (sum / Double(count)).squareRoot()
+        var e = 0
+        if rms.isFinite && rms > 0 {
+            let l = Int(log2(rms).rounded(.down))
+            if l < -12 || l > 8 { e = l }
+        }
+        if e == 0 {
+            pointer = w.pointer; scale = 1; owned = nil
+            needsBF16Keys = maxAbs.isFinite && maxAbs > 60000
+            return
+        }
+        let inverse = Float(sign: .plus, exponent: -e, significand: 1)
+        let buf = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+        for i in 0..<count { buf[i] = f[i] * inverse }
+        owned = buf
+        pointer = UnsafeRawPointer(buf.baseAddress!)
+        scale = Float(sign: .plus, exponent: e, significand: 1)
+        needsBF16Keys = maxAbs * inverse > 60000
+    }
+
+    deinit { owned?.deallocate() }
+}
+
+/// Entries of an output file in data order: largest element size first (so every tensor is
+/// aligned to its element size), input order within a size.
+func alignmentOrdered<T>(_ items: [T], dtype: (T) -> DType) -> [T] {
+    items.enumerated().sorted { a, b in
+        let x = dtype(a.element).alignment, y = dtype(b.element).alignment
+        return x != y ? x > y : a.offset < b.offset
+    }.map(\.element)
+}

@@ -1,0 +1,108 @@
+import ArgumentParser
+import CEDKM
+import EDKMSafetensors
+import Foundation
+
+struct UnpackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unpack",
+        abstract: "Restore the dense tensors of a palettized safetensors file (original dtypes).",
+        discussion: """
+        Every <name>.lut / <name>.indices pair described in the header's metadata becomes the dense \
+        tensor <name> of its original shape and dtype, each weight being its LUT entry \
+        (libedkm's edkm_layer_unpack); other tensors and metadata are copied unchanged.
+        """)
+
+    @Argument(help: "The palettized input .safetensors file.")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "The output .safetensors file.")
+    var output: String
+
+    @Flag(help: "Overwrite the output if it exists.")
+    var force = false
+
+    @Flag(help: "Plain progress lines even on a terminal.")
+    var plain = false
+
+    func run() throws {
+        try reportingErrors {
+            TemporaryFiles.installSignalHandlers()
+            try unpack()
+        }
+    }
+
+    private func unpack() throws {
+        try SafetensorsWriter.checkOutput(output, force: force)
+        let file = try SafetensorsFile(path: input)
+        let records = try PalettizedTensor.records(in: file.header)
+        guard !records.isEmpty else {
+            throw CLIError("\(input) holds no palettized tensors (no edkm.tensor.* metadata): nothing to unpack")
+        }
+        enum Source { case copy(TensorInfo), dense(PalettizedTensor) }
+        var claimedBy: [String: PalettizedTensor] = [:]
+        for r in records {
+            claimedBy[r.lutName] = r
+            claimedBy[r.indicesName] = r
+        }
+        var entries: [(OutputTensor, Source)] = []
+        var emitted = Set<String>()
+        for t in file.header.tensors {
+            if let r = claimedBy[t.name] {
+                if emitted.insert(r.name).inserted {
+                    entries.append((OutputTensor(name: r.name, dtype: r.dtype, shape: r.shape), .dense(r)))
+                }
+            } else {
+                entries.append((OutputTensor(name: t.name, dtype: t.dtype, shape: t.shape), .copy(t)))
+            }
+        }
+        entries = alignmentOrdered(entries) { $0.0.dtype }
+        let kept = (file.header.metadata?.entries ?? []).filter { !$0.key.hasPrefix("edkm.") }
+        let metadata = kept.isEmpty ? nil : Metadata(kept)
+
+        let runtime = try EDKMRuntime()
+        let writer = try SafetensorsWriter(path: output, tensors: entries.map(\.0), metadata: metadata, force: force)
+        let progress = Progress(label: "unpack", total: entries.count, forcePlain: plain)
+        for (i, (out, source)) in entries.enumerated() {
+            progress.update(i, out.name, force: true)
+            switch source {
+            case .copy(let t):
+                try writer.append(file.data(t))
+                file.release(t)
+            case .dense(let r):
+                let dense = try restore(r, file: file, runtime: runtime)
+                try writer.append(dense)
+                progress.plain("[\(i + 1)/\(entries.count)] \(r.name): \(Format.shape(r.shape)) \(r.dtype.rawValue) from \(r.bits)-bit indices")
+            }
+        }
+        try writer.finish()
+        progress.finish()
+        print("unpacked \(records.count) palettized tensors (\(entries.count) tensors in all): \(Format.bytes(file.fileSize)) -> \(Format.bytes(writer.headerBytes + writer.dataBytes))")
+        print("wrote \(output)")
+    }
+
+    /// The dense bytes of one palettized tensor, through edkm_layer_unpack.
+    private func restore(_ r: PalettizedTensor, file: SafetensorsFile, runtime: EDKMRuntime) throws -> [UInt8] {
+        let lutInfo = file.header.tensor(named: r.lutName)!
+        let idxInfo = file.header.tensor(named: r.indicesName)!
+        var cfg = EDKMLayer.defaultConfig()
+        cfg.bits = UInt32(r.bits)
+        cfg.group_size = UInt32(r.groupSize)
+        cfg.cluster_dim = UInt32(r.clusterDim)
+        do {
+            let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
+            let lut = AlignedTensor(file.data(lutInfo), alignment: lutInfo.dtype.alignment)
+            let packed = file.data(idxInfo)
+            var out = [UInt8](repeating: 0, count: r.elementCount * r.dtype.alignment)
+            try out.withUnsafeMutableBytes { o in
+                try layer.unpack(lut: lut.pointer, lutDtype: lutInfo.dtype.edkm!,
+                                 packed: packed.baseAddress!.assumingMemoryBound(to: UInt8.self), packedBytes: packed.count,
+                                 out: o.baseAddress!, outDtype: r.dtype.edkm!)
+            }
+            file.release(idxInfo)
+            return out
+        } catch let e as CLIError {
+            throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e.message)")
+        }
+    }
+}

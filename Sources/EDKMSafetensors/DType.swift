@@ -1,0 +1,49 @@
+/// The element types a safetensors header may name (the set of the reference implementation,
+/// safetensors 0.6+), with their size in bits.
+public enum DType: String, CaseIterable, Sendable {
+    case bool = "BOOL"
+    case f4 = "F4"
+    case f6e2m3 = "F6_E2M3"
+    case f6e3m2 = "F6_E3M2"
+    case u8 = "U8"
+    case i8 = "I8"
+    case f8e5m2 = "F8_E5M2"
+    case f8e4m3 = "F8_E4M3"
+    case f8e8m0 = "F8_E8M0"
+    case i16 = "I16"
+    case u16 = "U16"
+    case f16 = "F16"
+    case bf16 = "BF16"
+    case i32 = "I32"
+    case u32 = "U32"
+    case f32 = "F32"
+    case c64 = "C64"
+    case f64 = "F64"
+    case i64 = "I64"
+    case u64 = "U64"
+
+    /// Bits per element (F4 and F6 are packed sub-byte types).
+    public var bitSize: Int {
+        switch self {
+        case .f4: return 4
+        case .f6e2m3, .f6e3m2: return 6
+        case .bool, .u8, .i8, .f8e5m2, .f8e4m3, .f8e8m0: return 8
+        case .i16, .u16, .f16, .bf16: return 16
+        case .i32, .u32, .f32: return 32
+        case .c64, .f64, .i64, .u64: return 64
+        }
+    }
+
+    /// Alignment a writer gives the type (its byte size, 1 for sub-byte types).
+    public var alignment: Int { Swift.max(1, bitSize / 8) }
+
+    /// The floating types `edkm palettize` clusters.
+    public var isPalettizable: Bool { self == .f32 || self == .f16 || self == .bf16 }
+
+    /// Bytes of `elements` elements, or nil when that is not a whole number of bytes or overflows.
+    public func byteCount(elements: UInt64) -> UInt64? {
+        let (bits, overflow) = elements.multipliedReportingOverflow(by: UInt64(bitSize))
+        if overflow || bits % 8 != 0 { return nil }
+        return bits / 8
+    }
+}

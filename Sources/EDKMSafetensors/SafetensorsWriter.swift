@@ -1,0 +1,309 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One tensor of a file being written: its header entry. Data follows in the order given.
+public struct OutputTensor: Equatable, Sendable {
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+
+    public init(name: String, dtype: DType, shape: [Int]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+    }
+
+    /// Bytes of the tensor's data; -1 when the shape is invalid or too large.
+    public var byteCount: Int {
+        var elements: UInt64 = 1
+        for e in shape {
+            guard e >= 0 else { return -1 }
+            let (p, o) = elements.multipliedReportingOverflow(by: UInt64(e))
+            if o { return -1 }
+            elements = p
+        }
+        guard let b = dtype.byteCount(elements: elements), b <= UInt64(Int.max) else { return -1 }
+        return Int(b)
+    }
+}
+
+/// Writes a safetensors file as a stream: the header first (sizes are known up front), then each
+/// tensor's bytes in order, into a temporary file in the output's directory that is renamed onto
+/// the output only when every byte has been written (and synced). Until then the output path is
+/// untouched; on any error, or if the writer is dropped unfinished, the temporary file is removed.
+///
+/// Tensors should be given largest element first (the caller's order is kept): with the header
+/// padded to a multiple of 8, each tensor then starts aligned to its element size.
+public final class SafetensorsWriter {
+    public let path: String
+    public let tensors: [OutputTensor]
+    public let force: Bool
+    private(set) public var tempPath: String
+    private var fd: Int32
+    private var next = 0           // index of the tensor being written
+    private var remaining = 0      // bytes left of the current tensor
+    private var buffer: [UInt8] = []
+    private static let bufferCapacity = 1 << 20
+    private var done = false
+    /// Bytes of header (length field and padded JSON) and of data.
+    public let headerBytes: Int
+    public let dataBytes: Int
+
+    /// Checks the output (exists without `force`: `.outputExists`), creates the temporary file and
+    /// writes the header.
+    public init(path: String, tensors: [OutputTensor], metadata: Metadata?, force: Bool) throws(SafetensorsError) {
+        self.path = path
+        self.tensors = tensors
+        self.force = force
+        try SafetensorsWriter.checkOutput(path, force: force)
+        var names = Set<String>()
+        var offset = 0
+        var entries: [String] = []
+        if let metadata {
+            entries.append(JSON.quote("__metadata__") + ":{" +
+                           metadata.entries.map { JSON.quote($0.key) + ":" + JSON.quote($0.value) }.joined(separator: ",") + "}")
+        }
+        for t in tensors {
+            guard t.name != "__metadata__", names.insert(t.name).inserted else {
+                throw SafetensorsError(.invalidEntry, "cannot write \(path): tensor name \(JSON.quote(t.name)) is used twice or reserved")
+            }
+            guard t.shape.allSatisfy({ $0 >= 0 }), t.byteCount >= 0 else {
+                throw SafetensorsError(.sizeMismatch, "cannot write \(path): tensor \(JSON.quote(t.name)) has an invalid shape")
+            }
+            let shape = "[" + t.shape.map(String.init).joined(separator: ",") + "]"
+            entries.append(JSON.quote(t.name) + ":{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + t.byteCount)]}")
+            offset += t.byteCount
+        }
+        var json = Array(("{" + entries.joined(separator: ",") + "}").utf8)
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        headerBytes = 8 + json.count
+        dataBytes = offset
+
+        // Temporary file next to the output (same file system, so rename is atomic).
+        let (dir, base) = SafetensorsWriter.split(path)
+        var template = Array("\(dir)/.\(base).tmp-XXXXXX".utf8CString)
+        let tfd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard tfd >= 0 else {
+            throw SafetensorsError(.io, "cannot create a temporary file in \(dir): \(errnoText())")
+        }
+        fd = tfd
+        tempPath = String(cString: template)
+        TemporaryFiles.register(tempPath)
+
+        var lengthField = [UInt8](repeating: 0, count: 8)
+        for i in 0..<8 { lengthField[i] = UInt8((UInt64(json.count) >> (8 * UInt64(i))) & 0xff) }
+        do throws(SafetensorsError) {
+            try raw(lengthField)
+            try raw(json)
+            try startNextTensor()
+        } catch {
+            abort()
+            throw error
+        }
+    }
+
+    deinit { if !done { abort() } }
+
+    /// The tensor whose bytes `append` expects now (nil when all are written).
+    public var currentTensor: OutputTensor? { next < tensors.count ? tensors[next] : nil }
+
+    /// Appends bytes of the current tensor (moving to the next when one is complete).
+    public func append(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) {
+        var rest = bytes
+        while !rest.isEmpty {
+            guard next < tensors.count else {
+                throw SafetensorsError(.io, "internal: more data than the header of \(path) declares")
+            }
+            let n = Swift.min(rest.count, remaining)
+            try buffered(UnsafeRawBufferPointer(rebasing: rest[0..<n]))
+            remaining -= n
+            rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+            if remaining == 0 {
+                next += 1
+                try startNextTensor()
+            }
+        }
+    }
+
+    public func append(_ bytes: [UInt8]) throws(SafetensorsError) {
+        var result: Result<Void, SafetensorsError> = .success(())
+        bytes.withUnsafeBytes { b in
+            do throws(SafetensorsError) { try append(b) } catch { result = .failure(error) }
+        }
+        try result.get()
+    }
+
+    /// Checks that every declared byte was written, syncs and moves the file onto the output.
+    public func finish() throws(SafetensorsError) {
+        guard !done else { return }
+        do throws(SafetensorsError) {
+            guard next == tensors.count else {
+                throw SafetensorsError(.io, "internal: tensor \(JSON.quote(tensors[next].name)) of \(path) is not complete")
+            }
+            try flush()
+            let mask = umask(0)
+            umask(mask)
+            _ = fchmod(fd, 0o666 & ~mask)
+            guard fsync(fd) == 0 else { throw SafetensorsError(.io, "cannot write \(path): fsync: \(errnoText())") }
+            close(fd)
+            fd = -1
+            if force {
+                guard rename(tempPath, path) == 0 else {
+                    throw SafetensorsError(.io, "cannot rename the temporary file onto \(path): \(errnoText())")
+                }
+            } else {
+                // link() refuses to replace an existing file: no race with another writer.
+                if link(tempPath, path) == 0 {
+                    unlink(tempPath)
+                } else if errno == EEXIST {
+                    throw SafetensorsError(.outputExists, "\(path) already exists (use --force to overwrite)")
+                } else {
+                    // File systems without hard links: check, then rename.
+                    try SafetensorsWriter.checkOutput(path, force: false)
+                    guard rename(tempPath, path) == 0 else {
+                        throw SafetensorsError(.io, "cannot rename the temporary file onto \(path): \(errnoText())")
+                    }
+                }
+            }
+            TemporaryFiles.unregister(tempPath)
+            done = true
+            let (dir, _) = SafetensorsWriter.split(path)
+            let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        } catch {
+            abort()
+            throw error
+        }
+    }
+
+    /// Removes the temporary file; the output stays as it was.
+    public func abort() {
+        if fd >= 0 { close(fd); fd = -1 }
+        if !done {
+            unlink(tempPath)
+            TemporaryFiles.unregister(tempPath)
+            done = true
+        }
+    }
+
+    // MARK: - internals
+
+    private func startNextTensor() throws(SafetensorsError) {
+        while next < tensors.count && tensors[next].byteCount == 0 { next += 1 }
+        remaining = next < tensors.count ? tensors[next].byteCount : 0
+    }
+
+    private func buffered(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) {
+        if bytes.count >= SafetensorsWriter.bufferCapacity / 2 {
+            try flush()
+            try raw(bytes)
+        } else {
+            if buffer.count + bytes.count > SafetensorsWriter.bufferCapacity { try flush() }
+            buffer.append(contentsOf: bytes)
+        }
+    }
+
+    private func flush() throws(SafetensorsError) {
+        guard !buffer.isEmpty else { return }
+        let b = buffer
+        buffer.removeAll(keepingCapacity: true)
+        try raw(b)
+    }
+
+    private func raw(_ bytes: [UInt8]) throws(SafetensorsError) {
+        var result: Result<Void, SafetensorsError> = .success(())
+        bytes.withUnsafeBytes { b in
+            do throws(SafetensorsError) { try raw(b) } catch { result = .failure(error) }
+        }
+        try result.get()
+    }
+
+    private func raw(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = write(fd, bytes.baseAddress! + offset, Swift.min(bytes.count - offset, 1 << 30))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafetensorsError(.io, "cannot write \(path): \(errnoText())")
+            }
+            offset += n
+        }
+    }
+
+    /// Fails with `.outputExists` when `path` exists and `force` is false, and with `.io` when it
+    /// is a directory.
+    public static func checkOutput(_ path: String, force: Bool) throws(SafetensorsError) {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            if (st.st_mode & S_IFMT) == S_IFDIR { throw SafetensorsError(.io, "\(path) is a directory") }
+            if !force { throw SafetensorsError(.outputExists, "\(path) already exists (use --force to overwrite)") }
+        }
+        let (dir, _) = split(path)
+        var dst = stat()
+        guard stat(dir, &dst) == 0, (dst.st_mode & S_IFMT) == S_IFDIR else {
+            throw SafetensorsError(.io, "cannot write \(path): directory \(dir) does not exist")
+        }
+    }
+
+    static func split(_ path: String) -> (dir: String, base: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let dir = String(path[..<slash])
+        return (dir.isEmpty ? "/" : dir, String(path[path.index(after: slash)...]))
+    }
+}
+
+/// Temporary files being written, removed by `removeAllForSignal` (async-signal-safe: a fixed
+/// table of C strings) when the process is interrupted.
+public enum TemporaryFiles {
+    private static let slots = 8
+    private static let slotBytes = 4096
+    nonisolated(unsafe) private static let table: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: slots * slotBytes)
+        p.initialize(repeating: 0, count: slots * slotBytes)
+        return p
+    }()
+
+    static func register(_ path: String) {
+        let bytes = Array(path.utf8CString)
+        guard bytes.count <= slotBytes else { return }
+        for s in 0..<slots where table[s * slotBytes] == 0 {
+            for (i, b) in bytes.enumerated().reversed() { table[s * slotBytes + i] = b }  // first byte last
+            return
+        }
+    }
+
+    static func unregister(_ path: String) {
+        for s in 0..<slots where table[s * slotBytes] != 0 && String(cString: table + s * slotBytes) == path {
+            table[s * slotBytes] = 0
+        }
+    }
+
+    /// Unlinks every registered temporary file. Safe to call from a signal handler.
+    public static func removeAllForSignal() {
+        for s in 0..<slots where table[s * slotBytes] != 0 { unlink(table + s * slotBytes) }
+    }
+
+    /// Installs SIGINT, SIGTERM and SIGHUP handlers that remove the temporary files and then die of
+    /// the signal as usual. A signal ignored at startup (nohup, background jobs) stays ignored; the
+    /// three are unblocked (a parent may have spawned us with them blocked).
+    public static func installSignalHandlers() {
+        _ = table
+        var set = sigset_t()
+        sigemptyset(&set)
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let previous = signal(sig) { s in
+                TemporaryFiles.removeAllForSignal()
+                signal(s, SIG_DFL)
+                raise(s)
+            }
+            if let previous, unsafeBitCast(previous, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self) {
+                signal(sig, SIG_IGN)
+            }
+            sigaddset(&set, sig)
+        }
+        sigprocmask(SIG_UNBLOCK, &set, nil)
+    }
+}
