@@ -1,0 +1,30 @@
+import Glibc
+
+/// Monotonic wall-clock time in seconds.
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + 1e-9 * Double(ts.tv_nsec)
+}
+
+/// Seconds `body` takes.
+func timed(_ body: () -> Void) -> Double {
+    let t0 = now()
+    body()
+    return now() - t0
+}
+
+/// The median of a non-empty list (mean of the middle two for an even count).
+func median(_ xs: [Double]) -> Double {
+    precondition(!xs.isEmpty)
+    let s = xs.sorted()
+    let n = s.count
+    return n % 2 == 1 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2])
+}
+
+/// Peak resident set size of this process so far, in bytes (getrusage ru_maxrss, KiB on Linux).
+func peakRSS() -> UInt64 {
+    var u = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+    return UInt64(u.ru_maxrss) * 1024
+}

@@ -1,0 +1,260 @@
+import CEDKM
+import Glibc
+
+/// `edkm-bench speed` (issue 5): the uniquified path against the dense path and a bandwidth probe.
+enum SpeedBench {
+    static let usage = """
+    usage: edkm-bench speed [options]
+      --shapes LIST        ROWSxCOLS list (default 4096x4096,11008x4096)
+      --dtypes LIST        f16,bf16 (default both)
+      --bits LIST          (default 3,4)
+      --luts LIST          tensor,g16 (per-tensor and grouped, g<N> = group size N; default both)
+      --threads LIST       runtime num_threads: numbers or 'all' (= 0, the cores available; default 1,all)
+      --runs N             timed steps per case, median reported (default 5)
+      --dense-runs N       timed steps of the dense reference (default 3)
+      --dense-elements N   weights in the dense reference slice (default 262144 = 64 rows of 4096)
+      --probe-runs N       bandwidth probe copies (default 7)
+      --no-dense           skip the dense reference
+      --no-cases           only the LLaMA-7B decoder layer
+      --no-llama           skip the LLaMA-7B decoder layer
+      --llama-divisor N    scale the LLaMA layer's extents down by N (smoke runs; default 1)
+      --markdown           print the tables as GitHub markdown
+      --quick              CI smoke: 512x512,1024x512, 1 run, small dense slice, LLaMA layer / 16
+    """
+
+    static func run(_ args: ArraySlice<String>) {
+        let o = Options(args, valued: ["--shapes", "--dtypes", "--bits", "--luts", "--threads", "--runs",
+                                       "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor"],
+                        switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help"])
+        if o.has("--help") { print(usage); return }
+        if !o.unknown.isEmpty { fail("speed: unknown arguments \(o.unknown)\n\(usage)") }
+        let quick = o.has("--quick")
+        let shapes = o.list("--shapes", quick ? ["512x512", "1024x512"] : ["4096x4096", "11008x4096"]).map(parseShape)
+        let dtypes = o.list("--dtypes", ["f16", "bf16"]).map { s -> WeightDType in
+            guard let d = WeightDType.parse(s) else { fail("bad dtype \(s)") }
+            return d
+        }
+        let bitsList = o.ints("--bits", [3, 4])
+        let luts = o.list("--luts", ["tensor", "g16"]).map { s -> Int in
+            if s == "tensor" { return 0 }
+            guard s.hasPrefix("g"), let g = Int(s.dropFirst()), g > 0 else { fail("bad LUT granularity \(s)") }
+            return g
+        }
+        let threads = o.list("--threads", ["1", "all"]).map { s -> UInt32 in
+            if s == "all" { return 0 }
+            guard let t = UInt32(s) else { fail("bad thread count \(s)") }
+            return t
+        }
+        let runs = max(1, o.int("--runs", quick ? 1 : 5))
+        let denseRuns = max(1, o.int("--dense-runs", quick ? 1 : 3))
+        let denseElements = o.int("--dense-elements", quick ? 16384 : 262_144)
+        let probeRuns = o.int("--probe-runs", quick ? 3 : 7)
+        let dense = !o.has("--no-dense")
+        let markdown = o.has("--markdown")
+        let divisor = max(1, o.int("--llama-divisor", quick ? 16 : 1))
+
+        let runtimes = threads.map { Runtime(threads: $0) }
+        let threadNames = runtimes.map { String($0.stats().num_threads) }
+        let maxCount = max(shapes.map { $0.rows * $0.cols }.max() ?? 0,
+                           o.has("--no-llama") ? 0 : llamaDecoderLayer(divisor: divisor).reduce(0) { $0 + $1.count })
+        let probe = BandwidthProbe(maxCopyBytes: 3 * maxCount)
+
+        print("edkm-bench speed: libedkm \(String(cString: edkm_version_string())), runtime threads \(threadNames.joined(separator: ", ")); "
+              + "\(runs) timed steps per case (median), dense reference \(dense ? "\(denseRuns) steps on a ~\(denseElements)-weight slice" : "off"), "
+              + "bandwidth probe median of \(max(probeRuns, 3)) memcpys")
+        print("weights ~ N(0, 0.02^2) + 0.01% outliers; upstream gradient ~ N(0, 0.001^2); layer defaults (tau 1e-4, 3 iterations max, "
+              + "epsilon 1e-4); saved mode HISTOGRAM; every step starts from the same centroids")
+        print("probe: memcpy moving the bytes the step must move: forward 4 B/weight (read w, write w~), "
+              + "backward 6 B/weight (read w and dL/dw~, write dL/dw)\n")
+
+        var summary: [String] = []
+        if !o.has("--no-cases") {
+            var table = Table(["shape", "dtype", "bits", "LUT", "dir", "thr", "median ms", "min ms", "GB/s",
+                               "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same"],
+                              right: [false, false, true, false, false, true, true, true, true, true, true, true, true, true, true, false])
+            let total = shapes.count * dtypes.count * bitsList.count * luts.count * runtimes.count
+            var done = 0
+            for shape in shapes {
+                for dtype in dtypes {
+                    let n = shape.rows * shape.cols
+                    let w = Buffer(llmWeights(count: n, dtype: dtype, seed: UInt64(n) &* 31 &+ (dtype == .f16 ? 1 : 2)))
+                    let g = Buffer(upstreamGradient(count: n, dtype: dtype, seed: UInt64(n)))
+                    let out = Buffer(bytes: n * 2), gradIn = Buffer(bytes: n * 2)
+                    let buffers = StepBuffers(weights: w.pointer, gradOut: g.pointer, out: out.pointer, gradIn: gradIn.pointer)
+                    for bits in bitsList {
+                        for group in luts {
+                            let cfg = SpeedConfig(rows: shape.rows, cols: shape.cols, dtype: dtype, bits: bits, groupSize: group)
+                            var initial: [Float] = []
+                            var reference: Timing? = nil
+                            for (ti, rt) in runtimes.enumerated() {
+                                done += 1
+                                fputs("  [\(done)/\(total)] \(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText) threads \(threadNames[ti])\n", stderr)
+                                let layer = Layer(rt, rows: cfg.rows, cols: cfg.cols, bits: bits, groupSize: group)
+                                if initial.isEmpty {
+                                    layer.initCentroids(w.pointer, dtype: dtype.c)
+                                    initial = layer.centroids
+                                }
+                                let t = timeSteps(layer, buffers, dtype: dtype.c, initial: initial, runs: runs)
+                                let same: String
+                                if let r = reference {
+                                    same = (r.outputPrint == t.outputPrint && r.gradPrint == t.gradPrint) ? "yes" : "NO"
+                                } else {
+                                    reference = t
+                                    same = "ref"
+                                }
+                                let nThreads = Int(rt.stats().num_threads)
+                                let d = dense ? densePerWeight(rt, cfg, buffers, elements: denseElements, runs: denseRuns) : nil
+                                let pf = probe.seconds(movedBytes: 4 * n, threads: nThreads, runs: probeRuns)
+                                let pb = probe.seconds(movedBytes: 6 * n, threads: nThreads, runs: probeRuns)
+                                let rowsOut: [(String, [Double], Double, Double?, Int)] = [
+                                    ("fwd", t.forward, pf, d.map { $0.forward * Double(n) }, 4 * n),
+                                    ("bwd", t.backward, pb, d.map { $0.backward * Double(n) }, 6 * n),
+                                    ("f+b", zip(t.forward, t.backward).map { $0 + $1 }, pf + pb,
+                                     d.map { ($0.forward + $0.backward) * Double(n) }, 10 * n),
+                                ]
+                                for (dir, times, p, de, moved) in rowsOut {
+                                    var iters = "", distinct = "", sameText = ""
+                                    if dir == "fwd" {
+                                        iters = String(t.iterations)
+                                        if let d, d.iterations != t.iterations { iters += "/\(d.iterations)d" }
+                                        distinct = String(t.distinct)
+                                        sameText = same
+                                    }
+                                    table.add(caseRow(cfg, dir: dir, threads: threadNames[ti], times: times, probe: p, dense: de,
+                                                      moved: moved) + [iters, distinct, sameText])
+                                }
+                                if cfg.rows == 4096 && cfg.cols == 4096 && dtype == .f16 && bits == 4 && group == 0 {
+                                    summary.append(targetLine(t, threads: threadNames[ti], probe: pf + pb,
+                                                              dense: d.map { ($0.forward + $0.backward) * Double(n) }))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            print(table.render(markdown: markdown))
+            print("""
+
+            GB/s = bytes the step must move (4, 6 or 10 B/weight) / median time. x probe = median / probe (1.00x = memory-bandwidth speed).
+            dense est = the dense path (EDKM_ALGORITHM_DENSE, same dtype/bits/LUT/threads) timed on a slice of the same weights,
+            per weight, times the weights of the case; x dense = how many times faster the default (uniquified) path is.
+            T = DKM iterations run (/Nd: the dense slice ran N); U = distinct 16-bit values (summed over groups);
+            same = w~ and dL/dw bit-identical to the first thread count's (ref).
+            """)
+        }
+        if !o.has("--no-llama") {
+            summary += llamaLayer(runtimes: runtimes, threadNames: threadNames, runs: runs, divisor: divisor,
+                                  probe: probe, probeRuns: probeRuns, dense: dense, denseElements: denseElements,
+                                  denseRuns: denseRuns, markdown: markdown)
+        }
+        print("")
+        for s in summary { print(s) }
+    }
+
+    /// The table cells of one direction of one case (without T, U, same).
+    static func caseRow(_ cfg: SpeedConfig, dir: String, threads: String, times: [Double], probe: Double,
+                        dense: Double?, moved: Int) -> [String] {
+        let m = median(times)
+        let gbs = fmt("%.1f", Double(moved) / m / 1e9)
+        var cells = [cfg.shapeText, cfg.dtype.name, String(cfg.bits), cfg.lutText, dir, threads]
+        cells += [msText(m), msText(times.min()!), gbs, msText(probe), ratioText(m / probe)]
+        if let dense {
+            cells += [msText(dense), ratioText(dense / m)]
+        } else {
+            cells += ["-", "-"]
+        }
+        return cells
+    }
+
+    /// The summary line of the issue's target case.
+    static func targetLine(_ t: Timing, threads: String, probe: Double, dense: Double?) -> String {
+        let m = t.totalMedian
+        var line = "TARGET 4096x4096 f16 4 bits per-tensor fwd+bwd, threads \(threads): \(msText(m)) ms"
+        line += " (fwd \(msText(t.forwardMedian)) + bwd \(msText(t.backwardMedian))) = \(ratioText(m / probe)) the bandwidth probe"
+        line += " (\(msText(probe)) ms; target <= 3x), "
+        if let dense {
+            line += "\(ratioText(dense / m)) faster than dense (est. \(msText(dense)) ms; target >= 100x)"
+        } else {
+            line += "dense not measured"
+        }
+        return line
+    }
+
+    /// The seven matrices of one LLaMA-7B decoder layer, bf16, 3 bits, per-tensor: forward of all
+    /// seven (saved states held), then backward of all seven in reverse order, median of runs.
+    static func llamaLayer(runtimes: [Runtime], threadNames: [String], runs: Int, divisor: Int, probe: BandwidthProbe,
+                           probeRuns: Int, dense: Bool, denseElements: Int, denseRuns: Int, markdown: Bool) -> [String] {
+        let shapes = llamaDecoderLayer(divisor: divisor)
+        let dtype = WeightDType.bf16, bits = 3
+        let totalN = shapes.reduce(0) { $0 + $1.count }
+        fputs("  LLaMA-7B decoder layer\(divisor > 1 ? " / \(divisor)" : ""): generating \(totalN) bf16 weights\n", stderr)
+        let weights = shapes.enumerated().map { i, s in Buffer(llmWeights(count: s.count, dtype: dtype, seed: 7000 + UInt64(i))) }
+        let maxN = shapes.map(\.count).max()!
+        let grad = Buffer(upstreamGradient(count: maxN, dtype: dtype, seed: 99))
+        let outs = shapes.map { Buffer(bytes: $0.count * 2) }
+        let gradIn = Buffer(bytes: maxN * 2)
+        var lines: [String] = []
+        var table = Table(["threads", "fwd ms", "bwd ms", "fwd+bwd ms", "min f+b ms", "probe ms", "x probe", "dense est s", "x dense"])
+        var perShape = Table(["matrix", "shape", "U", "T", "fwd ms", "bwd ms"], right: [false, false, true, true, true, true])
+        for (ti, rt) in runtimes.enumerated() {
+            fputs("  LLaMA-7B decoder layer, threads \(threadNames[ti])\n", stderr)
+            let layers = shapes.map { Layer(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
+            for (l, w) in zip(layers, weights) { l.initCentroids(w.pointer, dtype: dtype.c) }
+            let initial = layers.map(\.centroids)
+            var fwd: [Double] = [], bwd: [Double] = []
+            var fwdEach = [[Double]](repeating: [], count: layers.count), bwdEach = fwdEach
+            for run in -1..<runs {
+                for (l, c) in zip(layers, initial) { l.centroids = c }
+                var saved: [Saved] = []
+                let t0 = now()
+                for i in layers.indices {
+                    let a = now()
+                    saved.append(layers[i].forward(weights[i].pointer, dtype: dtype.c, out: outs[i].pointer)!)
+                    if run >= 0 { fwdEach[i].append(now() - a) }
+                }
+                let t1 = now()
+                for i in layers.indices.reversed() {
+                    let a = now()
+                    saved[i].backward(grad.pointer, gradIn.pointer, dtype: dtype.c, count: layers[i].count, weights: weights[i].pointer)
+                    if run >= 0 { bwdEach[i].append(now() - a) }
+                }
+                let t2 = now()
+                saved.removeAll()
+                if run >= 0 { fwd.append(t1 - t0); bwd.append(t2 - t1) }
+            }
+            let nThreads = Int(rt.stats().num_threads)
+            let p = probe.seconds(movedBytes: 4 * totalN, threads: nThreads, runs: probeRuns)
+                + probe.seconds(movedBytes: 6 * totalN, threads: nThreads, runs: probeRuns)
+            var denseEst: Double? = nil
+            if dense {
+                let q = shapes[0]
+                let cfg = SpeedConfig(rows: q.rows, cols: q.cols, dtype: dtype, bits: bits, groupSize: 0)
+                let b = StepBuffers(weights: weights[0].pointer, gradOut: grad.pointer, out: outs[0].pointer, gradIn: gradIn.pointer)
+                let d = densePerWeight(rt, cfg, b, elements: denseElements, runs: denseRuns)
+                denseEst = (d.forward + d.backward) * Double(totalN)
+            }
+            let totals = zip(fwd, bwd).map { $0 + $1 }
+            let m = median(totals)
+            table.add([threadNames[ti], msText(median(fwd)), msText(median(bwd)), msText(m), msText(totals.min()!),
+                       msText(p), ratioText(m / p), denseEst.map { fmt("%.1f", $0) } ?? "-", denseEst.map { ratioText($0 / m) } ?? "-"])
+            if ti == runtimes.count - 1 {
+                for (i, s) in shapes.enumerated() {
+                    let st = layers[i].stats()
+                    perShape.add([s.name, "\(s.rows)x\(s.cols)", String(st.distinct_values), String(st.iterations),
+                                  msText(median(fwdEach[i])), msText(median(bwdEach[i]))])
+                }
+            }
+            lines.append("LLAMA-7B decoder layer\(divisor > 1 ? " (extents / \(divisor))" : "") bf16 3 bits per-tensor, 7 matrices, \(totalN) weights, "
+                         + "threads \(threadNames[ti]): fwd+bwd \(fmt("%.3f", m)) s (fwd \(fmt("%.3f", median(fwd))) + bwd \(fmt("%.3f", median(bwd))) s; "
+                         + "target < 2 s), \(ratioText(m / p)) the bandwidth probe"
+                         + (denseEst.map { ", \(ratioText($0 / m)) faster than dense (est. \(fmt("%.0f", $0)) s)" } ?? ""))
+        }
+        print("\nLLaMA-7B decoder layer\(divisor > 1 ? " (extents / \(divisor))" : ""): q,k,v,o \(shapes[0].rows)x\(shapes[0].cols), "
+              + "gate,up \(shapes[4].rows)x\(shapes[4].cols), down \(shapes[6].rows)x\(shapes[6].cols); bf16, 3 bits, per-tensor; "
+              + "forward of all seven (saved states held), then backward in reverse; median of \(runs)")
+        print(table.render(markdown: markdown))
+        print("per matrix (last thread count):")
+        print(perShape.render(markdown: markdown))
+        return lines
+    }
+}

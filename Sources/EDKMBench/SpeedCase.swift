@@ -1,0 +1,81 @@
+import CEDKM
+
+/// One timed forward + backward configuration of the speed benchmark.
+struct SpeedConfig {
+    var rows: Int
+    var cols: Int
+    var dtype: WeightDType
+    var bits: Int
+    /// 0 = per-tensor LUT, g = a LUT per g rows.
+    var groupSize: Int
+    var count: Int { rows * cols }
+    var shapeText: String { "\(rows)x\(cols)" }
+    var lutText: String { groupSize == 0 ? "tensor" : "g\(groupSize)" }
+}
+
+/// Per-run times of one layer (forward and backward measured separately, every run starting from
+/// the same centroids so that every run does the same work).
+struct Timing {
+    var forward: [Double] = []
+    var backward: [Double] = []
+    var iterations = 0
+    var distinct = 0
+    /// Fingerprints of w~ and dL/dw of the last run (to compare thread counts).
+    var outputPrint: UInt64 = 0
+    var gradPrint: UInt64 = 0
+
+    var forwardMedian: Double { median(forward) }
+    var backwardMedian: Double { median(backward) }
+    var totalMedian: Double { median(zip(forward, backward).map { $0 + $1 }) }
+}
+
+/// The data of one layer's step: weights, upstream gradient, and where w~ and dL/dw go.
+struct StepBuffers {
+    var weights: UnsafeRawPointer
+    var gradOut: UnsafeRawPointer
+    var out: UnsafeMutableRawPointer
+    var gradIn: UnsafeMutableRawPointer
+}
+
+/// Times `runs` training steps (forward with a saved state, then backward with the weights handed
+/// back, as the default HISTOGRAM mode needs) after one untimed warm-up step. The saved state is
+/// destroyed outside the timed regions.
+func timeSteps(_ layer: Layer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Float], runs: Int) -> Timing {
+    var t = Timing()
+    for run in -1..<runs {
+        layer.centroids = initial
+        let t0 = now()
+        var saved = layer.forward(b.weights, dtype: dtype, out: b.out)
+        let t1 = now()
+        saved!.backward(b.gradOut, b.gradIn, dtype: dtype, count: layer.count, weights: b.weights)
+        let t2 = now()
+        saved = nil
+        if run >= 0 {
+            t.forward.append(t1 - t0)
+            t.backward.append(t2 - t1)
+        }
+    }
+    let s = layer.stats()
+    t.iterations = Int(s.iterations)
+    t.distinct = Int(s.distinct_values)
+    t.outputPrint = fingerprint(UnsafeRawPointer(b.out), bytes: layer.count * 2)
+    t.gradPrint = fingerprint(UnsafeRawPointer(b.gradIn), bytes: layer.count * 2)
+    return t
+}
+
+/// The dense path's cost per weight (forward, backward), measured on the first rows of the same
+/// weights (a slice of about `elements` weights whose row count is a multiple of the group size),
+/// with the same dtype, bits, LUT granularity and thread count.
+func densePerWeight(_ runtime: Runtime, _ cfg: SpeedConfig, _ b: StepBuffers, elements: Int, runs: Int)
+    -> (forward: Double, backward: Double, iterations: Int, rows: Int)
+{
+    let unit = max(cfg.groupSize, 1)
+    var rows = max(unit, (elements / cfg.cols) / unit * unit)
+    rows = min(rows, cfg.rows)
+    let layer = Layer(runtime, rows: rows, cols: cfg.cols, bits: cfg.bits, groupSize: cfg.groupSize,
+                      algorithm: EDKM_ALGORITHM_DENSE)
+    layer.initCentroids(b.weights, dtype: cfg.dtype.c)
+    let t = timeSteps(layer, b, dtype: cfg.dtype.c, initial: layer.centroids, runs: runs)
+    let n = Double(layer.count)
+    return (t.forwardMedian / n, t.backwardMedian / n, t.iterations, rows)
+}
