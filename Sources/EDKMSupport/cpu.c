@@ -1,4 +1,4 @@
-/* Processor facts the thread pool needs. */
+/* Processor and heap facts: cores for the thread pool, usable sizes for heap accounting. */
 #define _GNU_SOURCE
 #include <sched.h>
 #include <unistd.h>
@@ -13,3 +13,7 @@ int edkm_available_cores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+#include <malloc.h>
+
+size_t edkm_heap_usable_size(void *ptr) { return ptr ? malloc_usable_size(ptr) : 0; }

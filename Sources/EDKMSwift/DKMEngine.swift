@@ -35,8 +35,9 @@ struct DKMEngine {
     let config: ClusteringConfig
     let pool: ThreadPool
 
-    /// Rows per block: about 8192 values.
-    var blockRows: Int { max(1, 8192 / config.clusterDim) }
+    /// Rows per block: about 2048 values (a per-tensor layer's U of 5k-25k distinct values then
+    /// spreads over several threads; the blocking is fixed, so results do not depend on them).
+    var blockRows: Int { max(1, 2048 / config.clusterDim) }
 
     /// The row arithmetic of one partition, with its effective temperature and prune bias.
     func kernel(_ trace: PartitionTrace) -> SoftKMeansKernel {

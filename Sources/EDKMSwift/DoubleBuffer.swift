@@ -12,6 +12,10 @@ final class DoubleBuffer: @unchecked Sendable {
 
     deinit { pointer.deallocate() }
 
+    /// A copy of the contents (made while the buffer is alive; prefer this to building an array
+    /// from `pointer`, whose buffer may be released after its last use).
+    var array: [Double] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+
     subscript(i: Int) -> Double {
         get { pointer[i] }
         set { pointer[i] = newValue }

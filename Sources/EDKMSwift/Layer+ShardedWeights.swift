@@ -52,8 +52,7 @@ extension Layer {
                 counts[m] = Double(global.counts[m])
             }
             var initial = centroids?[0] ?? CentroidInitialization.optimal1D(
-                values: Array(UnsafeBufferPointer(start: values.pointer, count: values.count)),
-                counts: Array(UnsafeBufferPointer(start: counts.pointer, count: counts.count)), k: config.k).map { Float($0) }
+                values: values.array, counts: counts.array, k: config.k).map { Float($0) }
             CentroidInitialization.respreadDuplicates(&initial, k: config.k, d: 1)
             let c0 = initial.map { Double($0) }
             let parameters = [EffectiveParameters(config: config, initial: c0, vectors: geometry.count)]
@@ -144,7 +143,7 @@ extension SavedState {
         let changed = weights.map { ContentHash.hash($0, count: count * weightType.byteWidth, pool: pool) != weightsHash } ?? false
         let (local, _) = KeyPasses.scatterGradients(keys, slots: [hist.keys], elementsPerPartition: count, pool: pool,
                                                     grad: grad, gradType: gradType, hashing: false)
-        var buffer = Array(UnsafeBufferPointer(start: local[0].pointer, count: hist.distinctCount)) + [0, 0]
+        var buffer = local[0].array + [0, 0]
         if changed { buffer[hist.distinctCount] = 1 }
         if (0..<hist.distinctCount).contains(where: { !buffer[$0].isFinite }) {
             buffer[hist.distinctCount + 1] = 1

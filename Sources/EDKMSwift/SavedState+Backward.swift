@@ -93,7 +93,6 @@ extension SavedState {
         } else {
             throw missingWeights()
         }
-        _ = keyHolder
         // The keys are the weights themselves: their hash comes out of the scatter pass.
         let keysAreWeights = weightType.is16Bit && weights != nil && UnsafeRawPointer(keys) == weights
         if weightType.is16Bit, let weights, !keysAreWeights {
@@ -121,6 +120,7 @@ extension SavedState {
                 table[Int(slot)] = SIMD2(Float(results[p].last[m]), Float(results[p].r[m]))
             }
         }
+        withExtendedLifetime(keyHolder) {}  // the rounded f32 keys are read until here
     }
 
     private func backwardDense(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,

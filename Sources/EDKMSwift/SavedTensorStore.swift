@@ -1,3 +1,4 @@
+import EDKMSupport
 import Synchronization
 
 /// One tensor kept for a backward: bytes in the offload arena or on the heap, possibly shared
@@ -93,8 +94,10 @@ public final class SavedTensorStore: @unchecked Sendable {
     private func allocate(_ byteCount: Int, inArena: Bool) throws(EDKMError) -> UnsafeMutableRawPointer {
         if inArena { return try arena.allocate(byteCount) }
         let p = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(byteCount, 1), alignment: 64)
+        // Count what the heap really holds (its size class), as the arena's statistics do.
+        let held = UInt64(edkm_heap_usable_size(p))
         state.withLock { s in
-            s.heapBytes += UInt64(byteCount)
+            s.heapBytes += held
             s.heapPeak = Swift.max(s.heapPeak, s.heapBytes)
         }
         return p
@@ -103,7 +106,7 @@ public final class SavedTensorStore: @unchecked Sendable {
     func release(pointer: UnsafeMutableRawPointer, byteCount: Int, key: Key?, inArena: Bool) {
         state.withLock { s in
             if let key, let e = s.entries[key], e.pointer == pointer { s.entries[key] = nil }
-            if !inArena { s.heapBytes -= UInt64(byteCount) }
+            if !inArena { s.heapBytes -= UInt64(edkm_heap_usable_size(pointer)) }
         }
         if inArena { arena.free(pointer, bytes: byteCount) } else { pointer.deallocate() }
     }

@@ -27,6 +27,10 @@ EDKM_HIDDEN int edkm_jem_stats_enabled(void);
 EDKM_HIDDEN void edkm_error_set(const char *message, size_t length);
 EDKM_HIDDEN const char *edkm_error_get(void);
 
+/* --- ordinary heap --- */
+/** The bytes the C heap really holds for a block from malloc/posix_memalign (malloc_usable_size). */
+EDKM_HIDDEN size_t edkm_heap_usable_size(void *ptr);
+
 /* --- processor --- */
 /** Number of processors this process may run on (sched_getaffinity), at least 1. */
 EDKM_HIDDEN int edkm_available_cores(void);
