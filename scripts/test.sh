@@ -10,6 +10,10 @@ echo "== ABI"
 bash scripts/check-abi.sh
 echo "== C examples"
 sh examples/c/build.sh run
+echo "== MPI: 2-process data-parallel trainer with sharded saved state"
+sh examples/c/build-mpi.sh
+echo "== benchmark smoke (small shapes)"
+EDKM_BENCH_SCRATCH=.build bash scripts/bench-smoke.sh
 echo "== Python"
 python3 examples/python/quickstart.py
 EDKM_REQUIRE_LIB=1 python3 -m pytest -q python/tests

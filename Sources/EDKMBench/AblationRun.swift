@@ -83,7 +83,6 @@ func measureSharded(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [Nam
                     forwards: Int, keepGradient: Bool) -> AblationResult {
     let dtype = DecoderLayerData.dtype.c
     let group = InProcessGroup(world: world)
-    var results = [AblationResult](repeating: AblationResult(weights: 0), count: world)
     let slots = UnsafeMutablePointer<AblationResult>.allocate(capacity: world)
     slots.initialize(repeating: AblationResult(weights: 0), count: world)
     defer { slots.deinitialize(count: world); slots.deallocate() }
@@ -134,9 +133,8 @@ func measureSharded(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [Nam
             slots[rank] = r
         }
     }
-    for i in 0..<world { results[i] = slots[i] }
     for i in 1..<world where prints[i] != prints[0] { fail("shard: rank \(i)'s gradient differs from rank 0's") }
-    return results[0]
+    return slots[0]
 }
 
 /// How two bf16 gradients differ: the largest distance in units in the last place (adjacent bf16

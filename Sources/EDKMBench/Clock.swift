@@ -21,10 +21,3 @@ func median(_ xs: [Double]) -> Double {
     let n = s.count
     return n % 2 == 1 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2])
 }
-
-/// Peak resident set size of this process so far, in bytes (getrusage ru_maxrss, KiB on Linux).
-func peakRSS() -> UInt64 {
-    var u = rusage()
-    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
-    return UInt64(u.ru_maxrss) * 1024
-}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# CI-sized smoke run of every benchmark (well under a minute): edkm-bench speed --quick and
+# ablation --quick (small shapes, 1 run; they exit nonzero on any libedkm error, on saved memory
+# not returned, or on sharded ranks that disagree), and the coremltools comparison on a 256x256
+# layer where torch and coremltools are installed (it says "skipped" otherwise).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$(bash scripts/bench-build.sh)
+"$BIN" speed --quick
+"$BIN" ablation --quick
+if [ -e "${EDKM_LIB_PATH:-.build/release/libedkm.so}" ]; then
+  PYTHONPATH=python python3 benchmarks/coremltools_compare.py --sizes 256x256 --edkm-steps 2 --ct-steps 1
+else
+  echo "bench-smoke.sh: no libedkm.so for the Python binding (swift build -c release): coremltools comparison skipped"
+fi
