@@ -85,13 +85,20 @@ public final class SafetensorsWriter {
         // Temporary file next to the output (same file system, so rename is atomic).
         let (dir, base) = SafetensorsWriter.split(path)
         var template = Array("\(dir)/.\(base).tmp-XXXXXX".utf8CString)
+        // Block the interrupting signals from the file's creation to its registration, so that a
+        // signal in between is handled after the handler knows the file (and removes it).
+        var interrupting = sigset_t(), previous = sigset_t()
+        sigemptyset(&interrupting)
+        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&interrupting, sig) }
+        sigprocmask(SIG_BLOCK, &interrupting, &previous)
         let tfd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        if tfd >= 0 { TemporaryFiles.register(String(cString: template)) }
+        sigprocmask(SIG_SETMASK, &previous, nil)
         guard tfd >= 0 else {
             throw SafetensorsError(.io, "cannot create a temporary file in \(dir): \(errnoText())")
         }
         fd = tfd
         tempPath = String(cString: template)
-        TemporaryFiles.register(tempPath)
 
         var lengthField = [UInt8](repeating: 0, count: 8)
         for i in 0..<8 { lengthField[i] = UInt8((UInt64(json.count) >> (8 * UInt64(i))) & 0xff) }
