@@ -125,18 +125,23 @@ class _SavedBox:
 class DKMFunction(torch.autograd.Function):
     """w~ = DKM(w): libedkm's forward, and its backward through every k-means iteration.
 
-    apply(weight, layer): weight a CPU contiguous float32/float16/bfloat16 tensor of layer.shape;
-    returns w~ in the weight's dtype. The centroids get no gradient (DESIGN section 1)."""
+    apply(weight, layer): weight a CPU float32/float16/bfloat16 tensor of layer.shape (contiguous:
+    passed without a copy; otherwise copied once); returns w~ in the weight's dtype, contiguous.
+    The centroids get no gradient (DESIGN section 1)."""
 
     @staticmethod
     def forward(ctx, weight, layer):
-        w, code = tensor_as_numpy(weight, "weight")
-        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if weight.is_contiguous():
+            w_src, ctx.copied = weight, None
+        else:  # e.g. channels_last conv weights: one contiguous copy, kept for the backward
+            w_src = ctx.copied = weight.detach().contiguous()
+        w, code = tensor_as_numpy(w_src, "weight")
+        out = torch.empty_like(w_src, memory_format=torch.contiguous_format)
         out_np, _ = tensor_as_numpy(out, "out")
         _, saved = layer.forward(w, dtype=code, out=out_np)
         ctx.box = _SavedBox(saved)
-        ctx.code = code
-        ctx.save_for_backward(weight)  # no copy: the parameter itself (HISTOGRAM mode re-reads it)
+        if ctx.copied is None:
+            ctx.save_for_backward(weight)  # no copy: the parameter itself (HISTOGRAM mode re-reads it)
         return out
 
     @staticmethod
@@ -146,7 +151,7 @@ class DKMFunction(torch.autograd.Function):
         if box.state is None:
             raise RuntimeError("edkm: a DKM backward ran twice on one forward; the saved state is released "
                                "after the first backward (retain_graph=True is not supported)")
-        (weight,) = ctx.saved_tensors
+        weight = ctx.copied if ctx.copied is not None else ctx.saved_tensors[0]
         w, code = tensor_as_numpy(weight, "weight")
         g = _contiguous(grad_out.to(weight.dtype))
         g_np, _ = tensor_as_numpy(g, "grad_output")
@@ -231,7 +236,7 @@ class DKMWeight(nn.Module):
         self._hard_cache = None
         self._forwards = 0
         if weight is not None:
-            w, code = tensor_as_numpy(weight, "weight")
+            w, code = tensor_as_numpy(_contiguous(weight.detach()), "weight")
             self.layer.init_centroids(w, dtype=code)
             self._pull_centroids()
 
@@ -288,7 +293,7 @@ class DKMWeight(nn.Module):
         if torch.is_grad_enabled() and w.requires_grad:
             out = DKMFunction.apply(w, self.layer)
         else:
-            wn, code = tensor_as_numpy(w, "weight")
+            wn, code = tensor_as_numpy(_contiguous(w.detach()), "weight")
             out = torch.empty_like(w, memory_format=torch.contiguous_format)
             self.layer.forward(wn, dtype=code, save=False, out=tensor_as_numpy(out, "out")[0])
         self._pull_centroids()
