@@ -104,6 +104,9 @@ public func edkm_layer_set_centroids(_ layer: OpaquePointer!, _ centroids: Unsaf
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
         let c = try require(centroids, "centroids")
+        guard count == l.centroidCount else {  // before forming a buffer (count comes from size_t)
+            throw EDKMError(.shape, "expected \(l.centroidCount) centroid values (partitions x k x d), got \(UInt(bitPattern: count))")
+        }
         try l.setCentroids(UnsafeBufferPointer(start: c, count: count))
     }
 }

@@ -171,7 +171,9 @@ public struct EffectiveParameters: Sendable, Equatable {
     }
 
     /// sigma^2 = mean over centroids of the squared distance to the nearest other centroid
-    /// (ignoring coincident ones); the smallest positive normal double when all coincide.
+    /// (ignoring coincident ones). When all centroids coincide (a constant partition) their
+    /// softmax is uniform at any temperature: the scale is then their mean squared norm (still
+    /// scale-equivariant), or 1 when they are all zero.
     public static func centroidScale(_ c: [Double], k: Int, d: Int) -> Double {
         var total = 0.0
         var counted = 0
@@ -187,6 +189,8 @@ public struct EffectiveParameters: Sendable, Equatable {
             }
             if best.isFinite { total += best; counted += 1 }
         }
-        return counted > 0 && total > 0 ? total / Double(counted) : Double.leastNormalMagnitude
+        if counted > 0 && total > 0 { return total / Double(counted) }
+        let norm = c.reduce(0) { $0 + $1 * $1 } / Double(Swift.max(1, k))
+        return norm > 0 && norm.isFinite ? norm : 1
     }
 }

@@ -21,8 +21,9 @@ extension Layer {
         guard outputType == .f32 || outputType == type else {
             throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
         }
-        guard offset >= 0 && count >= 0 && offset + count <= geometry.count else {
-            throw EDKMError(.shape, "slice [\(offset), \(offset + count)) is outside the tensor's \(geometry.count) elements")
+        // (overflow-safe: offset and count come from size_t)
+        guard offset >= 0 && count >= 0 && count <= geometry.count && offset <= geometry.count - count else {
+            throw EDKMError(.shape, "slice at offset \(UInt(bitPattern: offset)) of \(UInt(bitPattern: count)) elements is outside the tensor's \(geometry.count) elements")
         }
         return try exclusive { () throws(EDKMError) -> SavedState? in
             let pool = runtime.pool

@@ -10,52 +10,96 @@ import Synchronization
 /// output slice and reduces the slices in item order, which makes results identical for any thread
 /// count. One job runs at a time; a call made while another job is running (another layer on
 /// another thread) runs its items on the calling thread alone, which gives the same results.
+///
+/// The workers hold only the pool's shared state, never the pool itself, so releasing the pool
+/// (with its runtime) stops and joins them.
 public final class ThreadPool: @unchecked Sendable {
     /// Threads taking part in a job, the caller included.
     public let threadCount: Int
 
+    private let state: State
     private var threads: [pthread_t] = []
-    // Heap-allocated so their addresses are stable (pthread objects must not move).
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let done = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var generation: UInt64 = 0
-    private var finishedWorkers = 0
-    private var shutdown = false
-    private var job: ((Int) -> Void)?
-    private var jobCount = 0
-    private let nextItem = Atomic<Int>(0)
     private let busy = Atomic<Bool>(false)
+
+    /// What the workers share with the pool; heap-allocated pthread objects so addresses are stable.
+    private final class State: @unchecked Sendable {
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        let done = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        var generation: UInt64 = 0
+        var finishedWorkers = 0
+        var workers = 0
+        var shutdown = false
+        var job: ((Int) -> Void)?
+        var jobCount = 0
+        let nextItem = Atomic<Int>(0)
+
+        init() {
+            pthread_mutex_init(mutex, nil)
+            pthread_cond_init(wake, nil)
+            pthread_cond_init(done, nil)
+        }
+
+        deinit {
+            pthread_cond_destroy(wake)
+            pthread_cond_destroy(done)
+            pthread_mutex_destroy(mutex)
+            mutex.deallocate()
+            wake.deallocate()
+            done.deallocate()
+        }
+
+        func runItems(_ body: (Int) -> Void, count: Int) {
+            while true {
+                let i = nextItem.wrappingAdd(1, ordering: .relaxed).oldValue
+                if i >= count { break }
+                body(i)
+            }
+        }
+
+        func workerLoop() {
+            var seen: UInt64 = 0
+            pthread_mutex_lock(mutex)
+            while true {
+                while generation == seen && !shutdown { pthread_cond_wait(wake, mutex) }
+                if shutdown { break }
+                seen = generation
+                let body = job
+                let count = jobCount
+                pthread_mutex_unlock(mutex)
+                if let body { runItems(body, count: count) }
+                pthread_mutex_lock(mutex)
+                finishedWorkers += 1
+                if finishedWorkers == workers { pthread_cond_signal(done) }
+            }
+            pthread_mutex_unlock(mutex)
+        }
+    }
 
     /// - Parameter threads: total threads including the caller; 0 = the cores this process may use.
     public init(threads: Int) {
         threadCount = max(1, threads == 0 ? Int(edkm_available_cores()) : threads)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(wake, nil)
-        pthread_cond_init(done, nil)
+        state = State()
         for _ in 1..<max(1, threadCount) {
             var tid = pthread_t()
-            let context = Unmanaged.passUnretained(self).toOpaque()
+            let context = Unmanaged.passRetained(state).toOpaque()  // released when the worker exits
             let rc = pthread_create(&tid, nil, { raw in
-                Unmanaged<ThreadPool>.fromOpaque(raw!).takeUnretainedValue().workerLoop()
+                let shared = Unmanaged<State>.fromOpaque(raw!)
+                shared.takeUnretainedValue().workerLoop()
+                shared.release()
                 return nil
             }, context)
-            if rc == 0 { self.threads.append(tid) }
+            if rc == 0 { self.threads.append(tid) } else { Unmanaged<State>.fromOpaque(context).release() }
         }
+        state.workers = self.threads.count
     }
 
     deinit {
-        pthread_mutex_lock(mutex)
-        shutdown = true
-        pthread_cond_broadcast(wake)
-        pthread_mutex_unlock(mutex)
+        pthread_mutex_lock(state.mutex)
+        state.shutdown = true
+        pthread_cond_broadcast(state.wake)
+        pthread_mutex_unlock(state.mutex)
         for t in threads { pthread_join(t, nil) }
-        pthread_cond_destroy(wake)
-        pthread_cond_destroy(done)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        wake.deallocate()
-        done.deallocate()
     }
 
     /// Runs body(i) for i in 0..<count, in parallel; returns when every item has run.
@@ -65,47 +109,22 @@ public final class ThreadPool: @unchecked Sendable {
             for i in 0..<count { body(i) }
             return
         }
+        let s = state
         withoutActuallyEscaping(body) { escapable in
-            pthread_mutex_lock(mutex)
-            job = escapable
-            jobCount = count
-            nextItem.store(0, ordering: .relaxed)
-            finishedWorkers = 0
-            generation &+= 1
-            pthread_cond_broadcast(wake)
-            pthread_mutex_unlock(mutex)
-            runItems(escapable, count: count)
-            pthread_mutex_lock(mutex)
-            while finishedWorkers < threads.count { pthread_cond_wait(done, mutex) }
-            job = nil
-            pthread_mutex_unlock(mutex)
+            pthread_mutex_lock(s.mutex)
+            s.job = escapable
+            s.jobCount = count
+            s.nextItem.store(0, ordering: .relaxed)
+            s.finishedWorkers = 0
+            s.generation &+= 1
+            pthread_cond_broadcast(s.wake)
+            pthread_mutex_unlock(s.mutex)
+            s.runItems(escapable, count: count)
+            pthread_mutex_lock(s.mutex)
+            while s.finishedWorkers < s.workers { pthread_cond_wait(s.done, s.mutex) }
+            s.job = nil
+            pthread_mutex_unlock(s.mutex)
         }
         busy.store(false, ordering: .releasing)
-    }
-
-    private func runItems(_ body: (Int) -> Void, count: Int) {
-        while true {
-            let i = nextItem.wrappingAdd(1, ordering: .relaxed).oldValue
-            if i >= count { break }
-            body(i)
-        }
-    }
-
-    private func workerLoop() {
-        var seen: UInt64 = 0
-        pthread_mutex_lock(mutex)
-        while true {
-            while generation == seen && !shutdown { pthread_cond_wait(wake, mutex) }
-            if shutdown { break }
-            seen = generation
-            let body = job
-            let count = jobCount
-            pthread_mutex_unlock(mutex)
-            if let body { runItems(body, count: count) }
-            pthread_mutex_lock(mutex)
-            finishedWorkers += 1
-            if finishedWorkers == threads.count { pthread_cond_signal(done) }
-        }
-        pthread_mutex_unlock(mutex)
     }
 }

@@ -85,3 +85,61 @@ import Testing
         #expect(free.stats.effective_tau > 0.05 * 1e-5 && free.stats.effective_tau < 0.05 * 1e-3)
     }
 }
+
+/// Regressions found by the ABI fuzz driver.
+@Suite struct FuzzRegressionTests {
+    /// A constant tensor in the scale-free mode: all centroids coincide, the scale falls back to
+    /// their squared norm, and outputs and gradients are finite (were NaN).
+    @Test func scaleFreeConstantTensorIsFinite() {
+        let rt = makeRuntime()
+        var cfg = layerConfig(bits: 2, tau: 0.05)
+        cfg.temperature_mode = Int32(EDKM_TEMPERATURE_SCALE_FREE.rawValue)
+        let l = makeLayer(rt, [8, 8], cfg)
+        let w = [UInt16](repeating: Float16(0.3).bitPattern, count: 64)
+        let s = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: 64, grad: [Float](repeating: 1, count: 64))
+        #expect(s?.output.allSatisfy { abs($0 - 0.3) < 1e-3 } == true)
+        #expect(s?.gradient.allSatisfy { $0.isFinite } == true)
+        edkm_layer_destroy(l)
+        edkm_runtime_destroy(rt)
+    }
+
+    /// Destroying a runtime stops its worker threads (they were never joined).
+    @Test func destroyedRuntimesLeaveNoThreads() {
+        func threads() -> Int { (try? FileManagerFree.count("/proc/self/task")) ?? -1 }
+        let before = threads()
+        for _ in 0..<40 {
+            let rt = makeRuntime(threads: 3)
+            edkm_runtime_destroy(rt)
+        }
+        #expect(threads() <= before + 2, "threads before \(before), after \(threads())")
+    }
+
+    /// Sizes beyond Int64.max (size_t from C) are errors, not traps.
+    @Test func hugeCountsAreErrors() {
+        let rt = makeRuntime()
+        let l = makeLayer(rt, [8, 8], layerConfig(bits: 2))
+        let c = [Float](repeating: 0, count: 4)
+        #expect(edkm_layer_set_centroids(l, c, Int(bitPattern: UInt(1) << 63)) == EDKM_ERR_SHAPE)
+        var out = [Float](repeating: 0, count: 64)
+        let w = [UInt16](repeating: 0x3c00, count: 64)
+        var state: OpaquePointer? = nil
+        #expect(edkm_layer_forward_shard(l, w, EDKM_DTYPE_F16, Int(bitPattern: UInt(1) << 62), Int(bitPattern: UInt(1) << 62) + 5,
+                                         &out, EDKM_DTYPE_F32, &state) == EDKM_ERR_SHAPE)
+        edkm_layer_destroy(l)
+        edkm_runtime_destroy(rt)
+    }
+}
+
+/// Counting directory entries without Foundation.
+enum FileManagerFree {
+    static func count(_ path: String) throws -> Int {
+        guard let d = opendir(path) else { return -1 }
+        defer { closedir(d) }
+        var n = 0
+        while let e = readdir(d) {
+            let first = withUnsafeBytes(of: e.pointee.d_name) { $0.first ?? 0 }
+            if first != UInt8(ascii: ".") { n += 1 }
+        }
+        return n
+    }
+}
