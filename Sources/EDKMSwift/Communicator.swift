@@ -1,3 +1,5 @@
+import Glibc
+
 /// The collective operations of a data-parallel trainer, lent to the library (which has no
 /// network code). Every rank makes the same sequence of calls.
 public protocol Communicator: AnyObject {
@@ -19,4 +21,36 @@ public final class SingleProcessCommunicator: Communicator {
         receive.copyMemory(from: send)
     }
     public func allReduceSum(_ data: UnsafeMutableBufferPointer<Double>) throws(EDKMError) {}
+}
+
+/// Serialises a communicator's calls (the C ABI promises callbacks never run concurrently for one
+/// runtime, even when several layers of it run on different threads).
+final class SerializedCommunicator: Communicator, @unchecked Sendable {
+    private let inner: Communicator
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(_ inner: Communicator) {
+        self.inner = inner
+        pthread_mutex_init(lock, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
+
+    var rank: Int { inner.rank }
+    var worldSize: Int { inner.worldSize }
+
+    func allGather(_ send: UnsafeRawBufferPointer, into receive: UnsafeMutableRawBufferPointer) throws(EDKMError) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        try inner.allGather(send, into: receive)
+    }
+
+    func allReduceSum(_ data: UnsafeMutableBufferPointer<Double>) throws(EDKMError) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        try inner.allReduceSum(data)
+    }
 }

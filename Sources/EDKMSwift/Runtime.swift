@@ -31,7 +31,7 @@ public final class Runtime: @unchecked Sendable {
         arena = try OffloadArena(budget: options.budget)
         store = SavedTensorStore(arena: arena)
         pool = ThreadPool(threads: options.threads)
-        self.communicator = communicator ?? SingleProcessCommunicator()
+        self.communicator = SerializedCommunicator(communicator ?? SingleProcessCommunicator())
     }
 
     func savedStateCreated() { counters.withLock { $0.liveSavedStates += 1 } }
