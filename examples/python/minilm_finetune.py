@@ -446,7 +446,8 @@ def run_method(job):
         student = model
     elif job["method"] in ("ptq", "edkm"):
         runtime = edkm.Runtime(num_threads=job["threads"])
-        et.palettize(model, bits=bits, tau=tau, modules=names, runtime=runtime, f32_key_dtype="f16")
+        et.palettize(model, bits=bits, tau=tau, modules=names, runtime=runtime, f32_key_dtype="f16",
+                     temperature_mode=job.get("temperature_mode", "absolute"))
         student = model
     elif job["method"] == "coremltools":
         import coremltools.optimize.torch.palettization as P
@@ -564,6 +565,9 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     ap.add_argument("--tau", type=float, default=1e-5, help="DKM temperature, absolute (default 1e-5; library default 1e-4)")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    ap.add_argument("--temperature-mode", choices=["absolute", "scale_free"], default="absolute",
+                    help="libedkm's temperature mode: absolute (tau in squared weight units, coremltools) or "
+                         "scale_free (tau times each tensor's squared centroid spacing)")
     ap.add_argument("--coremltools", action="store_true",
                     help="also run coremltools' DKMPalettizer on the same task (slow: about a minute per step on 2 cores)")
     ap.add_argument("--float-baseline", action="store_true", help="also time the same fine-tune without compression")
@@ -604,7 +608,7 @@ def main():
     del model
 
     base = dict(model_dir=str(mdir), train_tok=train_tok, held_tok=held_tok, teacher_train=teacher_train,
-                teacher_held=teacher_held, steps=args.steps, batch=args.batch, lr=args.lr, tau=args.tau,
+                teacher_held=teacher_held, steps=args.steps, batch=args.batch, lr=args.lr, tau=args.tau, temperature_mode=args.temperature_mode,
                 threads=args.threads, log_every=args.log_every, coreml=args.coreml)
     jobs = []
     if args.float_baseline:
