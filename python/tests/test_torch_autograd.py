@@ -17,6 +17,15 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is faster than several, and steadier on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def dkm_reference(x, c0, tau, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4):
     """DESIGN 1: w~ = A^{T-1} c^T, differentiable in x ((n, d) float64); c0 (k, d) is a constant."""
     c = c0

@@ -12,6 +12,15 @@ from safetensors import safe_open  # noqa: E402
 from torch import nn  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is faster than several, and steadier on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def model(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     return nn.ModuleDict({
@@ -63,11 +72,11 @@ def test_round_trip_exact(tmp_path, dtype):
     assert "fc1.weight" not in keys and "fc1.bias" in keys and "norm.weight" in keys
     assert not any("_COREML_" in k or "parametrizations" in k for k in keys)
 
-    state = load_state = et.load_safetensors(path)
+    state = et.load_safetensors(path)
     for name, t in m.state_dict().items():
         if "_COREML_" in name:
             continue
-        assert load_state[name].dtype == t.dtype
+        assert state[name].dtype == t.dtype
         assert torch.equal(state[name], t), name  # bit-exact
     # the file written before finalize has the same palettization
     b = et.load_safetensors(tmp_path / "before.safetensors", palettized_only=True)
