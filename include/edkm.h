@@ -39,8 +39,10 @@
  * fields at the end); nothing is renumbered, removed or reordered. Config and stats structs begin
  * with struct_size (the sizeof the caller compiled against): the library reads or writes only the
  * fields that size covers and gives fields beyond it their defaults, so a program built against an
- * older minor version keeps working. A struct_size of 0, or larger than this library knows, is
- * rejected with EDKM_ERR_STRUCT_SIZE. A new major version may change anything.
+ * older minor version keeps working. struct_size must end on a field boundary (the offset of one of
+ * the struct's fields after struct_size, or its full size); any other value (0 to 3, one that ends
+ * inside a field, or one larger than this library knows) is rejected with EDKM_ERR_STRUCT_SIZE and
+ * nothing is read or written. A new major version may change anything.
  */
 #ifndef EDKM_H
 #define EDKM_H
@@ -90,7 +92,7 @@ typedef enum edkm_status {
     EDKM_ERR_WEIGHTS_CHANGED = 10,  /**< backward got weights that differ from the forward's */
     EDKM_ERR_COMMUNICATOR = 11,     /**< a communicator callback returned nonzero */
     EDKM_ERR_BUSY = 12,             /**< the handle is in use by another thread */
-    EDKM_ERR_STRUCT_SIZE = 13,      /**< struct_size is 0 or larger than this library knows */
+    EDKM_ERR_STRUCT_SIZE = 13,      /**< struct_size does not end on a field boundary this library knows */
     EDKM_ERR_ALLOCATOR = 14,        /**< jemalloc could not create or use the offload arena */
     EDKM_ERR_INTERNAL = 99          /**< a bug in libedkm; please report it */
 } edkm_status;
@@ -223,7 +225,8 @@ typedef enum edkm_init {
     EDKM_INIT_AUTO = 0,         /**< OPTIMAL_1D for cluster_dim 1, KMEANS_PP otherwise */
     EDKM_INIT_OPTIMAL_1D = 1,   /**< exact minimum-SSE 1-D k-means on the value histogram (f32
                                      partitions over 65,536 weights: on the values rounded to
-                                     f32_key_dtype, else f16 when they fit its range, else bf16) */
+                                     f32_key_dtype, else f16 when they fit its range, else bf16;
+                                     bf16 also when an f16 key would overflow) */
     EDKM_INIT_KMEANS_PP = 2     /**< seeded k-means++ followed by Lloyd iterations */
 } edkm_init;
 
@@ -238,12 +241,14 @@ typedef enum edkm_algorithm {
 typedef enum edkm_temperature_mode {
     /** Absolute values, compared with squared weight distances (coremltools' semantics). */
     EDKM_TEMPERATURE_ABSOLUTE = 0,
-    /** Dimensionless multiples of each partition's centroid scale sigma^2 = mean over centroids of
-     *  the squared distance to the nearest other centroid, taken on the forward's initial
-     *  centroids: tau_eff = tau sigma^2, prune_eff = prune_threshold sigma^2, epsilon_eff =
-     *  epsilon sigma^2 n (n = the partition's vectors). Multiplying the weights by a constant
-     *  then changes nothing but the scale of the results. The initial centroids are a constant of
-     *  the graph, so the backward stays exact. */
+    /** Dimensionless multiples of each partition's distortion sigma^2 = (1/n) sum_i min_j
+     *  ||w_i - c0_j||^2, the mean squared distance of its n weight vectors to the nearest of the
+     *  forward's initial centroids c0 (post-training k-means' own error, recomputed at every
+     *  forward as the centroids move): tau_eff = tau sigma^2, prune_eff = prune_threshold sigma^2,
+     *  epsilon_eff = epsilon sigma^2 n. When every weight sits on a centroid (sigma^2 = 0) sigma^2
+     *  is the mean squared spacing of the centroids instead. Multiplying the weights by a constant
+     *  changes nothing but the scale of the results. sigma^2 is a constant of the graph (no
+     *  gradient), so the backward stays exact. Measured default factor: see README. */
     EDKM_TEMPERATURE_SCALE_FREE = 1
 } edkm_temperature_mode;
 
@@ -319,7 +324,9 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * memory and traffic do not grow with N: (65,537 + U + 2) x 8 bytes per forward+backward.
  * Requires per-tensor granularity, cluster_dim 1 and 16-bit keys. A rank whose slice holds NaN/Inf
  * makes every rank fail with EDKM_ERR_NON_FINITE. The saved state's backward takes this rank's
- * slice of grad_output, grad_input and weights (count elements).
+ * slice of grad_output, grad_input and weights (count elements); such a state keeps only the
+ * histogram whatever the saved_mode, so its backward needs the weights unless keep_weights was
+ * set (NULL weights give EDKM_ERR_STATE).
  */
 EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                               size_t offset, size_t count, void *out, edkm_dtype out_dtype,
@@ -350,8 +357,8 @@ EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_st
  * Backward: given grad_output = dL/dw~ (count elements of grad_dtype) writes grad_input = dL/dw
  * (count elements of grad_dtype) through every DKM iteration (no gradient to the initial
  * centroids). weights: the weights given to the forward (same dtype), needed in
- * EDKM_SAVED_HISTOGRAM mode unless keep_weights was set (then, and in every other mode, it may be
- * NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
+ * EDKM_SAVED_HISTOGRAM mode (and for a state of edkm_layer_forward_shard in every mode) unless
+ * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
  * weights that differ from the forward's give EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
  * Its memory is released by edkm_saved_state_destroy (not by backward).
  */

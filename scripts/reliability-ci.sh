@@ -5,9 +5,11 @@
 #   3. the leak soak: 10,000 forward/backward cycles with dedup and sharding (SOAK_CYCLES)
 #   4. the budget program (BUDGET_ROUNDS rounds)
 #   5. the concurrency contract (pthreads)
-#   6. runtime create/destroy churn (known failures K5/K8: reported as XFAIL unless strict)
-#   7. valgrind memcheck on the C examples (header_check, and mlp_trainer with a short schedule)
-#   8. optionally (RELIABILITY_SWIFT_SANITIZERS=1) `swift test` under ASan and TSan: see
+#   6. runtime create/destroy churn (no thread and no memory outlives a runtime)
+#   7. the reproductions of every bug this work found (known_bugs: all must stay fixed)
+#   8. valgrind memcheck on the C examples (header_check, and mlp_trainer with a short schedule:
+#      4 float epochs, 1 fine-tuning epoch, 3 bits; fewer float epochs fail its own accuracy check)
+#   9. optionally (RELIABILITY_SWIFT_SANITIZERS=1) `swift test` under ASan and TSan: see
 #      scripts/reliability-sanitizers.sh, which does the full sanitizer matrix.
 #
 # Environment:
@@ -15,9 +17,7 @@
 #                    `swift build -c release --product edkm` if missing)
 #   FUZZ_SECONDS (90)  FUZZ_SEED (default: a new seed per run, printed)  SOAK_CYCLES (10000)
 #   BUDGET_ROUNDS (100)  CHURN_CYCLES (500)
-#   RELIABILITY_STRICT=1   known library bugs (tests/reliability/README.md) fail the run: the fuzz
-#                          driver runs with --hit-known, concurrency and churn are not XFAIL
-#   RELIABILITY_SKIP_VALGRIND=1   skip step 7
+#   RELIABILITY_SKIP_VALGRIND=1   skip step 8
 # Exit status: nonzero if any step failed. Prints a timing table at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,6 @@ export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}   # crashes print our repro
 LIB_DIR=${EDKM_LIB_DIR:-.build/release}
 case $LIB_DIR in /*) LIB_ABS=$LIB_DIR ;; *) LIB_ABS=$ROOT/$LIB_DIR ;; esac
 BIN=$ROOT/.build-reliability/bin
-STRICT=${RELIABILITY_STRICT:-0}
 CC=${CC:-cc}
 mkdir -p "$BIN"
 
@@ -41,20 +40,6 @@ step() {  # step NAME command...: runs it, records PASS/FAIL and seconds
     if "$@"; then RESULTS+=("PASS"); else RESULTS+=("FAIL"); FAILED=1; fi
     NAMES+=("$name"); TIMES+=($((SECONDS - t0)))
 }
-xfail_step() {  # like step, but a failure is expected (known bug) unless RELIABILITY_STRICT=1
-    local name=$1; shift
-    local t0=$SECONDS
-    echo
-    echo "== $name"
-    echo "+ $*"
-    if "$@"; then
-        RESULTS+=("PASS"); [ "$STRICT" = 1 ] || echo "XPASS: a known bug seems fixed; make this step strict"
-    elif [ "$STRICT" = 1 ]; then RESULTS+=("FAIL"); FAILED=1
-    else RESULTS+=("XFAIL"); echo "XFAIL: known library bug (tests/reliability/README.md); RELIABILITY_STRICT=1 makes it fail"
-    fi
-    NAMES+=("$name"); TIMES+=($((SECONDS - t0)))
-}
-
 # 0. the library
 if [ ! -e "$LIB_DIR/libedkm.so" ]; then
     step "build libedkm (release)" swift build -c release --product edkm
@@ -70,6 +55,7 @@ build_c() {
         "$CC" "${flags[@]}" "tests/reliability/$p.c" "${link[@]}" -o "$BIN/$p"
     done
     "$CC" "${flags[@]}" -pthread tests/reliability/concurrency.c "${link[@]}" -o "$BIN/concurrency"
+    "$CC" "${flags[@]}" -pthread tests/reliability/known_bugs.c "${link[@]}" -o "$BIN/known_bugs"
     "$CC" -std=c99 -O2 -g -Wall -Wextra -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer"
     gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include examples/c/header_check.c -L "$LIB_DIR" -ledkm \
         "-Wl,-rpath,$LIB_ABS" -o "$BIN/header_check"
@@ -80,7 +66,7 @@ step "build C programs" build_c
 # 2. fuzz
 SEED=${FUZZ_SEED:-$(( (RANDOM << 16) ^ RANDOM ^ $$ ))}
 FUZZ_ARGS=(--seed "$SEED" --seconds "${FUZZ_SECONDS:-90}")
-[ "$STRICT" = 1 ] && FUZZ_ARGS+=(--hit-known)
+FUZZ_ARGS+=(--hit-known)   # generate the inputs of the fixed bugs K6, K9, K10 too
 step "fuzz C ABI (seed $SEED, ${FUZZ_SECONDS:-90} s)" "$BIN/fuzz_abi" "${FUZZ_ARGS[@]}"
 
 # 3. soak
@@ -89,18 +75,17 @@ step "soak (${SOAK_CYCLES:-10000} cycles)" "$BIN/soak" --cycles "${SOAK_CYCLES:-
 # 4. budget
 step "budget (${BUDGET_ROUNDS:-100} rounds)" "$BIN/budget" --rounds "${BUDGET_ROUNDS:-100}"
 
-# 5. concurrency: strict runs include forward_shard (K4: its backward reads freed memory in release
-#    builds, so its gradients may differ run to run) and fail on concurrent communicator callbacks (K7)
-if [ "$STRICT" = 1 ]; then
-    step "concurrency" "$BIN/concurrency"
-else
-    step "concurrency (--tolerate-known: K4, K7)" "$BIN/concurrency" --tolerate-known
-fi
+# 5. concurrency (K4 and K7, fixed, are checked here: timing-dependent forward_shard gradients and
+#    concurrent communicator callbacks)
+step "concurrency" "$BIN/concurrency"
 
-# 6. churn (K5: worker threads leak; K8: ~4 KiB RSS per used arena)
-xfail_step "runtime churn (${CHURN_CYCLES:-500} runtimes)" "$BIN/churn" --cycles "${CHURN_CYCLES:-500}"
+# 6. churn (K5: worker threads leaked; K8: ~4 KiB RSS per used arena, jemalloc retain; both fixed)
+step "runtime churn (${CHURN_CYCLES:-500} runtimes)" "$BIN/churn" --cycles "${CHURN_CYCLES:-500}"
 
-# 7. valgrind on the C examples (debug info stripped: valgrind 3.19 cannot read the Swift-built
+# 7. every bug reproduction (exit status = the number present)
+step "known bugs stay fixed" "$BIN/known_bugs"
+
+# 8. valgrind on the C examples (debug info stripped: valgrind 3.19 cannot read the Swift-built
 #    library's DWARF, "debuginfo reader: ensure_valid failed")
 if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
     if command -v valgrind >/dev/null 2>&1; then
@@ -118,13 +103,13 @@ if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
             --suppressions=tests/reliability/valgrind.supp --max-threads=3000)
         step "valgrind: prepare (strip -g copy)" prepare_vg
         step "valgrind: header_check" "${VG[@]}" "$BIN/header_check_vg"
-        step "valgrind: mlp_trainer (short schedule)" "${VG[@]}" "$BIN/mlp_trainer_vg" --epochs 1 --ft-epochs 1 --bits 3
+        step "valgrind: mlp_trainer (short schedule)" "${VG[@]}" "$BIN/mlp_trainer_vg" --epochs 4 --ft-epochs 1 --bits 3
     else
         echo "valgrind not installed: skipped (apt-get install valgrind)"
     fi
 fi
 
-# 8. optional: swift test under ASan / TSan (several minutes each on 2 cores)
+# 9. optional: swift test under ASan / TSan (several minutes each on 2 cores)
 if [ "${RELIABILITY_SWIFT_SANITIZERS:-0}" = 1 ]; then
     step "swift test --sanitize=address" bash scripts/reliability-sanitizers.sh asan
     step "swift test --sanitize=thread" bash scripts/reliability-sanitizers.sh tsan

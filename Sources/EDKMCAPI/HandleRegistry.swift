@@ -6,43 +6,55 @@ import Synchronization
 /// The kinds of opaque handle the C ABI hands out.
 enum HandleKind: UInt8 { case runtime, layer, savedState }
 
-/// The live handles: every handle is checked here before it is dereferenced, so a destroyed,
-/// foreign or wrong-kind handle gives EDKM_ERR_INVALID_HANDLE instead of a crash.
+/// The live handles. A handle is not an object address but a token from a 64-bit counter that is
+/// never reused, mapped here to its object: a destroyed, foreign or wrong-kind handle gives
+/// EDKM_ERR_INVALID_HANDLE instead of a crash, and a stale handle can never reach an object created
+/// later at the same address. Tokens are multiples of 16 from 2^16 up (pointer-like, never NULL).
 enum HandleRegistry {
-    private static let live = Mutex<[UInt: HandleKind]>([:])
+    private struct Entry {
+        let kind: HandleKind
+        let object: AnyObject
+    }
+    private struct Table {
+        var lastToken: UInt = 0xFFF0
+        var live: [UInt: Entry] = [:]
+    }
+    private static let table = Mutex(Table())
 
+    /// A new handle for `object` (the registry keeps it alive until `release`).
     static func register(_ object: AnyObject, _ kind: HandleKind) -> OpaquePointer {
-        let raw = Unmanaged.passRetained(object).toOpaque()
-        live.withLock { $0[UInt(bitPattern: raw)] = kind }
-        return OpaquePointer(raw)
+        let token = table.withLock { t -> UInt in
+            t.lastToken += 16  // 2^60 handles before this could overflow (and trap)
+            t.live[t.lastToken] = Entry(kind: kind, object: object)
+            return t.lastToken
+        }
+        return OpaquePointer(bitPattern: token)!
     }
 
-    /// The object behind a live handle of `kind` (retained for the caller's use).
+    /// The object behind a live handle of `kind` (a strong reference: a concurrent destroy of the
+    /// handle cannot free it while the caller uses it).
     static func object<T: AnyObject>(_ handle: OpaquePointer?, _ kind: HandleKind, as: T.Type, name: String) throws(EDKMError) -> T {
         guard let handle else { throw EDKMError(.nullPointer, "\(name) is NULL") }
-        let key = UInt(bitPattern: UnsafeRawPointer(handle))
-        let object: T? = live.withLock { map in
-            guard map[key] == kind else { return nil }
-            return Unmanaged<T>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
-        }
-        guard let object else {
+        let token = UInt(bitPattern: UnsafeRawPointer(handle))
+        let entry = table.withLock { $0.live[token] }
+        guard let entry, entry.kind == kind, let object = entry.object as? T else {
             throw EDKMError(.invalidHandle, "\(name) is not a live \(kind) handle (destroyed, never created, or another kind)")
         }
         return object
     }
 
-    /// Releases a live handle of `kind`; NULL and unknown handles are ignored (returns false).
+    /// Releases a live handle of `kind`; NULL and unknown handles are ignored (returns false). The
+    /// object is freed here, outside the registry's lock, unless a running call still holds it.
     @discardableResult
     static func release(_ handle: OpaquePointer?, _ kind: HandleKind) -> Bool {
         guard let handle else { return false }
-        let key = UInt(bitPattern: UnsafeRawPointer(handle))
-        let removed = live.withLock { map -> Bool in
-            guard map[key] == kind else { return false }
-            map[key] = nil
-            return true
+        let token = UInt(bitPattern: UnsafeRawPointer(handle))
+        let removed: Entry? = table.withLock { t in
+            guard let entry = t.live[token], entry.kind == kind else { return nil }
+            t.live[token] = nil
+            return entry
         }
-        if removed { Unmanaged<AnyObject>.fromOpaque(UnsafeRawPointer(handle)).release() }
-        return removed
+        return removed != nil
     }
 }
 
@@ -78,28 +90,4 @@ func elementType(_ raw: edkm_dtype, _ name: String) throws(EDKMError) -> Element
         throw EDKMError(.dtype, "\(name) \(Int32(bitPattern: raw.rawValue)) is not an edkm_dtype (0 = F32, 1 = F16, 2 = BF16)")
     }
     return t
-}
-
-/// Reads a caller's struct whose first field is its uint32_t struct_size: the bytes it covers
-/// over `defaults`. Rejects 0 and sizes beyond this library's struct.
-func readSized<T>(_ pointer: UnsafePointer<T>, defaults: T, name: String) throws(EDKMError) -> T {
-    let size = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    guard size >= 4 && size <= MemoryLayout<T>.size else {
-        throw EDKMError(.structSize, "\(name).struct_size is \(size); this library knows sizes 4...\(MemoryLayout<T>.size) (did you call the *_init function?)")
-    }
-    var value = defaults
-    withUnsafeMutableBytes(of: &value) { $0.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: size)) }
-    return value
-}
-
-/// Writes `value` into a caller's sized struct: only the bytes its struct_size covers.
-func writeSized<T>(_ value: T, to pointer: UnsafeMutablePointer<T>, name: String) throws(EDKMError) {
-    let size = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    guard size >= 4 && size <= MemoryLayout<T>.size else {
-        throw EDKMError(.structSize, "\(name).struct_size is \(size); this library knows sizes 4...\(MemoryLayout<T>.size)")
-    }
-    var v = value
-    withUnsafeBytes(of: &v) { src in
-        UnsafeMutableRawPointer(pointer).advanced(by: 4).copyMemory(from: src.baseAddress! + 4, byteCount: size - 4)
-    }
 }

@@ -8,6 +8,13 @@
 #include <stdio.h>
 #include "edkm_support.h"
 
+/* This jemalloc serves only the offload arenas, which runtimes create and destroy. Its default
+ * opt.retain keeps a destroyed arena's address space mapped (about 4 KiB of RSS per used arena
+ * that never comes back), so long-lived processes that create runtimes repeatedly would grow.
+ * retain:false returns it to the system when the arena is destroyed. (JE_MALLOC_CONF still
+ * overrides this for debugging.) */
+const char *je_malloc_conf = "retain:false";
+
 static int flags_for(unsigned index) {
     return MALLOCX_ARENA(index) | MALLOCX_TCACHE_NONE | MALLOCX_ALIGN(64);
 }

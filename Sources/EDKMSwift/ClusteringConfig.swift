@@ -49,11 +49,12 @@ public struct ClusteringConfig: Sendable, Equatable {
     public enum TemperatureMode: Int32, Sendable {
         /// tau, prune_threshold and epsilon are absolute (coremltools' semantics).
         case absolute = 0
-        /// tau, prune_threshold and epsilon are multiples of the partition's centroid scale
-        /// sigma^2 = mean_j min_{l != j} ||c0_j - c0_l||^2 (the squared spacing of the forward's
-        /// initial centroids; epsilon also times the partition's weight count), so multiplying the
-        /// weights by any constant changes nothing but the scale of the results. c0 is a constant
-        /// of the graph (no gradient), so the backward stays exact.
+        /// tau, prune_threshold and epsilon are multiples of the partition's distortion
+        /// sigma^2 = (1/n) sum_i min_j ||w_i - c0_j||^2 (the mean squared distance of its n weight
+        /// vectors to the nearest of the forward's initial centroids c0: post-training k-means' own
+        /// error; epsilon also times n), so multiplying the weights by any constant changes nothing
+        /// but the scale of the results. sigma^2 is a constant of the graph (no gradient), so the
+        /// backward stays exact.
         case scaleFree = 1
     }
 
@@ -155,22 +156,29 @@ public struct EffectiveParameters: Sendable, Equatable {
         self.epsilon = epsilon
     }
 
-    /// For initial centroids c0 (k x d) of a partition of `vectors` vectors.
-    public init(config: ClusteringConfig, initial c0: [Double], vectors: Int) {
+    /// For a partition of `vectors` weight vectors at mean squared distance `distortion` from
+    /// their nearest initial centroid (c0, k x d; the distortion is read in the scale-free mode only).
+    public init(config: ClusteringConfig, initial c0: [Double], distortion: Double, vectors: Int) {
         switch config.temperatureMode {
         case .absolute:
             tau = config.tau
             prune = config.pruneThreshold
             epsilon = config.epsilon
         case .scaleFree:
-            let scale = EffectiveParameters.centroidScale(c0, k: config.k, d: config.clusterDim)
+            let scale = EffectiveParameters.temperatureScale(distortion: distortion, initial: c0, k: config.k, d: config.clusterDim)
             tau = config.tau * scale
             prune = config.pruneThreshold * scale
             epsilon = config.epsilon * scale * Double(vectors)
         }
     }
 
-    /// sigma^2 = mean over centroids of the squared distance to the nearest other centroid
+    /// The scale-free mode's sigma^2: the distortion when it is positive and finite; when every
+    /// weight sits on a centroid (at most k distinct values) the centroids' own scale.
+    public static func temperatureScale(distortion: Double, initial c0: [Double], k: Int, d: Int) -> Double {
+        distortion > 0 && distortion.isFinite ? distortion : centroidScale(c0, k: k, d: d)
+    }
+
+    /// The mean over centroids of the squared distance to the nearest other centroid
     /// (ignoring coincident ones). When all centroids coincide (a constant partition) their
     /// softmax is uniform at any temperature: the scale is then their mean squared norm (still
     /// scale-equivariant), or 1 when they are all zero.

@@ -134,6 +134,67 @@ struct DKMEngine {
         return traces
     }
 
+    /// Per partition p: sum over rows m of n_m min_j ||v_m - c_j||^2 (no prune bias) for the
+    /// centroids c[p] (k x d): the hard k-means inertia. Blocked like `iterate`, so the result
+    /// does not depend on the thread count. O(rows log k) for d = 1, O(rows k d) otherwise.
+    func inertia(_ rows: [any RowBlocks], centroids: [[Double]]) -> [Double] {
+        let k = config.k, d = config.clusterDim
+        let sorted = d == 1 ? centroids.map { $0.sorted() } : centroids
+        let items = blocks(rows, partitions: Array(0..<rows.count))
+        var partials = [Double](repeating: 0, count: items.count)
+        partials.withUnsafeMutableBufferPointer { partialsBuf in
+            let out = partialsBuf.baseAddress!
+            pool.parallelFor(items.count) { i in
+                let item = items[i]
+                withUnsafeTemporaryAllocation(of: Double.self, capacity: item.count * d) { scratch in
+                    let v = rows[item.partition].values(start: item.start, count: item.count, scratch: scratch.baseAddress!)
+                    let n = rows[item.partition].counts(start: item.start, count: item.count)
+                    out[i] = sorted[item.partition].withUnsafeBufferPointer { c in
+                        var sum = 0.0
+                        for r in 0..<item.count {
+                            let best = d == 1 ? DKMEngine.nearestSquaredDistance(v[r], sorted: c)
+                                              : DKMEngine.nearestSquaredDistance(v + r * d, c, k: k, d: d)
+                            sum += (n?[r] ?? 1) * best
+                        }
+                        return sum
+                    }
+                }
+            }
+        }
+        var result = [Double](repeating: 0, count: rows.count)
+        for (i, item) in items.enumerated() { result[item.partition] += partials[i] }
+        return result
+    }
+
+    /// min_j (x - c_j)^2 for ascending c (binary search for the neighbours of x).
+    @inline(__always)
+    static func nearestSquaredDistance(_ x: Double, sorted c: UnsafeBufferPointer<Double>) -> Double {
+        var lo = 0, hi = c.count  // first index with c >= x
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if c[mid] < x { lo = mid + 1 } else { hi = mid }
+        }
+        var best = Double.infinity
+        if lo < c.count { best = (c[lo] - x) * (c[lo] - x) }
+        if lo > 0 { best = Swift.min(best, (x - c[lo - 1]) * (x - c[lo - 1])) }
+        return best
+    }
+
+    /// min_j ||x - c_j||^2 over k centroids of dimension d.
+    @inline(__always)
+    static func nearestSquaredDistance(_ x: UnsafePointer<Double>, _ c: UnsafeBufferPointer<Double>, k: Int, d: Int) -> Double {
+        var best = Double.infinity
+        for j in 0..<k {
+            var dist = 0.0
+            for e in 0..<d {
+                let diff = x[e] - c[j * d + e]
+                dist += diff * diff
+            }
+            best = Swift.min(best, dist)
+        }
+        return best
+    }
+
     /// Soft output rows f_m = sum_j A^{T-1}_mj c^T_j; `sink(p, start, count, f)` receives count x d values.
     /// Also sets every trace's `entropySum`.
     func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace],

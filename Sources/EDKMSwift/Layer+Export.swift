@@ -11,8 +11,8 @@ extension Layer {
     }
 
     /// Writes the LUT (the current centroids, as `lutType`: f32 or f16) and the packed labels
-    /// argmin_j (||w - c_j||^2 - prune [j = 0]) (prune relative to the centroid scale in the
-    /// scale-free temperature mode).
+    /// argmin_j (||w - c_j||^2 - prune [j = 0]) (in the scale-free temperature mode prune is
+    /// relative to the distortion of these weights under the layer's centroids).
     public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
                               lut: UnsafeMutableRawPointer, lutType: ElementType,
                               packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
@@ -28,11 +28,12 @@ extension Layer {
         let k = config.k, d = config.clusterDim, bits = config.bits
         let E = geometry.elementsPerPartition, V = geometry.vectorsPerPartition
         let slice = sizes.packedBytes / geometry.partitions
-        // The prune bias of each partition (relative to its centroid scale in the scale-free mode).
-        let prunes = (0..<geometry.partitions).map { p in
-            EffectiveParameters(config: config, initial: c[(p * k * d)..<((p + 1) * k * d)].map { Double($0) },
-                                vectors: V).prune
-        }
+        // The prune bias of each partition (relative to the distortion of these weights under these
+        // centroids in the scale-free mode).
+        let c0 = (0..<geometry.partitions).map { p in c[(p * k * d)..<((p + 1) * k * d)].map { Double($0) } }
+        let prunes = effectiveParameters(
+            (0..<geometry.partitions).map { DenseElementRows(base: weights + $0 * E * type.byteWidth, type: type, d: d, rowCount: V) },
+            initial: c0, vectors: V).map(\.prune)
         let chunkVectors = 1 << 16  // a multiple of 8: chunks start on byte boundaries
         let chunks = (V + chunkVectors - 1) / chunkVectors
         c.withUnsafeBufferPointer { cb in

@@ -46,12 +46,11 @@ extension Layer {
                 CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
             }
             let c0 = initial.map { $0.map { Double($0) } }
-            let parameters = c0.map { EffectiveParameters(config: config, initial: $0, vectors: geometry.vectorsPerPartition) }
             let run: ForwardRun
             if algorithm == .uniquified {
-                run = try forwardUniquified(weights, type: type, initial: c0, parameters: parameters, save: save)
+                run = try forwardUniquified(weights, type: type, initial: c0, save: save)
             } else {
-                run = try forwardDense(weights, type: type, initial: c0, parameters: parameters, save: save)
+                run = try forwardDense(weights, type: type, initial: c0, save: save)
             }
             let entropy = run.writeOutput(output, outputType)
             centroids = run.traces.map { $0.centroids[$0.iterations].map { Float($0) } }
@@ -60,7 +59,7 @@ extension Layer {
             stats.inertia = run.traces.reduce(0) { $0 + $1.inertia }
             stats.distinctValues = run.distinctValues
             stats.algorithm = algorithm
-            stats.effectiveTau = parameters.reduce(0) { $0 + $1.tau } / Double(parameters.count)
+            stats.effectiveTau = run.traces.reduce(0) { $0 + $1.parameters.tau } / Double(run.traces.count)
             stats.attentionEntropy = entropy / Double(geometry.partitions * geometry.vectorsPerPartition)
             return run.saved
         }
@@ -75,7 +74,18 @@ extension Layer {
         var writeOutput: (UnsafeMutableRawPointer, ElementType) -> Double
     }
 
-    private var engine: DKMEngine { DKMEngine(config: config, pool: runtime.pool) }
+    var engine: DKMEngine { DKMEngine(config: config, pool: runtime.pool) }
+
+    /// The temperature, prune bias and stop tolerance of each partition for its rows (n_p weight
+    /// vectors each) and initial centroids; the scale-free mode measures each partition's
+    /// distortion (one extra pass over the rows).
+    func effectiveParameters(_ rows: [any RowBlocks], initial c0: [[Double]], vectors: Int) -> [EffectiveParameters] {
+        let inertia = config.temperatureMode == .scaleFree ? engine.inertia(rows, centroids: c0)
+                                                            : [Double](repeating: 0, count: c0.count)
+        return (0..<c0.count).map {
+            EffectiveParameters(config: config, initial: c0[$0], distortion: inertia[$0] / Double(vectors), vectors: vectors)
+        }
+    }
 
     private func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
         let encoded = SavedState.encodeTraces(traces)
@@ -101,7 +111,7 @@ extension Layer {
     // MARK: uniquified
 
     private func forwardUniquified(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
-                                   parameters: [EffectiveParameters], save: Bool) throws(EDKMError) -> ForwardRun {
+                                   save: Bool) throws(EDKMError) -> ForwardRun {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
@@ -128,6 +138,7 @@ extension Layer {
         var rowOffset = [Int](repeating: 0, count: P + 1)
         for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
         let totalU = rowOffset[P]
+        let parameters = effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
         let keepTables = save && (mode == .uniquify || mode == .shard)
         let dMaps = SavedTensorList(), sMaps = SavedTensorList()
         let store = runtime.store
@@ -211,7 +222,7 @@ extension Layer {
     // MARK: dense
 
     private func forwardDense(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
-                              parameters: [EffectiveParameters], save: Bool) throws(EDKMError) -> ForwardRun {
+                              save: Bool) throws(EDKMError) -> ForwardRun {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, d = config.clusterDim
@@ -220,13 +231,14 @@ extension Layer {
         let rows: [any RowBlocks] = (0..<P).map {
             DenseElementRows(base: weights + $0 * E * width, type: type, d: d, rowCount: rowsPerPartition)
         }
+        let parameters = effectiveParameters(rows, initial: initial, vectors: rowsPerPartition)
         let keepMaps = save && mode.keepsDenseMaps
         let dMaps = SavedTensorList(), sMaps = SavedTensorList()
         var weightCopies: [SavedTensor] = []
         let store = runtime.store
         let mapBytes = geometry.count / d * k * 4
         let count = geometry.count, shape = geometry.shape
-        var traces = try engine.iterate(
+        let traces = try engine.iterate(
             rows, initial: initial, parameters: parameters,
             prepare: keepMaps ? { (_: Int) throws(EDKMError) in
                 // What autograd keeps per iteration: the weights (cdist input), D and the softmax.

@@ -56,8 +56,8 @@ extension Layer {
                 values: values.array, counts: counts.array, k: config.k).map { Float($0) }
             CentroidInitialization.respreadDuplicates(&initial, k: config.k, d: 1)
             let c0 = initial.map { Double($0) }
-            let parameters = [EffectiveParameters(config: config, initial: c0, vectors: geometry.count)]
             let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
+            let parameters = effectiveParameters(rows, initial: [c0], vectors: geometry.count)
             let engine = DKMEngine(config: config, pool: pool)
             var traces = try engine.iterate(rows, initial: [c0], parameters: parameters)
             let f = DoubleBuffer(zeros: global.distinctCount)

@@ -139,7 +139,8 @@ public final class Layer: @unchecked Sendable {
     /// Distinct scalar values and counts per partition, for the 1-D initialisation: exact for
     /// 16-bit weights and for f32 partitions of at most 65,536 elements; larger f32 partitions
     /// are keyed by rounding to f32_key_dtype when set, else to f16 when all weights are within
-    /// its range, else to bf16 (so the initialisation is exact on the rounded values).
+    /// its range, else to bf16 (so the initialisation is exact on the rounded values); an f16 key
+    /// that would overflow falls back to bf16 too.
     func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) -> [(values: [Double], counts: [Double])] {
         let E = geometry.elementsPerPartition
         if type == .f32 && E <= 65536 {
@@ -153,11 +154,12 @@ public final class Layer: @unchecked Sendable {
                 return (values, counts)
             }
         }
-        // f32 keys: the configured key type, else f16 when every weight fits its range, else bf16.
+        // f32 keys: bf16 when configured; else (f16 configured, or none) f16 when every weight
+        // rounds to a finite f16 (|w| < 65520), else bf16: an initialisation never sees Inf keys.
         var keyType = config.f32KeyType
-        if type == .f32 && keyType == .f32 {
+        if type == .f32 && keyType != .bf16 {
             let f = weights.assumingMemoryBound(to: Float.self)
-            keyType = (0..<geometry.count).allSatisfy { abs(f[$0]) <= 65504 } ? .f16 : .bf16
+            keyType = (0..<geometry.count).allSatisfy { abs(f[$0]) < 65520 } ? .f16 : .bf16
         }
         let keys = WeightKeys(weights, type: type, count: geometry.count, f32KeyType: keyType, pool: runtime.pool)
         let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,

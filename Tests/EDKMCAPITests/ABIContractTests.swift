@@ -54,6 +54,68 @@ import Testing
         edkm_runtime_destroy(rt2)
     }
 
+    /// A struct_size that ends inside a field (here half of the communicator pointer, or of tau) is
+    /// rejected, never read in part; sizes 1...3 too. Every field boundary is accepted.
+    @Test func structSizeMustEndOnAFieldBoundary() {
+        var r = edkm_runtime_config()
+        edkm_runtime_config_init(&r)
+        var comm = edkm_communicator()  // zeroed: a pointer read in part would be garbage
+        withUnsafePointer(to: &comm) { cp in
+            r.communicator = cp
+            var rt: OpaquePointer? = nil
+            let commOffset = MemoryLayout<edkm_runtime_config>.offset(of: \.communicator)!
+            for size in [1, 2, 3, commOffset + 4, commOffset + 1] {
+                r.struct_size = UInt32(size)
+                #expect(edkm_runtime_create(&r, &rt) == EDKM_ERR_STRUCT_SIZE, "struct_size \(size)")
+                #expect(rt == nil)
+            }
+            r.struct_size = UInt32(commOffset)  // ends before the communicator: the default (none)
+            #expect(edkm_runtime_create(&r, &rt) == EDKM_OK)
+            edkm_runtime_destroy(rt)
+        }
+        let rt = makeRuntime()
+        var c = layerConfig()
+        var layer: OpaquePointer? = nil
+        c.struct_size = UInt32(MemoryLayout<edkm_layer_config>.offset(of: \.tau)! + 4)
+        #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_STRUCT_SIZE)
+        let fields: [PartialKeyPath<edkm_layer_config>] = [\.bits, \.cluster_dim, \.group_size, \.max_iterations, \.`init`,
+            \.tau, \.epsilon, \.zero_threshold, \.prune_threshold, \.algorithm, \.f32_key_dtype, \.seed, \.temperature_mode, \.reserved]
+        for size in fields.map({ MemoryLayout<edkm_layer_config>.offset(of: $0)! }) + [MemoryLayout<edkm_layer_config>.size] {
+            c.struct_size = UInt32(size)
+            #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_OK, "struct_size \(size)")
+            edkm_layer_destroy(layer)
+            layer = nil
+        }
+        var s = edkm_layer_stats()
+        c = layerConfig()
+        #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_OK)
+        s.struct_size = UInt32(MemoryLayout<edkm_layer_stats>.offset(of: \.inertia)! + 2)
+        #expect(edkm_layer_get_stats(layer, &s) == EDKM_ERR_STRUCT_SIZE)
+        edkm_layer_destroy(layer)
+        edkm_runtime_destroy(rt)
+    }
+
+    /// A destroyed handle stays invalid even when a new object of the same kind is created (and may
+    /// sit at the same address): handles are never reused.
+    @Test func destroyedHandlesAreNeverReused() {
+        var seen = Set<UInt>()
+        for _ in 0..<200 {
+            var rt: OpaquePointer? = nil
+            #expect(edkm_runtime_create(nil, &rt) == EDKM_OK)
+            let old = rt!
+            #expect(seen.insert(UInt(bitPattern: UnsafeRawPointer(old))).inserted)
+            edkm_runtime_destroy(old)
+            var fresh: OpaquePointer? = nil
+            #expect(edkm_runtime_create(nil, &fresh) == EDKM_OK)
+            #expect(edkm_runtime_set_budget(old, 1) == EDKM_ERR_INVALID_HANDLE)
+            #expect(edkm_runtime_set_budget(fresh, 0) == EDKM_OK)
+            edkm_runtime_destroy(old)  // a stale destroy must not free the new runtime
+            #expect(edkm_runtime_set_budget(fresh, 0) == EDKM_OK)
+            #expect(seen.insert(UInt(bitPattern: UnsafeRawPointer(fresh!))).inserted)
+            edkm_runtime_destroy(fresh)
+        }
+    }
+
     @Test func nullPointers() {
         #expect(edkm_runtime_create(nil, nil) == EDKM_ERR_NULL_POINTER)
         let rt = makeRuntime()

@@ -66,7 +66,7 @@ import Testing
         }
     }
 
-    /// effective_tau is tau (absolute) or tau times the centroid scale; the entropy lies in
+    /// effective_tau is tau (absolute) or tau times the distortion; the entropy lies in
     /// [0, ln k] and falls as tau shrinks.
     @Test func statisticsReportTemperatureAndEntropy() {
         var rng = Gaussian(seed: 4)
@@ -81,8 +81,64 @@ import Testing
         #expect(soft.stats.effective_tau == 1e-3 && hard.stats.effective_tau == 1e-7)
         #expect(soft.stats.attention_entropy > 1.5 && soft.stats.attention_entropy <= log(k) + 1e-9)
         #expect(hard.stats.attention_entropy >= 0 && hard.stats.attention_entropy < 0.1)
-        // sigma^2 of 8 centroids spread over ~6 std of 0.02: spacing ~0.015, squared ~2e-4
-        #expect(free.stats.effective_tau > 0.05 * 1e-5 && free.stats.effective_tau < 0.05 * 1e-3)
+        // sigma^2 = 3-bit k-means distortion of std 0.02 weights: about 0.035 x 0.02^2 = 1.4e-5
+        #expect(free.stats.effective_tau > 0.05 * 5e-6 && free.stats.effective_tau < 0.05 * 5e-5)
+    }
+
+    /// The scale-free tau is exactly tau x the mean squared distance of the weights to their
+    /// nearest initial centroid, computed here by brute force from the layer's centroids (per
+    /// group, averaged over the groups as edkm_layer_stats reports it), on both algorithms.
+    @Test(arguments: [EDKM_ALGORITHM_DENSE, EDKM_ALGORITHM_UNIQUIFIED])
+    func scaleFreeTauIsTauTimesDistortion(algorithm: edkm_algorithm) {
+        var rng = Gaussian(seed: 23)
+        let rows = 32, cols = 40, groupRows = 16
+        let w = bf16Bits(rng.floats(rows * cols, std: 0.05)).map { Float(bitPattern: UInt32($0) << 16) }
+        let rt = makeRuntime()
+        defer { edkm_runtime_destroy(rt) }
+        var cfg = layerConfig(bits: 2, tau: 0.03, group: UInt32(groupRows), algorithm: algorithm)
+        cfg.temperature_mode = Int32(EDKM_TEMPERATURE_SCALE_FREE.rawValue)
+        cfg.f32_key_dtype = Int32(EDKM_DTYPE_BF16.rawValue)
+        let l = makeLayer(rt, [Int64(rows), Int64(cols)], cfg)
+        defer { edkm_layer_destroy(l) }
+        check(edkm_layer_init_centroids(l, w, EDKM_DTYPE_F32, w.count))
+        var c = [Float](repeating: 0, count: 2 * 4)
+        check(edkm_layer_get_centroids(l, &c, c.count))
+        var expected = 0.0
+        let perGroup = groupRows * cols
+        for g in 0..<2 {
+            var sum = 0.0
+            for i in 0..<perGroup {
+                let x = Double(w[g * perGroup + i])
+                sum += (0..<4).map { (x - Double(c[g * 4 + $0])) * (x - Double(c[g * 4 + $0])) }.min()!
+            }
+            expected += 0.03 * sum / Double(perGroup) / 2
+        }
+        var out = [Float](repeating: 0, count: w.count)
+        check(edkm_layer_forward(l, w, EDKM_DTYPE_F32, w.count, &out, EDKM_DTYPE_F32, nil))
+        var s = edkm_layer_stats()
+        s.struct_size = UInt32(MemoryLayout<edkm_layer_stats>.size)
+        check(edkm_layer_get_stats(l, &s))
+        #expect(abs(s.effective_tau / expected - 1) < 1e-12, "effective_tau \(s.effective_tau), expected \(expected)")
+    }
+
+    /// Weights with at most k distinct values sit on their centroids (distortion 0): the scale falls
+    /// back to the centroids' spacing, and the forward and backward stay finite.
+    @Test func scaleFreeZeroDistortionFallsBackToSpacing() {
+        let values: [Float] = [-0.5, -0.25, 0.25, 0.5]
+        let w = (0..<256).map { values[$0 % 4] }
+        let rt = makeRuntime()
+        defer { edkm_runtime_destroy(rt) }
+        var cfg = layerConfig(bits: 2, tau: 0.01, algorithm: EDKM_ALGORITHM_DENSE)
+        cfg.temperature_mode = Int32(EDKM_TEMPERATURE_SCALE_FREE.rawValue)
+        let l = makeLayer(rt, [16, 16], cfg)
+        defer { edkm_layer_destroy(l) }
+        let step = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F32, count: w.count, grad: [Float](repeating: 1, count: w.count))
+        #expect(step.map { zip($0.output, w).allSatisfy { abs($0 - $1) < 1e-5 } } == true)  // attention floor 1e-7
+        #expect(step?.gradient.allSatisfy { $0.isFinite } == true)
+        var s = edkm_layer_stats()
+        s.struct_size = UInt32(MemoryLayout<edkm_layer_stats>.size)
+        check(edkm_layer_get_stats(l, &s))
+        #expect(abs(s.effective_tau / (0.01 * 0.0625) - 1) < 1e-12)  // nearest spacings 0.25, 0.25, 0.25, 0.25
     }
 }
 

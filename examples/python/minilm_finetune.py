@@ -566,7 +566,7 @@ def main():
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     ap.add_argument("--temperature-mode", choices=["absolute", "scale_free"], default="absolute",
                     help="libedkm's temperature mode: absolute (tau in squared weight units, coremltools) or "
-                         "scale_free (tau times each tensor's squared centroid spacing)")
+                         "scale_free (tau times each tensor's k-means distortion: the mean squared distance of its weights to the nearest centroid)")
     ap.add_argument("--coremltools", action="store_true",
                     help="also run coremltools' DKMPalettizer on the same task (slow: 10-45 s per step on 2 cores, 11 GB at 4 bits)")
     ap.add_argument("--float-baseline", action="store_true", help="also time the same fine-tune without compression")
