@@ -26,7 +26,7 @@ let package = Package(
             name: "EDKMSupport",
             cSettings: [.unsafeFlags(["-I", jemalloc + "/include", "-O2"])],
             linkerSettings: [
-                .unsafeFlags(["-L", jemalloc + "/lib", "-Xlinker", "--exclude-libs=ALL"]),
+                .unsafeFlags(["-L", jemalloc + "/lib", "-Xlinker", "--exclude-libs=libjemalloc_pic.a"]),
                 .linkedLibrary("jemalloc_pic"),
                 .linkedLibrary("pthread"),
             ]

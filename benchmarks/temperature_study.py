@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import edkm  # noqa: E402
 
 ABSOLUTE = [1e-4, 1e-5, 1e-6, 1e-7]
-SCALE_FREE = [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
+SCALE_FREE = [0.003, 0.01, 0.03, 0.1, 0.3]
 
 
 def hard_error(layer, w, w0):

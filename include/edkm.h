@@ -261,8 +261,12 @@ typedef struct edkm_layer_config {
                                     g consecutive rows (shape[0] must be divisible by g) */
     uint32_t max_iterations;   /**< DKM iterations per forward, 1..64; default 3 */
     int32_t init;              /**< an edkm_init; default EDKM_INIT_AUTO */
-    double tau;                /**< softmax temperature (> 0, finite); default 1e-4 */
-    double epsilon;            /**< early stop when |inertia change| <= epsilon (>= 0); default 1e-4 */
+    double tau;                /**< softmax temperature (> 0, finite): in the default scale-free
+                                    mode a factor of each group's k-means distortion, default 0.1
+                                    (chosen by the temperature study, README); in the absolute
+                                    mode squared weight units (coremltools' default is 1e-4) */
+    double epsilon;            /**< early stop when |inertia change| <= epsilon (>= 0; scale-free:
+                                    times the distortion and the group's vectors); default 1e-4 */
     double zero_threshold;     /**< attention clamped from below at this value (>= 0); default 1e-7 */
     double prune_threshold;    /**< subtracted from the distance to centroid 0 (>= 0); default 1e-7 */
     int32_t algorithm;         /**< an edkm_algorithm; default EDKM_ALGORITHM_AUTO */
@@ -270,7 +274,7 @@ typedef struct edkm_layer_config {
                                     16-bit dtype (EDKM_DTYPE_F16 or BF16); EDKM_DTYPE_F32 (default)
                                     = no rounding, f32 weights take the DENSE path */
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
-    int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_ABSOLUTE (since 0.1) */
+    int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE */
     uint32_t reserved;         /**< 0 */
 } edkm_layer_config;
 

@@ -52,7 +52,7 @@ enum AblationBench {
               + (divisor > 1 ? " with extents / \(divisor)" : "") + ": "
               + shapes.map { "\($0.name) \($0.rows)x\($0.cols)" }.joined(separator: ", "))
         print("N = \(fullN) bf16 weights ~ N(0, 0.02^2) + 0.01% outliers (x12); \(bits) bits (k = \(1 << bits)), per-tensor LUT, "
-              + "layer defaults (tau 1e-4, <= 3 iterations, epsilon 1e-4); runtime threads \(runtimeThreads); shard: world size \(world) "
+              + "coremltools' layer defaults (absolute tau 1e-4, <= 3 iterations, epsilon 1e-4); runtime threads \(runtimeThreads); shard: world size \(world) "
               + "simulated in-process (\(world) threads as ranks, 1 worker each, in-process all-gather), rank 0's figures")
         print("saved bytes = peak of the runtime's stats during one forward of all seven matrices with their saved states held "
               + "(edkm_runtime_reset_peak, then arena_peak + heap_saved_peak minus what was allocated before); "

@@ -64,6 +64,10 @@ final class Layer {
         cfg.bits = UInt32(bits)
         cfg.group_size = UInt32(groupSize)
         cfg.algorithm = Int32(algorithm.rawValue)
+        // coremltools' DKMPalettizer defaults (absolute tau 1e-4), so every comparison with it and
+        // with the dense baseline runs the same arithmetic.
+        cfg.temperature_mode = Int32(EDKM_TEMPERATURE_ABSOLUTE.rawValue)
+        cfg.tau = 1e-4
         if let epsilon { cfg.epsilon = epsilon }
         let shape: [Int64] = [Int64(rows), Int64(cols)]
         var h: OpaquePointer? = nil

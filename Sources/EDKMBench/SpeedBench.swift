@@ -62,7 +62,7 @@ enum SpeedBench {
         print("edkm-bench speed: libedkm \(String(cString: edkm_version_string())), runtime threads \(threadNames.joined(separator: ", ")); "
               + "\(runs) timed steps per case (median), dense reference \(dense ? "\(denseRuns) steps on a ~\(denseElements)-weight slice" : "off"), "
               + "bandwidth probe median of \(max(probeRuns, 3)) memcpys")
-        print("weights ~ N(0, 0.02^2) + 0.01% outliers; upstream gradient ~ N(0, 0.001^2); layer defaults (tau 1e-4, 3 iterations max, "
+        print("weights ~ N(0, 0.02^2) + 0.01% outliers; upstream gradient ~ N(0, 0.001^2); coremltools' layer defaults (absolute tau 1e-4, 3 iterations max, "
               + "epsilon 1e-4); saved mode HISTOGRAM; every step starts from the same centroids")
         print("probe: memcpy moving the bytes the step must move: forward 4 B/weight (read w, write w~), "
               + "backward 6 B/weight (read w and dL/dw~, write dL/dw)\n")

@@ -1,7 +1,6 @@
 import CEDKM
 import EDKMSupport
 import EDKMSwift
-import Synchronization
 
 /// The kinds of opaque handle the C ABI hands out.
 enum HandleKind: UInt8 { case runtime, layer, savedState }
@@ -19,7 +18,7 @@ enum HandleRegistry {
         var lastToken: UInt = 0xFFF0
         var live: [UInt: Entry] = [:]
     }
-    private static let table = Mutex(Table())
+    private static let table = Locked(Table())
 
     /// A new handle for `object` (the registry keeps it alive until `release`).
     static func register(_ object: AnyObject, _ kind: HandleKind) -> OpaquePointer {

@@ -82,23 +82,30 @@ public final class SafetensorsWriter {
         headerBytes = 8 + json.count
         dataBytes = offset
 
-        // Temporary file next to the output (same file system, so rename is atomic).
+        // Temporary file next to the output (same file system, so rename is atomic). Its name is
+        // registered before the file is created (O_CREAT | O_EXCL), so an interrupting signal,
+        // whichever thread handles it and whenever it lands, finds the file if it exists (unlinking
+        // a name not created yet is harmless). Blocking signals around mkstemp would not do: the
+        // mask is per thread, and the signal may be delivered to another thread.
         let (dir, base) = SafetensorsWriter.split(path)
-        var template = Array("\(dir)/.\(base).tmp-XXXXXX".utf8CString)
-        // Block the interrupting signals from the file's creation to its registration, so that a
-        // signal in between is handled after the handler knows the file (and removes it).
-        var interrupting = sigset_t(), previous = sigset_t()
-        sigemptyset(&interrupting)
-        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&interrupting, sig) }
-        sigprocmask(SIG_BLOCK, &interrupting, &previous)
-        let tfd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        if tfd >= 0 { TemporaryFiles.register(String(cString: template)) }
-        sigprocmask(SIG_SETMASK, &previous, nil)
+        var tfd: Int32 = -1
+        var candidate = ""
+        var createErrno: Int32 = 0
+        for _ in 0..<64 {
+            candidate = "\(dir)/.\(base).tmp-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+            TemporaryFiles.register(candidate)
+            tfd = open(candidate, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if tfd >= 0 { break }
+            createErrno = errno
+            TemporaryFiles.unregister(candidate)
+            if createErrno != EEXIST { break }
+        }
         guard tfd >= 0 else {
+            errno = createErrno
             throw SafetensorsError(.io, "cannot create a temporary file in \(dir): \(errnoText())")
         }
         fd = tfd
-        tempPath = String(cString: template)
+        tempPath = candidate
 
         var lengthField = [UInt8](repeating: 0, count: 8)
         for i in 0..<8 { lengthField[i] = UInt8((UInt64(json.count) >> (8 * UInt64(i))) & 0xff) }
@@ -263,7 +270,8 @@ public final class SafetensorsWriter {
 }
 
 /// Temporary files being written, removed by `removeAllForSignal` (async-signal-safe: a fixed
-/// table of C strings) when the process is interrupted.
+/// table of C strings) when the process is interrupted. register / unregister may be called from
+/// several threads (a mutex orders them); the signal handler only reads.
 public enum TemporaryFiles {
     private static let slots = 8
     private static let slotBytes = 4096
@@ -272,10 +280,18 @@ public enum TemporaryFiles {
         p.initialize(repeating: 0, count: slots * slotBytes)
         return p
     }()
+    nonisolated(unsafe) private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
 
+    /// Records path (at most 8 at once, each under 4 KiB; beyond that it is not removed on a signal).
     static func register(_ path: String) {
         let bytes = Array(path.utf8CString)
         guard bytes.count <= slotBytes else { return }
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
         for s in 0..<slots where table[s * slotBytes] == 0 {
             for (i, b) in bytes.enumerated().reversed() { table[s * slotBytes + i] = b }  // first byte last
             return
@@ -283,6 +299,8 @@ public enum TemporaryFiles {
     }
 
     static func unregister(_ path: String) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
         for s in 0..<slots where table[s * slotBytes] != 0 && String(cString: table + s * slotBytes) == path {
             table[s * slotBytes] = 0
         }

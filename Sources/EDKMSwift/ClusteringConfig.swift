@@ -29,9 +29,12 @@ public struct ClusteringConfig: Sendable, Equatable {
     /// DKM iterations per forward; 1...64.
     public var maxIterations: Int = 3
     public var initialization: Initialization = .automatic
-    /// Softmax temperature tau (> 0).
-    public var tau: Double = 1e-4
-    /// Early stop when |I^{t-1} - I^t| <= epsilon (absolute, on the inertia summed over weights).
+    /// Softmax temperature tau (> 0): a factor of each partition's k-means distortion in the
+    /// (default) scale-free mode, squared weight units in the absolute mode. The default 0.1 was
+    /// chosen by the README's temperature study (benchmarks/temperature_study.py, minilm_temperature.py).
+    public var tau: Double = 0.1
+    /// Early stop when |I^{t-1} - I^t| <= epsilon (on the inertia summed over weights; in the
+    /// scale-free mode a factor of the distortion times the number of vectors).
     public var epsilon: Double = 1e-4
     /// Attention clamped from below at this value.
     public var zeroThreshold: Double = 1e-7
@@ -43,7 +46,7 @@ public struct ClusteringConfig: Sendable, Equatable {
     /// Seed of k-means++.
     public var seed: UInt64 = 0x5eed
     /// How `tau` (and the prune threshold and epsilon) are read.
-    public var temperatureMode: TemperatureMode = .absolute
+    public var temperatureMode: TemperatureMode = .scaleFree
 
     /// Raw values equal the C ABI's `edkm_temperature_mode`.
     public enum TemperatureMode: Int32, Sendable {

@@ -1,5 +1,4 @@
 import EDKMSupport
-import Synchronization
 
 /// A dedicated jemalloc arena holding saved state, separate from the trainer's heap, with an
 /// optional byte budget and statistics read from jemalloc itself.
@@ -16,7 +15,7 @@ public final class OffloadArena: @unchecked Sendable {
         var peak: UInt64 = 0
         var budget: UInt64 = 0      // 0 = unlimited
     }
-    private let accounting = Mutex(Accounting())
+    private let accounting = Locked(Accounting())
 
     /// Creates a new jemalloc arena.
     public init(budget: UInt64 = 0) throws(EDKMError) {

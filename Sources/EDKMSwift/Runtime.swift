@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Owns what layers share: the offload arena and its saved-tensor store, the thread pool, the
 /// saved-state mode and the communicator. Thread-safe.
@@ -24,7 +23,7 @@ public final class Runtime: @unchecked Sendable {
         var liveSavedStates: UInt64 = 0
         var communicatorBytes: UInt64 = 0
     }
-    private let counters = Mutex(Counters())
+    private let counters = Locked(Counters())
 
     public init(options: Options, communicator: Communicator? = nil) throws(EDKMError) {
         self.options = options

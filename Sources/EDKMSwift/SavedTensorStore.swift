@@ -1,5 +1,4 @@
 import EDKMSupport
-import Synchronization
 
 /// One tensor kept for a backward: bytes in the offload arena or on the heap, possibly shared
 /// with other saved states (dedup). Released when the last reference goes.
@@ -51,7 +50,7 @@ public final class SavedTensorStore: @unchecked Sendable {
     }
 
     public let arena: OffloadArena
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(arena: OffloadArena) { self.arena = arena }
 

@@ -154,9 +154,7 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         let n = w.count
         let group = ThreadGroup(world: world)
         let contexts = (0..<world).map { RankContext(group, $0) }
-        var gradients = [[Float]](repeating: [], count: world)
-        var shardBytes = [UInt64](repeating: 0, count: world)
-        runOnThreads(world) { r in
+        let results = runOnThreads(world) { r -> (gradient: [Float], shardBytes: UInt64) in
                 var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
                                              world_size: Int32(world), reserved: 0,
                                              user_data: Unmanaged.passUnretained(contexts[r]).toOpaque(),
@@ -168,15 +166,15 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
                 check(edkm_layer_forward(l, w, EDKM_DTYPE_F16, n, &out, EDKM_DTYPE_F32, &state))
                 var gin = [Float](repeating: 0, count: n)
                 check(edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, nil))
-                gradients[r] = gin
-                shardBytes[r] = stats(rt).communicator_bytes
+                let bytes = stats(rt).communicator_bytes
                 edkm_saved_state_destroy(state)
                 edkm_layer_destroy(l)
                 edkm_runtime_destroy(rt)
+                return (gin, bytes)
         }
         for r in 0..<world {
-            #expect(maxRelativeDifference(gradients[r], reference.0.gradient) < 1e-6, "rank \(r)")
-            #expect(shardBytes[r] == UInt64((n + world - 1) / world * 2))
+            #expect(maxRelativeDifference(results[r].gradient, reference.0.gradient) < 1e-6, "rank \(r)")
+            #expect(results[r].shardBytes == UInt64((n + world - 1) / world * 2))
         }
     }
 
@@ -212,11 +210,10 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         let n = w.count
         let rt = makeRuntime(threads: 2)
         guard let single = run(mode: EDKM_SAVED_HISTOGRAM) else { return }
-        var results = [[Float]](repeating: [], count: 4)
-        runOnThreads(4) { i in
+        let results = runOnThreads(4) { _ -> [Float] in
             let l = makeLayer(rt, [Int64(Self.rows), Int64(Self.cols)], layerConfig(bits: 3, tau: 1e-5))
-            results[i] = forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad)?.gradient ?? []
-            edkm_layer_destroy(l)
+            defer { edkm_layer_destroy(l) }
+            return forwardBackward(l, weights: w, dtype: EDKM_DTYPE_F16, count: n, grad: grad)?.gradient ?? []
         }
         for r in results { #expect(r == single.0.gradient) }
         #expect(stats(rt).arena_allocated == 0)
@@ -282,9 +279,7 @@ let noGatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer
         if world > 3 { bounds[2] = bounds[1] }
         let group = ReduceGroup(world: world)
         let ranks = (0..<world).map { ReduceRank(group, $0) }
-        var outputs = [[Float]](repeating: [], count: world), grads = outputs
-        var traffic = [UInt64](repeating: 0, count: world)
-        runOnThreads(world) { r in
+        let results = runOnThreads(world) { r -> (output: [Float], gradient: [Float], traffic: UInt64) in
             var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
                                          world_size: Int32(world), reserved: 0,
                                          user_data: Unmanaged.passUnretained(ranks[r]).toOpaque(),
@@ -299,15 +294,15 @@ let noGatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer
             var gin = [Float](repeating: 0, count: max(count, 1))
             let g = Array(grad[lo..<(lo + count)])
             check(edkm_saved_state_backward(state, g.isEmpty ? [0] : g, &gin, EDKM_DTYPE_F32, count, slice.isEmpty ? [0] : slice))
-            outputs[r] = Array(out.prefix(count))
-            grads[r] = Array(gin.prefix(count))
-            traffic[r] = stats(rt).communicator_bytes
+            let traffic = stats(rt).communicator_bytes
             edkm_saved_state_destroy(state)
             edkm_layer_destroy(l)
             edkm_runtime_destroy(rt)
+            return (Array(out.prefix(count)), Array(gin.prefix(count)), traffic)
         }
-        #expect(outputs.flatMap { $0 } == reference.output)
-        #expect(maxRelativeDifference(grads.flatMap { $0 }, reference.gradient) < 1e-6)
+        let traffic = results.map(\.traffic)
+        #expect(results.flatMap(\.output) == reference.output)
+        #expect(maxRelativeDifference(results.flatMap(\.gradient), reference.gradient) < 1e-6)
         // (65,536 + 1) counts + (U + 2) gradient sums, 8 bytes each, whatever the slice size.
         #expect(traffic.allSatisfy { $0 == traffic[0] && $0 > 65537 * 8 && $0 < (65537 + 3000) * 8 })
     }
@@ -319,8 +314,7 @@ let noGatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer
         w[n - 3] = Float16.nan.bitPattern  // in rank 1's slice
         let group = ReduceGroup(world: world)
         let ranks = (0..<world).map { ReduceRank(group, $0) }
-        var statuses = [edkm_status](repeating: EDKM_OK, count: world)
-        runOnThreads(world) { r in
+        let statuses = runOnThreads(world) { r -> edkm_status in
             var comm = edkm_communicator(struct_size: UInt32(MemoryLayout<edkm_communicator>.size), rank: Int32(r),
                                          world_size: Int32(world), reserved: 0,
                                          user_data: Unmanaged.passUnretained(ranks[r]).toOpaque(),
@@ -330,10 +324,11 @@ let noGatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer
             let lo = r * n / 2
             var out = [Float](repeating: 0, count: n / 2)
             var state: OpaquePointer? = nil
-            statuses[r] = edkm_layer_forward_shard(l, Array(w[lo..<(lo + n / 2)]), EDKM_DTYPE_F16, lo, n / 2, &out,
-                                                   EDKM_DTYPE_F32, &state)
+            let status = edkm_layer_forward_shard(l, Array(w[lo..<(lo + n / 2)]), EDKM_DTYPE_F16, lo, n / 2, &out,
+                                                  EDKM_DTYPE_F32, &state)
             edkm_layer_destroy(l)
             edkm_runtime_destroy(rt)
+            return status
         }
         #expect(statuses == [EDKM_ERR_NON_FINITE, EDKM_ERR_NON_FINITE])
     }

@@ -35,6 +35,7 @@ func layerConfig(bits: UInt32 = 4, tau: Double = 1e-4, group: UInt32 = 0, d: UIn
     c.cluster_dim = d
     c.algorithm = Int32(algorithm.rawValue)
     c.max_iterations = iterations
+    c.temperature_mode = Int32(EDKM_TEMPERATURE_ABSOLUTE.rawValue)  // the tests' taus are absolute
     return c
 }
 
@@ -104,20 +105,32 @@ func forwardBackward(_ layer: OpaquePointer, weights: UnsafeRawPointer, dtype: e
     return s == EDKM_OK ? Step(output: out, gradient: gin) : nil
 }
 
-/// Runs body(0..<count) on `count` new threads at once and waits for all of them.
-func runOnThreads(_ count: Int, _ body: @escaping (Int) -> Void) {
-    final class Job {
-        let body: () -> Void
-        init(_ b: @escaping () -> Void) { body = b }
-    }
+/// Runs body(0..<count) on `count` new threads at once, waits for all of them and returns their
+/// results in thread order (each thread writes only its own job; pthread_join orders the reads).
+@discardableResult
+func runOnThreads<T>(_ count: Int, _ body: @escaping (Int) -> T) -> [T] {
+    let jobs = (0..<count).map { i in ThreadJob { body(i) } }
     var threads: [pthread_t] = []
-    for i in 0..<count {
+    for job in jobs {
         var tid = pthread_t()
         pthread_create(&tid, nil, { raw in
-            Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
+            Unmanaged<ThreadJobBase>.fromOpaque(raw!).takeUnretainedValue().run()
             return nil
-        }, Unmanaged.passRetained(Job { body(i) }).toOpaque())
+        }, Unmanaged.passUnretained(job).toOpaque())
         threads.append(tid)
     }
     for t in threads { pthread_join(t, nil) }
+    return jobs.map { $0.result! }
+}
+
+/// One thread's work and result for runOnThreads (a non-generic base for the C thread entry).
+class ThreadJobBase {
+    func run() {}
+}
+
+final class ThreadJob<T>: ThreadJobBase {
+    let body: () -> T
+    var result: T?
+    init(_ b: @escaping () -> T) { body = b }
+    override func run() { result = body() }
 }

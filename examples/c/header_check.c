@@ -181,9 +181,10 @@ int main(void) {
     memset(&lcfg, 0xab, sizeof lcfg);
     edkm_layer_config_init(&lcfg);
     check(lcfg.struct_size == sizeof lcfg && lcfg.bits == 4 && lcfg.cluster_dim == 1 && lcfg.group_size == 0 &&
-              lcfg.max_iterations == 3 && lcfg.init == EDKM_INIT_AUTO && lcfg.tau == 1e-4 && lcfg.epsilon == 1e-4 &&
+              lcfg.max_iterations == 3 && lcfg.init == EDKM_INIT_AUTO && lcfg.tau == 0.1 && lcfg.epsilon == 1e-4 &&
               lcfg.zero_threshold == 1e-7 && lcfg.prune_threshold == 1e-7 && lcfg.algorithm == EDKM_ALGORITHM_AUTO &&
-              lcfg.f32_key_dtype == EDKM_DTYPE_F32 && lcfg.seed == 0x5eed,
+              lcfg.f32_key_dtype == EDKM_DTYPE_F32 && lcfg.seed == 0x5eed &&
+              lcfg.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE,
           "edkm_layer_config_init defaults");
 
     /* ============ destroy(NULL) ============ */

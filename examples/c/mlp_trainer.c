@@ -27,13 +27,10 @@
  * picks what a forward keeps for its backward (the rows of the eDKM ablation: histogram, dkm,
  * marshal, dedup, uniquify); the math is the same, only the memory (printed per run) differs.
  *
- * Temperature. The library's default tau = 1e-4 is coremltools' default, tuned for LLM weights of
- * scale ~0.02, where sqrt(tau) = 0.01 is about half a standard deviation. It is an absolute value
- * (in squared weight units), so the softness of the attention depends on the weights' scale. This
- * example therefore sets, per layer, tau = tau_scale * var(w) of the float weights (default
- * tau_scale = 0.01, i.e. an attention width sqrt(tau) of 0.1 standard deviations, under half the
- * spacing of 16 clusters); `--tau X` sets one absolute tau for every layer, and `--tau-default`
- * leaves the library default in place (the coremltools behaviour, testable as is).
+ * Temperature. By default the layers keep the library's scale-free temperature (tau = 0.1 times each
+ * tensor's k-means distortion), so nothing depends on the weights' scale. `--tau X` sets one
+ * absolute tau (EDKM_TEMPERATURE_ABSOLUTE, coremltools' semantics: squared weight units) for every
+ * layer, and `--tau-scale S` an absolute tau = S * var(w) per layer.
  *
  * Before training it runs a quick self-check (skip with --no-selfcheck): the gradient returned by
  * edkm_saved_state_backward against central finite differences, on the dense f32 path and on the
@@ -415,7 +412,7 @@ static double linear_baseline(const dataset *tr, const dataset *te, int epochs, 
 typedef struct {
     int float_epochs, ft_epochs;
     double float_lr, ft_lr;
-    int tau_mode;        /* 0 = scaled by variance, 1 = absolute, 2 = library default */
+    int tau_mode;        /* 0 = absolute, scaled by variance; 1 = absolute; 2 = library default (scale-free) */
     double tau_scale, tau_abs;
     int key_dtype;       /* f32_key_dtype */
     int max_iterations;  /* 0 = library default */
@@ -436,9 +433,9 @@ static void usage(FILE *f) {
             "  --ft-epochs N      DKM fine-tuning epochs (default 4)\n"
             "  --lr X             float Adam learning rate (default 3e-3, cosine decay)\n"
             "  --ft-lr X          DKM fine-tuning Adam learning rate (default 2e-3, cosine decay)\n"
-            "  --tau-scale S      tau = S * var(w) per layer (default 0.01)\n"
-            "  --tau X            one absolute tau for every layer\n"
-            "  --tau-default      the library's default tau (1e-4, coremltools' default)\n"
+            "  --tau-scale S      absolute tau = S * var(w) per layer\n"
+            "  --tau X            one absolute tau for every layer (coremltools' default: 1e-4)\n"
+            "  --tau-default      the library's default temperature (scale-free, tau 0.1; the default)\n"
             "  --keys f32|f16|bf16  f32_key_dtype: f32 = DENSE path (default); f16/bf16 = UNIQUIFIED\n"
             "  --iters N          DKM iterations per forward (max_iterations; default: library's, 3)\n"
             "  --no-refresh       export with the centroids of the last training forward\n"
@@ -455,7 +452,7 @@ static int parse_options(int argc, char **argv, options *o) {
     o->ft_epochs = 4;
     o->float_lr = 3e-3;
     o->ft_lr = 2e-3;
-    o->tau_mode = 0;
+    o->tau_mode = 2;
     o->tau_scale = 0.01;
     o->tau_abs = 0;
     o->key_dtype = EDKM_DTYPE_F32;
@@ -557,6 +554,7 @@ static edkm_layer *make_layer(edkm_runtime *rt, const options *o, unsigned bits,
     shape[1] = cols;
     edkm_layer_config_init(&cfg);
     cfg.bits = bits;
+    if (o->tau_mode != 2) cfg.temperature_mode = EDKM_TEMPERATURE_ABSOLUTE;
     if (o->tau_mode == 0) cfg.tau = o->tau_scale * variance(w, (size_t)(rows * cols));
     else if (o->tau_mode == 1) cfg.tau = o->tau_abs;
     /* else: keep the library default */
@@ -672,6 +670,7 @@ static double gradcheck(edkm_runtime *rt, int f16, int *algorithm) {
     shape[1] = N / ROWS;
     edkm_layer_config_init(&cfg);
     cfg.bits = 2;
+    cfg.temperature_mode = EDKM_TEMPERATURE_ABSOLUTE;
     cfg.tau = 0.01;
     cfg.epsilon = 0;
     cfg.max_iterations = 3;

@@ -265,14 +265,6 @@ static int same_as_rank0(const void *buf, size_t bytes) {
 
 /* ============================ edkm helpers ============================ */
 
-static double variance(const float *w, int n) {
-    double s = 0, ss = 0;
-    int i;
-    for (i = 0; i < n; ++i) s += w[i];
-    s /= n;
-    for (i = 0; i < n; ++i) ss += (w[i] - s) * (w[i] - s);
-    return ss / n;
-}
 
 static edkm_layer *make_layer(edkm_runtime *rt, unsigned bits, int key_dtype, const float *w, int rows, int cols) {
     edkm_layer_config cfg;
@@ -282,7 +274,6 @@ static edkm_layer *make_layer(edkm_runtime *rt, unsigned bits, int key_dtype, co
     shape[1] = cols;
     edkm_layer_config_init(&cfg);
     cfg.bits = bits;
-    cfg.tau = 0.01 * variance(w, rows * cols); /* as mlp_trainer.c: attention width 0.1 std */
     cfg.f32_key_dtype = key_dtype;
     EDKM_CHECK(edkm_layer_create(rt, &cfg, shape, 2, &layer));
     EDKM_CHECK(edkm_layer_init_centroids(layer, w, EDKM_DTYPE_F32, (size_t)rows * cols));

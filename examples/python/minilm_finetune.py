@@ -26,11 +26,12 @@ What it does
    process's ru_maxrss, and libedkm's offload-arena peak). Every fine-tune runs in its own process
    so that ru_maxrss is its own.
 
-tau is absolute (coremltools semantics): the default 1e-4 is soft for weights of this scale (about
-0.04 standard deviation: neighbouring 4-bit centroids are ~0.01 apart, so exp(-0.01^2/1e-4) = 0.37 of
-the attention goes to the neighbour); --tau sets the one used here (default 1e-5, the best of 1e-6,
-1e-5, 3e-5 and 1e-4 in a sweep at 3 and 4 bits), and --tau 1e-4 gives the library default. float32 weights are keyed by their float16 rounding
-(f32_key_dtype="f16"), which puts them on libedkm's histogram path.
+Temperature: eDKM runs with libedkm's defaults (scale-free, tau = 0.1 x each tensor's k-means
+distortion) unless --temperature-mode / --tau say otherwise. coremltools' tau is absolute (squared
+weight units); --coremltools-tau sets it (default 1e-5, the best absolute tau of 1e-6, 1e-5, 3e-5
+and 1e-4 for both libraries at 3 and 4 bits: see benchmarks/minilm_temperature.py; coremltools'
+own default 1e-4 is too soft for weights of this scale). float32 weights are keyed by their float16
+rounding (f32_key_dtype="f16"), which puts them on libedkm's histogram path.
 """
 
 from __future__ import annotations
@@ -437,7 +438,7 @@ def run_method(job):
     rss_setup = rss_mb()
     res = {"method": job["method"], "bits": job["bits"], "steps": 0, "rss_setup_mb": rss_setup,
            "lib": edkm.library_path()}
-    bits, tau = job["bits"], job["tau"]
+    bits = job["bits"]
     runtime = None
     t0, c0 = time.perf_counter(), cpu_s()
 
@@ -445,13 +446,13 @@ def run_method(job):
         student = model
     elif job["method"] in ("ptq", "edkm"):
         runtime = edkm.Runtime(num_threads=job["threads"])
-        et.palettize(model, bits=bits, tau=tau, modules=names, runtime=runtime, f32_key_dtype="f16",
-                     temperature_mode=job.get("temperature_mode", "absolute"))
+        temperature = {k: job[k] for k in ("tau", "temperature_mode") if job.get(k) is not None}
+        et.palettize(model, bits=bits, modules=names, runtime=runtime, f32_key_dtype="f16", **temperature)
         student = model
     elif job["method"] == "coremltools":
         import coremltools.optimize.torch.palettization as P
 
-        cfg = {"n_bits": bits, "weight_threshold": 0, "milestone": 0, "palett_tau": tau, "kmeans_init": "opt1d"}
+        cfg = {"n_bits": bits, "weight_threshold": 0, "milestone": 0, "palett_tau": job["coremltools_tau"], "kmeans_init": "opt1d"}
         config = P.DKMPalettizerConfig.from_dict({"module_name_configs": {n: cfg for n in names}})
         palettizer = P.DKMPalettizer(model, config)
         student = palettizer.prepare(inplace=True)
@@ -554,6 +555,12 @@ def load_minilm_from(mdir, path):
 # ============================ main ============================
 
 
+def temperature_label(args):
+    mode = args.temperature_mode or "the library's default mode"
+    tau = f"tau {args.tau:g}" if args.tau is not None else "the library's default tau"
+    return f"{mode}, {tau}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -562,11 +569,15 @@ def main():
     ap.add_argument("--steps", type=int, default=40, help="fine-tune steps (default 40)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    ap.add_argument("--tau", type=float, default=1e-5, help="DKM temperature, absolute (default 1e-5; library default 1e-4)")
+    ap.add_argument("--tau", type=float, default=None,
+                    help="libedkm's DKM temperature (default: the library's, 0.1 in the scale-free mode)")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    ap.add_argument("--temperature-mode", choices=["absolute", "scale_free"], default="absolute",
+    ap.add_argument("--temperature-mode", choices=["absolute", "scale_free"], default=None,
                     help="libedkm's temperature mode: absolute (tau in squared weight units, coremltools) or "
-                         "scale_free (tau times each tensor's k-means distortion: the mean squared distance of its weights to the nearest centroid)")
+                         "scale_free (tau times each tensor's k-means distortion: the mean squared distance of its weights to the "
+                         "nearest centroid; the library's default)")
+    ap.add_argument("--coremltools-tau", type=float, default=1e-5,
+                    help="coremltools' palett_tau, absolute (default 1e-5; coremltools' own default is 1e-4)")
     ap.add_argument("--coremltools", action="store_true",
                     help="also run coremltools' DKMPalettizer on the same task (slow: 10-45 s per step on 2 cores, 11 GB at 4 bits)")
     ap.add_argument("--float-baseline", action="store_true", help="also time the same fine-tune without compression")
@@ -608,6 +619,7 @@ def main():
 
     base = dict(model_dir=str(mdir), train_tok=train_tok, held_tok=held_tok, teacher_train=teacher_train,
                 teacher_held=teacher_held, steps=args.steps, batch=args.batch, lr=args.lr, tau=args.tau, temperature_mode=args.temperature_mode,
+                coremltools_tau=args.coremltools_tau,
                 threads=args.threads, log_every=args.log_every, coreml=args.coreml)
     jobs = []
     if args.float_baseline:
@@ -654,7 +666,8 @@ def main():
     lin_f = results[0].get("lin_f") if results else None
     print()
     print(f"all-MiniLM-L6-v2, {len(held_texts)} held-out sentences; fine-tunes: {args.steps} steps x {args.batch} "
-          f"sentences, Adam lr {args.lr:g}, tau {args.tau:g}, {args.threads} threads")
+          f"sentences, Adam lr {args.lr:g}, libedkm temperature {temperature_label(args)}, "
+          f"coremltools tau {args.coremltools_tau:g}, {args.threads} threads")
     hdr = (f"{'model':36s} {'bits':>4s} {'cosine':>7s} {'min':>7s} {'Linear MB':>9s} {'model MB':>8s} "
            f"{'time s':>7s} {'CPU s':>7s} {'peak RSS MB':>11s} {'arena peak':>10s}")
     print(hdr)

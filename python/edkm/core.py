@@ -525,13 +525,16 @@ class Layer(_Handle):
     """One weight tensor's clustering: config + centroids.
 
     shape: the weight tensor's shape (shape[0] = output rows). Parameters mirror edkm_layer_config;
-    init / algorithm accept the enums or their names; f32_key_dtype is 'f32' (no rounding; f32 weights
-    take the dense path), 'f16' or 'bf16'."""
+    init / algorithm / temperature_mode accept the enums or their names; f32_key_dtype is 'f32' (no
+    rounding; f32 weights take the dense path), 'f16' or 'bf16'.
+    tau / temperature_mode: None keeps the library's default (scale-free, tau 0.1 = a factor of each
+    group's k-means distortion). For coremltools' semantics pass temperature_mode='absolute' and an
+    absolute tau (coremltools' default is 1e-4)."""
 
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
 
-    def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=1e-4,
+    def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=None,
                  epsilon=1e-4, zero_threshold=1e-7, prune_threshold=1e-7, init=Init.AUTO,
                  algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None):
         super().__init__()
@@ -547,7 +550,8 @@ class Layer(_Handle):
         cfg.group_size = _u32(group_size, "group_size")
         cfg.max_iterations = _u32(max_iterations, "max_iterations")
         cfg.init = int(_enum_value(Init, init, "init"))
-        cfg.tau = float(tau)
+        if tau is not None:  # None keeps the library's default
+            cfg.tau = float(tau)
         cfg.epsilon = float(epsilon)
         cfg.zero_threshold = float(zero_threshold)
         cfg.prune_threshold = float(prune_threshold)

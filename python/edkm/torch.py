@@ -256,7 +256,8 @@ class DKMWeight(nn.Module):
 
     def extra_repr(self):
         return (f"shape={self.shape}, dtype={_DTYPE_NAMES[self.dtype]}, bits={self.bits}, "
-                f"group_size={self.group_size}, cluster_dim={self.cluster_dim}, tau={self.layer.config['tau']:g}")
+                f"group_size={self.group_size}, cluster_dim={self.cluster_dim}, tau={self.layer.config['tau']:g} "
+                f"({_core.TemperatureMode(self.layer.config['temperature_mode']).name.lower()})")
 
     # -- centroids <-> buffer --
 
@@ -400,14 +401,15 @@ def palettized(model):
     return found
 
 
-def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=1e-4, modules=_DEFAULT_MODULES, runtime=None,
+def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEFAULT_MODULES, runtime=None,
               min_numel=0, tensor_name="weight", **layer_options):
     """Puts DKM on the weights of the chosen modules (torch.nn.utils.parametrize), in place.
 
     bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
-    other edkm.Layer option (max_iterations, epsilon, zero_threshold, prune_threshold, init,
-    algorithm, f32_key_dtype, seed) configure each weight's layer; tau is absolute (coremltools
-    semantics). f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
+    other edkm.Layer option (temperature_mode, max_iterations, epsilon, zero_threshold,
+    prune_threshold, init, algorithm, f32_key_dtype, seed) configure each weight's layer. tau=None
+    keeps the library's default temperature (scale-free: 0.1 x each tensor's k-means distortion);
+    for coremltools' semantics pass temperature_mode='absolute' and an absolute tau. f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
     faster: the histogram path on the rounded keys).
     modules: module types (default Linear, Embedding, Conv2d), qualified names, a regex string
     matched against the qualified module name, or a callable (name, module) -> bool.

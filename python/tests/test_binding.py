@@ -312,12 +312,16 @@ def test_config_init_defaults_and_python_defaults(lib):
     ctypes.memset(ctypes.byref(lc), 0xAB, ctypes.sizeof(lc))
     ffi.edkm_layer_config_init(ctypes.byref(lc))
     assert lc.struct_size == ctypes.sizeof(ffi.edkm_layer_config)
-    want = dict(bits=4, cluster_dim=1, group_size=0, max_iterations=3, init=0, tau=1e-4, epsilon=1e-4,
-                zero_threshold=1e-7, prune_threshold=1e-7, algorithm=0, f32_key_dtype=0, seed=0x5EED)
+    want = dict(bits=4, cluster_dim=1, group_size=0, max_iterations=3, init=0, tau=0.1, epsilon=1e-4,
+                zero_threshold=1e-7, prune_threshold=1e-7, algorithm=0, f32_key_dtype=0, seed=0x5EED,
+                temperature_mode=ffi.EDKM_TEMPERATURE_SCALE_FREE)
     assert {k: getattr(lc, k) for k in want} == want
-    # the Python layer's keyword defaults are the library's defaults
+    # the Python layer's keyword defaults are the library's defaults (None: left as the library sets them)
     sig = inspect.signature(lib.Layer.__init__).parameters
     for k, v in want.items():
+        if sig[k].default is None:
+            assert k in ("tau", "temperature_mode"), k
+            continue
         assert int(sig[k].default) == v if isinstance(v, int) else sig[k].default == v, k
     rsig = inspect.signature(lib.Runtime.__init__).parameters
     assert rsig["num_threads"].default == 0 and rsig["budget_bytes"].default == 0

@@ -76,7 +76,7 @@ def test_forward_and_backward_match_reference(lib, shape, bits, d, group_size, w
     else:
         c0 = rng.uniform(-0.8, 0.8, (groups, k, d)).astype(np.float32)
     with lib.Runtime(num_threads=2) as rt, lib.Layer(rt, shape, bits=bits, cluster_dim=d, group_size=group_size,
-                                                     max_iterations=iters, tau=tau, epsilon=eps,
+                                                     max_iterations=iters, tau=tau, epsilon=eps, temperature_mode="absolute",
                                                      algorithm=algorithm) as layer:
         layer.centroids = c0
         out, st = layer.forward(w, "f32")
@@ -126,3 +126,25 @@ def test_early_stop_with_epsilon(lib):
         layer.centroids = np.array([[[-1.0], [1.0]]], np.float32)
         layer.forward(w, save=False)
         assert layer.stats().iterations == 2  # converged at once: stops after t = 1
+
+
+def test_default_temperature_is_scale_free(lib):
+    """The default layer runs the scale-free temperature: effective tau = 0.1 x the mean squared
+    distance of the weights to their nearest initial centroid (computed here from the centroids),
+    and scaling the weights by 4 scales it by 16 and the output by 4 (both exact in f16)."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((64, 48)) * 0.03).astype(np.float16)
+    results = []
+    for scale in (1, 4):
+        ws = (w.astype(np.float32) * scale).astype(np.float16)
+        with lib.Runtime() as rt, lib.Layer(rt, ws.shape, bits=3) as layer:
+            layer.init_centroids(ws)
+            c = np.asarray(layer.centroids, dtype=np.float64).ravel()
+            x = ws.astype(np.float64).ravel()
+            distortion = np.min((x[:, None] - c[None, :]) ** 2, axis=1).mean()
+            out = layer.forward(ws, "f32", save=False)
+            st = layer.stats()
+            assert abs(st.effective_tau / (0.1 * distortion) - 1) < 1e-12
+            results.append((st.effective_tau, np.asarray(out, dtype=np.float32)))
+    assert abs(results[1][0] / results[0][0] - 16) < 1e-9
+    np.testing.assert_array_equal(results[1][1], results[0][1] * 4)

@@ -77,7 +77,7 @@ def test_function_matches_reference(dtype, tol, bits, tau, group_size):
     g = torch.randn(32, 24).to(dtype)
     groups = 32 // group_size if group_size else 1
     c0 = distinct_init(w.double().numpy(), groups, 2 ** bits, 1, bits)
-    with edkm.Runtime() as rt, edkm.Layer(rt, w.shape, bits=bits, tau=tau, group_size=group_size) as layer:
+    with edkm.Runtime() as rt, edkm.Layer(rt, w.shape, bits=bits, tau=tau, group_size=group_size, temperature_mode="absolute") as layer:
         layer.centroids = c0
         x = w.clone().requires_grad_(True)
         out = et.dkm(x, layer)
@@ -96,7 +96,8 @@ def test_vectors_match_reference():
     w = torch.randn(16, 20) * 0.02
     g = torch.randn(16, 20)
     c0 = distinct_init(w.double().numpy(), 2, 8, 2, 0)
-    with edkm.Runtime() as rt, edkm.Layer(rt, w.shape, bits=3, cluster_dim=2, group_size=8) as layer:
+    with edkm.Runtime() as rt, edkm.Layer(rt, w.shape, bits=3, cluster_dim=2, group_size=8, tau=1e-4,
+                                          temperature_mode="absolute") as layer:
         layer.centroids = c0
         x = w.clone().requires_grad_(True)
         out = et.dkm(x, layer)
@@ -117,7 +118,7 @@ def test_parametrized_linear_gradient_matches_reference():
         lin.weight.mul_(0.5)
     w0 = lin.weight.detach().clone()
     tau = 1e-4
-    et.palettize(lin, bits=3, tau=tau)
+    et.palettize(lin, bits=3, tau=tau, temperature_mode="absolute")
     p = lin.parametrizations.weight[0]
     c0 = p.centroids.detach().clone()  # exact 1-D k-means of w0, set at palettize
     x = torch.randn(5, 24, requires_grad=True)

@@ -49,7 +49,7 @@ def test_scalar_matches_autograd(algorithm, dtype, bits, tau):
     c0 = np.sort(rng.choice(np.unique(w64.ravel()), 2 ** bits, replace=False)).astype(np.float32)
     g = rng.standard_normal(w.shape).astype(np.float32)
     with edkm.Runtime() as rt:
-        layer = edkm.Layer(rt, w.shape, bits=bits, tau=tau, algorithm=algorithm)
+        layer = edkm.Layer(rt, w.shape, bits=bits, tau=tau, algorithm=algorithm, temperature_mode="absolute")
         layer.centroids = c0.reshape(1, -1, 1)
         out, state = layer.forward(w, out_dtype="f32", **arg)
         grad = state.backward(g, weights=w)
@@ -65,7 +65,7 @@ def test_vectors_and_groups_match_autograd():
     groups = 2
     c0 = np.stack([w[i * 16:(i + 1) * 16].reshape(-1, 2)[rng.choice(320, 8, replace=False)] for i in range(groups)])
     with edkm.Runtime() as rt:
-        layer = edkm.Layer(rt, w.shape, bits=3, cluster_dim=2, group_size=16, tau=1e-4)
+        layer = edkm.Layer(rt, w.shape, bits=3, cluster_dim=2, group_size=16, tau=1e-4, temperature_mode="absolute")
         layer.centroids = c0.astype(np.float32)
         out, state = layer.forward(w)
         grad = state.backward(g, weights=w)

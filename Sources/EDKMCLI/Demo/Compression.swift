@@ -8,21 +8,15 @@ struct DemoLayerSpec {
     var count: Int { rows * cols }
     var shape: [Int] { [rows, cols] }
 
-    /// DKM configuration for this matrix at `bits`: tau scaled to the weights' variance (the
-    /// library default 1e-4 is tuned for LLM weights of std ~0.02; these have std ~0.3), f32 weights
-    /// keyed by their f16 rounding so the forward and backward run on the value histogram.
-    func config(bits: Int, weights: [Float]) -> edkm_layer_config {
+    /// DKM configuration for this matrix at `bits`: the library's defaults (scale-free temperature,
+    /// so nothing depends on these weights' scale), f32 weights keyed by their f16 rounding so the
+    /// forward and backward run on the value histogram.
+    func config(bits: Int) -> edkm_layer_config {
         var c = EDKMLayer.defaultConfig()
         c.bits = UInt32(bits)
-        c.tau = 0.01 * variance(weights)
         c.f32_key_dtype = Int32(EDKM_DTYPE_F16.rawValue)
         return c
     }
-}
-
-func variance(_ w: [Float]) -> Double {
-    let mean = w.reduce(0.0) { $0 + Double($1) } / Double(w.count)
-    return w.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(w.count)
 }
 
 /// Hard palettization with the layer's current centroids: export (F16 LUT, packed indices) and

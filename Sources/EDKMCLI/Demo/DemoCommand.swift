@@ -138,7 +138,7 @@ struct Demo {
 
         for b in bits {
             let floatWeights = [model.w1, model.w2]
-            let configs = specs.indices.map { specs[$0].config(bits: b, weights: floatWeights[$0]) }
+            let configs = specs.map { $0.config(bits: b) }
 
             // 2. Post-training palettization: exact 1-D k-means of the float weights.
             var initial: [[Float]] = []

@@ -59,7 +59,7 @@ func measureSavedState(shapes: [[Int]], configs: [edkm_layer_config], centroids:
 }
 
 /// The same measurement on one LLM-sized projection: rows x cols f16 weights of std 0.02 (random,
-/// seeded), library defaults (tau 1e-4, 3 iterations) at `bits`.
+/// seeded), library defaults (scale-free tau 0.1, 3 iterations) at `bits`.
 func measureLLMLayer(rows: Int, cols: Int, bits: Int, seed: UInt64, threads: UInt32) throws -> (measurements: [SavedStateMeasurement], distinct: UInt64) {
     var rng = SeededRandom(seed: seed)
     let n = rows * cols
