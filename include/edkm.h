@@ -167,7 +167,11 @@ typedef enum edkm_saved_mode {
     EDKM_SAVED_DEDUP = 3,
     /** + uniquify: U x k attention tables and an N-entry 16-bit index list instead of N x k maps. */
     EDKM_SAVED_UNIQUIFY = 4,
-    /** + shard: each rank keeps 1/world_size of the index list; backward all-gathers it. */
+    /** + shard: each rank keeps 1/world_size of the index list; backward all-gathers it.
+     *  UNIQUIFY and SHARD need the uniquified algorithm (16-bit keys: f16/bf16 weights, or f32 with
+     *  f32_key_dtype set; cluster_dim 1). A layer that runs EDKM_ALGORITHM_DENSE under them keeps
+     *  one deduplicated copy of its weights instead (N x dtype bytes, not sharded);
+     *  edkm_layer_stats.algorithm tells which ran. */
     EDKM_SAVED_SHARD = 5
 } edkm_saved_mode;
 

@@ -5,12 +5,13 @@
 #             LeakSanitizer suppressions: tests/reliability/lsan.supp, Swift runtime only)
 #   tsan      swift test --sanitize=thread  --scratch-path .build-tsan
 #   asan-c    libedkm built -c release with ASan (.build-asan-release) + the C reliability programs
-#             built with clang -fsanitize=address: fuzz (short), soak (short), budget, concurrency.
+#             and examples/c/mlp_trainer.c built with clang -fsanitize=address: fuzz (short), soak
+#             (short), budget, concurrency, the trainer (short schedule).
 #             (Note: the ASan build did NOT reproduce K4, a use-after-free that comes from Swift
 #             ending an object's lifetime after its last use: the instrumented optimiser kept the
 #             object alive. valgrind on the plain release library is what caught it.)
-#   tsan-c    libedkm built -c release with TSan (.build-tsan-release) + concurrency.c built with
-#             clang -fsanitize=thread (races between C threads inside the library). TSan does not
+#   tsan-c    libedkm built -c release with TSan (.build-tsan-release) + concurrency.c and the trainer
+#             built with clang -fsanitize=thread (races between C threads inside the library). TSan does not
 #             understand Synchronization.Mutex on Linux (false reports inside every withLock body):
 #             tests/reliability/tsan.supp suppresses exactly those, for both TSan parts.
 #   valgrind  memcheck (--error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite) on
@@ -73,6 +74,9 @@ c_programs() {  # c_programs SANITIZER LIBDIR: builds the reliability programs w
     done
     "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -pthread -I include tests/reliability/concurrency.c \
         -L "$lib" -ledkm "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/concurrency_$san" 2>&1 | grep -v "Cannot export local symbol" || true
+    # the C example a user starts from
+    "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include examples/c/mlp_trainer.c \
+        -L "$lib" -ledkm "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/mlp_trainer_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     set +e
     test -x "$BIN/concurrency_$san"
 }
@@ -96,14 +100,17 @@ for part in "${PARTS[@]}"; do
         run "ASan: soak (${SOAK_CYCLES_SAN:-1000} cycles)" "$LOGS/asan-soak.log" "$BIN/soak_address" --cycles "${SOAK_CYCLES_SAN:-1000}" \
             --sample 100 --rss-slope-kib 1e9 --rss-growth-kib 1e9
         run "ASan: budget" "$LOGS/asan-budget.log" "$BIN/budget_address" --rounds 10 --rss-kib 1e9
-        run "ASan: concurrency" "$LOGS/asan-concurrency.log" "$BIN/concurrency_address" --cycles 20 --attempts 100 --rounds 50 ;;
+        run "ASan: concurrency" "$LOGS/asan-concurrency.log" "$BIN/concurrency_address" --cycles 20 --attempts 100 --rounds 50
+        run "ASan: mlp_trainer (short)" "$LOGS/asan-mlp.log" "$BIN/mlp_trainer_address" --epochs 4 --ft-epochs 1 --bits 3 ;;
     tsan-c)
         L=$ROOT/.build-tsan-release/release
         run "build libedkm -c release --sanitize=thread" "$LOGS/build-tsan-release.log" \
             swift build -c release --product edkm --sanitize=thread --scratch-path .build-tsan-release
         run "build C programs (TSan)" "$LOGS/build-c-tsan.log" c_programs thread "$L"
         run "TSan: concurrency" "$LOGS/tsan-concurrency.log" env TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 exitcode=66} $TSAN_SUPP" \
-            "$BIN/concurrency_thread" --cycles 20 --attempts 100 --rounds 50 ;;
+            "$BIN/concurrency_thread" --cycles 20 --attempts 100 --rounds 50
+        run "TSan: mlp_trainer (short, 2 threads)" "$LOGS/tsan-mlp.log" env TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 exitcode=66} $TSAN_SUPP" \
+            "$BIN/mlp_trainer_thread" --epochs 4 --ft-epochs 1 --bits 3 ;;
     valgrind)
         LIB=${EDKM_LIB_DIR:-}
         if [ -z "$LIB" ]; then if [ -e .build/release/libedkm.so ]; then LIB=.build/release; else LIB=.build-fuzz/release; fi; fi

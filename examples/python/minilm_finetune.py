@@ -447,7 +447,8 @@ def run_method(job):
     elif job["method"] in ("ptq", "edkm"):
         runtime = edkm.Runtime(num_threads=job["threads"])
         temperature = {k: job[k] for k in ("tau", "temperature_mode") if job.get(k) is not None}
-        et.palettize(model, bits=bits, modules=names, runtime=runtime, f32_key_dtype="f16", **temperature)
+        et.palettize(model, bits=bits, group_size=job["group_size"], modules=names, runtime=runtime,
+                     f32_key_dtype="f16", **temperature)
         student = model
     elif job["method"] == "coremltools":
         import coremltools.optimize.torch.palettization as P
@@ -572,6 +573,9 @@ def main():
     ap.add_argument("--tau", type=float, default=None,
                     help="libedkm's DKM temperature (default: the library's, 0.1 in the scale-free mode)")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    ap.add_argument("--group-size", type=int, default=0,
+                    help="libedkm: one LUT per this many output rows (default 0: one LUT per tensor); "
+                         "not with --coremltools")
     ap.add_argument("--temperature-mode", choices=["absolute", "scale_free"], default=None,
                     help="libedkm's temperature mode: absolute (tau in squared weight units, coremltools) or "
                          "scale_free (tau times each tensor's k-means distortion: the mean squared distance of its weights to the "
@@ -619,7 +623,7 @@ def main():
 
     base = dict(model_dir=str(mdir), train_tok=train_tok, held_tok=held_tok, teacher_train=teacher_train,
                 teacher_held=teacher_held, steps=args.steps, batch=args.batch, lr=args.lr, tau=args.tau, temperature_mode=args.temperature_mode,
-                coremltools_tau=args.coremltools_tau,
+                coremltools_tau=args.coremltools_tau, group_size=args.group_size,
                 threads=args.threads, log_every=args.log_every, coreml=args.coreml)
     jobs = []
     if args.float_baseline:
@@ -636,6 +640,8 @@ def main():
         export = str(Path(args.export) / f"minilm-edkm-{bits}bit.safetensors") if args.export else None
         jobs.append(dict(base, method="edkm", bits=bits, export=export))
         if args.coremltools:
+            if args.group_size:
+                raise SystemExit("--coremltools compares per-tensor LUTs: use it without --group-size")
             if not have_ct:
                 print("--coremltools: coremltools is not installed; skipping it")
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import warnings
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -333,9 +334,14 @@ def _load():
     errors = []
     for cand in _candidates():
         try:
-            return ctypes.CDLL(cand), cand
+            handle = ctypes.CDLL(cand)
         except OSError as e:
             errors.append(f"{cand}: {e}")
+            continue
+        if f"{os.sep}.build{os.sep}debug{os.sep}" in cand:
+            warnings.warn(f"libedkm: using the unoptimised debug build {cand} (no release build found; "
+                          f"{_BUILD_HINT})", RuntimeWarning, stacklevel=2)
+        return handle, cand
     raise ImportError(
         "libedkm.so not found or not loadable: "
         + _BUILD_HINT
