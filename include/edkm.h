@@ -368,6 +368,10 @@ EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_st
  * EDKM_SAVED_HISTOGRAM mode (and for a state of edkm_layer_forward_shard in every mode) unless
  * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
  * weights that differ from the forward's give EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
+ * Gradients are computed in float64 and rounded to grad_dtype: a value beyond its range becomes
+ * +-Inf (an f16 gradient above 65,504, say), as in PyTorch, where a loss scaler detects it.
+ * A non-finite grad_output is rejected with EDKM_ERR_NON_FINITE (nothing written; the state stays
+ * usable).
  * Its memory is released by edkm_saved_state_destroy (not by backward).
  */
 EDKM_API edkm_status edkm_saved_state_backward(edkm_saved_state *state, const void *grad_output,
