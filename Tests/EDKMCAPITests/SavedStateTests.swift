@@ -6,13 +6,16 @@ import Testing
 final class ThreadGroup: @unchecked Sendable {
     let world: Int
     let barrier = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)  // stable address
-    var buffer = [UInt8]()
+    /// The all-gather's receive buffer: raw memory, so ranks can write their disjoint blocks at once
+    /// (a Swift array would be one exclusive access for all of them).
+    var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     var failNext = false
     init(world: Int) {
         self.world = world
         pthread_barrier_init(barrier, nil, UInt32(world))
     }
     deinit {
+        buffer.deallocate()
         pthread_barrier_destroy(barrier)
         barrier.deallocate()
     }
@@ -28,11 +31,15 @@ let gatherCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeRawPointer?,
     let ctx = Unmanaged<RankContext>.fromOpaque(user!).takeUnretainedValue()
     let g = ctx.group
     if g.failNext { return -1 }
-    if ctx.rank == 0 { g.buffer = [UInt8](repeating: 0, count: bytes * g.world) }
+    if ctx.rank == 0 {
+        g.buffer.deallocate()
+        g.buffer = .allocate(byteCount: max(1, bytes * g.world), alignment: 16)
+    }
     pthread_barrier_wait(g.barrier)
-    g.buffer.withUnsafeMutableBytes { ($0.baseAddress! + ctx.rank * bytes).copyMemory(from: send!, byteCount: bytes) }
+    let buffer = g.buffer.baseAddress!
+    (buffer + ctx.rank * bytes).copyMemory(from: send!, byteCount: bytes)
     pthread_barrier_wait(g.barrier)
-    g.buffer.withUnsafeBytes { recv!.copyMemory(from: $0.baseAddress!, byteCount: bytes * g.world) }
+    recv!.copyMemory(from: buffer, byteCount: bytes * g.world)
     pthread_barrier_wait(g.barrier)
     return 0
 }
