@@ -184,7 +184,7 @@ def child_edkm_f32(rows, cols, bits, steps, dump):
     w, x, r = make_inputs(rows, cols)
     weight = torch.nn.Parameter(w.clone())
     rt = edkm.Runtime()
-    layer = edkm.Layer(rt, (rows, cols), bits=bits, f32_key_dtype="f16")
+    layer = edkm.Layer(rt, (rows, cols), bits=bits, f32_key_dtype="f16", temperature_mode="absolute")  # tau 1e-4, as coremltools
     layer.centroids = initial_centroids(w, bits).reshape(1, -1, 1)
     c0 = layer.centroids.copy()
     soft_first = []
@@ -222,7 +222,7 @@ def child_edkm_f16(rows, cols, bits, steps, dump):
     out = np.empty_like(w16)
     gout = np.empty_like(w16)
     rt = edkm.Runtime()
-    layer = edkm.Layer(rt, (rows, cols), bits=bits)
+    layer = edkm.Layer(rt, (rows, cols), bits=bits, temperature_mode="absolute")  # tau 1e-4, as coremltools
     layer.init_centroids(w16)
     c0 = layer.centroids.copy()
     fwd, bwd = [], []

@@ -65,9 +65,11 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 1
+#define EDKM_VERSION_MINOR 2
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 100 for 0.1.0. */
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 200 for 0.2.0.
+ *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
+ *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE. */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's. */
@@ -251,8 +253,10 @@ typedef enum edkm_temperature_mode {
      *  forward as the centroids move): tau_eff = tau sigma^2, prune_eff = prune_threshold sigma^2,
      *  epsilon_eff = epsilon sigma^2 n. When every weight sits on a centroid (sigma^2 = 0) sigma^2
      *  is the mean squared spacing of the centroids instead. Multiplying the weights by a constant
-     *  changes nothing but the scale of the results. sigma^2 is a constant of the graph (no
-     *  gradient), so the backward stays exact. Measured default factor: see README. */
+     *  changes nothing but the scale of the results. sigma^2 is detached (a stop-gradient, like
+     *  c0): the backward is the exact gradient with sigma^2 held fixed, so finite differences of
+     *  the forward, which move sigma^2 too, match it only in the absolute mode. The default
+     *  factor 0.1 comes from the README's temperature study. */
     EDKM_TEMPERATURE_SCALE_FREE = 1
 } edkm_temperature_mode;
 

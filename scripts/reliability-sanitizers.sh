@@ -11,9 +11,9 @@
 #             ending an object's lifetime after its last use: the instrumented optimiser kept the
 #             object alive. valgrind on the plain release library is what caught it.)
 #   tsan-c    libedkm built -c release with TSan (.build-tsan-release) + concurrency.c and the trainer
-#             built with clang -fsanitize=thread (races between C threads inside the library). TSan does not
-#             understand Synchronization.Mutex on Linux (false reports inside every withLock body):
-#             tests/reliability/tsan.supp suppresses exactly those, for both TSan parts.
+#             built with clang -fsanitize=thread (races between C threads inside the library).
+#             tests/reliability/tsan.supp suppresses only Swift's lazy-global initialisers (swift_once
+#             is not instrumented), for both TSan parts.
 #   valgrind  memcheck (--error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite) on
 #             the C examples, the fuzz driver (short), the soak (short) and the budget program,
 #             against a copy of the release libedkm.so stripped of debug info (`strip -g`, symbols
@@ -31,8 +31,7 @@ ROOT=$PWD
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 CLANG=${CLANG:-$(command -v clang || echo /opt/swift/usr/bin/clang)}
 SWIFT_LIB=$(dirname "$(command -v swift)")/../lib/swift/linux
-# TSan cannot see Synchronization.Mutex on Linux: tests/reliability/tsan.supp drops reports inside
-# Mutex.withLock bodies only (see that file)
+# tests/reliability/tsan.supp: Swift lazy-global initialisers only (see that file)
 TSAN_SUPP="suppressions=$ROOT/tests/reliability/tsan.supp"
 BIN=$ROOT/.build-reliability/bin
 LOGS=$ROOT/.build-reliability/logs

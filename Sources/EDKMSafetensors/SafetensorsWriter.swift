@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// One tensor of a file being written: its header entry. Data follows in the order given.
 public struct OutputTensor: Equatable, Sendable {
@@ -293,7 +294,11 @@ public enum TemporaryFiles {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         for s in 0..<slots where table[s * slotBytes] == 0 {
-            for (i, b) in bytes.enumerated().reversed() { table[s * slotBytes + i] = b }  // first byte last
+            // The whole path, then (after a release fence) its first byte, which marks the slot used:
+            // a handler that sees the first byte sees the rest.
+            for (i, b) in bytes.enumerated().dropFirst() { table[s * slotBytes + i] = b }
+            atomicMemoryFence(ordering: .releasing)
+            table[s * slotBytes] = bytes[0]
             return
         }
     }
@@ -308,7 +313,10 @@ public enum TemporaryFiles {
 
     /// Unlinks every registered temporary file. Safe to call from a signal handler.
     public static func removeAllForSignal() {
-        for s in 0..<slots where table[s * slotBytes] != 0 { unlink(table + s * slotBytes) }
+        for s in 0..<slots where table[s * slotBytes] != 0 {
+            atomicMemoryFence(ordering: .acquiring)
+            unlink(table + s * slotBytes)
+        }
     }
 
     /// Installs SIGINT, SIGTERM and SIGHUP handlers that remove the temporary files and then die of

@@ -12,7 +12,8 @@
  * opt.retain keeps a destroyed arena's address space mapped (about 4 KiB of RSS per used arena
  * that never comes back), so long-lived processes that create runtimes repeatedly would grow.
  * retain:false returns it to the system when the arena is destroyed. (JE_MALLOC_CONF still
- * overrides this for debugging.) */
+ * overrides this for debugging.) Not exported from libedkm.so: Sources/EDKMCAPI/exports.map keeps
+ * every symbol but edkm_* local, so no other jemalloc in the process can see or interpose it. */
 const char *je_malloc_conf = "retain:false";
 
 static int flags_for(unsigned index) {

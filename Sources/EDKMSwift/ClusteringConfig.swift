@@ -56,8 +56,8 @@ public struct ClusteringConfig: Sendable, Equatable {
         /// sigma^2 = (1/n) sum_i min_j ||w_i - c0_j||^2 (the mean squared distance of its n weight
         /// vectors to the nearest of the forward's initial centroids c0: post-training k-means' own
         /// error; epsilon also times n), so multiplying the weights by any constant changes nothing
-        /// but the scale of the results. sigma^2 is a constant of the graph (no gradient), so the
-        /// backward stays exact.
+        /// but the scale of the results. sigma^2 is detached (a stop-gradient, like c0): the
+        /// backward is exact with sigma^2 held fixed.
         case scaleFree = 1
     }
 

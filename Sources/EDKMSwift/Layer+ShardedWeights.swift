@@ -57,7 +57,8 @@ extension Layer {
             CentroidInitialization.respreadDuplicates(&initial, k: config.k, d: 1)
             let c0 = initial.map { Double($0) }
             let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
-            let parameters = effectiveParameters(rows, initial: [c0], vectors: geometry.count)
+            let held = global.counts.reduce(0) { $0 + Int($1) }  // the weights all ranks' slices hold
+            let parameters = effectiveParameters(rows, initial: [c0], vectors: held)
             let engine = DKMEngine(config: config, pool: pool)
             var traces = try engine.iterate(rows, initial: [c0], parameters: parameters)
             let f = DoubleBuffer(zeros: global.distinctCount)

@@ -80,12 +80,14 @@ public final class ThreadPool: @unchecked Sendable {
     public init(threads: Int) {
         threadCount = max(1, threads == 0 ? Int(edkm_available_cores()) : threads)
         state = State()
-        // Workers start with every signal blocked (they inherit the creating thread's mask): the
-        // host's signal handlers then run on the host's own threads, never on a library worker in
-        // the middle of a kernel.
-        var all = sigset_t(), previous = sigset_t()
-        sigfillset(&all)
-        pthread_sigmask(SIG_SETMASK, &all, &previous)
+        // Workers start with the asynchronous signals blocked (they inherit the creating thread's
+        // mask): the host's handlers for SIGINT, SIGTERM, SIGCHLD... then run on the host's own
+        // threads, never on a library worker. The synchronous ones (a fault or trap on the worker
+        // itself) stay deliverable, so crash handlers and backtracers still run.
+        var blocked = sigset_t(), previous = sigset_t()
+        sigfillset(&blocked)
+        for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT] { sigdelset(&blocked, sig) }
+        pthread_sigmask(SIG_SETMASK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         for _ in 1..<max(1, threadCount) {
             var tid = pthread_t()

@@ -139,7 +139,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--tau", type=float, default=1e-4)
+    ap.add_argument("--tau", type=float, default=None,
+                    help="scale-free DKM temperature factor (default: the library's, 0.1)")
     ap.add_argument("--out", default=None, help="directory for the safetensors file (default: a temporary one)")
     args = ap.parse_args()
     outdir = args.out or tempfile.mkdtemp(prefix="edkm-dist-")

@@ -37,9 +37,9 @@ from pathlib import Path
 
 # ============================ Version ============================
 
-# #define EDKM_VERSION_MAJOR 0 / MINOR 1 / PATCH 0: the header this binding mirrors.
+# #define EDKM_VERSION_MAJOR 0 / MINOR 2 / PATCH 0: the header this binding mirrors.
 EDKM_VERSION_MAJOR = 0
-EDKM_VERSION_MINOR = 1
+EDKM_VERSION_MINOR = 2
 EDKM_VERSION_PATCH = 0
 EDKM_VERSION_NUMBER = EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH
 

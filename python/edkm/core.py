@@ -75,6 +75,10 @@ class Init(enum.IntEnum):
     KMEANS_PP = _ffi.EDKM_INIT_KMEANS_PP
 
 
+#: tau of temperature_mode='absolute' when none is given: coremltools' default.
+ABSOLUTE_DEFAULT_TAU = 1e-4
+
+
 class TemperatureMode(enum.IntEnum):
     ABSOLUTE = _ffi.EDKM_TEMPERATURE_ABSOLUTE
     SCALE_FREE = _ffi.EDKM_TEMPERATURE_SCALE_FREE
@@ -528,8 +532,8 @@ class Layer(_Handle):
     init / algorithm / temperature_mode accept the enums or their names; f32_key_dtype is 'f32' (no
     rounding; f32 weights take the dense path), 'f16' or 'bf16'.
     tau / temperature_mode: None keeps the library's default (scale-free, tau 0.1 = a factor of each
-    group's k-means distortion). For coremltools' semantics pass temperature_mode='absolute' and an
-    absolute tau (coremltools' default is 1e-4)."""
+    group's k-means distortion). temperature_mode='absolute' gives coremltools' semantics, with
+    coremltools' default tau 1e-4 unless tau is given."""
 
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
@@ -550,7 +554,7 @@ class Layer(_Handle):
         cfg.group_size = _u32(group_size, "group_size")
         cfg.max_iterations = _u32(max_iterations, "max_iterations")
         cfg.init = int(_enum_value(Init, init, "init"))
-        if tau is not None:  # None keeps the library's default
+        if tau is not None:  # None keeps the library's default (for its default mode)
             cfg.tau = float(tau)
         cfg.epsilon = float(epsilon)
         cfg.zero_threshold = float(zero_threshold)
@@ -560,6 +564,8 @@ class Layer(_Handle):
         cfg.seed = _u64(seed, "seed")
         if temperature_mode is not None:  # None keeps the library's default
             cfg.temperature_mode = int(_enum_value(TemperatureMode, temperature_mode, "temperature_mode"))
+            if tau is None and cfg.temperature_mode == TemperatureMode.ABSOLUTE:
+                cfg.tau = ABSOLUTE_DEFAULT_TAU  # the library's 0.1 is a scale-free factor
         self._runtime = runtime  # keeps the communicator (and its callbacks) alive
         c_shape = (ctypes.c_int64 * max(len(shape), 1))(*shape)
         h = _ffi.edkm_layer_p()

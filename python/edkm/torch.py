@@ -409,7 +409,7 @@ def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEF
     other edkm.Layer option (temperature_mode, max_iterations, epsilon, zero_threshold,
     prune_threshold, init, algorithm, f32_key_dtype, seed) configure each weight's layer. tau=None
     keeps the library's default temperature (scale-free: 0.1 x each tensor's k-means distortion);
-    for coremltools' semantics pass temperature_mode='absolute' and an absolute tau. f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
+    temperature_mode='absolute' gives coremltools' semantics (tau default 1e-4 there). f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
     faster: the histogram path on the rounded keys).
     modules: module types (default Linear, Embedding, Conv2d), qualified names, a regex string
     matched against the qualified module name, or a callable (name, module) -> bool.
