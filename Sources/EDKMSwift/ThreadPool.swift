@@ -94,6 +94,7 @@ public final class ThreadPool: @unchecked Sendable {
             let context = Unmanaged.passRetained(state).toOpaque()  // released when the worker exits
             let rc = pthread_create(&tid, nil, { raw in
                 let shared = Unmanaged<State>.fromOpaque(raw!)
+                edkm_name_this_thread("edkm-worker")
                 shared.takeUnretainedValue().workerLoop()
                 shared.release()
                 return nil

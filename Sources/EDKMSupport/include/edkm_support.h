@@ -34,6 +34,8 @@ EDKM_HIDDEN size_t edkm_heap_usable_size(void *ptr);
 /* --- processor --- */
 /** Number of processors this process may run on (sched_getaffinity), at least 1. */
 EDKM_HIDDEN int edkm_available_cores(void);
+/** Names the calling thread (at most 15 bytes are kept), as top, gdb and /proc show it. */
+EDKM_HIDDEN void edkm_name_this_thread(const char *name);
 
 /* --- element kernels with run-time ISA selection (kernels.c) --- */
 /** out[i] = g[i] * hr[2 keys[i]] + hr[2 keys[i] + 1] in float32, g and out of dtype `type`
