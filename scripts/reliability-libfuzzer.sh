@@ -9,7 +9,7 @@
 # Builds into .build-libfuzzer (library, ~1.5 min on 2 cores) and .build-reliability/bin; the corpus
 # is .build-reliability/corpus-libfuzzer, crashing inputs are written to .build-reliability/
 # (crash-*, leak-*, timeout-*). Reproduce one: .build-reliability/bin/fuzz_abi_libfuzzer CRASH_FILE
-# (FUZZ_TRACE=1 prints every call; FUZZ_HIT_KNOWN=1 also generates the known-bug inputs).
+# (FUZZ_TRACE=1 prints every call; FUZZ_TOLERATE_KNOWN=1 avoids the inputs of the bugs fixed in 0.2).
 # Note: swiftc's plain -sanitize-coverage=edge emits trace-pc-guard, which current libFuzzer
 # rejects; inline-8bit-counters,pc-table is what it needs.
 set -euo pipefail

@@ -94,7 +94,7 @@ for part in "${PARTS[@]}"; do
             swift build -c release --product edkm --sanitize=address --scratch-path .build-asan-release
         run "build C programs (ASan)" "$LOGS/build-c-asan.log" c_programs address "$L"
         export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-        run "ASan: fuzz_abi (${FUZZ_SECONDS_SAN:-60} s)" "$LOGS/asan-fuzz.log" "$BIN/fuzz_abi_address" --seed 11 --seconds "${FUZZ_SECONDS_SAN:-60}" --hit-known
+        run "ASan: fuzz_abi (${FUZZ_SECONDS_SAN:-60} s)" "$LOGS/asan-fuzz.log" "$BIN/fuzz_abi_address" --seed 11 --seconds "${FUZZ_SECONDS_SAN:-60}"
         # RSS bounds off: ASan's quarantine holds freed memory
         run "ASan: soak (${SOAK_CYCLES_SAN:-1000} cycles)" "$LOGS/asan-soak.log" "$BIN/soak_address" --cycles "${SOAK_CYCLES_SAN:-1000}" \
             --sample 100 --rss-slope-kib 1e9 --rss-growth-kib 1e9
@@ -131,7 +131,7 @@ for part in "${PARTS[@]}"; do
         run "valgrind: header_check" "$LOGS/valgrind-header-check.log" "${VG[@]}" "$BIN/header_check_vg"
         run "valgrind: mlp_trainer (short)" "$LOGS/valgrind-mlp.log" "${VG[@]}" "$BIN/mlp_trainer_vg" --epochs 4 --ft-epochs 1 --bits 3
         run "valgrind: fuzz_abi (${VALGRIND_FUZZ_ITERATIONS:-150} iterations)" "$LOGS/valgrind-fuzz.log" \
-            "${VG[@]}" "$BIN/fuzz_abi_vg" --seed 12 --iterations "${VALGRIND_FUZZ_ITERATIONS:-150}" --hit-known
+            "${VG[@]}" "$BIN/fuzz_abi_vg" --seed 12 --iterations "${VALGRIND_FUZZ_ITERATIONS:-150}"
         run "valgrind: soak (${VALGRIND_SOAK_CYCLES:-200} cycles)" "$LOGS/valgrind-soak.log" \
             "${VG[@]}" "$BIN/soak_vg" --cycles "${VALGRIND_SOAK_CYCLES:-200}" --sample 20 --rss-slope-kib 1e9 --rss-growth-kib 1e9
         run "valgrind: budget (3 rounds)" "$LOGS/valgrind-budget.log" "${VG[@]}" "$BIN/budget_vg" --rounds 3 --rss-kib 1e9 ;;
