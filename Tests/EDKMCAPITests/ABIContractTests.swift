@@ -193,6 +193,13 @@ import Testing
         #expect(edkm_layer_create(rt, &c, [8, 8], 0, &layer) == EDKM_ERR_SHAPE)
         c.`init` = 7
         #expect(edkm_layer_create(rt, &c, [8, 8], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
+        for mode: Int32 in [2, -1, 1 << 30] {  // not an edkm_temperature_mode
+            c = layerConfig()
+            c.temperature_mode = mode
+            #expect(edkm_layer_create(rt, &c, [8, 8], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
+            #expect(lastError().contains("temperature"))
+        }
+        #expect(layer == nil)
         c = layerConfig(d: 2, algorithm: EDKM_ALGORITHM_UNIQUIFIED)
         #expect(edkm_layer_create(rt, &c, [8, 8], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
         var r = edkm_runtime_config()

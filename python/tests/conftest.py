@@ -65,3 +65,15 @@ def lib():
 def rt(lib):
     with lib.Runtime(num_threads=2) as r:
         yield r
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For the torch test modules: one intra-op thread is faster than several on their small tensors,
+    and steadier on a loaded machine; restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

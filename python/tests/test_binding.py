@@ -351,7 +351,8 @@ def test_bad_bits_raise_edkm_error(lib, rt, bits):
     "kwargs",
     [dict(tau=0.0), dict(tau=float("nan")), dict(tau=float("inf")), dict(max_iterations=0),
      dict(max_iterations=65), dict(cluster_dim=0), dict(cluster_dim=65), dict(epsilon=-1.0),
-     dict(zero_threshold=-1.0), dict(prune_threshold=-1.0), dict(init=7), dict(algorithm=7)],
+     dict(zero_threshold=-1.0), dict(prune_threshold=-1.0), dict(init=7), dict(algorithm=7),
+     dict(temperature_mode=2), dict(temperature_mode=-1), dict(temperature_mode="hot")],
     ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
 )
 def test_out_of_range_config_raises(lib, rt, kwargs):
@@ -359,6 +360,16 @@ def test_out_of_range_config_raises(lib, rt, kwargs):
         lib.Layer(rt, (8, 64), **kwargs)
     if isinstance(ei.value, lib.EdkmError):
         assert ei.value.status in (lib._ffi.EDKM_ERR_INVALID_ARGUMENT,), ei.value
+
+
+def test_absolute_mode_without_tau_is_coremltools_default(lib, rt):
+    """temperature_mode='absolute' with no tau uses coremltools' 1e-4, not the scale-free factor 0.1."""
+    with lib.Layer(rt, (8, 64), temperature_mode="absolute") as layer:
+        assert layer.config["tau"] == 1e-4
+        assert layer.config["temperature_mode"] == lib._ffi.EDKM_TEMPERATURE_ABSOLUTE
+    with lib.Layer(rt, (8, 64)) as layer:
+        assert layer.config["tau"] == 0.1
+        assert layer.config["temperature_mode"] == lib._ffi.EDKM_TEMPERATURE_SCALE_FREE
 
 
 def test_bad_shapes_raise(lib, rt):

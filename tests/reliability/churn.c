@@ -14,17 +14,6 @@
  */
 #include "rel_common.h"
 
-#include <dirent.h>
-
-static int thread_count(void) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
 
 int main(int argc, char **argv) {
     long cycles = 3000;
@@ -41,7 +30,7 @@ int main(int argc, char **argv) {
     static float out[N], g[N], gi[N];
     uint64_t seed = 3;
     for (int i = 0; i < N; i++) { w[i] = rel_float_to_f16((float)(rel_normal(&seed) * 0.02)); g[i] = 0.01f; }
-    int threads0 = thread_count();
+    int threads0 = rel_thread_count();
     long warm = cycles / 10;
     uint64_t rss_warm = 0;
     double t0 = rel_now();
@@ -64,7 +53,7 @@ int main(int argc, char **argv) {
         if (c == warm) rss_warm = rel_rss_bytes();
     }
     double dt = rel_now() - t0;
-    int threads1 = thread_count();
+    int threads1 = rel_thread_count();
     uint64_t rss_end = rel_rss_bytes();
     double grew = ((double)rss_end - (double)rss_warm) / 1024.0;
     int fail = 0;

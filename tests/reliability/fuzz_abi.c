@@ -49,18 +49,6 @@
 
 #include "rel_common.h"
 
-#include <dirent.h>
-
-/* Threads of this process (/proc/self/task): a runtime that outlives every handle keeps its pool. */
-static int thread_count(void) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
 
 /*
  * Library bugs this driver found (tests/reliability/README.md has the analysis), all fixed:
@@ -192,7 +180,7 @@ static int check_status(const char *op, edkm_status got, unsigned must, unsigned
     if (g <= 14) g_status_hist[g]++; else g_status_hist[16]++;
     if (got == EDKM_ERR_ALLOCATOR && g_allocator_errors++ == 0)
         fprintf(stderr, "fuzz_abi: first EDKM_ERR_ALLOCATOR (%s) at iteration %llu with %d threads alive\n", edkm_last_error(),
-                (unsigned long long)g_iteration, thread_count());
+                (unsigned long long)g_iteration, rel_thread_count());
     char want[256], inj[256];
     mask_names(must | may, want, sizeof want);
     mask_names(must, inj, sizeof inj);
@@ -760,6 +748,16 @@ static void op_set_budget(void) {
     trace("set_budget(%p, %llu)", h, (unsigned long long)b);
 }
 
+/* A sized output struct filled with 0xA5 canaries before the call: the bytes beyond what
+ * struct_size covers (all but struct_size itself when the call failed) must stay untouched. */
+static void check_sized_output(const char *fn, const unsigned char *raw, size_t raw_size, uint32_t ss,
+                               edkm_status s, int ok) {
+    size_t from = ok ? (ss < 4 ? 4 : ss) : 4;
+    for (size_t i = from; i < raw_size; i++) {
+        if (raw[i] != 0xA5) { fail("%s (struct_size %u, %s) wrote byte %zu", fn, ss, edkm_status_name(s), i); break; }
+    }
+}
+
 static void op_get_stats(void) {
     int r = pick_rt();
     unsigned fault = 0, maybe = 0;
@@ -775,11 +773,7 @@ static void op_get_stats(void) {
     set_ctx("edkm_runtime_get_stats(sized)");
     edkm_status s = CALL(edkm_runtime_get_stats((const edkm_runtime *)h, null_out ? NULL : &u.st));
     int ok = check_status("edkm_runtime_get_stats", s, fault, maybe);
-    /* bytes beyond what struct_size covers (or all but struct_size on failure) stay untouched */
-    size_t from = ok ? (ss < 4 ? 4 : ss) : 4;
-    for (size_t i = from; i < sizeof u.raw; i++) {
-        if (u.raw[i] != 0xA5) { fail("edkm_runtime_get_stats (struct_size %u, %s) wrote byte %zu", ss, edkm_status_name(s), i); break; }
-    }
+    check_sized_output("edkm_runtime_get_stats", u.raw, sizeof u.raw, ss, s, ok);
     if (u.st.struct_size != ss) fail("edkm_runtime_get_stats changed struct_size");
 }
 
@@ -1594,10 +1588,7 @@ static void op_layer_stats(void) {
     set_ctx("edkm_layer_get_stats");
     edkm_status s = CALL(edkm_layer_get_stats((const edkm_layer *)h, null_out ? NULL : &u.st));
     int ok = check_status("edkm_layer_get_stats", s, fault, maybe);
-    size_t from = ok ? (ss < 4 ? 4 : ss) : 4;
-    for (size_t i = from; i < sizeof u.raw; i++) {
-        if (u.raw[i] != 0xA5) { fail("edkm_layer_get_stats (struct_size %u, %s) wrote byte %zu", ss, edkm_status_name(s), i); break; }
-    }
+    check_sized_output("edkm_layer_get_stats", u.raw, sizeof u.raw, ss, s, ok);
     if (ok && ss == sizeof(edkm_layer_stats) && l >= 0) {
         LY *L = &g_ly[l];
         if (u.st.forwards != L->forwards) fail("layer stats forwards %llu, expected %llu", (unsigned long long)u.st.forwards, (unsigned long long)L->forwards);
@@ -1665,12 +1656,12 @@ static void teardown(void) {
     }
     g_nstale = 0;
     /* every runtime object is gone now, so are the worker threads of their pools */
-    int threads = thread_count();
+    int threads = rel_thread_count();
     for (int wait = 0; wait < 200 && threads > g_threads_at_start; wait++) {
         /* a joined thread can still be listed for a moment (its tid is cleared before it is reaped) */
         struct timespec ts = { 0, 1000000L };
         nanosleep(&ts, NULL);
-        threads = thread_count();
+        threads = rel_thread_count();
     }
     if (threads > g_threads_at_start) {
         fail("%d threads alive after every handle was destroyed (K5: runtime worker threads leak)", threads);
@@ -1747,7 +1738,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         init = 1;  /* libFuzzer reports crashes itself (with the input that caused them) */
         if (getenv("FUZZ_TRACE")) g_trace = 1;
         if (getenv("FUZZ_TOLERATE_KNOWN")) g_hit_known = 0;
-        g_threads_at_start = thread_count();
+        g_threads_at_start = rel_thread_count();
     }
     g_libfuzzer = 1;
     g_fd = data; g_fn = size; g_fp = 0; g_exhausted = 0;
@@ -1782,7 +1773,7 @@ int main(int argc, char **argv) {
     if (iterations == 0 && seconds == 0) iterations = 200;
     install_handlers();
     g_disabled = getenv("FUZZ_DISABLE");
-    g_threads_at_start = thread_count();
+    g_threads_at_start = rel_thread_count();
     g_seed = seed;
     printf("fuzz_abi: libedkm %s, seed %llu, %s %g%s\n", edkm_version_string(), (unsigned long long)seed,
            only != UINT64_MAX ? "only iteration" : (seconds > 0 ? "seconds" : "iterations"),

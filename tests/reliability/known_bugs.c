@@ -9,7 +9,6 @@
  */
 #include "rel_common.h"
 
-#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -119,19 +118,10 @@ static int k4(char *d, size_t n) {
     return maxd > 1e-6 || s == EDKM_OK;
 }
 
-static int threads_now(void) {
-    DIR *dir = opendir("/proc/self/task");
-    int t = 0;
-    struct dirent *e;
-    if (!dir) return -1;
-    while ((e = readdir(dir)) != NULL) if (e->d_name[0] != '.') t++;
-    closedir(dir);
-    return t;
-}
 
 /* K5: destroying a runtime does not stop its worker threads. */
 static int k5(char *d, size_t n) {
-    int before = threads_now();
+    int before = rel_thread_count();
     for (int i = 0; i < 10; i++) {
         edkm_runtime_config rc; edkm_runtime_config_init(&rc); rc.num_threads = 4;
         edkm_runtime *rt; edkm_runtime_create(&rc, &rt);
@@ -139,7 +129,7 @@ static int k5(char *d, size_t n) {
     }
     struct timespec ts = { 0, 50000000L };
     nanosleep(&ts, NULL);
-    int after = threads_now();
+    int after = rel_thread_count();
     snprintf(d, n, "10 runtimes with num_threads 4 created and destroyed: threads %d -> %d", before, after);
     return after > before;
 }

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE 1 /* clock_gettime, sysconf, pthread extras under -std=c99 */
 #endif
 
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -114,6 +115,17 @@ static REL_UNUSED uint64_t rel_rss_bytes(void) {
     int n = fscanf(f, "%lu %lu", &size, &resident);
     fclose(f);
     return n == 2 ? (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+/* Threads of this process (entries of /proc/self/task), -1 if unavailable. */
+static REL_UNUSED int rel_thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
 }
 
 /* Least-squares slope of y over x. */
