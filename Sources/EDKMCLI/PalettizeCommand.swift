@@ -52,6 +52,9 @@ struct PalettizeCommand: ParsableCommand {
     @Flag(help: "Plain progress lines even on a terminal.")
     var plain = false
 
+    @Flag(name: .customLong("allow-none"), help: "Write the output even when no tensor is selected for palettization (a copy, with a warning).")
+    var allowNone = false
+
     func validate() throws {
         guard (1...8).contains(bits) else { throw ValidationError("--bits must be 1...8") }
         guard groupSize >= 0 else { throw ValidationError("--group-size must be >= 0") }
@@ -88,18 +91,33 @@ struct PalettizeCommand: ParsableCommand {
         let work = plans.compactMap { p -> (TensorInfo, PalettizedTensor)? in
             if case .palettize(let t, let r) = p { return (t, r) } else { return nil }
         }
+        if work.isEmpty {
+            let reasons = plans.prefix(5).map { p -> String in
+                if case .copy(let t, let why) = p { return "\(t.name): \(why)" } else { return "" }
+            }
+            let more = plans.count > 5 ? "; ... (\(plans.count - 5) more)" : ""
+            let detail = plans.isEmpty ? "the file holds no tensors" : reasons.joined(separator: "; ") + more
+            guard allowNone else {
+                throw CLIError("no tensor of \(input) was selected for palettization (\(detail)); nothing written. "
+                               + "Check --min-size, --include and --exclude, or pass --allow-none to write a copy anyway")
+            }
+            printError("edkm: warning: no tensor was selected for palettization (\(detail)); writing an unchanged copy (--allow-none)")
+        }
         var results: [String: PalettizedResult] = [:]
         var cached = 0
-        let progress = Progress(label: "palettize", total: work.count, forcePlain: plain)
+        let workBytes = work.reduce(0) { $0 + $1.0.byteCount }
+        let progress = Progress(label: "palettize", total: workBytes, unit: .bytes, forcePlain: plain, plainUpdates: true)
+        var doneBytes = 0
         for (i, (t, r)) in work.enumerated() {
-            progress.update(i, "\(t.name) \(Format.shape(t.shape)) \(t.dtype.rawValue)", force: true)
+            progress.update(doneBytes, "\(t.name) \(Format.shape(t.shape)) \(t.dtype.rawValue)", inFlight: t.byteCount, force: true)
             let keep = cached + r.packedBytes <= Palettizer.packedCacheLimit
             let result = try palettizer.palettize(t, r, runtime: runtime, keepPacked: keep)
             if keep { cached += r.packedBytes }
             results[t.name] = result
+            doneBytes += t.byteCount
             progress.plain("[\(i + 1)/\(work.count)] \(t.name) \(Format.shape(t.shape)) \(t.dtype.rawValue): \(r.bits) bits, relative error \(Format.scientific(result.relativeError)), \(Format.seconds(result.seconds))")
         }
-        progress.update(work.count, force: true)
+        progress.update(workBytes, force: true)
         progress.finish()
 
         // Phase 2: write the output as a stream.
@@ -122,7 +140,7 @@ struct PalettizeCommand: ParsableCommand {
         for (t, _) in work { metadata.entries.append((results[t.name]!.record.metadataKey, results[t.name]!.record.metadataValue)) }
 
         let writer = try SafetensorsWriter(path: output, tensors: entries.map(\.0), metadata: metadata, force: force)
-        let writing = Progress(label: "write", total: max(writer.dataBytes >> 20, 1), forcePlain: plain)
+        let writing = Progress(label: "write", total: writer.dataBytes, unit: .bytes, forcePlain: plain, plainUpdates: true)
         var written = 0
         for (out, source) in entries {
             switch source {
@@ -135,7 +153,7 @@ struct PalettizeCommand: ParsableCommand {
                 try writer.append(try palettizer.packedIndices(results[t.name]!, t))
             }
             written += out.byteCount
-            writing.update(written >> 20, out.name)
+            writing.update(written, out.name)
         }
         try writer.finish()
         writing.finish()

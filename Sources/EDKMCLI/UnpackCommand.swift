@@ -62,18 +62,21 @@ struct UnpackCommand: ParsableCommand {
 
         let runtime = try EDKMRuntime()
         let writer = try SafetensorsWriter(path: output, tensors: entries.map(\.0), metadata: metadata, force: force)
-        let progress = Progress(label: "unpack", total: entries.count, forcePlain: plain)
+        let progress = Progress(label: "unpack", total: writer.dataBytes, unit: .bytes, forcePlain: plain, plainUpdates: true)
+        var doneBytes = 0
         for (i, (out, source)) in entries.enumerated() {
-            progress.update(i, out.name, force: true)
+            progress.update(doneBytes, out.name, inFlight: out.byteCount, force: true)
             switch source {
             case .copy(let t):
                 try writer.append(file.data(t))
                 file.release(t)
             case .dense(let r):
-                let dense = try restore(r, file: file, runtime: runtime)
+                let dense = try UnpackCommand.restore(r, file: file, runtime: runtime)
                 try writer.append(dense)
                 progress.plain("[\(i + 1)/\(entries.count)] \(r.name): \(Format.shape(r.shape)) \(r.dtype.rawValue) from \(r.bits)-bit indices")
             }
+            doneBytes += out.byteCount
+            progress.update(doneBytes)
         }
         try writer.finish()
         progress.finish()
@@ -82,7 +85,7 @@ struct UnpackCommand: ParsableCommand {
     }
 
     /// The dense bytes of one palettized tensor, through edkm_layer_unpack.
-    private func restore(_ r: PalettizedTensor, file: SafetensorsFile, runtime: EDKMRuntime) throws -> [UInt8] {
+    static func restore(_ r: PalettizedTensor, file: SafetensorsFile, runtime: EDKMRuntime) throws -> [UInt8] {
         let lutInfo = file.header.tensor(named: r.lutName)!
         let idxInfo = file.header.tensor(named: r.indicesName)!
         var cfg = EDKMLayer.defaultConfig()

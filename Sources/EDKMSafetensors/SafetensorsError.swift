@@ -26,6 +26,8 @@ public struct SafetensorsError: Error, CustomStringConvertible, Equatable, Senda
         case io
         /// The output exists and --force was not given.
         case outputExists
+        /// Not a safetensors file but a recognised other format (PyTorch, GGUF, NumPy, HTML, ...).
+        case otherFormat
     }
 
     public let kind: Kind

@@ -32,7 +32,9 @@ public final class SafetensorsFile {
         }
         let all = UnsafeRawBufferPointer(start: base.map { UnsafeRawPointer($0) }, count: size)
         do throws(SafetensorsError) { header = try Header.parse(file: all) } catch {
+            let other = OtherFormat.recognise(all, path: path)
             if let base { munmap(base, size) }
+            if let other { throw SafetensorsError(.otherFormat, "\(path): \(other)") }
             throw SafetensorsError(error.kind, "\(path): \(error.message)")
         }
     }

@@ -36,6 +36,9 @@ struct DemoCommand: ParsableCommand {
     @Flag(help: "Plain progress lines even on a terminal.")
     var plain = false
 
+    @Option(help: "Write pictures of the run (PNG) into this directory: training loss, reconstruction error, weight histograms with centroids.")
+    var plots: String?
+
     @Option(name: .customLong("train-samples"), help: ArgumentHelp("Training samples (for quick test runs).", visibility: .hidden))
     var trainSamples: Int = 8000
 
@@ -60,8 +63,9 @@ struct DemoCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            if let plots { try DemoPlots.prepare(directory: plots) }
             var demo = Demo(seed: seed, epochs: epochs, ftEpochs: ftEpochs, bits: bitList!, threads: UInt32(threads), plain: plain,
-                            trainSamples: trainSamples, llmLayer: llmLayer)
+                            trainSamples: trainSamples, llmLayer: llmLayer, plotDirectory: plots)
             try demo.run()
         }
     }
@@ -77,6 +81,7 @@ struct Demo {
     let plain: Bool
     let trainSamples: Int
     let llmLayer: Int
+    let plotDirectory: String?
 
     static let hidden = 128
     static let batch = 64
@@ -104,6 +109,7 @@ struct Demo {
         let steps = data.train.count / Demo.batch
         var adam = Adam(count: model.count)
         var grad = [Float](repeating: 0, count: model.count)
+        var record = DemoRecord(layerNames: specs.map(\.name))
         let floatBar = Progress(label: "float32 training", total: epochs * steps, forcePlain: plain)
         var step = 0
         for e in 0..<epochs {
@@ -119,6 +125,7 @@ struct Demo {
                     }
                 }
                 loss += r.loss
+                record.floatLoss.append(r.loss)
                 adam.step(&model.params, grad, lr: cosineLR(Demo.floatLR, step: step, total: epochs * steps))
                 step += 1
                 floatBar.update(step, "epoch \(e + 1)/\(epochs) loss \(String(format: "%.4f", loss / Double(b + 1)))")
@@ -167,6 +174,7 @@ struct Demo {
             var ftAdam = Adam(count: ft.count)
             var maxStep: UInt64 = 0
             var soft = specs.map { [Float](repeating: 0, count: $0.count) }
+            var run = DemoRecord.FineTune(bits: b, initialCentroids: initial[0])
             let total = ftEpochs * steps
             let bar = Progress(label: "eDKM \(b)-bit fine-tuning", total: max(total, 1), forcePlain: plain)
             step = 0
@@ -191,6 +199,7 @@ struct Demo {
                         }
                     }
                     loss += r.loss
+                    run.loss.append(r.loss)
                     // grad holds dL/dw~ for W1 and W2: back through the clustering to dL/dw.
                     let offsets = [ft.w1Offset, ft.w2Offset]
                     for i in specs.indices {
@@ -201,6 +210,9 @@ struct Demo {
                     }
                     saved.removeAll()  // destroys the saved states, releasing their arena memory
                     ftAdam.step(&ft.params, grad, lr: cosineLR(Demo.fineTuneLR, step: step, total: total))
+                    if plotDirectory != nil && step % DemoRecord.errorEvery == 0 {
+                        try run.recordErrors(step: step, layers: layers, weights: [ft.w1, ft.w2])
+                    }
                     step += 1
                     bar.update(step, "epoch \(e + 1)/\(ftEpochs) loss \(String(format: "%.4f", loss / Double(s + 1)))")
                 }
@@ -218,6 +230,10 @@ struct Demo {
                 bytes += h.bytes
             }
             let ftAcc = ft.accuracy(w1: ftHard[0], w2: ftHard[1], on: data.test)
+            run.finalCentroids = try layers[0].centroids()
+            run.finalWeights = wFinal[0]
+            run.entropy = try layers[0].stats().attention_entropy
+            record.fineTunes.append(run)
             rows.append(ResultRow(model: "eDKM fine-tuned", bits: b, accuracy: ftAcc, bytes: bytes))
             let st = try runtime.stats()
             let ls = try layers[0].stats()
@@ -280,6 +296,10 @@ struct Demo {
             t.separator()
             t.add(["DKM formula 2 T N k x 4 bytes", "", Format.grouped(2 * 3 * n * (1 << b) * 4), "", ""])
             print(t.render())
+        }
+        if let plotDirectory {
+            let files = try DemoPlots(record: record, floatSteps: epochs * steps).write(to: plotDirectory)
+            print("\npictures: " + files.joined(separator: ", "))
         }
         print("total \(Format.seconds(Date().timeIntervalSince(start)))")
     }
