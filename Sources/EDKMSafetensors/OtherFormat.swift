@@ -62,7 +62,7 @@ public enum OtherFormat {
     }
 
     /// The path with its extension replaced by .safetensors.
-    static func safetensorsName(for path: String) -> String {
+    public static func safetensorsName(for path: String) -> String {
         let slash = path.lastIndex(of: "/").map { path.index(after: $0) } ?? path.startIndex
         let name = path[slash...]
         let stem = name.lastIndex(of: ".").map { name[..<$0] } ?? name
