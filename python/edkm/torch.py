@@ -679,3 +679,5 @@ def communicator(group=None):
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
     return _core.Communicator(rank, world, all_gather, all_reduce_sum)
+
+from .palettizer import DKMPalettizer, DKMPalettizerConfig, ModuleDKMPalettizerConfig  # noqa: E402,F401  coremltools' interface

@@ -1,0 +1,522 @@
+"""edkm.torch.DKMPalettizer: coremltools' DKMPalettizer interface, on libedkm.
+
+A coremltools training script switches by changing its import:
+
+    from edkm.torch import DKMPalettizer, DKMPalettizerConfig     # was coremltools.optimize.torch.palettization
+    config = DKMPalettizerConfig.from_dict({"global_config": {"n_bits": 4}})
+    palettizer = DKMPalettizer(model, config)
+    model = palettizer.prepare(inplace=True)
+    for x, y in data:   # ... loss.backward(); optimizer.step()
+        palettizer.step()
+    model = palettizer.finalize(inplace=True)      # coremltools metadata: ct.convert gives constexpr_lut_to_dense
+
+The configuration takes coremltools 9.0's dictionaries as they are (`global_config`,
+`module_type_configs` keyed by module types or their names, `module_name_configs` keyed by names or
+regular expressions matched in full, a list of configs per key chosen by `weight_threshold`, None to
+skip) with coremltools' key names and defaults. Every coremltools key has a status (`KEY_STATUS`):
+implemented, accepted because it cannot change the result here, or not implemented: a value other
+than the default of a not-implemented key raises NotImplementedError naming the key. libedkm's own
+options sit beside coremltools' keys: `temperature_mode`, `f32_key_dtype`, `algorithm`, `seed` in a
+module config; `runtime` / `saved_mode` at the top of the dictionary or as DKMPalettizer arguments.
+
+Semantics (coremltools 9.0, read from its palettization_config.py, palettizer.py, fake_palettize.py):
+- modules: exactly the types coremltools registers (Linear, Conv1d/2d/3d, LayerNorm, Embedding,
+  MultiheadAttention); n_bits defaults to 4 for Linear and 2 for the others; a module is palettized
+  when every palettizable weight has more than `weight_threshold` elements (default 2048); of a list
+  of configs the one with the largest threshold passed wins; per_grouped_channel with a group_size
+  that does not divide the output channels skips the module (coremltools logs and skips too).
+- temperature: coremltools' palett_tau is absolute (softmax(-d / tau) over squared distances), so a
+  coremltools config runs with temperature_mode='absolute' and tau = palett_tau (default 1e-4).
+  temperature_mode='scale_free' beside it reads palett_tau as libedkm's scale-free factor (the
+  library's default 0.1 when palett_tau is not given).
+- milestone: coremltools enables a module's palettization in prepare() when milestone is 0, else in
+  the step() call made when its step counter (calls before this one) equals milestone. Until then the
+  weights are plain. The centroids are initialised from the weights when palettization starts
+  (coremltools: at the first forward after; the weights are the same in between).
+- finalize: modules whose palettization never started are left plain, without metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import torch
+from torch import nn
+
+from . import torch as _et
+from .core import Runtime
+
+__all__ = ["DKMPalettizer", "DKMPalettizerConfig", "ModuleDKMPalettizerConfig", "PalettizationReport",
+           "COREMLTOOLS_DEFAULTS", "KEY_STATUS", "SUPPORTED_MODULES"]
+
+#: coremltools 9.0 ModuleDKMPalettizerConfig: every key and its default.
+COREMLTOOLS_DEFAULTS = {
+    "n_bits": None,  # None: 4 for Linear, 2 for the other module types (DEFAULT_PALETTIZATION_SCHEME)
+    "weight_threshold": 2048,
+    "granularity": "per_tensor",
+    "group_size": None,
+    "channel_axis": 0,
+    "enable_per_channel_scale": False,
+    "milestone": 0,
+    "cluster_dim": None,  # None: 1
+    "quant_min": -128,
+    "quant_max": 127,
+    "dtype": torch.qint8,
+    "lut_dtype": "f32",
+    "quantize_activations": False,
+    "cluster_permute": None,
+    "palett_max_mem": 1.0,
+    "kmeans_max_iter": 3,
+    "prune_threshold": 1e-7,
+    "kmeans_init": "auto",
+    "kmeans_opt1d_threshold": 1024,
+    "enforce_zero": False,
+    "palett_mode": "dkm",
+    "palett_tau": 1e-4,
+    "palett_epsilon": 1e-4,
+    "palett_lambda": 0.0,
+    "add_extra_centroid": False,
+    "palett_cluster_tol": 0.0,
+    "palett_min_tsize": 64 * 1024,
+    "palett_unique": False,
+    "palett_shard": False,
+    "palett_batch_mode": False,
+    "palett_dist": False,
+    "per_channel_scaling_factor_scheme": "min_max",
+    "percentage_palett_enable": 1.0,
+    "kmeans_batch_threshold": 4,
+    "kmeans_n_init": 10,
+    "zero_threshold": 1e-7,
+    "kmeans_error_bnd": 0.0,
+}
+
+#: libedkm's own module options (edkm.Layer), beside coremltools' keys.
+EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": "f32", "algorithm": "auto", "seed": 0x5EED}
+
+_DEPRECATED = {"partition_size": "group_size", "cluster_dtype": "lut_dtype"}
+
+_IMPLEMENTED = "implemented"
+_ACCEPTED = "accepted, no effect"
+_NOT_IMPLEMENTED = "not implemented"
+
+#: key -> (status, what it means here). Not-implemented keys accept only their default value.
+KEY_STATUS = {
+    "n_bits": (_IMPLEMENTED, "bits per weight (2^n_bits centroids)"),
+    "weight_threshold": (_IMPLEMENTED, "palettize when every weight has more elements than this"),
+    "granularity": (_IMPLEMENTED, "per_tensor, or per_grouped_channel (a LUT per group_size output channels)"),
+    "group_size": (_IMPLEMENTED, "output channels per LUT with per_grouped_channel"),
+    "channel_axis": (_IMPLEMENTED, "0 only (as coremltools' DKM)"),
+    "milestone": (_IMPLEMENTED, "step() count at which palettization starts"),
+    "cluster_dim": (_NOT_IMPLEMENTED, "1 only: coremltools' vectors run along the output-channel axis, "
+                                      "libedkm's along the last axis"),
+    "kmeans_max_iter": (_IMPLEMENTED, "differentiable k-means iterations per forward"),
+    "prune_threshold": (_IMPLEMENTED, "subtracted from every distance to centroid 0"),
+    "kmeans_init": (_IMPLEMENTED, "auto / opt1d: libedkm's exact 1-D k-means (auto: k-means++ for "
+                                  "cluster_dim > 1); kmeans++ / cpu.kmeans++: k-means++"),
+    "palett_tau": (_IMPLEMENTED, "absolute softmax temperature"),
+    "palett_epsilon": (_IMPLEMENTED, "early stop when the inertia changes by at most this"),
+    "zero_threshold": (_IMPLEMENTED, "lower clamp of the attention"),
+    "enable_per_channel_scale": (_NOT_IMPLEMENTED, "False only (needs per-channel scales in the core)"),
+    "enforce_zero": (_NOT_IMPLEMENTED, "False only (needs a fixed zero centroid in the core)"),
+    "lut_dtype": (_NOT_IMPLEMENTED, "'f32' only (LUT quantization i8/u8/f16 needs the core)"),
+    "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
+    "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
+    "percentage_palett_enable": (_NOT_IMPLEMENTED, "1.0 only (every LUT group trains)"),
+    "palett_mode": (_NOT_IMPLEMENTED, "'dkm' only (gsm / hard / topk attention not in the core)"),
+    "add_extra_centroid": (_NOT_IMPLEMENTED, "False only"),
+    "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only; coremltools splits exactly coinciding "
+                                             "centroids before each training forward, libedkm does not"),
+    "quant_min": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
+    "quant_max": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
+    "dtype": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
+    "per_channel_scaling_factor_scheme": (_ACCEPTED, "used only with enable_per_channel_scale"),
+    "palett_lambda": (_ACCEPTED, "stored but never read by coremltools 9.0's FakePalettize"),
+    "palett_max_mem": (_ACCEPTED, "coremltools' GPU memory for saved tensors (lossless pack hooks); "
+                                  "libedkm's memory is its runtime's saved_mode / budget"),
+    "palett_min_tsize": (_ACCEPTED, "size threshold of coremltools' lossless pack hooks"),
+    "palett_unique": (_ACCEPTED, "coremltools' lossless 16-bit uniquification of saved tensors; "
+                                 "libedkm: saved_mode='histogram' (its default)"),
+    "palett_shard": (_ACCEPTED, "coremltools' sharding of saved indices over GPUs; libedkm: saved_mode='shard'"),
+    "palett_batch_mode": (_ACCEPTED, "batches equal-size groups in one kernel: same values"),
+    "palett_dist": (_ACCEPTED, "splits the distance computation over ranks: same values"),
+    "kmeans_opt1d_threshold": (_ACCEPTED, "chooses coremltools' initialiser; libedkm's auto is exact for "
+                                          "cluster_dim 1 at any size"),
+    "kmeans_batch_threshold": (_ACCEPTED, "spreads coremltools' initialisation over ranks"),
+    "kmeans_n_init": (_ACCEPTED, "restarts of coremltools' heuristic initialiser (libedkm: exact 1-D "
+                                 "k-means, or its own k-means++)"),
+    "kmeans_error_bnd": (_ACCEPTED, "stopping rule of coremltools' initialiser"),
+}
+
+_INIT_NAMES = {"auto": "auto", "opt1d": "optimal_1d", "kmeans++": "kmeans_pp", "cpu.kmeans++": "kmeans_pp"}
+
+
+def _supported_modules():
+    """coremltools' DKMPalettizerModulesRegistry, in its order; n_bits default per type."""
+    return {nn.Linear: 4, nn.Conv1d: 2, nn.Conv2d: 2, nn.Conv3d: 2, nn.LayerNorm: 2,
+            nn.MultiheadAttention: 2, nn.Embedding: 2}
+
+
+#: module type -> default n_bits (coremltools' DEFAULT_PALETTIZATION_SCHEME).
+SUPPORTED_MODULES = _supported_modules()
+_TYPE_NAMES = {t.__name__: t for t in SUPPORTED_MODULES}
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _granularity_name(v):
+    v = getattr(v, "value", v)  # coremltools' PalettizationGranularity enum
+    if v not in ("per_tensor", "per_grouped_channel"):
+        raise ValueError(f"granularity: expected 'per_tensor' or 'per_grouped_channel', got {v!r}")
+    return v
+
+
+def _not_implemented(key, value):
+    raise NotImplementedError(f"edkm.torch.DKMPalettizer: {key}={value!r} is not implemented in libedkm "
+                              f"({KEY_STATUS[key][1]})")
+
+
+class ModuleDKMPalettizerConfig:
+    """One module's palettization options: coremltools' ModuleDKMPalettizerConfig keys (defaults in
+    COREMLTOOLS_DEFAULTS) plus libedkm's (EDKM_DEFAULTS). Attribute access by key name; `given` is
+    the set of keys the caller set."""
+
+    def __init__(self, **options):
+        for key in options:
+            if key in _DEPRECATED:
+                raise ValueError(f"edkm.torch.DKMPalettizer: {key} is deprecated in coremltools; use "
+                                 f"{_DEPRECATED[key]}")
+            if key not in COREMLTOOLS_DEFAULTS and key not in EDKM_DEFAULTS:
+                raise ValueError(f"edkm.torch.DKMPalettizer: unknown key {key!r} (neither a coremltools "
+                                 f"ModuleDKMPalettizerConfig key nor an edkm option: "
+                                 f"{', '.join(sorted(EDKM_DEFAULTS))})")
+        self.given = frozenset(options)
+        values = dict(COREMLTOOLS_DEFAULTS, **EDKM_DEFAULTS)
+        values.update(options)
+        self.__dict__.update(values)
+        self._validate()
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise TypeError(f"a module config must be a dict or a ModuleDKMPalettizerConfig, got {type(d).__name__}")
+        return cls(**d)
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in list(COREMLTOOLS_DEFAULTS) + list(EDKM_DEFAULTS)}
+
+    def __repr__(self):
+        return "ModuleDKMPalettizerConfig(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in sorted(self.given)) + ")"
+
+    def _validate(self):
+        for key in ("weight_threshold", "milestone", "kmeans_max_iter"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key}: expected a non-negative int, got {v!r}")
+        for key in ("n_bits", "group_size", "cluster_dim"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{key}: expected None or a positive int, got {v!r}")
+        for key in ("palett_tau", "palett_epsilon", "prune_threshold", "zero_threshold"):
+            v = getattr(self, key)
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{key}: expected a finite number >= 0, got {v!r}")
+        self.granularity = _granularity_name(self.granularity)
+        if self.granularity == "per_grouped_channel":
+            if self.group_size is None:
+                raise ValueError("group_size has to be specified along with per_grouped_channel granularity")
+        elif self.group_size is not None:
+            raise ValueError("group_size can't be specified along with per_tensor granularity")
+        if self.channel_axis != 0:
+            raise ValueError(f"channel_axis: only 0 (the output channels) is supported, as in coremltools' DKM; "
+                             f"got {self.channel_axis!r}")
+        if self.kmeans_init not in _INIT_NAMES:
+            _not_implemented_init(self.kmeans_init)
+        if self.per_channel_scaling_factor_scheme not in ("min_max", "abs"):
+            raise ValueError(f"per_channel_scaling_factor_scheme: 'min_max' or 'abs', got "
+                             f"{self.per_channel_scaling_factor_scheme!r}")
+        checks = {
+            "cluster_dim": lambda v: v in (None, 1),
+            "enable_per_channel_scale": lambda v: v is False,
+            "enforce_zero": lambda v: v is False,
+            "lut_dtype": lambda v: v in ("f32", "fp32", "float32"),
+            "quantize_activations": lambda v: v is False,
+            "cluster_permute": lambda v: v is None or tuple(v) == (),
+            "percentage_palett_enable": lambda v: _is_number(v) and v == 1,
+            "palett_mode": lambda v: v == "dkm",
+            "add_extra_centroid": lambda v: v is False,
+            "palett_cluster_tol": lambda v: _is_number(v) and v == 0,
+        }
+        for key, ok in checks.items():
+            if not ok(getattr(self, key)):
+                _not_implemented(key, getattr(self, key))
+
+    # ---- what a module gets ----
+
+    def layer_options(self, module_type):
+        """edkm.torch.palettize keyword arguments for a module of this type."""
+        bits = self.n_bits if self.n_bits is not None else SUPPORTED_MODULES.get(module_type, 4)
+        mode = self.temperature_mode
+        if mode is None or str(getattr(mode, "name", mode)).lower() == "absolute":
+            mode, tau = "absolute", float(self.palett_tau)
+        else:  # libedkm's own temperature mode: palett_tau only when given
+            tau = float(self.palett_tau) if "palett_tau" in self.given else None
+        return dict(bits=bits, group_size=self.group_size or 0, cluster_dim=1, tau=tau, temperature_mode=mode,
+                    max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
+                    zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
+                    init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
+                    algorithm=self.algorithm, seed=self.seed)
+
+
+def _not_implemented_init(v):
+    raise NotImplementedError(f"edkm.torch.DKMPalettizer: kmeans_init={v!r} is not implemented in libedkm "
+                              f"(one of {', '.join(_INIT_NAMES)}; coremltools' NormalFloat 'nf' inits are not)")
+
+
+def _module_configs(value):
+    """None, one config, or a list of configs sorted by weight_threshold (coremltools' order)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return sorted((ModuleDKMPalettizerConfig.from_dict(v) for v in value if v is not None),
+                      key=lambda c: c.weight_threshold)
+    return [ModuleDKMPalettizerConfig.from_dict(value)]
+
+
+def _type_key(key):
+    if isinstance(key, str):
+        if key not in _TYPE_NAMES:
+            raise ValueError(f"module_type_configs: keys must be one of {sorted(_TYPE_NAMES)}, got {key!r}")
+        return _TYPE_NAMES[key]
+    if key not in SUPPORTED_MODULES:
+        raise ValueError(f"module_type_configs: keys must be one of {list(SUPPORTED_MODULES)}, got {key!r}")
+    return key
+
+
+class DKMPalettizerConfig:
+    """Which modules are palettized and how (coremltools' DKMPalettizerConfig).
+
+    global_config: a module config (dict) or a list of them, for every supported module not named
+    by the other two; module_type_configs: {type or type name: config, list or None};
+    module_name_configs: {qualified name or regular expression (re.fullmatch): config, list or None}.
+    Precedence as coremltools: the first matching name, then the type, then the global config. With
+    none of the three, every supported module type gets the default config (coremltools' default
+    scheme). runtime: None, an edkm.Runtime or a dict of Runtime options; saved_mode: a shortcut for
+    runtime={'saved_mode': ...}."""
+
+    def __init__(self, global_config=None, module_type_configs=None, module_name_configs=None, runtime=None,
+                 saved_mode=None):
+        self.global_config = _module_configs(global_config)
+        self.module_type_configs = {_type_key(k): _module_configs(v) for k, v in (module_type_configs or {}).items()}
+        self.module_name_configs = {str(k): _module_configs(v) for k, v in (module_name_configs or {}).items()}
+        if global_config is None and not self.module_type_configs and not self.module_name_configs:
+            self.module_type_configs = {t: [ModuleDKMPalettizerConfig()] for t in SUPPORTED_MODULES}
+        if saved_mode is not None:
+            if runtime is not None and not isinstance(runtime, dict):
+                raise ValueError("saved_mode: give it inside runtime's options, or give no runtime object")
+            runtime = dict(runtime or {}, saved_mode=saved_mode)
+        self.runtime = runtime
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict):
+            raise TypeError(f"DKMPalettizerConfig.from_dict: expected a dict, got {type(d).__name__}")
+        allowed = {"global_config", "module_type_configs", "module_name_configs", "runtime", "saved_mode"}
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise ValueError(f"DKMPalettizerConfig: unknown key(s) {extra} (expected {sorted(allowed)})")
+        return cls(**d)
+
+    def module_configs(self, name, module):
+        """The config list for one module (None: not palettized), by coremltools' precedence."""
+        for pattern, cfg in self.module_name_configs.items():
+            if re.fullmatch(pattern, name):
+                return cfg
+        if type(module) in self.module_type_configs:
+            return self.module_type_configs[type(module)]
+        return self.global_config
+
+
+def _palettizable_weights(module):
+    """(name, tensor) of the weights coremltools palettizes in this module."""
+    if isinstance(module, nn.MultiheadAttention):
+        if module._qkv_same_embed_dim:
+            return [("in_proj_weight", module.in_proj_weight), ("out_proj.weight", module.out_proj.weight)]
+        return [(n, getattr(module, n)) for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")] + \
+            [("out_proj.weight", module.out_proj.weight)]
+    return [("weight", module.weight)]
+
+
+def _choose(configs, module):
+    """coremltools' choice: every config (sorted by threshold) whose threshold all weights pass and whose
+    group_size divides the output channels is applied in turn; the last one wins."""
+    chosen = None
+    for cfg in configs:
+        weights = _palettizable_weights(module)
+        if not all(w is not None and w.numel() > cfg.weight_threshold for _, w in weights):
+            continue
+        if cfg.granularity == "per_grouped_channel" and any(w.shape[0] % cfg.group_size for _, w in weights):
+            continue  # coremltools logs "axis_length ... is not divisible by group_size" and skips
+        chosen = cfg
+    return chosen
+
+
+class PalettizationReport(dict):
+    """{module name: {figure: value}}; str() is a table. `runtime` holds the runtime's arena figures."""
+
+    runtime = None
+
+    def __str__(self):
+        if not self:
+            return "(no palettized modules)"
+        cols = ["shape", "enabled", "bits", "group_size", "distinct_values", "centroid_min", "centroid_max",
+                "effective_tau", "attention_entropy", "iterations", "error", "palettized_bytes"]
+        rows = [["module"] + cols]
+        for name, fig in self.items():
+            rows.append([name or "(model)"] + [_fmt(fig.get(c)) for c in cols])
+        width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [" | ".join(v.rjust(w) for v, w in zip(r, width)) for r in rows]
+        lines.insert(1, "-+-".join("-" * w for w in width))
+        if self.runtime:
+            rt = self.runtime
+            lines.append(f"arena: {rt['arena_allocated']} bytes allocated, peak {rt['arena_peak']}; "
+                         f"saved states on the heap: {rt['heap_saved']} bytes (peak {rt['heap_saved_peak']})")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, tuple):
+        return "x".join(str(s) for s in v)
+    return str(v)
+
+
+class DKMPalettizer:
+    """coremltools' DKMPalettizer on libedkm: prepare(), step() after each optimizer step,
+    finalize(), report(). config: a DKMPalettizerConfig, its dictionary, or None (coremltools'
+    default scheme). runtime: None (from the config, else a new edkm.Runtime), an edkm.Runtime, or a
+    dict of Runtime options."""
+
+    def __init__(self, model, config=None, runtime=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.config = DKMPalettizerConfig() if config is None else DKMPalettizerConfig.from_dict(config)
+        self._model = model
+        self._runtime_spec = runtime if runtime is not None else self.config.runtime
+        self._runtime = None
+        self._plan = {}  # name -> (module config, module type)
+        self._started = set()
+        self._step_count = 0
+
+    @property
+    def runtime(self):
+        return self._runtime
+
+    def _select(self, model):
+        plan = {}
+        for name, module in model.named_modules(remove_duplicate=True):
+            if type(module) not in SUPPORTED_MODULES:
+                continue
+            configs = self.config.module_configs(name, module)
+            if not configs:
+                continue
+            cfg = _choose(configs, module)
+            if cfg is None:
+                continue
+            if isinstance(module, nn.MultiheadAttention):
+                raise NotImplementedError(
+                    f"edkm.torch.DKMPalettizer: {name} is a MultiheadAttention; palettizing its projection "
+                    f"weights is not implemented (skip it with module_type_configs={{'MultiheadAttention': None}} "
+                    f"or module_name_configs={{{name!r}: None}})")
+            plan[name] = (cfg, type(module))
+        return plan
+
+    def prepare(self, inplace=False):
+        """Selects the modules (validating each one's options) and starts palettization on those whose
+        milestone is 0. inplace=False works on a deep copy. Returns the model in training mode."""
+        model = self._model if inplace else copy.deepcopy(self._model)
+        model.train()
+        plan = self._select(model)
+        if self._runtime is None:
+            self._runtime = _et._runtime_from(self._runtime_spec)
+        self._model, self._plan, self._started, self._step_count = model, plan, set(), 0
+        for name, (cfg, _) in plan.items():
+            if cfg.milestone == 0:
+                self._start(name)
+        return model
+
+    def _start(self, name):
+        cfg, mtype = self._plan[name]
+        _et.palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0,
+                      **cfg.layer_options(mtype))
+        self._started.add(name)
+
+    def step(self):
+        """Call after each optimizer step: starts palettization of the modules whose milestone equals
+        the number of step() calls before this one (coremltools' count)."""
+        if not self._plan and not self._started:
+            raise RuntimeError("edkm.torch.DKMPalettizer.step: call prepare() first")
+        for name, (cfg, _) in self._plan.items():
+            if name not in self._started and self._step_count == cfg.milestone:
+                self._start(name)
+        self._step_count += 1
+
+    def finalize(self, model=None, inplace=False):
+        """The model in eval mode with hard palettized weights and coremltools' metadata
+        (edkm.torch.finalize). model: default the prepared one; inplace=False finalizes a copy."""
+        if model is None:
+            model = self._model
+        model.eval()
+        if not inplace:
+            model = copy.deepcopy(model)
+        return _et.finalize(model)
+
+    def report(self):
+        """PalettizationReport: per selected module its shape, bits, group size, started or not,
+        distinct values of the hard weights, centroid range, error (RMSE weights vs hard weights, as
+        coremltools), the last forward's effective temperature, attention entropy and iterations, the
+        palettized size in bytes; `.runtime` the runtime's arena figures."""
+        rep = PalettizationReport()
+        by_name = {name: (m, p) for name, pname, m, p in _et.palettized(self._model) if pname == "weight"}
+        for name, (cfg, mtype) in self._plan.items():
+            opts = cfg.layer_options(mtype)
+            fig = {"type": mtype.__name__, "enabled": name in by_name, "milestone": cfg.milestone,
+                   "bits": opts["bits"], "n_clusters": 2 ** opts["bits"], "cluster_dim": 1,
+                   "group_size": opts["group_size"]}
+            if name in by_name:
+                m, p = by_name[name]
+                w = m.parametrizations.weight.original
+                with torch.no_grad():
+                    pt = p.export(w)
+                    hard = pt.dense()
+                    wf = w.detach().float()
+                    stats = p.layer.stats()
+                    fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()},
+                               distinct_values=int(torch.unique(hard).numel()),
+                               centroid_min=float(p.centroids.min()), centroid_max=float(p.centroids.max()),
+                               error=float(torch.sqrt(torch.mean((wf - hard.float()) ** 2))),
+                               effective_tau=float(stats.effective_tau),
+                               attention_entropy=float(stats.attention_entropy),
+                               iterations=int(stats.iterations), inertia=float(stats.inertia),
+                               palettized_bytes=int(pt.nbytes), dense_bytes=w.numel() * w.element_size())
+            else:
+                w = self._model.get_submodule(name).weight
+                fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()})
+            rep[name] = fig
+        if self._runtime is not None:
+            s = self._runtime.stats()
+            rep.runtime = {k: getattr(s, k) for k in ("arena_allocated", "arena_peak", "arena_active",
+                                                      "heap_saved", "heap_saved_peak", "live_saved_states")}
+        return rep
