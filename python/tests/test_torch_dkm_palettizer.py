@@ -1,0 +1,337 @@
+"""edkm.torch.DKMPalettizer: coremltools' config dictionaries, module selection, milestones, report,
+and parity with coremltools' own DKMPalettizer (where coremltools is installed)."""
+import copy
+import logging
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import edkm.torch as et  # noqa: E402
+from edkm import palettizer as pz  # noqa: E402
+from edkm.torch import DKMPalettizer, DKMPalettizerConfig, ModuleDKMPalettizerConfig  # noqa: E402
+from torch import nn  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def coremltools_palettization():
+    """coremltools.optimize.torch.palettization, imported lazily; skips the test when absent."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            ctp = pytest.importorskip("coremltools.optimize.torch.palettization")
+        finally:
+            logging.disable(logging.NOTSET)
+    return ctp
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)          # 3200 elements
+        self.enc = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 32))  # 4096 each
+        self.conv = nn.Conv2d(4, 8, 3)            # 288 elements
+        self.head = nn.Linear(32, 4)              # 128 elements
+        self.norm = nn.LayerNorm(32)
+
+    def forward(self, idx):
+        return self.head(self.norm(self.enc(self.emb(idx))))
+
+
+def selected(config):
+    torch.manual_seed(0)
+    p = DKMPalettizer(Net(), config)
+    m = p.prepare()
+    return {name: p.bits for name, _, _, p in et.palettized(m)}
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_defaults_are_coremltools_defaults():
+    cfg = ModuleDKMPalettizerConfig()
+    assert cfg.weight_threshold == 2048 and cfg.kmeans_max_iter == 3 and cfg.palett_tau == 1e-4
+    assert cfg.palett_epsilon == 1e-4 and cfg.prune_threshold == 1e-7 and cfg.zero_threshold == 1e-7
+    assert cfg.milestone == 0 and cfg.granularity == "per_tensor" and cfg.group_size is None
+    assert set(pz.KEY_STATUS) == set(pz.COREMLTOOLS_DEFAULTS), "every coremltools key has a status"
+
+
+def test_defaults_equal_installed_coremltools():
+    ctp = coremltools_palettization()
+    from coremltools.optimize.torch.palettization import palettization_config as ctc
+    from coremltools.optimize.torch.palettization._supported_modules import DKMPalettizerModulesRegistry
+
+    theirs = ctc.ModuleDKMPalettizerConfig()
+    fields = {f.name for f in type(theirs).__attrs_attrs__} - set(pz._DEPRECATED)
+    assert fields == set(pz.COREMLTOOLS_DEFAULTS)
+    ours = ModuleDKMPalettizerConfig()
+    for key in fields:
+        value = getattr(theirs, key)
+        assert getattr(ours, key) == getattr(value, "value", value), key
+    assert set(pz.SUPPORTED_MODULES) == set(DKMPalettizerModulesRegistry.get_supported_modules())
+    for mtype, bits in pz.SUPPORTED_MODULES.items():
+        assert ctc.DEFAULT_PALETTIZATION_SCHEME[mtype]["n_bits"] == bits, mtype
+    # a coremltools config dictionary is accepted by both
+    d = {"global_config": {"n_bits": 3, "granularity": "per_grouped_channel", "group_size": 16,
+                           "kmeans_max_iter": 2, "palett_tau": 5e-5, "milestone": 2}}
+    ctp.DKMPalettizerConfig.from_dict(d)
+    assert DKMPalettizerConfig.from_dict(d).global_config[0].group_size == 16
+
+
+def test_layer_options_absolute_temperature_by_default():
+    opts = ModuleDKMPalettizerConfig(n_bits=3, palett_tau=2e-4, kmeans_max_iter=5).layer_options(nn.Linear)
+    assert opts["temperature_mode"] == "absolute" and opts["tau"] == 2e-4
+    assert opts["bits"] == 3 and opts["max_iterations"] == 5 and opts["group_size"] == 0
+    assert ModuleDKMPalettizerConfig().layer_options(nn.Linear)["bits"] == 4
+    assert ModuleDKMPalettizerConfig().layer_options(nn.Conv2d)["bits"] == 2
+    own = ModuleDKMPalettizerConfig(temperature_mode="scale_free").layer_options(nn.Linear)
+    assert own["temperature_mode"] == "scale_free" and own["tau"] is None  # the library's scale-free default
+    m = DKMPalettizer(nn.Sequential(nn.Linear(64, 64)), {"global_config": {}}).prepare()
+    layer = et.palettized(m)[0][3].layer
+    assert layer.config["tau"] == pytest.approx(1e-4) and layer.config["temperature_mode"] == int(
+        et._core.TemperatureMode.ABSOLUTE)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("enable_per_channel_scale", True), ("enforce_zero", True), ("lut_dtype", "i8"), ("lut_dtype", "u8"),
+    ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
+    ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1), ("cluster_dim", 2),
+    ("kmeans_init", "nf"),
+])
+def test_unimplemented_keys_raise_naming_the_key(key, value):
+    with pytest.raises(NotImplementedError, match=key):
+        DKMPalettizerConfig.from_dict({"global_config": {key: value}})
+    with pytest.raises(NotImplementedError, match=key):
+        DKMPalettizerConfig.from_dict({"module_name_configs": {"enc.0": [{"n_bits": 2}, {key: value}]}})
+
+
+@pytest.mark.parametrize("config,error,match", [
+    ({"global_config": {"n_bit": 4}}, ValueError, "unknown key 'n_bit'"),
+    ({"global_config": {"partition_size": 4}}, ValueError, "deprecated"),
+    ({"global_config": {"group_size": 4}}, ValueError, "per_tensor"),
+    ({"global_config": {"granularity": "per_grouped_channel"}}, ValueError, "group_size"),
+    ({"global_config": {"granularity": "per_block"}}, ValueError, "granularity"),
+    ({"global_config": {"channel_axis": 1}}, ValueError, "channel_axis"),
+    ({"global_config": {"palett_tau": -1.0}}, ValueError, "palett_tau"),
+    ({"global_config": {"weight_threshold": "big"}}, ValueError, "weight_threshold"),
+    ({"module_type_configs": {"GRU": {}}}, ValueError, "module_type_configs"),
+    ({"module_type_configs": {nn.ReLU: {}}}, ValueError, "module_type_configs"),
+    ({"global": {}}, ValueError, "unknown key"),
+])
+def test_bad_configs_raise(config, error, match):
+    with pytest.raises(error, match=match):
+        DKMPalettizerConfig.from_dict(config)
+
+
+def test_memory_only_keys_do_not_change_the_result():
+    torch.manual_seed(3)
+    base = nn.Sequential(nn.Linear(64, 48))
+    x = torch.randn(8, 64)
+    plain = {"n_bits": 3, "weight_threshold": 0}
+    tuned = dict(plain, palett_max_mem=0.5, palett_min_tsize=16, palett_unique=True, palett_shard=True,
+                 palett_batch_mode=True, palett_dist=True, kmeans_batch_threshold=1, kmeans_n_init=2,
+                 kmeans_opt1d_threshold=4, kmeans_error_bnd=0.5, palett_lambda=0.3, quant_min=0, quant_max=15,
+                 per_channel_scaling_factor_scheme="abs")
+    outs = []
+    for cfg in (plain, tuned):
+        m = DKMPalettizer(copy.deepcopy(base), {"global_config": cfg}).prepare()
+        outs.append((m(x), et.palettized(m)[0][3].centroids.clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+# ---------------------------------------------------------------- module selection
+
+
+def test_default_config_selects_supported_types_above_2048_elements():
+    assert selected(None) == {"emb": 2, "enc.0": 4, "enc.2": 4}
+
+
+def test_type_name_and_regex_configs():
+    cfg = {"global_config": {"n_bits": 3, "weight_threshold": 100},
+           "module_type_configs": {"Embedding": None, nn.Conv2d: {"n_bits": 2, "weight_threshold": 0}},
+           "module_name_configs": {r"enc\.\d": {"n_bits": 5}, "head": None}}
+    # enc.* by regex (threshold 2048 by default: both pass), conv by type, norm (32) under 100, head skipped
+    assert selected(cfg) == {"enc.0": 5, "enc.2": 5, "conv": 2}
+    assert selected({"module_name_configs": {"enc": {"n_bits": 2}}}) == {}  # full match: 'enc' is a Sequential
+    assert selected({"global_config": {"weight_threshold": 3200}}) == {"enc.0": 4, "enc.2": 4}  # strictly more
+
+
+def test_config_lists_pick_the_largest_threshold_passed():
+    cfg = {"module_type_configs": {nn.Linear: [{"n_bits": 2, "weight_threshold": 4000},
+                                               {"n_bits": 6, "weight_threshold": 100}],
+                                   "Embedding": [{"n_bits": 3, "weight_threshold": 5000}]}}
+    assert selected(cfg) == {"enc.0": 2, "enc.2": 2, "head": 6}
+
+
+def test_group_size_not_dividing_the_channels_skips_the_module():
+    grouped = {"granularity": "per_grouped_channel", "group_size": 16, "weight_threshold": 0}
+    cfg = {"module_type_configs": {"Linear": grouped, "Embedding": grouped}}
+    assert selected(cfg) == {"enc.0": 4, "enc.2": 4}  # emb (100 rows) and head (4 rows) are skipped
+    model = DKMPalettizer(Net(), cfg).prepare()
+    assert {p.group_size for _, _, _, p in et.palettized(model)} == {16}
+
+
+def test_multihead_attention_is_refused_clearly():
+    model = nn.Sequential(nn.MultiheadAttention(64, 4))
+    with pytest.raises(NotImplementedError, match="MultiheadAttention"):
+        DKMPalettizer(model).prepare()
+    DKMPalettizer(model, {"module_type_configs": {"MultiheadAttention": None}}).prepare()
+
+
+def test_prepare_and_finalize_copy_unless_inplace():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    p = DKMPalettizer(model, {"global_config": {"n_bits": 2}})
+    prepared = p.prepare()
+    assert prepared is not model and not et.palettized(model) and len(et.palettized(prepared)) == 1
+    final = p.finalize()
+    assert final is not prepared and len(et.palettized(prepared)) == 1 and not et.palettized(final)
+    assert final[0].weight.unique().numel() <= 4 and not final.training
+    assert p.finalize(inplace=True) is prepared and not et.palettized(prepared)
+
+
+# ---------------------------------------------------------------- milestones
+
+
+def _run_steps(model, palettizer, steps, x):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    started = []
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        palettizer.step()
+        started.append(bool(et.palettized(model)))
+    return started
+
+
+@pytest.mark.parametrize("milestone", [0, 1, 3])
+def test_milestone_starts_palettization_as_coremltools_counts(milestone):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(4, 64)
+    p = DKMPalettizer(model, {"global_config": {"n_bits": 2, "milestone": milestone}})
+    m = p.prepare()
+    assert bool(et.palettized(m)) == (milestone == 0)
+    if milestone:  # plain weights until then
+        assert torch.equal(m(x), nn.functional.linear(x, m[0].weight, m[0].bias))
+    started = _run_steps(m, p, 5, x)
+    # coremltools: enabled in prepare() for 0, else in the step() call whose count of earlier calls
+    # equals the milestone
+    assert started == [i >= milestone for i in range(5)]
+    w = m[0].parametrizations.weight.original
+    assert m[0].weight.unique().numel() > 4 and m.eval()[0].weight.unique().numel() <= 4
+    assert w.requires_grad
+
+
+def test_milestone_matches_coremltools():
+    ctp = coremltools_palettization()
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(4, 64)
+    cfg = {"global_config": {"n_bits": 2, "milestone": 2}}
+    ct = ctp.DKMPalettizer(copy.deepcopy(base), ctp.DKMPalettizerConfig.from_dict(cfg))
+    mc = ct.prepare()
+    theirs = [bool(mc[0].weight_fake_quant.fake_palett_enabled[0])]
+    for _ in range(4):
+        ct.step()
+        theirs.append(bool(mc[0].weight_fake_quant.fake_palett_enabled[0]))
+    ours = DKMPalettizer(copy.deepcopy(base), cfg)
+    mo = ours.prepare()
+    assert [bool(et.palettized(mo))] + _run_steps(mo, ours, 4, x) == theirs
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_figures():
+    torch.manual_seed(0)
+    p = DKMPalettizer(Net(), {"global_config": {"n_bits": 3, "milestone": 1}, "saved_mode": "dkm"})
+    m = p.prepare()
+    rep = p.report()
+    assert set(rep) == {"emb", "enc.0", "enc.2"} and not rep["enc.0"]["enabled"]
+    idx = torch.randint(0, 100, (4, 6))
+    _run_steps(m, p, 2, idx)
+    m(idx)
+    rep = p.report()
+    fig = rep["enc.0"]
+    assert fig["enabled"] and fig["shape"] == (128, 32) and fig["bits"] == 3
+    assert 1 <= fig["distinct_values"] <= 8 and fig["centroid_min"] < fig["centroid_max"]
+    assert fig["effective_tau"] == pytest.approx(1e-4) and fig["attention_entropy"] >= 0
+    assert 0 < fig["error"] < 0.1 and fig["palettized_bytes"] < fig["dense_bytes"]
+    assert rep.runtime["arena_peak"] + rep.runtime["heap_saved_peak"] > 0 and p.runtime.saved_mode == et._core.SavedMode.DKM
+    text = str(rep)
+    assert "enc.0" in text and "distinct_values" in text and "arena" in text
+
+
+# ---------------------------------------------------------------- parity with coremltools
+
+
+def _coremltools_model(ctp, base, cfg, centroids, dtype):
+    """coremltools' prepared model with the given initial centroids (one (k, 1) tensor per group)."""
+    ct = ctp.DKMPalettizer(copy.deepcopy(base).to(dtype), ctp.DKMPalettizerConfig.from_dict(cfg))
+    m = ct.prepare(inplace=True)
+    fq = m[0].weight_fake_quant
+    fq.create_partitions(m[0].weight.detach())
+    fq.centroids = [c.clone().to(dtype) for c in centroids]  # init_partitions keeps tensors as they are
+    return ct, m
+
+
+@pytest.mark.parametrize("global_config", [
+    {"n_bits": 4, "weight_threshold": 0},
+    {"n_bits": 3, "weight_threshold": 0, "granularity": "per_grouped_channel", "group_size": 8,
+     "palett_tau": 3e-4, "kmeans_max_iter": 2},
+])
+def test_parity_with_coremltools(global_config):
+    """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
+    centroids, 3 SGD steps. The reference is coremltools in float64: its own float32 run differs from
+    it by ~1e-4 of the gradient's scale (softmax(-d / 1e-4) amplifies the rounding of d), while ours
+    must stay within 1e-5 relative (soft weights, centroids) and 1e-4 (gradients), no worse than
+    coremltools' float32 run. After finalize the LUTs agree within 1e-5 relative and the labels agree."""
+    ctp = coremltools_palettization()
+    cfg = {"global_config": global_config}
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 32))
+    ours = DKMPalettizer(copy.deepcopy(base), cfg)
+    mo = ours.prepare(inplace=True)
+    dkm = et.palettized(mo)[0][3]
+    ct64, m64 = _coremltools_model(ctp, base, cfg, list(dkm.centroids), torch.float64)
+    ct32, m32 = _coremltools_model(ctp, base, cfg, list(dkm.centroids), torch.float32)
+    soft = {}
+    dkm.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", o.detach().double()))
+    m64[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("ref", o.detach()))
+    m32[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("c32", o.detach().double()))
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(32, 64, generator=g), torch.randn(32, 32, generator=g)
+    weights = {"ours": mo[0].parametrizations.weight.original, "ref": m64[0].weight, "c32": m32[0].weight}
+    models = {"ours": (mo, ours), "ref": (m64, ct64), "c32": (m32, ct32)}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.5) for k, (m, _) in models.items()}
+    for step in range(3):
+        for k, (m, pal) in models.items():
+            dt = weights[k].dtype
+            opts[k].zero_grad()
+            ((m(x.to(dt)) - t.to(dt)) ** 2).mean().backward()
+            opts[k].step()
+            pal.step()
+        ref_soft, ref_grad = soft["ref"], weights["ref"].grad
+        s_scale, g_scale = ref_soft.abs().max(), ref_grad.abs().max()
+        soft_err = (soft["ours"] - ref_soft).abs().max() / s_scale
+        grad_err = (weights["ours"].grad.double() - ref_grad).abs().max() / g_scale
+        c32_grad_err = (weights["c32"].grad.double() - ref_grad).abs().max() / g_scale
+        assert soft_err < 1e-5, (step, float(soft_err))
+        assert grad_err < max(1e-4, float(c32_grad_err)), (step, float(grad_err), float(c32_grad_err))
+        ref_c = torch.stack(m64[0].weight_fake_quant.centroids)
+        assert (dkm.centroids.double() - ref_c).abs().max() / ref_c.abs().max() < 1e-5, step
+    fo, f64 = ours.finalize(), ct64.finalize()
+    lut_o, lut_r = fo.get_buffer("0._COREML_/weight/lut"), f64.get_buffer("0._COREML_/weight/lut")
+    assert lut_o.shape == lut_r.shape
+    assert (lut_o.double() - lut_r).abs().max() / lut_r.abs().max() < 1e-5
+    groups, k = lut_r.shape[0], lut_r.shape[-2]
+    w_o = fo[0].weight.detach().double().reshape(groups, -1)
+    w_r = f64[0].weight.detach().reshape(groups, -1)
+    lut_o3, lut_r3 = lut_o.double().reshape(groups, k), lut_r.reshape(groups, k)
+    labels_o = (w_o[:, :, None] - lut_o3[:, None, :]).abs().argmin(-1)
+    labels_r = (w_r[:, :, None] - lut_r3[:, None, :]).abs().argmin(-1)
+    assert torch.equal(labels_o, labels_r)
