@@ -335,3 +335,37 @@ def test_parity_with_coremltools(global_config):
     labels_o = (w_o[:, :, None] - lut_o3[:, None, :]).abs().argmin(-1)
     labels_r = (w_r[:, :, None] - lut_r3[:, None, :]).abs().argmin(-1)
     assert torch.equal(labels_o, labels_r)
+
+
+# ---------------------------------------------------------------- coremltools' documented example
+
+
+def _documented_example(api, model, x):
+    """coremltools' DKMPalettizer docstring example, with `api` the module providing its three names."""
+    config = api.DKMPalettizerConfig(global_config=api.ModuleDKMPalettizerConfig(n_bits=4))
+    palettizer = api.DKMPalettizer(model, config)
+    model = palettizer.prepare(inplace=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = model(x).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        palettizer.step()
+    return palettizer.finalize(inplace=True)
+
+
+def test_documented_coremltools_example_with_the_import_changed_converts_alike():
+    ctp = coremltools_palettization()
+    from test_torch_coreml import _convert
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 64)
+    programs = {}
+    for label, api in (("coremltools", ctp), ("edkm", et)):
+        model = _documented_example(api, copy.deepcopy(base), x)
+        ops = _convert(model, x)._mil_program.functions["main"].operations
+        programs[label] = [op.op_type for op in ops]
+    assert programs["edkm"].count("constexpr_lut_to_dense") == 2  # 64x96 and 96x32 pass 2048; 32x8 does not
+    assert programs["edkm"] == programs["coremltools"]
