@@ -45,8 +45,6 @@ import re
 import torch
 from torch import nn
 
-from . import torch as _et
-from .core import Runtime
 
 __all__ = ["DKMPalettizer", "DKMPalettizerConfig", "ModuleDKMPalettizerConfig", "PalettizationReport",
            "COREMLTOOLS_DEFAULTS", "KEY_STATUS", "SUPPORTED_MODULES"]
@@ -148,6 +146,14 @@ KEY_STATUS = {
                                  "k-means, or its own k-means++)"),
     "kmeans_error_bnd": (_ACCEPTED, "stopping rule of coremltools' initialiser"),
 }
+
+def _et():
+    """edkm.torch, imported on use: edkm.torch re-exports this module's classes, so a module-level
+    import would be circular whichever of the two is imported first."""
+    from . import torch as et
+
+    return et
+
 
 _INIT_NAMES = {"auto": "auto", "opt1d": "optimal_1d", "kmeans++": "kmeans_pp", "cpu.kmeans++": "kmeans_pp"}
 
@@ -450,7 +456,7 @@ class DKMPalettizer:
         model.train()
         plan = self._select(model)
         if self._runtime is None:
-            self._runtime = _et._runtime_from(self._runtime_spec)
+            self._runtime = _et()._runtime_from(self._runtime_spec)
         self._model, self._plan, self._started, self._step_count = model, plan, set(), 0
         for name, (cfg, _) in plan.items():
             if cfg.milestone == 0:
@@ -459,7 +465,7 @@ class DKMPalettizer:
 
     def _start(self, name):
         cfg, mtype = self._plan[name]
-        _et.palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0,
+        _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0,
                       **cfg.layer_options(mtype))
         self._started.add(name)
 
@@ -481,7 +487,7 @@ class DKMPalettizer:
         model.eval()
         if not inplace:
             model = copy.deepcopy(model)
-        return _et.finalize(model)
+        return _et().finalize(model)
 
     def report(self):
         """PalettizationReport: per selected module its shape, bits, group size, started or not,
@@ -489,7 +495,7 @@ class DKMPalettizer:
         coremltools), the last forward's effective temperature, attention entropy and iterations, the
         palettized size in bytes; `.runtime` the runtime's arena figures."""
         rep = PalettizationReport()
-        by_name = {name: (m, p) for name, pname, m, p in _et.palettized(self._model) if pname == "weight"}
+        by_name = {name: (m, p) for name, pname, m, p in _et().palettized(self._model) if pname == "weight"}
         for name, (cfg, mtype) in self._plan.items():
             opts = cfg.layer_options(mtype)
             fig = {"type": mtype.__name__, "enabled": name in by_name, "milestone": cfg.milestone,

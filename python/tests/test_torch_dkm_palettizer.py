@@ -369,3 +369,15 @@ def test_documented_coremltools_example_with_the_import_changed_converts_alike()
         programs[label] = [op.op_type for op in ops]
     assert programs["edkm"].count("constexpr_lut_to_dense") == 2  # 64x96 and 96x32 pass 2048; 32x8 does not
     assert programs["edkm"] == programs["coremltools"]
+
+
+def test_palettizer_module_imports_on_its_own():
+    """edkm.torch re-exports edkm.palettizer's classes: importing either first must work."""
+    import subprocess
+    import sys
+
+    code = ("import edkm.palettizer as p, edkm.torch as et; assert et.DKMPalettizer is p.DKMPalettizer; "
+            "from torch import nn; p.DKMPalettizer(nn.Sequential(nn.Linear(64, 64))).prepare()")
+    env = dict(__import__("os").environ, PYTHONPATH=str(__import__("pathlib").Path(pz.__file__).parents[1]))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
