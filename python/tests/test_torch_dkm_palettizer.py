@@ -286,10 +286,11 @@ def _coremltools_model(ctp, base, cfg, centroids, dtype):
 ])
 def test_parity_with_coremltools(global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
-    centroids, 3 SGD steps. The reference is coremltools in float64: its own float32 run differs from
-    it by ~1e-4 of the gradient's scale (softmax(-d / 1e-4) amplifies the rounding of d), while ours
-    must stay within 1e-5 relative (soft weights, centroids) and 1e-4 (gradients), no worse than
-    coremltools' float32 run. After finalize the LUTs agree within 1e-5 relative and the labels agree."""
+    centroids, 3 SGD steps. The reference is coremltools in float64, because coremltools' own float32
+    run differs from it by up to 1.2e-4 of the gradient's scale (softmax(-d / tau) with tau 1e-4
+    amplifies the rounding of d) while ours differs by at most 1.4e-6 (soft weights 2.2e-7, measured
+    over both configs and 3 steps): bounds 1e-6 (soft weights), 1e-5 (gradients, centroids), relative
+    to the largest magnitude. After finalize the LUTs agree within 1e-5 and the labels agree exactly."""
     ctp = coremltools_palettization()
     cfg = {"global_config": global_config}
     torch.manual_seed(0)
@@ -320,8 +321,8 @@ def test_parity_with_coremltools(global_config):
         soft_err = (soft["ours"] - ref_soft).abs().max() / s_scale
         grad_err = (weights["ours"].grad.double() - ref_grad).abs().max() / g_scale
         c32_grad_err = (weights["c32"].grad.double() - ref_grad).abs().max() / g_scale
-        assert soft_err < 1e-5, (step, float(soft_err))
-        assert grad_err < max(1e-4, float(c32_grad_err)), (step, float(grad_err), float(c32_grad_err))
+        assert soft_err < 1e-6, (step, float(soft_err))
+        assert grad_err < 1e-5, (step, float(grad_err), float(c32_grad_err))
         ref_c = torch.stack(m64[0].weight_fake_quant.centroids)
         assert (dkm.centroids.double() - ref_c).abs().max() / ref_c.abs().max() < 1e-5, step
     fo, f64 = ours.finalize(), ct64.finalize()
