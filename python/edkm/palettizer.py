@@ -107,8 +107,8 @@ KEY_STATUS = {
     "group_size": (_IMPLEMENTED, "output channels per LUT with per_grouped_channel"),
     "channel_axis": (_IMPLEMENTED, "0 only (as coremltools' DKM)"),
     "milestone": (_IMPLEMENTED, "step() count at which palettization starts"),
-    "cluster_dim": (_NOT_IMPLEMENTED, "1 only: coremltools' vectors run along the output-channel axis, "
-                                      "libedkm's along the last axis"),
+    "cluster_dim": (_IMPLEMENTED, "vector palettization along the output channels (coremltools' vector "
+                                  "axis 0), per_tensor granularity"),
     "kmeans_max_iter": (_IMPLEMENTED, "differentiable k-means iterations per forward"),
     "prune_threshold": (_IMPLEMENTED, "subtracted from every distance to centroid 0"),
     "kmeans_init": (_IMPLEMENTED, "auto / opt1d: libedkm's exact 1-D k-means (auto: k-means++ for "
@@ -233,6 +233,10 @@ class ModuleDKMPalettizerConfig:
             if not _is_number(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{key}: expected a finite number >= 0, got {v!r}")
         self.granularity = _granularity_name(self.granularity)
+        if (self.cluster_dim or 1) > 1 and self.granularity != "per_tensor":
+            raise NotImplementedError(f"edkm.torch.DKMPalettizer: cluster_dim={self.cluster_dim} with "
+                                      f"granularity={self.granularity!r} is not implemented in libedkm "
+                                      f"(vector palettization is per_tensor)")
         if self.granularity == "per_grouped_channel":
             if self.group_size is None:
                 raise ValueError("group_size has to be specified along with per_grouped_channel granularity")
@@ -247,7 +251,6 @@ class ModuleDKMPalettizerConfig:
             raise ValueError(f"per_channel_scaling_factor_scheme: 'min_max' or 'abs', got "
                              f"{self.per_channel_scaling_factor_scheme!r}")
         checks = {
-            "cluster_dim": lambda v: v in (None, 1),
             "enable_per_channel_scale": lambda v: v is False,
             "enforce_zero": lambda v: v is False,
             "lut_dtype": lambda v: v in ("f32", "fp32", "float32"),
@@ -272,7 +275,7 @@ class ModuleDKMPalettizerConfig:
             mode, tau = "absolute", float(self.palett_tau)
         else:  # libedkm's own temperature mode: palett_tau only when given
             tau = float(self.palett_tau) if "palett_tau" in self.given else None
-        return dict(bits=bits, group_size=self.group_size or 0, cluster_dim=1, tau=tau, temperature_mode=mode,
+        return dict(bits=bits, group_size=self.group_size or 0, cluster_dim=self.cluster_dim or 1, tau=tau, temperature_mode=mode,
                     max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
                     zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
@@ -370,8 +373,59 @@ def _choose(configs, module):
             continue
         if cfg.granularity == "per_grouped_channel" and any(w.shape[0] % cfg.group_size for _, w in weights):
             continue  # coremltools logs "axis_length ... is not divisible by group_size" and skips
+        if any(w.shape[0] % (cfg.cluster_dim or 1) for _, w in weights):
+            continue  # coremltools logs "... is not divisible by cluster_dim" and skips
         chosen = cfg
     return chosen
+
+
+class AxisSwap(nn.Module):
+    """Parametrization w -> w.transpose(0, -1) (its own inverse)."""
+
+    def forward(self, w):
+        return w.transpose(0, -1)
+
+
+def _to_vectors(w, dkm):
+    """The tensor the layer clusters: w itself, or w.transpose(0, -1) for vectors along axis 0."""
+    return w.transpose(0, -1) if tuple(w.shape) != dkm.shape else w
+
+
+def _palettize_along_output_channels(module, runtime, opts):
+    """Vector palettization as coremltools does it: vectors of cluster_dim consecutive output channels
+    (coremltools' vectorize: w.transpose(0, -1).reshape(-1, d)). libedkm's vectors run along the last
+    axis, so the DKM layer works on w.transpose(0, -1): the parametrizations AxisSwap, DKMWeight (of
+    the transposed shape), AxisSwap. The centroids start from the weights now."""
+    et = _et()
+    w = module.weight
+    if not isinstance(w, nn.Parameter):
+        raise TypeError(f"edkm.torch.DKMPalettizer: {type(module).__name__}.weight is not a Parameter")
+    t = w.detach().transpose(0, -1)
+    dkm = et.DKMWeight(runtime, t.shape, w.dtype, opts, weight=t.contiguous())
+    dkm.train(module.training)
+    for p in (AxisSwap(), dkm, AxisSwap()):
+        torch.nn.utils.parametrize.register_parametrization(module, "weight", p, unsafe=True)
+
+
+def _finalize_along_output_channels(module):
+    """finalize for _palettize_along_output_channels: the hard weights into the Parameter, and the
+    buffers coremltools' finalize registers (compression_type, lut (1, ..., 1, 2^bits, d),
+    vector_axis 0)."""
+    et = _et()
+    plist = module.parametrizations["weight"]
+    dkm = plist[1]
+    original = plist.original
+    pt = dkm.export(original.detach().transpose(0, -1))
+    hard = pt.dense().transpose(0, -1)
+    et._own_class(module)
+    torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    with torch.no_grad():
+        module.weight.copy_(hard)
+    base = f"{et.COREML_PREFIX}/weight/"
+    module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION]))
+    module.register_buffer(base + "lut", pt.coreml_lut(original.dim()))
+    module.register_buffer(base + "vector_axis", torch.tensor(0))
+    dkm.close()
 
 
 class PalettizationReport(dict):
@@ -465,8 +519,11 @@ class DKMPalettizer:
 
     def _start(self, name):
         cfg, mtype = self._plan[name]
-        _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0,
-                      **cfg.layer_options(mtype))
+        opts = cfg.layer_options(mtype)
+        if opts["cluster_dim"] == 1:
+            _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
+        else:
+            _palettize_along_output_channels(self._model.get_submodule(name), self._runtime, opts)
         self._started.add(name)
 
     def step(self):
@@ -487,6 +544,10 @@ class DKMPalettizer:
         model.eval()
         if not inplace:
             model = copy.deepcopy(model)
+        for module in model.modules():
+            if (torch.nn.utils.parametrize.is_parametrized(module, "weight")
+                    and isinstance(module.parametrizations["weight"][0], AxisSwap)):
+                _finalize_along_output_channels(module)
         return _et().finalize(model)
 
     def report(self):
@@ -499,13 +560,13 @@ class DKMPalettizer:
         for name, (cfg, mtype) in self._plan.items():
             opts = cfg.layer_options(mtype)
             fig = {"type": mtype.__name__, "enabled": name in by_name, "milestone": cfg.milestone,
-                   "bits": opts["bits"], "n_clusters": 2 ** opts["bits"], "cluster_dim": 1,
+                   "bits": opts["bits"], "n_clusters": 2 ** opts["bits"], "cluster_dim": opts["cluster_dim"],
                    "group_size": opts["group_size"]}
             if name in by_name:
                 m, p = by_name[name]
                 w = m.parametrizations.weight.original
                 with torch.no_grad():
-                    pt = p.export(w)
+                    pt = p.export(_to_vectors(w, p))
                     hard = pt.dense()
                     wf = w.detach().float()
                     stats = p.layer.stats()
