@@ -139,8 +139,9 @@ KEY_STATUS = {
     "palett_shard": (_ACCEPTED, "coremltools' sharding of saved indices over GPUs; libedkm: saved_mode='shard'"),
     "palett_batch_mode": (_ACCEPTED, "batches equal-size groups in one kernel: same values"),
     "palett_dist": (_ACCEPTED, "splits the distance computation over ranks: same values"),
-    "kmeans_opt1d_threshold": (_ACCEPTED, "chooses coremltools' initialiser; libedkm's auto is exact for "
-                                          "cluster_dim 1 at any size"),
+    "kmeans_opt1d_threshold": (_ACCEPTED, "chooses coremltools' initialiser; libedkm's auto is its exact "
+                                          "1-D k-means for cluster_dim 1 at any size (over 65,536 f32 "
+                                          "weights on their 16-bit rounding)"),
     "kmeans_batch_threshold": (_ACCEPTED, "spreads coremltools' initialisation over ranks"),
     "kmeans_n_init": (_ACCEPTED, "restarts of coremltools' heuristic initialiser (libedkm: exact 1-D "
                                  "k-means, or its own k-means++)"),
