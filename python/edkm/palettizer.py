@@ -480,6 +480,7 @@ class DKMPalettizer:
         self._plan = {}  # name -> (module config, module type)
         self._started = set()
         self._step_count = 0
+        self._prepared = False
 
     @property
     def runtime(self):
@@ -513,6 +514,7 @@ class DKMPalettizer:
         if self._runtime is None:
             self._runtime = _et()._runtime_from(self._runtime_spec)
         self._model, self._plan, self._started, self._step_count = model, plan, set(), 0
+        self._prepared = True
         for name, (cfg, _) in plan.items():
             if cfg.milestone == 0:
                 self._start(name)
@@ -530,7 +532,7 @@ class DKMPalettizer:
     def step(self):
         """Call after each optimizer step: starts palettization of the modules whose milestone equals
         the number of step() calls before this one (coremltools' count)."""
-        if not self._plan and not self._started:
+        if not self._prepared:
             raise RuntimeError("edkm.torch.DKMPalettizer.step: call prepare() first")
         for name, (cfg, _) in self._plan.items():
             if name not in self._started and self._step_count == cfg.milestone:

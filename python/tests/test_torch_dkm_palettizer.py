@@ -415,3 +415,12 @@ def test_vectors_with_grouped_channels_are_refused_and_indivisible_channels_skip
     assert selected({"global_config": {"cluster_dim": 3, "weight_threshold": 0}}) == {}
     got = selected({"module_type_configs": {"Linear": {"cluster_dim": 4, "weight_threshold": 0}}})
     assert got == {"enc.0": 4, "enc.2": 4, "head": 4}
+
+
+def test_step_before_prepare_raises_and_an_empty_selection_steps():
+    p = DKMPalettizer(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(RuntimeError, match="prepare"):
+        p.step()
+    p.prepare()  # 16 weights: under the 2048 threshold, nothing selected
+    p.step()
+    assert p.report() == {} and str(p.report()) == "(no palettized modules)"
