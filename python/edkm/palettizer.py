@@ -387,9 +387,11 @@ class AxisSwap(nn.Module):
         return w.transpose(0, -1)
 
 
-def _to_vectors(w, dkm):
-    """The tensor the layer clusters: w itself, or w.transpose(0, -1) for vectors along axis 0."""
-    return w.transpose(0, -1) if tuple(w.shape) != dkm.shape else w
+def _clustered(module):
+    """The tensor the DKM layer of module.weight clusters: the weight, or its transpose(0, -1) for
+    vectors along the output channels (parametrizations AxisSwap, DKMWeight, AxisSwap)."""
+    plist = module.parametrizations["weight"]
+    return plist.original.transpose(0, -1) if isinstance(plist[0], AxisSwap) else plist.original
 
 
 def _palettize_along_output_channels(module, runtime, opts):
@@ -569,8 +571,10 @@ class DKMPalettizer:
                 m, p = by_name[name]
                 w = m.parametrizations.weight.original
                 with torch.no_grad():
-                    pt = p.export(_to_vectors(w, p))
+                    pt = p.export(_clustered(m))
                     hard = pt.dense()
+                    if isinstance(m.parametrizations.weight[0], AxisSwap):
+                        hard = hard.transpose(0, -1)
                     wf = w.detach().float()
                     stats = p.layer.stats()
                     fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()},

@@ -424,3 +424,22 @@ def test_step_before_prepare_raises_and_an_empty_selection_steps():
     p.prepare()  # 16 weights: under the 2048 threshold, nothing selected
     p.step()
     assert p.report() == {} and str(p.report()) == "(no palettized modules)"
+
+
+def test_vectors_on_a_square_weight_report_and_finalize():
+    """cluster_dim 2 on a 64 x 64 weight: the layer clusters w.transpose(0, -1), which has the same
+    shape, so the report and finalize must go by the parametrizations, not by the shape."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    w0 = model[0].weight.detach().clone()
+    p = DKMPalettizer(model, {"global_config": {"n_bits": 3, "cluster_dim": 2}})
+    m = p.prepare()
+    fig = p.report()["0"]
+    assert fig["cluster_dim"] == 2 and 0 < fig["error"] < 0.05
+    final = p.finalize()
+    w = final[0].weight.detach()
+    assert (w - w0).abs().max() < 0.1
+    lut = final.get_buffer("0._COREML_/weight/lut")
+    assert lut.shape == (1, 1, 8, 2) and int(final.get_buffer("0._COREML_/weight/vector_axis")) == 0
+    assert torch.equal(lut[0, 0][_labels(w, lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
+    assert torch.equal(m.eval()[0].weight, w)
