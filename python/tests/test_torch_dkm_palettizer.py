@@ -327,6 +327,8 @@ def test_parity_with_coremltools(global_config):
         grad_err = (weights["ours"].grad.double() - ref_grad).abs().max() / g_scale
         c32_grad_err = (weights["c32"].grad.double() - ref_grad).abs().max() / g_scale
         c32_soft_err = (soft["c32"] - ref_soft).abs().max() / s_scale
+        print(f"parity {global_config} step {step}: soft weights {soft_err:.2g} (coremltools float32 "
+              f"{c32_soft_err:.2g}), gradients {grad_err:.2g} ({c32_grad_err:.2g})")  # shown with pytest -s
         assert soft_err <= max(1e-6, c32_soft_err), (step, float(soft_err), float(c32_soft_err))
         assert grad_err <= max(1e-5, c32_grad_err), (step, float(grad_err), float(c32_grad_err))
         ref_c = torch.stack(m64[0].weight_fake_quant.centroids)
