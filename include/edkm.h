@@ -333,7 +333,7 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * and out[0 .. count) receives their w~. A collective: every rank calls it (slices may differ in
  * size, including 0). The ranks all-reduce the 65,536-entry key histogram (and backward the
  * U-entry gradient sums), run the same O(U k T) math and write only their slice, so per-rank
- * memory and traffic do not grow with N: (65,537 + U + 2) x 8 bytes per forward+backward.
+ * memory and traffic do not grow with N: (65,538 + U + 2) x 8 bytes per forward+backward.
  * Requires per-tensor granularity, cluster_dim 1 and 16-bit keys. A rank whose slice holds NaN/Inf
  * makes every rank fail with EDKM_ERR_NON_FINITE. The saved state's backward takes this rank's
  * slice of grad_output, grad_input and weights (count elements); such a state keeps only the

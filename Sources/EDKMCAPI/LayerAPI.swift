@@ -12,6 +12,7 @@ func defaultLayerConfig() -> edkm_layer_config {
 }
 
 func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringConfig {
+    guard c.reserved == 0 else { throw EDKMError(.invalidArgument, "edkm_layer_config.reserved must be 0, got \(c.reserved)") }
     var config = ClusteringConfig()
     config.bits = Int(c.bits)
     config.clusterDim = Int(c.cluster_dim)
@@ -54,12 +55,16 @@ public func edkm_layer_create(_ runtime: OpaquePointer!, _ cfg: UnsafePointer<ed
         let rt = try HandleRegistry.object(runtime, .runtime, as: Runtime.self, name: "runtime")
         let out = try require(out, "out")
         let shape = try require(shape, "shape")
-        guard ndim >= 1 && ndim <= 16 else { throw EDKMError(.shape, "ndim must be in 1...16, got \(ndim)") }
+        guard ndim >= 1 && ndim <= 16 else { throw EDKMError(.shape, "ndim must be in 1...16, got \(sizeText(ndim))") }
         var extents: [Int] = []
+        var elements = 1
         for i in 0..<ndim {
-            guard shape[i] >= 1 && shape[i] <= Int64(Int32.max) * 256 else {
-                throw EDKMError(.shape, "shape[\(i)] must be >= 1, got \(shape[i])")
+            guard shape[i] >= 1 else { throw EDKMError(.shape, "shape[\(i)] must be >= 1, got \(shape[i])") }
+            let (product, overflow) = elements.multipliedReportingOverflow(by: Int(shape[i]))
+            guard !overflow && product <= Int(Int32.max) * 256 else {
+                throw EDKMError(.shape, "the element count of the shape (product of its extents, through shape[\(i)] = \(shape[i])) \(overflow ? "overflows 64 bits" : "is \(product)"); a tensor holds at most \(Int(Int32.max) * 256) elements")
             }
+            elements = product
             extents.append(Int(shape[i]))
         }
         let raw = try cfg.map { (p) throws(EDKMError) in try readSized(p, defaults: defaultLayerConfig(), name: "edkm_layer_config") }
@@ -92,7 +97,7 @@ public func edkm_layer_get_centroids(_ layer: OpaquePointer!, _ out: UnsafeMutab
         let l = try layerObject(layer)
         let out = try require(out, "out")
         guard count == l.centroidCount else {
-            throw EDKMError(.shape, "expected room for \(l.centroidCount) centroid values, got \(count)")
+            throw EDKMError(.shape, "expected room for \(l.centroidCount) centroid values, got \(sizeText(count))")
         }
         let c = try l.getCentroids()
         out.update(from: c, count: c.count)

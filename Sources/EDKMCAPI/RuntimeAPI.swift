@@ -49,6 +49,9 @@ public func edkm_runtime_create(_ cfg: UnsafePointer<edkm_runtime_config>!,
             guard c.world_size >= 1 && c.rank >= 0 && c.rank < c.world_size else {
                 throw EDKMError(.invalidArgument, "communicator rank \(c.rank) / world_size \(c.world_size) is invalid")
             }
+            guard c.reserved == 0 else {
+                throw EDKMError(.invalidArgument, "edkm_communicator.reserved must be 0, got \(c.reserved)")
+            }
             guard c.all_gather != nil && c.all_reduce_sum != nil else {
                 throw EDKMError(.nullPointer, "communicator callbacks all_gather and all_reduce_sum must be set")
             }

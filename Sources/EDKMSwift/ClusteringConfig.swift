@@ -77,6 +77,9 @@ public struct ClusteringConfig: Sendable, Equatable {
             throw EDKMError(.invalidArgument, "max_iterations must be in 1...64, got \(maxIterations)")
         }
         guard tau.isFinite && tau > 0 else { throw EDKMError(.invalidArgument, "tau must be finite and > 0, got \(tau)") }
+        guard (1 / tau).isFinite else {
+            throw EDKMError(.invalidArgument, "tau \(tau) is too small: its reciprocal overflows (tau must be >= 5.6e-309)")
+        }
         guard epsilon.isFinite && epsilon >= 0 else {
             throw EDKMError(.invalidArgument, "epsilon must be finite and >= 0, got \(epsilon)")
         }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// The collective operations of a data-parallel trainer, lent to the library (which has no
 /// network code). Every rank makes the same sequence of calls.
@@ -24,10 +25,14 @@ public final class SingleProcessCommunicator: Communicator {
 }
 
 /// Serialises a communicator's calls (the C ABI promises callbacks never run concurrently for one
-/// runtime, even when several layers of it run on different threads).
+/// runtime, even when several layers of it run on different threads) and detects re-entrancy: a
+/// callback that calls back into the runtime that invoked it (on the same thread) would wait on
+/// this lock forever; such a call fails with `.busy` instead.
 final class SerializedCommunicator: Communicator, @unchecked Sendable {
     private let inner: Communicator
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// The thread running a callback now (its pthread_t), 0 when none.
+    private let owner = Atomic<UInt>(0)
 
     init(_ inner: Communicator) {
         self.inner = inner
@@ -42,15 +47,32 @@ final class SerializedCommunicator: Communicator, @unchecked Sendable {
     var rank: Int { inner.rank }
     var worldSize: Int { inner.worldSize }
 
-    func allGather(_ send: UnsafeRawBufferPointer, into receive: UnsafeMutableRawBufferPointer) throws(EDKMError) {
+    /// Whether the calling thread is inside one of this communicator's callbacks.
+    var isRunningOnThisThread: Bool { owner.load(ordering: .acquiring) == UInt(pthread_self()) }
+
+    /// Throws `.busy` when called from inside one of this communicator's callbacks.
+    func rejectReentry() throws(EDKMError) {
+        if isRunningOnThisThread {
+            throw EDKMError(.busy, "called from inside a communicator callback of the same runtime (re-entrant call): a callback must not call into the runtime that invoked it")
+        }
+    }
+
+    private func serialized(_ body: () throws(EDKMError) -> Void) throws(EDKMError) {
+        try rejectReentry()
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        try inner.allGather(send, into: receive)
+        owner.store(UInt(pthread_self()), ordering: .releasing)
+        defer {
+            owner.store(0, ordering: .releasing)
+            pthread_mutex_unlock(lock)
+        }
+        try body()
+    }
+
+    func allGather(_ send: UnsafeRawBufferPointer, into receive: UnsafeMutableRawBufferPointer) throws(EDKMError) {
+        try serialized { () throws(EDKMError) in try inner.allGather(send, into: receive) }
     }
 
     func allReduceSum(_ data: UnsafeMutableBufferPointer<Double>) throws(EDKMError) {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        try inner.allReduceSum(data)
+        try serialized { () throws(EDKMError) in try inner.allReduceSum(data) }
     }
 }

@@ -30,3 +30,7 @@ public struct EDKMError: Error, Equatable, CustomStringConvertible {
 
     public var description: String { "\(code): \(message)" }
 }
+
+/// A size that came from a C size_t, printed as the unsigned value the caller passed (SIZE_MAX,
+/// not -1).
+public func sizeText(_ n: Int) -> String { String(UInt(bitPattern: n)) }

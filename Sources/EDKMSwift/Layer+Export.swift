@@ -21,19 +21,22 @@ extension Layer {
         }
         let sizes = exportSizes
         guard packedBytes == sizes.packedBytes else {
-            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(packedBytes)")
+            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
         }
         try validateWeights(weights, type: type, count: count)
         let c = try getCentroids()
+        if lutType == .f16, let bad = c.firstIndex(where: { !HalfConversion.f16ToFloat(HalfConversion.floatToF16($0)).isFinite }) {
+            throw EDKMError(.invalidArgument, "centroid \(bad) = \(c[bad]) does not fit an f16 LUT (largest finite f16: 65504); export with an f32 LUT")
+        }
         let k = config.k, d = config.clusterDim, bits = config.bits
         let E = geometry.elementsPerPartition, V = geometry.vectorsPerPartition
         let slice = sizes.packedBytes / geometry.partitions
         // The prune bias of each partition (relative to the distortion of these weights under these
         // centroids in the scale-free mode).
         let c0 = (0..<geometry.partitions).map { p in c[(p * k * d)..<((p + 1) * k * d)].map { Double($0) } }
-        let prunes = effectiveParameters(
+        let prunes = try effectiveParameters(
             (0..<geometry.partitions).map { DenseElementRows(base: weights + $0 * E * type.byteWidth, type: type, d: d, rowCount: V) },
-            initial: c0, vectors: V).map(\.prune)
+            initial: c0, vectors: V, checkTemperature: false).map(\.prune)
         let chunkVectors = 1 << 16  // a multiple of 8: chunks start on byte boundaries
         let chunks = (V + chunkVectors - 1) / chunkVectors
         c.withUnsafeBufferPointer { cb in
@@ -77,10 +80,13 @@ extension Layer {
         }
         let sizes = exportSizes
         guard packedBytes == sizes.packedBytes else {
-            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(packedBytes)")
+            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
         }
         guard count == geometry.count else {
-            throw EDKMError(.shape, "expected \(geometry.count) output elements, got \(count)")
+            throw EDKMError(.shape, "expected \(geometry.count) output elements, got \(sizeText(count))")
+        }
+        if let bad = ElementIO.firstNonFinite(lut, type: lutType, count: sizes.lutCount) {
+            throw EDKMError(.nonFinite, "LUT entry \(bad) is \(ElementIO.load(lut, type: lutType, at: bad)) (NaN or Inf)")
         }
         let k = config.k, d = config.clusterDim, bits = config.bits
         let E = geometry.elementsPerPartition, V = geometry.vectorsPerPartition

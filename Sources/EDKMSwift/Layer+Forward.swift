@@ -1,3 +1,5 @@
+import Glibc
+
 /// A growable list of saved tensors shared between the engine's hooks.
 final class SavedTensorList: @unchecked Sendable {
     var items: [SavedTensor] = []
@@ -41,7 +43,8 @@ extension Layer {
         try validateWeights(weights, type: type, count: count, scan: scanned)
         return try exclusive { () throws(EDKMError) -> SavedState? in
             if centroids == nil && !scanned { try rejectNonFinite(weights, type: type) }  // before initialising from them
-            var initial = centroids ?? computeInitialCentroids(weights, type: type)
+            var initial: [[Float]]
+            if let current = centroids { initial = current } else { initial = try computeInitialCentroids(weights, type: type) }
             for p in 0..<initial.count {
                 CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
             }
@@ -79,12 +82,20 @@ extension Layer {
     /// The temperature, prune bias and stop tolerance of each partition for its rows (n_p weight
     /// vectors each) and initial centroids; the scale-free mode measures each partition's
     /// distortion (one extra pass over the rows).
-    func effectiveParameters(_ rows: [any RowBlocks], initial c0: [[Double]], vectors: Int) -> [EffectiveParameters] {
+    /// A temperature whose reciprocal overflows (tau_eff below about 5.6e-309: a subnormal tau, or
+    /// a scale-free factor times a tiny distortion) is rejected: the softmax exp(-(D - min D)/tau)
+    /// would be 0 x Inf = NaN on the nearest centroid.
+    func effectiveParameters(_ rows: [any RowBlocks], initial c0: [[Double]], vectors: Int,
+                             checkTemperature: Bool = true) throws(EDKMError) -> [EffectiveParameters] {
         let inertia = config.temperatureMode == .scaleFree ? engine.inertia(rows, centroids: c0)
                                                             : [Double](repeating: 0, count: c0.count)
-        return (0..<c0.count).map {
+        let parameters = (0..<c0.count).map {
             EffectiveParameters(config: config, initial: c0[$0], distortion: inertia[$0] / Double(vectors), vectors: vectors)
         }
+        for (p, parameter) in parameters.enumerated() where checkTemperature && !(parameter.tau > 0 && (1 / parameter.tau).isFinite) {
+            throw EDKMError(.invalidArgument, "the effective temperature of partition \(p) is \(parameter.tau) (tau \(config.tau) in the \(config.temperatureMode == .scaleFree ? "scale-free" : "absolute") mode): its reciprocal overflows, the softmax would be NaN; use a larger tau")
+        }
+        return parameters
     }
 
     private func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
@@ -115,7 +126,7 @@ extension Layer {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
-        let keys = WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
+        let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
         let (hists, keysHash) = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
                                                      hashing: save && type.is16Bit)
         if type.is16Bit && hists.contains(where: { $0.keys.contains { !ElementIO.keyValue($0, type: type).isFinite } }) {
@@ -138,7 +149,7 @@ extension Layer {
         var rowOffset = [Int](repeating: 0, count: P + 1)
         for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
         let totalU = rowOffset[P]
-        let parameters = effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
+        let parameters = try effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
         let keepTables = save && (mode == .uniquify || mode == .shard)
         let dMaps = SavedTensorList(), sMaps = SavedTensorList()
         let store = runtime.store
@@ -171,8 +182,8 @@ extension Layer {
             state.softmaxMaps = sMaps.items
             switch mode {
             case .uniquify, .shard:
-                let index = UnsafeMutablePointer<UInt16>.allocate(capacity: geometry.count)
-                defer { index.deallocate() }
+                let index = try HeapAllocation.allocate(UInt16.self, count: geometry.count, for: "the index list")
+                defer { free(index) }
                 KeyPasses.gather(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool, into: index) { p, table in
                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
                 }
@@ -231,7 +242,7 @@ extension Layer {
         let rows: [any RowBlocks] = (0..<P).map {
             DenseElementRows(base: weights + $0 * E * width, type: type, d: d, rowCount: rowsPerPartition)
         }
-        let parameters = effectiveParameters(rows, initial: initial, vectors: rowsPerPartition)
+        let parameters = try effectiveParameters(rows, initial: initial, vectors: rowsPerPartition)
         let keepMaps = save && mode.keepsDenseMaps
         let dMaps = SavedTensorList(), sMaps = SavedTensorList()
         var weightCopies: [SavedTensor] = []

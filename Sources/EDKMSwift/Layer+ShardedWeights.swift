@@ -1,8 +1,9 @@
 /// Histogram-native DKM on weights sharded across data-parallel ranks (each rank holds a
 /// contiguous slice of one tensor, as with FSDP/ZeRO-3): the ranks all-reduce the 65,536-entry
 /// key histogram in forward and the U-entry gradient sums in backward, run the identical O(U k T)
-/// math, and each writes only its slice. Traffic per forward+backward: (65,536 + 1 + U + 2) x 8
-/// bytes per rank, whatever N is. Per-tensor granularity, scalar clustering, 16-bit keys.
+/// math, and each writes only its slice. Traffic per forward+backward: (65,536 + 2 + U + 2) x 8
+/// bytes per rank, whatever N is. Per-tensor granularity, scalar clustering, 16-bit keys. What the
+/// all-reduces return is checked (`CollectiveChecks`) before it is used.
 ///
 /// Every rank must make the call (it is a collective). A rank whose input is invalid (non-finite
 /// weights or gradients, changed weights) still takes part in the all-reduce and flags it, so all
@@ -28,25 +29,22 @@ extension Layer {
         return try exclusive { () throws(EDKMError) -> SavedState? in
             let pool = runtime.pool
             let comm = runtime.communicator
-            let keys = WeightKeys(weights, type: type, count: count, f32KeyType: config.f32KeyType, pool: pool)
+            let keys = try WeightKeys(weights, type: type, count: count, f32KeyType: config.f32KeyType, pool: pool)
             let local = KeyPasses.histograms(keys.pointer, partitions: 1, elementsPerPartition: count, pool: pool,
                                              hashing: type.is16Bit).0
-            // 65,536 counts + a flag: this rank's slice has a non-finite weight.
-            var table = [Double](repeating: 0, count: 65537)
+            // 65,536 counts, a flag (this rank's slice has a non-finite weight) and the slice's
+            // element count (the counts must add up to the sum of these).
+            var table = [Double](repeating: 0, count: 65538)
             for (key, n) in zip(local[0].keys, local[0].counts) { table[Int(key)] = Double(n) }
             let badKey = local[0].keys.contains { !ElementIO.keyValue($0, type: keys.keyType).isFinite }
             if badKey || (type == .f32 && ElementIO.firstNonFinite(weights, type: type, count: count) != nil) { table[65536] = 1 }
+            table[65537] = Double(count)
             try table.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try comm.allReduceSum(b) }
-            runtime.countCommunicatorBytes(65537 * 8)
-            if table[65536] > 0 {
-                throw EDKMError(.nonFinite, "\(Int(table[65536])) rank(s) hold non-finite weights (or f32 weights outside the key range)")
+            runtime.countCommunicatorBytes(65538 * 8)
+            let global = try table.withUnsafeBufferPointer { (b) throws(EDKMError) -> KeyHistogram in
+                try CollectiveChecks.keyHistogram(b, local: local[0], keyType: keys.keyType, worldSize: comm.worldSize)
             }
-            var global = KeyHistogram(keys: [], counts: [])
-            for key in 0..<65536 where table[key] > 0 {
-                global.keys.append(UInt16(key))
-                global.counts.append(UInt32(table[key]))
-            }
-            guard global.distinctCount > 0 else { throw EDKMError(.shape, "the ranks' slices hold no weights") }
+            guard global.distinctCount > 0 else { throw EDKMError(.shape, "the ranks' slices hold no weights (every slice is empty)") }
             let values = DoubleBuffer(zeros: global.distinctCount), counts = DoubleBuffer(zeros: global.distinctCount)
             for m in 0..<global.distinctCount {
                 values[m] = ElementIO.keyValue(global.keys[m], type: keys.keyType)
@@ -58,7 +56,7 @@ extension Layer {
             let c0 = initial.map { Double($0) }
             let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
             let held = global.counts.reduce(0) { $0 + Int($1) }  // the weights all ranks' slices hold
-            let parameters = effectiveParameters(rows, initial: [c0], vectors: held)
+            let parameters = try effectiveParameters(rows, initial: [c0], vectors: held)
             let engine = DKMEngine(config: config, pool: pool)
             var traces = try engine.iterate(rows, initial: [c0], parameters: parameters)
             let f = DoubleBuffer(zeros: global.distinctCount)
@@ -136,7 +134,7 @@ extension SavedState {
         var holder: WeightKeys? = nil
         let keys: UnsafePointer<UInt16>
         if let kept = elementKeys { keys = UnsafePointer(kept.typed(UInt16.self)) } else if let weights {
-            holder = WeightKeys(weights, type: weightType, count: count, f32KeyType: keyType, pool: pool)
+            holder = try WeightKeys(weights, type: weightType, count: count, f32KeyType: keyType, pool: pool)
             keys = holder!.pointer
         } else {
             throw EDKMError(.state, "this saved state needs this rank's weight slice: pass it to backward (or set keep_weights)")
@@ -153,11 +151,17 @@ extension SavedState {
         }
         try buffer.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try runtime.communicator.allReduceSum(b) }
         runtime.countCommunicatorBytes(buffer.count * 8)
-        if buffer[hist.distinctCount] > 0 {
-            throw EDKMError(.weightsChanged, "\(Int(buffer[hist.distinctCount])) rank(s) passed weights that differ from the forward's")
+        let world = Double(runtime.communicator.worldSize)
+        let changedRanks = try CollectiveChecks.count(buffer[hist.distinctCount], limit: world, "the number of ranks with changed weights")
+        let nonFiniteRanks = try CollectiveChecks.count(buffer[hist.distinctCount + 1], limit: world, "the number of ranks with non-finite gradients")
+        if changedRanks > 0 {
+            throw EDKMError(.weightsChanged, "\(changedRanks) rank(s) passed weights that differ from the forward's")
         }
-        if buffer[hist.distinctCount + 1] > 0 {
-            throw EDKMError(.nonFinite, "\(Int(buffer[hist.distinctCount + 1])) rank(s) passed non-finite gradients")
+        if nonFiniteRanks > 0 {
+            throw EDKMError(.nonFinite, "\(nonFiniteRanks) rank(s) passed non-finite gradients")
+        }
+        try buffer.withUnsafeBufferPointer { (b) throws(EDKMError) in
+            try CollectiveChecks.gradientSums(UnsafeBufferPointer(rebasing: b[0..<hist.distinctCount]))
         }
         let G = DoubleBuffer(zeros: hist.distinctCount)
         for m in 0..<hist.distinctCount { G[m] = buffer[m] }

@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// The clustering of one weight tensor: its config, geometry and current centroids (the LUT).
@@ -40,6 +41,7 @@ public final class Layer: @unchecked Sendable {
 
     /// Runs body with the layer marked busy; a concurrent call gets `.busy`.
     func exclusive<R>(_ body: () throws(EDKMError) -> R) throws(EDKMError) -> R {
+        try runtime.collectives.rejectReentry()
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             throw EDKMError(.busy, "the layer is in use by another thread")
         }
@@ -80,14 +82,14 @@ public final class Layer: @unchecked Sendable {
     /// (Re)initialises the centroids from the weights with the configured method.
     public func initializeCentroids(weights: UnsafeRawPointer, type: ElementType, count: Int) throws(EDKMError) {
         try validateWeights(weights, type: type, count: count)
-        try exclusive { centroids = computeInitialCentroids(weights, type: type) }
+        try exclusive { () throws(EDKMError) in centroids = try computeInitialCentroids(weights, type: type) }
     }
 
     /// Checks element count and (with `scan`) finiteness of weights. The uniquified forward of
     /// 16-bit weights skips the scan and checks the keys of its histogram instead.
     func validateWeights(_ weights: UnsafeRawPointer, type: ElementType, count: Int, scan: Bool = true) throws(EDKMError) {
         guard count == geometry.count else {
-            throw EDKMError(.shape, "expected \(geometry.count) weights for shape \(geometry.shape), got \(count)")
+            throw EDKMError(.shape, "expected \(geometry.count) weights for shape \(geometry.shape), got \(sizeText(count))")
         }
         if scan { try rejectNonFinite(weights, type: type) }
     }
@@ -98,13 +100,13 @@ public final class Layer: @unchecked Sendable {
         }
     }
 
-    func computeInitialCentroids(_ weights: UnsafeRawPointer, type: ElementType) -> [[Float]] {
+    func computeInitialCentroids(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [[Float]] {
         let k = config.k, d = config.clusterDim
         let E = geometry.elementsPerPartition
         let useOptimal = d == 1 && config.initialization != .kMeansPlusPlus
         var result = [[Float]](repeating: [], count: geometry.partitions)
         if useOptimal {
-            let hists = scalarHistograms(weights, type: type)
+            let hists = try scalarHistograms(weights, type: type)
             result.withUnsafeMutableBufferPointer { out in
                 let res = out.baseAddress!
                 runtime.pool.parallelFor(geometry.partitions) { p in
@@ -141,7 +143,7 @@ public final class Layer: @unchecked Sendable {
     /// are keyed by rounding to f32_key_dtype when set, else to f16 when all weights are within
     /// its range, else to bf16 (so the initialisation is exact on the rounded values); an f16 key
     /// that would overflow falls back to bf16 too.
-    func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) -> [(values: [Double], counts: [Double])] {
+    func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [(values: [Double], counts: [Double])] {
         let E = geometry.elementsPerPartition
         if type == .f32 && E <= 65536 {
             return (0..<geometry.partitions).map { p in
@@ -161,7 +163,7 @@ public final class Layer: @unchecked Sendable {
             let f = weights.assumingMemoryBound(to: Float.self)
             keyType = (0..<geometry.count).allSatisfy { abs(f[$0]) < 65520 } ? .f16 : .bf16
         }
-        let keys = WeightKeys(weights, type: type, count: geometry.count, f32KeyType: keyType, pool: runtime.pool)
+        let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: keyType, pool: runtime.pool)
         let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,
                                          pool: runtime.pool).histograms
         return hists.map { h in
@@ -177,14 +179,14 @@ final class WeightKeys {
     let keyType: ElementType
     private let owned: UnsafeMutablePointer<UInt16>?
 
-    init(_ weights: UnsafeRawPointer, type: ElementType, count: Int, f32KeyType: ElementType, pool: ThreadPool) {
+    init(_ weights: UnsafeRawPointer, type: ElementType, count: Int, f32KeyType: ElementType, pool: ThreadPool) throws(EDKMError) {
         if type.is16Bit {
             pointer = weights.assumingMemoryBound(to: UInt16.self)
             keyType = type
             owned = nil
             return
         }
-        let buf = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(count, 1))
+        let buf = try HeapAllocation.allocate(UInt16.self, count: count, for: "the 16-bit keys of f32 weights")
         let f = weights.assumingMemoryBound(to: Float.self)
         let chunks = (count + 65535) / 65536
         let toF16 = f32KeyType == .f16
@@ -198,5 +200,5 @@ final class WeightKeys {
         keyType = f32KeyType
     }
 
-    deinit { owned?.deallocate() }
+    deinit { free(owned) }
 }

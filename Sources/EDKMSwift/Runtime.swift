@@ -17,7 +17,9 @@ public final class Runtime: @unchecked Sendable {
     public let arena: OffloadArena
     public let store: SavedTensorStore
     public let pool: ThreadPool
-    public let communicator: Communicator
+    /// The caller's communicator, serialised and guarded against re-entrant calls.
+    public var communicator: Communicator { collectives }
+    let collectives: SerializedCommunicator
 
     private struct Counters {
         var liveSavedStates: UInt64 = 0
@@ -30,7 +32,7 @@ public final class Runtime: @unchecked Sendable {
         arena = try OffloadArena(budget: options.budget)
         store = SavedTensorStore(arena: arena)
         pool = ThreadPool(threads: options.threads)
-        self.communicator = SerializedCommunicator(communicator ?? SingleProcessCommunicator())
+        collectives = SerializedCommunicator(communicator ?? SingleProcessCommunicator())
     }
 
     func savedStateCreated() { counters.withLock { $0.liveSavedStates += 1 } }

@@ -1,3 +1,5 @@
+import Glibc
+
 extension SavedState {
     /// dL/dw from dL/dw~ through every DKM iteration (DESIGN section 1). `weights`: the forward's
     /// weights (checked by hash), required when the state kept neither the weights nor an index
@@ -8,7 +10,7 @@ extension SavedState {
             guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
             if let slice = weightShard {
                 guard count == slice.count else {
-                    throw EDKMError(.shape, "expected this rank's \(slice.count) gradient elements, got \(count)")
+                    throw EDKMError(.shape, "expected this rank's \(slice.count) gradient elements, got \(sizeText(count))")
                 }
                 try backwardShard(slice, traces: decodeTraces(), grad: gradOutput, output: gradInput, gradType: gradType,
                                   weights: weights)
@@ -16,7 +18,7 @@ extension SavedState {
                 return
             }
             guard count == geometry.count else {
-                throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(count)")
+                throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(sizeText(count))")
             }
             // The uniquified path of 16-bit weights checks gradients and weights inside its scatter pass.
             let fused = algorithm == .uniquified && weightType.is16Bit
@@ -68,25 +70,17 @@ extension SavedState {
         // The key of every element: the weights' own, a kept copy, the index list or its shards.
         var keyHolder: WeightKeys? = nil
         var gathered: UnsafeMutablePointer<UInt16>? = nil
-        defer { gathered?.deallocate() }
+        defer { free(gathered) }
         let keys: UnsafePointer<UInt16>
         var indices = elementKeysAreIndices
         if mode == .shard, let shard = elementKeys {
-            let world = runtime.communicator.worldSize
-            let send = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, shardLength))
-            defer { send.deallocate() }
-            send.initialize(repeating: 0, count: Swift.max(1, shardLength))
-            send.update(from: shard.typed(UInt16.self), count: shardRange.count)
-            let all = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, world * shardLength))
+            let all = try gatherIndexList(shard)
             gathered = all
-            try runtime.communicator.allGather(UnsafeRawBufferPointer(start: send, count: shardLength * 2),
-                                               into: UnsafeMutableRawBufferPointer(start: all, count: world * shardLength * 2))
-            runtime.countCommunicatorBytes(shardLength * 2)
             keys = UnsafePointer(all)
         } else if let kept = elementKeys {
             keys = UnsafePointer(kept.typed(UInt16.self))
         } else if let weights {
-            let wk = WeightKeys(weights, type: weightType, count: N, f32KeyType: keyType, pool: pool)
+            let wk = try WeightKeys(weights, type: weightType, count: N, f32KeyType: keyType, pool: pool)
             keyHolder = wk
             keys = wk.pointer
             indices = false
@@ -121,6 +115,33 @@ extension SavedState {
             }
         }
         withExtendedLifetime(keyHolder) {}  // the rounded f32 keys are read until here
+    }
+
+    /// SHARD: the whole index list, all-gathered from every rank's shard (world_size x the padded
+    /// shard length entries; release with `free`), checked against the saved histograms.
+    private func gatherIndexList(_ shard: SavedTensor) throws(EDKMError) -> UnsafeMutablePointer<UInt16> {
+        let world = runtime.communicator.worldSize
+        let (entries, overflow) = world.multipliedReportingOverflow(by: shardLength)
+        guard !overflow else {
+            throw EDKMError(.outOfMemory, "the gathered index list of \(world) ranks x \(shardLength) entries overflows the address space")
+        }
+        let send = try HeapAllocation.allocate(UInt16.self, count: Swift.max(1, shardLength), for: "the index shard to send")
+        defer { free(send) }
+        send.initialize(repeating: 0, count: Swift.max(1, shardLength))
+        send.update(from: shard.typed(UInt16.self), count: shardRange.count)
+        let all = try HeapAllocation.allocate(UInt16.self, count: Swift.max(1, entries),
+                                              for: "the gathered index list (world_size x shard bytes)")
+        do {
+            try runtime.communicator.allGather(UnsafeRawBufferPointer(start: send, count: shardLength * 2),
+                                               into: UnsafeMutableRawBufferPointer(start: all, count: entries * 2))
+            runtime.countCommunicatorBytes(shardLength * 2)
+            try CollectiveChecks.gatheredIndices(all, histograms: decodeHistograms(),
+                                                 elementsPerPartition: geometry.elementsPerPartition, pool: runtime.pool)
+        } catch {
+            free(all)
+            throw error
+        }
+        return all
     }
 
     private func backwardDense(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,

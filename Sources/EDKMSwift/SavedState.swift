@@ -73,6 +73,7 @@ public final class SavedState: @unchecked Sendable {
     public var isConsumed: Bool { consumed }
 
     func exclusive<R>(_ body: () throws(EDKMError) -> R) throws(EDKMError) -> R {
+        try runtime.collectives.rejectReentry()
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
             throw EDKMError(.busy, "the saved state is in use by another thread")
         }

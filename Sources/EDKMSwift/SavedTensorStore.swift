@@ -1,4 +1,5 @@
 import EDKMSupport
+import Glibc
 
 /// One tensor kept for a backward: bytes in the offload arena or on the heap, possibly shared
 /// with other saved states (dedup). Released when the last reference goes.
@@ -92,7 +93,8 @@ public final class SavedTensorStore: @unchecked Sendable {
 
     private func allocate(_ byteCount: Int, inArena: Bool) throws(EDKMError) -> UnsafeMutableRawPointer {
         if inArena { return try arena.allocate(byteCount) }
-        let p = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(byteCount, 1), alignment: 64)
+        // The DKM baseline's heap (no budget applies): a failed allocation is a status, not an abort.
+        let p = try HeapAllocation.allocateBytes(byteCount, for: "a saved tensor on the heap (EDKM_SAVED_DKM)")
         // Count what the heap really holds (its size class), as the arena's statistics do.
         let held = UInt64(edkm_heap_usable_size(p))
         state.withLock { s in
@@ -107,7 +109,7 @@ public final class SavedTensorStore: @unchecked Sendable {
             if let key, let e = s.entries[key], e.pointer == pointer { s.entries[key] = nil }
             if !inArena { s.heapBytes -= UInt64(edkm_heap_usable_size(pointer)) }
         }
-        if inArena { arena.free(pointer, bytes: byteCount) } else { pointer.deallocate() }
+        if inArena { arena.free(pointer, bytes: byteCount) } else { free(pointer) }
     }
 
     public struct Statistics: Sendable {

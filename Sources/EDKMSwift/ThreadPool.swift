@@ -14,8 +14,9 @@ import Synchronization
 /// The workers hold only the pool's shared state, never the pool itself, so releasing the pool
 /// (with its runtime) stops and joins them.
 public final class ThreadPool: @unchecked Sendable {
-    /// Threads taking part in a job, the caller included.
-    public let threadCount: Int
+    /// Threads taking part in a job, the caller included: the workers really started plus one
+    /// (fewer than asked when the system cannot start more threads).
+    public var threadCount: Int { threads.count + 1 }
 
     private let state: State
     private var threads: [pthread_t] = []
@@ -78,7 +79,7 @@ public final class ThreadPool: @unchecked Sendable {
 
     /// - Parameter threads: total threads including the caller; 0 = the cores this process may use.
     public init(threads: Int) {
-        threadCount = max(1, threads == 0 ? Int(edkm_available_cores()) : threads)
+        let requested = max(1, threads == 0 ? Int(edkm_available_cores()) : threads)
         state = State()
         // Workers start with the asynchronous signals blocked (they inherit the creating thread's
         // mask): the host's handlers for SIGINT, SIGTERM, SIGCHLD... then run on the host's own
@@ -89,7 +90,7 @@ public final class ThreadPool: @unchecked Sendable {
         for sig in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT] { sigdelset(&blocked, sig) }
         pthread_sigmask(SIG_SETMASK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        for _ in 1..<max(1, threadCount) {
+        for _ in 1..<requested {
             var tid = pthread_t()
             let context = Unmanaged.passRetained(state).toOpaque()  // released when the worker exits
             let rc = pthread_create(&tid, nil, { raw in
@@ -99,7 +100,10 @@ public final class ThreadPool: @unchecked Sendable {
                 shared.release()
                 return nil
             }, context)
-            if rc == 0 { self.threads.append(tid) } else { Unmanaged<State>.fromOpaque(context).release() }
+            if rc == 0 { self.threads.append(tid) } else {
+                Unmanaged<State>.fromOpaque(context).release()
+                break  // the system cannot start more: run with the workers started
+            }
         }
         state.workers = self.threads.count
     }
