@@ -8,11 +8,13 @@
  * Exit status: the number of bugs still present (0 = all fixed).
  */
 #include "rel_common.h"
+#include "hostile_comm.h"
 
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 typedef int (*check_fn)(char *detail, size_t n);   /* 1 = bug present */
@@ -282,6 +284,323 @@ static int d1(char *d, size_t n) {
     return !(b == EDKM_OK || b == EDKM_ERR_STATE);
 }
 
+/* ---- Hostile input (communicator results, allocation failure, extreme values). Each check is
+ * "present" when the call crashes, hangs or returns EDKM_OK with a wrong or non-finite result. */
+
+/* A one-layer runtime (f16 weights, 4 bits, N = n) with a hostile communicator of `world` ranks. */
+typedef struct { hostile_comm h; edkm_communicator c; edkm_runtime *rt; edkm_layer *l; uint64_t base; } hostile_setup;
+
+static void hs_open(hostile_setup *s, int world, int mode, int64_t n) {
+    s->c = hc_make(&s->h, world, 0x5eed);
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc);
+    rc.communicator = &s->c; rc.saved_mode = mode; rc.num_threads = 2;
+    REL_CHECK(edkm_runtime_create(&rc, &s->rt));
+    edkm_layer_config lc; edkm_layer_config_init(&lc); lc.bits = 4;
+    REL_CHECK(edkm_layer_create(s->rt, &lc, &n, 1, &s->l));
+    edkm_runtime_stats st; memset(&st, 0, sizeof st); st.struct_size = sizeof st;
+    REL_CHECK(edkm_runtime_get_stats(s->rt, &st));
+    s->base = st.arena_allocated;
+}
+static uint64_t hs_arena(hostile_setup *s) {
+    edkm_runtime_stats st; memset(&st, 0, sizeof st); st.struct_size = sizeof st;
+    edkm_runtime_get_stats(s->rt, &st);
+    return st.arena_allocated;
+}
+static void hs_close(hostile_setup *s) { edkm_layer_destroy(s->l); edkm_runtime_destroy(s->rt); }
+static void hs_weights(uint16_t *w, size_t n) { for (size_t i = 0; i < n; i++) w[i] = h16((float)((i * 37) % 101) / 50.0f - 1.0f); }
+static int all_bytes(const void *p, size_t n, unsigned char b) {
+    for (size_t i = 0; i < n; i++) if (((const unsigned char *)p)[i] != b) return 0;
+    return 1;
+}
+
+/* H1/H9: forward_shard whose histogram all-reduce returns 0 with impossible sums: every kind must
+ * give EDKM_ERR_COMMUNICATOR, the output unwritten, no saved state, the arena at its start. */
+static int h1(char *d, size_t n) {
+    static const int kinds[] = { HC_NAN, HC_INF, HC_NEG_INF, HC_HUGE, HC_NEGATIVE, HC_FRACTION, HC_PLUS_ONE, HC_ZERO_ALL };
+    hostile_setup s; hs_open(&s, 2, EDKM_SAVED_HISTOGRAM, 256);
+    uint16_t w[256]; float out[256]; hs_weights(w, 256);
+    int bad = 0;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0] && !bad; k++) {
+        hc_arm(&s.h, kinds[k], 0, -1);
+        memset(out, 0xA5, sizeof out);
+        edkm_saved_state *st = NULL;
+        edkm_status r = edkm_layer_forward_shard(s.l, w, EDKM_DTYPE_F16, 0, 256, out, EDKM_DTYPE_F32, &st);
+        if (r != EDKM_ERR_COMMUNICATOR || st || !all_bytes(out, sizeof out, 0xA5) || hs_arena(&s) != s.base) {
+            bad = 1;
+            snprintf(d, n, "%s -> %s (%s)", s.h.what, edkm_status_name(r), edkm_last_error());
+        }
+    }
+    if (!bad) snprintf(d, n, "NaN, Inf, -Inf, 1e300, negative, fractional, +1 and all-zero histogram sums -> EDKM_ERR_COMMUNICATOR (%s)", edkm_last_error());
+    hs_close(&s);
+    return bad;
+}
+
+/* H2/H10: the sharded backward's gradient all-reduce returns Inf, NaN or 1e300 (in a sum or a flag). */
+static int h2(char *d, size_t n) {
+    static const struct { int kind; int flag; edkm_status want; } cases[] = {
+        { HC_INF, 0, EDKM_ERR_COMMUNICATOR }, { HC_NAN, 0, EDKM_ERR_COMMUNICATOR }, { HC_NEG_INF, 0, EDKM_ERR_COMMUNICATOR },
+        { HC_HUGE, 1, EDKM_ERR_COMMUNICATOR }, { HC_NAN, 1, EDKM_ERR_COMMUNICATOR }, { HC_FRACTION, 1, EDKM_ERR_COMMUNICATOR },
+        { HC_INF, 2, EDKM_ERR_COMMUNICATOR } };
+    hostile_setup s; hs_open(&s, 1, EDKM_SAVED_HISTOGRAM, 256);
+    uint16_t w[256]; float out[256], g[256], gi[256]; hs_weights(w, 256);
+    for (int i = 0; i < 256; i++) g[i] = 0.01f * (float)(i % 7);
+    int bad = 0;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0] && !bad; k++) {
+        edkm_saved_state *st = NULL;
+        hc_arm(&s.h, HC_HONEST, 0, -1);
+        REL_CHECK(edkm_layer_forward_shard(s.l, w, EDKM_DTYPE_F16, 0, 256, out, EDKM_DTYPE_F32, &st));
+        edkm_layer_stats ls; memset(&ls, 0, sizeof ls); ls.struct_size = sizeof ls;
+        REL_CHECK(edkm_layer_get_stats(s.l, &ls));
+        int U = (int)ls.distinct_values;
+        hc_arm(&s.h, cases[k].kind, 0, cases[k].flag == 0 ? 0 : U - 1 + cases[k].flag);
+        memset(gi, 0xA5, sizeof gi);
+        edkm_status r = edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, 256, w);
+        if (r != cases[k].want || !all_bytes(gi, sizeof gi, 0xA5)) {
+            bad = 1;
+            snprintf(d, n, "%s -> %s (%s)", s.h.what, edkm_status_name(r), edkm_last_error());
+        }
+        /* the state stays usable: an honest retry succeeds */
+        hc_arm(&s.h, HC_HONEST, 0, -1);
+        if (!bad && edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, 256, w) != EDKM_OK) {
+            bad = 1;
+            snprintf(d, n, "the honest retry after %s failed: %s", s.h.what, edkm_last_error());
+        }
+        edkm_saved_state_destroy(st);
+    }
+    if (!bad) snprintf(d, n, "Inf/NaN gradient sums and 1e300/NaN/0.5 flags -> EDKM_ERR_COMMUNICATOR; the state stays usable");
+    hs_close(&s);
+    return bad;
+}
+
+/* H3: EDKM_SAVED_DKM (heap maps) of a 2048 x 2048 f16 layer under a small address-space limit. */
+static int h3(char *d, size_t n) {
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc);
+    rc.saved_mode = EDKM_SAVED_DKM; rc.num_threads = 1;
+    edkm_runtime *rt; REL_CHECK(edkm_runtime_create(&rc, &rt));
+    int64_t shape[2] = { 2048, 2048 };
+    edkm_layer *l; REL_CHECK(edkm_layer_create(rt, NULL, shape, 2, &l));
+    size_t N = (size_t)2048 * 2048;
+    uint16_t *w = malloc(N * 2), *out = malloc(N * 2);
+    hs_weights(w, N);
+    memset(out, 0xA5, N * 2);
+    struct rlimit lim;
+    getrlimit(RLIMIT_AS, &lim);
+    lim.rlim_cur = hc_vm_bytes() + ((rlim_t)96 << 20);   /* 96 MiB more: one 256 MiB map cannot fit */
+    setrlimit(RLIMIT_AS, &lim);
+    edkm_saved_state *st = NULL;
+    edkm_status s = edkm_layer_forward(l, w, EDKM_DTYPE_F16, N, out, EDKM_DTYPE_F16, &st);
+    edkm_runtime_stats rs; memset(&rs, 0, sizeof rs); rs.struct_size = sizeof rs;
+    edkm_runtime_get_stats(rt, &rs);
+    snprintf(d, n, "forward under RLIMIT_AS = VM + 96 MiB -> %s (%s); heap_saved %llu", edkm_status_name(s), edkm_last_error(),
+             (unsigned long long)rs.heap_saved);
+    int bad = !(s == EDKM_ERR_OUT_OF_MEMORY && st == NULL && all_bytes(out, N * 2, 0xA5) && rs.heap_saved == 0);
+    return bad;
+}
+
+/* H4: SHARD backward with world_size 2^31 - 1: the gathered buffer (world x shard bytes) must be
+ * checked and its allocation failure reported (here under an address-space limit). */
+static int h4(char *d, size_t n) {
+    hostile_setup s; hs_open(&s, 0x7fffffff, EDKM_SAVED_SHARD, 1 << 20);
+    size_t N = 1 << 20;
+    uint16_t *w = malloc(N * 2), *out = malloc(N * 2);
+    float *g = malloc(N * 4), *gi = malloc(N * 4);
+    hs_weights(w, N);
+    for (size_t i = 0; i < N; i++) g[i] = 0.5f;
+    edkm_saved_state *st = NULL;
+    REL_CHECK(edkm_layer_forward(s.l, w, EDKM_DTYPE_F16, N, out, EDKM_DTYPE_F16, &st));
+    struct rlimit lim;
+    getrlimit(RLIMIT_AS, &lim);
+    lim.rlim_cur = hc_vm_bytes() + ((rlim_t)256 << 20);
+    setrlimit(RLIMIT_AS, &lim);
+    memset(gi, 0xA5, N * 4);
+    edkm_status r = edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, N, NULL);
+    snprintf(d, n, "backward with world_size 2^31-1 (gather of %llu bytes) -> %s (%s)",
+             (unsigned long long)0x7fffffffull * 2, edkm_status_name(r), edkm_last_error());
+    return !(r == EDKM_ERR_OUT_OF_MEMORY && all_bytes(gi, N * 4, 0xA5));
+}
+
+/* H7: a callback that calls into the same runtime (another layer, the same layer, a saved state)
+ * must get EDKM_ERR_BUSY, not deadlock; the outer call then completes. */
+static int h7(char *d, size_t n) {
+    hostile_setup s; hs_open(&s, 1, EDKM_SAVED_SHARD, 64);
+    edkm_layer *other; int64_t n64 = 64;
+    REL_CHECK(edkm_layer_create(s.rt, NULL, &n64, 1, &other));
+    uint16_t w[64]; float out[64], g[64], gi[64]; hs_weights(w, 64);
+    for (int i = 0; i < 64; i++) g[i] = 0.1f;
+    edkm_saved_state *held = NULL;
+    REL_CHECK(edkm_layer_forward(other, w, EDKM_DTYPE_F16, 64, out, EDKM_DTYPE_F32, &held));
+    int bad = 0;
+    const char *which[3] = { "another layer", "the same layer", "a saved state" };
+    for (int t = 0; t < 3 && !bad; t++) {
+        hc_arm(&s.h, HC_REENTER, 0, -1);
+        s.h.reenter_layer = t == 0 ? other : t == 1 ? s.l : NULL;
+        s.h.reenter_state = t == 2 ? held : NULL;
+        edkm_saved_state *st = NULL;
+        edkm_status r = edkm_layer_forward_shard(s.l, w, EDKM_DTYPE_F16, 0, 64, out, EDKM_DTYPE_F32, &st);
+        if (!s.h.reentered || s.h.reenter_status != EDKM_ERR_BUSY || r != EDKM_OK) {
+            bad = 1;
+            snprintf(d, n, "callback calling %s -> nested %s, outer %s (%s)", which[t], edkm_status_name(s.h.reenter_status),
+                     edkm_status_name(r), edkm_last_error());
+        }
+        edkm_saved_state_destroy(st);
+    }
+    /* the saved state the callback tried to use is still usable */
+    hc_arm(&s.h, HC_HONEST, 0, -1);
+    if (!bad && edkm_saved_state_backward(held, g, gi, EDKM_DTYPE_F32, 64, NULL) != EDKM_OK) {
+        bad = 1; snprintf(d, n, "the saved state was damaged by the rejected nested call: %s", edkm_last_error());
+    }
+    if (!bad) snprintf(d, n, "nested calls from a callback -> EDKM_ERR_BUSY (%s)", edkm_last_error());
+    edkm_saved_state_destroy(held);
+    edkm_layer_destroy(other);
+    hs_close(&s);
+    return bad;
+}
+
+/* H11: SHARD backward whose gathered index blocks are garbage (0xFF, random, own block changed). */
+static int h11(char *d, size_t n) {
+    static const int kinds[] = { HC_GATHER_FF, HC_GATHER_RANDOM, HC_GATHER_OWN, HC_STATUS };
+    hostile_setup s; hs_open(&s, 2, EDKM_SAVED_SHARD, 256);
+    uint16_t w[256], out[256]; float g[256], gi[256]; hs_weights(w, 256);
+    for (int i = 0; i < 256; i++) g[i] = 0.25f;
+    int bad = 0;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0] && !bad; k++) {
+        hc_arm(&s.h, HC_HONEST, 0, -1);
+        edkm_saved_state *st = NULL;
+        REL_CHECK(edkm_layer_forward(s.l, w, EDKM_DTYPE_F16, 256, out, EDKM_DTYPE_F16, &st));
+        hc_arm(&s.h, kinds[k], 0, -1);
+        memset(gi, 0xA5, sizeof gi);
+        edkm_status r = edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, 256, NULL);
+        if (r != EDKM_ERR_COMMUNICATOR || !all_bytes(gi, sizeof gi, 0xA5)) {
+            bad = 1; snprintf(d, n, "%s -> %s (%s)", s.h.what, edkm_status_name(r), edkm_last_error());
+        }
+        edkm_saved_state_destroy(st);
+    }
+    if (!bad) snprintf(d, n, "garbage gathered index blocks -> EDKM_ERR_COMMUNICATOR (%s)", edkm_last_error());
+    hs_close(&s);
+    return bad;
+}
+
+/* H12: a tiny but positive tau (absolute 1e-310, scale-free 1e-308), dense and uniquified: finite
+ * outputs and gradients, or a status. */
+static int h12(char *d, size_t n) {
+    static const struct { int mode; double tau; int alg; } cases[] = {
+        { EDKM_TEMPERATURE_ABSOLUTE, 1e-310, EDKM_ALGORITHM_UNIQUIFIED }, { EDKM_TEMPERATURE_ABSOLUTE, 1e-310, EDKM_ALGORITHM_DENSE },
+        { EDKM_TEMPERATURE_SCALE_FREE, 1e-308, EDKM_ALGORITHM_UNIQUIFIED }, { EDKM_TEMPERATURE_SCALE_FREE, 1e-308, EDKM_ALGORITHM_DENSE },
+        { EDKM_TEMPERATURE_ABSOLUTE, 1e-300, EDKM_ALGORITHM_UNIQUIFIED }, { EDKM_TEMPERATURE_SCALE_FREE, 1e-300, EDKM_ALGORITHM_DENSE } };
+    edkm_runtime *rt; REL_CHECK(edkm_runtime_create(NULL, &rt));
+    uint16_t w[256]; float out[256], g[256], gi[256]; hs_weights(w, 256);
+    for (int i = 0; i < 256; i++) g[i] = 0.01f * (float)(i % 5);
+    int bad = 0;
+    char summary[256] = "";
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0] && !bad; k++) {
+        edkm_layer_config lc; edkm_layer_config_init(&lc);
+        lc.temperature_mode = cases[k].mode; lc.tau = cases[k].tau; lc.algorithm = cases[k].alg; lc.bits = 3;
+        int64_t shape = 256;
+        edkm_layer *l = NULL;
+        edkm_status c = edkm_layer_create(rt, &lc, &shape, 1, &l);
+        if (c != EDKM_OK) {
+            if (c != EDKM_ERR_INVALID_ARGUMENT) { bad = 1; snprintf(d, n, "create tau %g -> %s", cases[k].tau, edkm_status_name(c)); }
+            snprintf(summary + strlen(summary), sizeof summary - strlen(summary), " tau %g: create %s;", cases[k].tau, edkm_status_name(c));
+            continue;
+        }
+        edkm_saved_state *st = NULL;
+        memset(out, 0xA5, sizeof out);
+        edkm_status f = edkm_layer_forward(l, w, EDKM_DTYPE_F16, 256, out, EDKM_DTYPE_F32, &st);
+        edkm_status b = EDKM_ERR_STATE;
+        if (f == EDKM_OK) b = edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, 256, w);
+        int finite = 1;
+        for (int i = 0; i < 256; i++) {
+            if (f == EDKM_OK && !isfinite(out[i])) finite = 0;
+            if (b == EDKM_OK && !isfinite(gi[i])) finite = 0;
+        }
+        if (f == EDKM_OK ? (b != EDKM_OK || !finite) : (f != EDKM_ERR_INVALID_ARGUMENT || !all_bytes(out, sizeof out, 0xA5))) {
+            bad = 1;
+            snprintf(d, n, "mode %d tau %g alg %d: forward %s, backward %s, finite %d (%s)", cases[k].mode, cases[k].tau,
+                     cases[k].alg, edkm_status_name(f), edkm_status_name(b), finite, edkm_last_error());
+        }
+        snprintf(summary + strlen(summary), sizeof summary - strlen(summary), " tau %g: forward %s;", cases[k].tau, edkm_status_name(f));
+        edkm_saved_state_destroy(st);
+        edkm_layer_destroy(l);
+    }
+    if (!bad) snprintf(d, n, "%s", summary);
+    edkm_runtime_destroy(rt);
+    return bad;
+}
+
+/* H13: f32 weights of magnitude ~1e5 exported with an f16 LUT. H15: unpack of a LUT holding NaN. */
+static int h13(char *d, size_t n) {
+    edkm_runtime *rt; REL_CHECK(edkm_runtime_create(NULL, &rt));
+    edkm_layer_config lc; edkm_layer_config_init(&lc); lc.bits = 2;
+    int64_t shape = 64;
+    edkm_layer *l; REL_CHECK(edkm_layer_create(rt, &lc, &shape, 1, &l));
+    float w[64], out[64]; uint16_t lut[4]; uint8_t packed[16];
+    for (int i = 0; i < 64; i++) w[i] = 1e5f * (float)(i % 4 + 1);
+    REL_CHECK(edkm_layer_init_centroids(l, w, EDKM_DTYPE_F32, 64));
+    memset(lut, 0xA5, sizeof lut); memset(packed, 0xA5, sizeof packed);
+    edkm_status e = edkm_layer_export(l, w, EDKM_DTYPE_F32, 64, lut, EDKM_DTYPE_F16, packed, 16);
+    int bad = e == EDKM_OK || !all_bytes(lut, sizeof lut, 0xA5) || !all_bytes(packed, sizeof packed, 0xA5);
+    char first[200];
+    snprintf(first, sizeof first, "%s (%s)", edkm_status_name(e), edkm_last_error());
+    float flut[4] = { 0.f, NAN, 1.f, 2.f };
+    memset(packed, 0x55, sizeof packed);
+    memset(out, 0xA5, sizeof out);
+    edkm_status u = edkm_layer_unpack(l, flut, EDKM_DTYPE_F32, packed, 16, out, EDKM_DTYPE_F32, 64);
+    bad |= u != EDKM_ERR_NON_FINITE || !all_bytes(out, sizeof out, 0xA5);
+    snprintf(d, n, "f16 LUT of 1e5 centroids -> %s; unpack of a NaN LUT -> %s (%s)", first, edkm_status_name(u), edkm_last_error());
+    edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
+/* H14: num_threads 1024 where the process can start only ~30 more threads (an address-space limit
+ * leaves room for about 30 thread stacks of 8 MiB): the stats report the workers really started. */
+static int h14(char *d, size_t n) {
+    struct rlimit lim;
+    getrlimit(RLIMIT_AS, &lim);
+    lim.rlim_cur = hc_vm_bytes() + ((rlim_t)256 << 20);
+    setrlimit(RLIMIT_AS, &lim);
+    int before = rel_thread_count();
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc); rc.num_threads = 1024;
+    edkm_runtime *rt = NULL;
+    edkm_status s = edkm_runtime_create(&rc, &rt);
+    int started = rel_thread_count() - before;
+    edkm_runtime_stats st; memset(&st, 0, sizeof st); st.struct_size = sizeof st;
+    if (s == EDKM_OK) edkm_runtime_get_stats(rt, &st);
+    snprintf(d, n, "num_threads 1024 under RLIMIT_AS = VM + 256 MiB -> %s, stats.num_threads %u, workers started %d",
+             edkm_status_name(s), st.num_threads, started);
+    int bad = s == EDKM_OK ? st.num_threads != (uint32_t)started + 1 : !(s == EDKM_ERR_OUT_OF_MEMORY || s == EDKM_ERR_ALLOCATOR);
+    if (s == EDKM_OK) edkm_runtime_destroy(rt);
+    return bad;
+}
+
+/* M1: misleading messages and silently accepted fields. */
+static int m1(char *d, size_t n) {
+    edkm_runtime *rt; REL_CHECK(edkm_runtime_create(NULL, &rt));
+    int64_t shape[2] = { INT64_MAX, 2 };
+    edkm_layer *l = NULL;
+    edkm_status a = edkm_layer_create(rt, NULL, shape, 2, &l);
+    int bad = a != EDKM_ERR_SHAPE || !strstr(edkm_last_error(), "element count");
+    char m_shape[200]; snprintf(m_shape, sizeof m_shape, "%s", edkm_last_error());
+    edkm_layer_config lc; edkm_layer_config_init(&lc); lc.reserved = 7;
+    int64_t s64 = 64;
+    edkm_status b = edkm_layer_create(rt, &lc, &s64, 1, &l);
+    bad |= b != EDKM_ERR_INVALID_ARGUMENT;
+    REL_CHECK(edkm_layer_create(rt, NULL, &s64, 1, &l));
+    uint16_t w[64]; float out[64]; hs_weights(w, 64);
+    edkm_status c = edkm_layer_forward(l, w, EDKM_DTYPE_F16, SIZE_MAX, out, EDKM_DTYPE_F32, NULL);
+    bad |= c != EDKM_ERR_SHAPE || !strstr(edkm_last_error(), "18446744073709551615");
+    char m_size[200]; snprintf(m_size, sizeof m_size, "%s", edkm_last_error());
+    rel_comm_ctx ctx; edkm_communicator comm = rel_comm_make(&ctx, 1); comm.reserved = 1;
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc); rc.communicator = &comm;
+    edkm_runtime *rt2 = NULL;
+    edkm_status e = edkm_runtime_create(&rc, &rt2);
+    bad |= e != EDKM_ERR_INVALID_ARGUMENT;
+    snprintf(d, n, "{INT64_MAX, 2}: %s | count SIZE_MAX: %s | reserved 7: %s, communicator reserved 1: %s", m_shape, m_size,
+             edkm_status_name(b), edkm_status_name(e));
+    if (e == EDKM_OK) edkm_runtime_destroy(rt2);
+    edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
 static const struct { const char *id; check_fn fn; int fork; const char *what; } CHECKS[] = {
     { "K1", k1, 1, "forward_shard offset + count overflow traps" },
     { "K2", k2, 1, "set_centroids count >= 2^63 (UB; trap in debug builds)" },
@@ -294,6 +613,16 @@ static const struct { const char *id; check_fn fn; int fork; const char *what; }
     { "K9", k9, 0, "destroyed handle reused by a new handle is accepted" },
     { "K10", k10, 1, "struct_size ending inside the communicator pointer: truncated pointer" },
     { "D1", d1, 0, "forward_shard states need weights in every saved mode (now documented)" },
+    { "H1", h1, 1, "histogram all-reduce returning NaN/Inf/1e300/negative/fractional/inconsistent sums with status 0" },
+    { "H2", h2, 1, "gradient all-reduce returning Inf/NaN/1e300 (sums or flags) with status 0" },
+    { "H3", h3, 1, "EDKM_SAVED_DKM heap allocation failure aborts the process" },
+    { "H4", h4, 1, "SHARD backward with world_size 2^31-1: unchecked world x bytes gather buffer" },
+    { "H7", h7, 1, "a communicator callback calling into the same runtime deadlocks" },
+    { "H11", h11, 1, "SHARD backward with garbage gathered index blocks gives EDKM_OK" },
+    { "H12", h12, 1, "a tiny legal tau gives NaN outputs and gradients with EDKM_OK" },
+    { "H13", h13, 1, "f16 LUT overflow (Inf) on export; unpack of a NaN LUT gives EDKM_OK" },
+    { "H14", h14, 1, "num_threads 1024 beyond the thread limit: stats claim 1024 workers" },
+    { "M1", m1, 1, "misleading messages (signed sizes, shape overflow) and non-zero reserved fields accepted" },
 };
 
 int main(int argc, char **argv) {
