@@ -541,6 +541,8 @@ static unsigned layer_config_faults(const edkm_layer_config *c) {
     if (c->temperature_mode < 0 || c->temperature_mode > 1) f |= F_ARG;
     if (c->cluster_dim > 1 && c->algorithm == EDKM_ALGORITHM_UNIQUIFIED) f |= F_ARG;
     if (c->cluster_dim > 1 && c->init == EDKM_INIT_OPTIMAL_1D) f |= F_ARG;
+    if (c->reserved != 0) f |= F_ARG;
+    if (isfinite(c->tau) && c->tau > 0 && !isfinite(1.0 / c->tau)) f |= F_ARG;  /* its reciprocal overflows */
     return f;
 }
 
@@ -1251,6 +1253,9 @@ static void op_backward(void) {
         if (count == S->count && !(fault & F_CHANGED) && ginfo.nonfinite && (gdt >= 0 && gdt <= 2)) fault |= F_NONFINITE;
         if (count == S->count && (fault & F_CHANGED) && ginfo.nonfinite) maybe |= F_NONFINITE;
         if (S->uses_comm && R->has_comm && CH(12)) { R->ctx.fail_next = 1; maybe |= F_COMM; }
+        /* a mirrored all_gather puts rank 0's index shard in every slot, which is not the tensor's
+         * index list: the library checks the gathered list against its histogram and rejects it */
+        if (S->uses_comm && !S->sharded && R->world > 1) maybe |= F_COMM;
     }
     set_ctx("edkm_saved_state_backward");
     trace("backward(%p, count %zu, gdt %d, weights %s)%s", h, count, gdt, wp == NULL ? "NULL" : changed.p ? "changed" : "same",
@@ -1486,6 +1491,13 @@ static void op_export(void) {
     Buf w = make_weights(valid_dt, walloc, &info, 1);
     if (L && count == N && info.nonfinite && dtype >= 0 && dtype <= 2) fault |= F_NONFINITE;
     if (L && !L->has_centroids) fault |= F_STATE;
+    if (L && L->has_centroids && lut_dtype == EDKM_DTYPE_F16) {
+        /* centroids beyond the f16 range (they round to Inf) cannot go into an f16 LUT */
+        size_t cc = 0;
+        float *c = snapshot_centroids(L, &cc);
+        for (size_t i = 0; c && i < cc; i++) if (!isfinite(rel_f16_to_float(rel_float_to_f16(c[i])))) { fault |= F_ARG; break; }
+        free(c);
+    }
     Buf lut = buf_new((lut_count ? lut_count : 1) * rel_width(valid_lut), natural_offset(valid_lut));
     size_t palloc = pbytes <= packed_bytes ? pbytes : packed_bytes;
     if (palloc == 0) palloc = 1;
@@ -1540,6 +1552,9 @@ static void op_unpack(void) {
     size_t count = N, pbytes = packed_bytes;
     if (CH(5)) { count = wrong_count(N); if (L) fault |= F_SHAPE; }
     if (CH(5)) { pbytes = wrong_count(packed_bytes); if (L) fault |= F_SHAPE; }
+    /* a LUT holding NaN or Inf is rejected (nothing unpacked) */
+    if (L && (lut_dtype == EDKM_DTYPE_F32 || lut_dtype == EDKM_DTYPE_F16))
+        for (size_t i = 0; i < lut_count; i++) if (!isfinite(rel_load(lut.p, valid_lut, i))) { fault |= F_NONFINITE; break; }
     int out_dtype = pick_dtype(&fault, -1);
     int valid_out = (out_dtype >= 0 && out_dtype <= 2) ? out_dtype : EDKM_DTYPE_F32;
     size_t oalloc = count <= N ? count : N;
@@ -1623,6 +1638,8 @@ static void op_misc(void) {
     VCALL(edkm_runtime_config_init(NULL));
 }
 
+#include "fuzz_hostile.h"
+
 /* ------------------------------------------------------------------ a program */
 
 static void teardown(void) {
@@ -1705,6 +1722,7 @@ static void run_program(int max_ops) {
         else op_misc();
     }
     teardown();
+    if (!g_exhausted && CH(25)) run_hostile_program();
 }
 
 /* ------------------------------------------------------------------ drivers */
@@ -1782,6 +1800,13 @@ int main(int argc, char **argv) {
     fflush(stdout);
     double t0 = rel_now();
     uint64_t passed = 0, failed = 0, it;
+    if (only == UINT64_MAX) {
+        /* allocation failure in every saved mode (forked children under an address-space limit) */
+        g_rs = iteration_seed(seed, UINT64_MAX);
+        for (int mode = 0; mode <= 5; mode++) run_allocation_failure(mode);
+        if (g_failures) failed++;
+        g_failures = 0;
+    }
     for (it = (only != UINT64_MAX ? only : 0);; it++) {
         if (only != UINT64_MAX && it != only) break;
         if (only == UINT64_MAX) {
@@ -1807,6 +1832,10 @@ int main(int argc, char **argv) {
            (unsigned long long)g_known_avoided[1], (unsigned long long)g_known_avoided[2], (unsigned long long)g_known_avoided[6],
            (unsigned long long)g_aliased_stale, (unsigned long long)g_known_avoided[5], (unsigned long long)g_nonfinite_grads,
            (unsigned long long)g_allocator_errors);
+    printf("hostile: %llu programs with a lying communicator, %llu corruptions applied, %llu re-entrant calls; allocation failure: "
+           "%llu children (one per saved mode), %llu ran out of memory cleanly\n", (unsigned long long)g_hostile_programs,
+           (unsigned long long)g_hostile_applied, (unsigned long long)g_hostile_reentered, (unsigned long long)g_alloc_children,
+           (unsigned long long)g_alloc_oom);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     return failed ? 1 : 0;
 }

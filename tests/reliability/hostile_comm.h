@@ -32,6 +32,7 @@ typedef struct hostile_comm {
     /* re-entrancy: the callback calls into this runtime (a layer or state of it) */
     edkm_layer *reenter_layer;
     edkm_saved_state *reenter_state;
+    size_t reenter_n;      /* element count of the layer / state called back (default 64) */
     edkm_status reenter_status; /* what the nested call returned */
     int reentered;
     /* results */
@@ -42,17 +43,19 @@ typedef struct hostile_comm {
 } hostile_comm;
 
 static REL_UNUSED void hc_reenter(hostile_comm *h) {
-    uint16_t w[64]; float out[64];
-    for (int i = 0; i < 64; i++) w[i] = rel_float_to_f16((float)i / 64);
+    size_t n = h->reenter_n ? h->reenter_n : 64;
+    uint16_t *w = (uint16_t *)malloc(n * 2);
+    float *out = (float *)malloc(n * 4), *g = (float *)malloc(n * 4);
+    if (!w || !out || !g) { free(w); free(out); free(g); return; }
+    for (size_t i = 0; i < n; i++) { w[i] = rel_float_to_f16((float)(i % 64) / 64); g[i] = 0.1f; }
     h->reentered = 1;
     if (h->reenter_state) {
-        float g[64], gi[64];
-        for (int i = 0; i < 64; i++) g[i] = 0.1f;
-        h->reenter_status = edkm_saved_state_backward(h->reenter_state, g, gi, EDKM_DTYPE_F32, 64, w);
+        h->reenter_status = edkm_saved_state_backward(h->reenter_state, g, out, EDKM_DTYPE_F32, n, w);
     } else if (h->reenter_layer) {
-        h->reenter_status = (h->calls & 1) ? edkm_layer_forward(h->reenter_layer, w, EDKM_DTYPE_F16, 64, out, EDKM_DTYPE_F32, NULL)
-                                            : edkm_layer_forward_shard(h->reenter_layer, w, EDKM_DTYPE_F16, 0, 64, out, EDKM_DTYPE_F32, NULL);
+        h->reenter_status = (h->calls & 1) ? edkm_layer_forward(h->reenter_layer, w, EDKM_DTYPE_F16, n, out, EDKM_DTYPE_F32, NULL)
+                                            : edkm_layer_forward_shard(h->reenter_layer, w, EDKM_DTYPE_F16, 0, n, out, EDKM_DTYPE_F32, NULL);
     }
+    free(w); free(out); free(g);
 }
 
 /* Picks the entry to corrupt: h->entry, else a random nonzero entry (the last if none). */
@@ -158,7 +161,7 @@ static REL_UNUSED uint64_t hc_vm_bytes(void) {
 static REL_UNUSED void hc_arm(hostile_comm *h, int kind, int at, int entry) {
     h->kind = kind; h->at = at; h->entry = entry;
     h->applied = 0; h->expect = HC_BIT(EDKM_OK); h->what[0] = 0;
-    h->reentered = 0; h->reenter_status = EDKM_OK;
+    h->reentered = 0; h->reenter_status = EDKM_OK; h->reenter_layer = NULL; h->reenter_state = NULL; h->reenter_n = 0;
 }
 
 static REL_UNUSED edkm_communicator hc_make(hostile_comm *h, int world, uint64_t seed) {

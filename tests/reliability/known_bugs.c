@@ -433,6 +433,7 @@ static int h7(char *d, size_t n) {
     const char *which[3] = { "another layer", "the same layer", "a saved state" };
     for (int t = 0; t < 3 && !bad; t++) {
         hc_arm(&s.h, HC_REENTER, 0, -1);
+        s.h.reenter_n = 64;
         s.h.reenter_layer = t == 0 ? other : t == 1 ? s.l : NULL;
         s.h.reenter_state = t == 2 ? held : NULL;
         edkm_saved_state *st = NULL;
