@@ -48,5 +48,10 @@ func parseShape(_ s: String) -> (rows: Int, cols: Int) {
     guard parts.count == 2, let r = Int(parts[0]), let c = Int(parts[1]), r > 0, c > 0 else {
         fail("bad shape \(s) (expected ROWSxCOLS)")
     }
+    // The benchmarks allocate rows x cols weights (and byte buffers of that many elements times 4).
+    let (count, overflow) = r.multipliedReportingOverflow(by: c)
+    guard !overflow && count <= Int(Int32.max) * 256 / 4 else {
+        fail("shape \(s) is too large: \(overflow ? "rows x cols overflows 64 bits" : "\(count) elements"); at most \(Int(Int32.max) * 64) elements")
+    }
     return (r, c)
 }

@@ -33,6 +33,7 @@ struct InfoCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
+            TruncatedInputGuard.install()
             let f = try SafetensorsFile(path: file)
             let h = f.header
             let records = try PalettizedTensor.records(in: h)

@@ -67,6 +67,7 @@ struct PalettizeCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             TemporaryFiles.installSignalHandlers()
+            TruncatedInputGuard.install()
             var settings = PalettizeSettings()
             settings.bits = bits
             settings.groupSize = groupSize
@@ -81,7 +82,7 @@ struct PalettizeCommand: ParsableCommand {
     }
 
     private func palettize(_ settings: PalettizeSettings) throws {
-        try SafetensorsWriter.checkOutput(output, force: force)  // fail before any work
+        try SafetensorsWriter.checkOutput(output, force: force, input: input)  // fail before any work
         let file = try SafetensorsFile(path: input)
         let palettizer = Palettizer(file: file, settings: settings)
         let plans = try palettizer.plan()

@@ -170,7 +170,11 @@ struct Palettizer {
         if direct { return lut }
         let values = lut.withUnsafeBytes { b in (0..<lutCount).map { FloatBits.load(b.baseAddress!, .f32, $0) * w.scale } }
         switch lutDtype {
-        case .f16: return values.flatMap { v -> [UInt8] in let h = FloatBits.floatToF16(v); return [UInt8(h & 0xff), UInt8(h >> 8)] }
+        case .f16:
+            if let v = values.first(where: { !FloatBits.f16ToFloat(FloatBits.floatToF16($0)).isFinite }) {
+                throw CLIError("centroid \(v) does not fit an f16 LUT (largest finite f16: 65504); use --lut-dtype f32 or auto")
+            }
+            return values.flatMap { v -> [UInt8] in let h = FloatBits.floatToF16(v); return [UInt8(h & 0xff), UInt8(h >> 8)] }
         default: return values.flatMap { v -> [UInt8] in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
         }
     }

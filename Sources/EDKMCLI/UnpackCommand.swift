@@ -28,12 +28,13 @@ struct UnpackCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             TemporaryFiles.installSignalHandlers()
+            TruncatedInputGuard.install()
             try unpack()
         }
     }
 
     private func unpack() throws {
-        try SafetensorsWriter.checkOutput(output, force: force)
+        try SafetensorsWriter.checkOutput(output, force: force, input: input)
         let file = try SafetensorsFile(path: input)
         let records = try PalettizedTensor.records(in: file.header)
         guard !records.isEmpty else {

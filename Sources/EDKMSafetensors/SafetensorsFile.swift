@@ -15,17 +15,22 @@ public final class SafetensorsFile {
 
     public init(path: String) throws(SafetensorsError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // Non-blocking: opening a FIFO without a writer (or a device) must not hang; the file type
+        // is checked on the descriptor before anything is read.
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { throw SafetensorsError(.io, "cannot open \(path): \(errnoText())") }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SafetensorsError(.io, "cannot stat \(path): \(errnoText())") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw SafetensorsError(.io, "\(path) is not a regular file") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw SafetensorsError(.io, "\(path) is not a regular file (it is \(fileTypeName(st.st_mode))); give a .safetensors file")
+        }
         let size = Int(st.st_size)
         fileSize = size
         if size == 0 {
             base = nil
         } else {
+            TruncatedInputGuard.watch(path)  // the file may be truncated while mapped: name it in the error
             let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
             guard let p, p != MAP_FAILED else { throw SafetensorsError(.io, "cannot map \(path): \(errnoText())") }
             base = p
@@ -64,3 +69,17 @@ public final class SafetensorsFile {
 }
 
 func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// "a directory", "a FIFO", ... for a st_mode.
+func fileTypeName(_ mode: mode_t) -> String {
+    switch mode & S_IFMT {
+    case S_IFDIR: return "a directory"
+    case S_IFIFO: return "a FIFO"
+    case S_IFCHR: return "a character device"
+    case S_IFBLK: return "a block device"
+    case S_IFSOCK: return "a socket"
+    case S_IFLNK: return "a symbolic link"
+    case S_IFREG: return "a regular file"
+    default: return "not a regular file"
+    }
+}

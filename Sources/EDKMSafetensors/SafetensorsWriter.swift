@@ -250,16 +250,32 @@ public final class SafetensorsWriter {
 
     /// Fails with `.outputExists` when `path` exists and `force` is false, and with `.io` when it
     /// is a directory.
-    public static func checkOutput(_ path: String, force: Bool) throws(SafetensorsError) {
+    /// Checks, before any work, that `path` can receive an output: a non-empty file name in an
+    /// existing, writable directory; not a directory; not existing unless `force`; and never the
+    /// file `input` (the same device and inode, also through symbolic or hard links), even with
+    /// `force`.
+    public static func checkOutput(_ path: String, force: Bool, input: String? = nil) throws(SafetensorsError) {
+        let (dir, base) = split(path)
+        guard !base.isEmpty && base != "." && base != ".." else {
+            throw SafetensorsError(.io, "the output path \(JSON.quote(path)) does not name a file")
+        }
         var st = stat()
         if lstat(path, &st) == 0 {
             if (st.st_mode & S_IFMT) == S_IFDIR { throw SafetensorsError(.io, "\(path) is a directory") }
+            if let input {
+                var out = stat(), inp = stat()
+                if stat(path, &out) == 0 && stat(input, &inp) == 0 && out.st_dev == inp.st_dev && out.st_ino == inp.st_ino {
+                    throw SafetensorsError(.io, "the output \(path) is the input file \(input) (the same file); write to another path")
+                }
+            }
             if !force { throw SafetensorsError(.outputExists, "\(path) already exists (use --force to overwrite)") }
         }
-        let (dir, _) = split(path)
         var dst = stat()
         guard stat(dir, &dst) == 0, (dst.st_mode & S_IFMT) == S_IFDIR else {
             throw SafetensorsError(.io, "cannot write \(path): directory \(dir) does not exist")
+        }
+        guard access(dir, W_OK | X_OK) == 0 else {
+            throw SafetensorsError(.io, "cannot write \(path): directory \(dir) is not writable (\(errnoText()))")
         }
     }
 

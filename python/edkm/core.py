@@ -226,6 +226,26 @@ def _u64(v, name):
     return v
 
 
+def _c_int(v, name, lo, hi, ctype):
+    """v as a Python int in [lo, hi] (the range of the C integer ctype); ctypes would wrap it."""
+    v = operator.index(v)
+    if not lo <= v <= hi:
+        raise OverflowError(f"{name}={v} does not fit the C {ctype} ({lo}..{hi})")
+    return v
+
+
+def _size_t(v, name):
+    return _c_int(v, name, 0, 2 ** (8 * sizeof(c_size_t)) - 1, "size_t")
+
+
+def _i64(v, name):
+    return _c_int(v, name, -2 ** 63, 2 ** 63 - 1, "int64_t")
+
+
+def _i32(v, name):
+    return _c_int(v, name, -2 ** 31, 2 ** 31 - 1, "int32_t")
+
+
 # ============================ errors ============================
 
 
@@ -304,8 +324,8 @@ class Communicator:
     objects hold a reference)."""
 
     def __init__(self, rank, world_size, all_gather, all_reduce_sum):
-        rank = operator.index(rank)
-        world_size = operator.index(world_size)
+        rank = _i32(rank, "rank")
+        world_size = _i32(world_size, "world_size")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size and world_size >= 1 (got rank={rank}, world_size={world_size})")
         if not callable(all_gather) or not callable(all_reduce_sum):
@@ -546,7 +566,7 @@ class Layer(_Handle):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
         if isinstance(shape, (int, np.integer)):
             shape = (shape,)
-        shape = tuple(operator.index(s) for s in shape)
+        shape = tuple(_i64(s, f"shape[{i}]") for i, s in enumerate(shape))
         cfg = _ffi.edkm_layer_config()
         _ffi.edkm_layer_config_init(byref(cfg))
         cfg.bits = _u32(bits, "bits")
@@ -658,6 +678,7 @@ class Layer(_Handle):
         """Forward on this rank's slice of the tensor (a collective over the runtime's communicator):
         weights holds the tensor's flattened elements [offset, offset + weights.size). Returns the
         slice's w~ (and a SavedState whose backward takes this rank's slices)."""
+        offset = _size_t(offset, "offset")  # 2**64 would wrap to slice 0
         code = _array_dtype(weights, dtype, "weights")
         _check_layout(weights, "weights")
         if out is None:
@@ -669,7 +690,7 @@ class Layer(_Handle):
             if out.size != weights.size:
                 raise ValueError(f"out has {out.size} elements, weights {weights.size}")
         saved = _ffi.edkm_saved_state_p() if save else None
-        status = _ffi.edkm_layer_forward_shard(self._handle(), weights.ctypes.data, code, int(offset), weights.size,
+        status = _ffi.edkm_layer_forward_shard(self._handle(), weights.ctypes.data, code, offset, weights.size,
                                                out.ctypes.data, ocode, byref(saved) if save else None)
         _check(status, "edkm_layer_forward_shard", self._comm())
         if not save:
