@@ -92,8 +92,10 @@ typedef enum edkm_status {
     EDKM_ERR_BUDGET_EXCEEDED = 8,   /**< the saved state would exceed the runtime's byte budget */
     EDKM_ERR_STATE = 9,             /**< call out of order: backward twice, no centroids yet, ... */
     EDKM_ERR_WEIGHTS_CHANGED = 10,  /**< backward got weights that differ from the forward's */
-    EDKM_ERR_COMMUNICATOR = 11,     /**< a communicator callback returned nonzero */
-    EDKM_ERR_BUSY = 12,             /**< the handle is in use by another thread */
+    EDKM_ERR_COMMUNICATOR = 11,     /**< a communicator callback returned nonzero, or results no
+                                         correct collective can give (see edkm_communicator) */
+    EDKM_ERR_BUSY = 12,             /**< the handle is in use by another thread, or a communicator
+                                         callback called back into its own runtime */
     EDKM_ERR_STRUCT_SIZE = 13,      /**< struct_size does not end on a field boundary this library knows */
     EDKM_ERR_ALLOCATOR = 14,        /**< jemalloc could not create or use the offload arena */
     EDKM_ERR_INTERNAL = 99          /**< a bug in libedkm; please report it */
@@ -134,12 +136,23 @@ typedef struct edkm_saved_state edkm_saved_state;
  * Callbacks return 0 on success; any other value makes the libedkm call fail with
  * EDKM_ERR_COMMUNICATOR and lose nothing (a saved state stays usable, outputs stay unwritten).
  * They are called from the thread that called libedkm, never concurrently for one runtime.
+ * What a callback returns with status 0 is checked before it is used: all-reduced counts must be
+ * finite, integral, non-negative, add up to the ranks' element total and include this rank's own;
+ * flags (ranks with non-finite or changed inputs) integral in 0..world_size; gradient sums finite;
+ * a gathered index list must match the saved histogram (every index a row of its partition's
+ * table, each row as often as the histogram counts it).
+ * Anything else makes the call fail with EDKM_ERR_COMMUNICATOR and a message saying what was
+ * wrong (outputs unwritten, arena as before). A correct collective gives every rank the same
+ * results, so all ranks fail together.
+ * A callback must not call into the runtime that invoked it (any layer or saved state of it):
+ * such a nested call returns EDKM_ERR_BUSY at once instead of deadlocking; the outer call goes on.
+ * reserved must be 0 (else EDKM_ERR_INVALID_ARGUMENT).
  */
 typedef struct edkm_communicator {
     uint32_t struct_size;   /**< sizeof(edkm_communicator) */
     int32_t rank;           /**< this process's rank, 0 <= rank < world_size */
     int32_t world_size;     /**< number of ranks, >= 1 */
-    int32_t reserved;       /**< 0 */
+    int32_t reserved;       /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
     void *user_data;        /**< passed back to the callbacks; borrowed: must outlive the runtime
                                  and every layer and saved state made from it */
     /**
@@ -159,7 +172,9 @@ typedef enum edkm_saved_mode {
      *  U-sized value table; the weights are handed back to backward and checked by hash. */
     EDKM_SAVED_HISTOGRAM = 0,
     /** The DKM baseline: every iteration's N x k distance and attention maps and its copy of the
-     *  weights, as autograd keeps them, on the ordinary heap (not the arena). This mode and the
+     *  weights, as autograd keeps them, on the ordinary heap (not the arena, so budget_bytes does
+     *  not apply: heap_saved reports it; a failed heap allocation gives EDKM_ERR_OUT_OF_MEMORY).
+     *  This mode and the
      *  next two keep N x k maps, so their forwards run EDKM_ALGORITHM_DENSE whatever the layer's
      *  algorithm (f32_key_dtype does not apply); edkm_layer_stats reports the algorithm run. */
     EDKM_SAVED_DKM = 1,
@@ -179,8 +194,11 @@ typedef enum edkm_saved_mode {
 
 typedef struct edkm_runtime_config {
     uint32_t struct_size;      /**< sizeof(edkm_runtime_config); set by edkm_runtime_config_init */
-    uint32_t num_threads;      /**< worker threads for the O(N) passes; 0 = the cores available */
-    uint64_t budget_bytes;     /**< cap on the arena's allocated bytes; 0 = unlimited */
+    uint32_t num_threads;      /**< worker threads for the O(N) passes; 0 = the cores available;
+                                    at most 1024. When the system cannot start that many, the runtime
+                                    runs with those it started (edkm_runtime_stats.num_threads) */
+    uint64_t budget_bytes;     /**< cap on the arena's allocated bytes (not EDKM_SAVED_DKM's heap);
+                                    0 = unlimited */
     int32_t saved_mode;        /**< an edkm_saved_mode; default EDKM_SAVED_HISTOGRAM */
     uint32_t keep_weights;     /**< HISTOGRAM mode: 1 = also keep the weights' 16-bit keys (2 bytes
                                     per weight) so backward may be given weights = NULL; default 0 */
@@ -206,7 +224,8 @@ EDKM_API edkm_status edkm_runtime_set_budget(edkm_runtime *runtime, uint64_t bud
 /** Arena statistics, read from jemalloc's own per-arena counters (bytes) and the library's. */
 typedef struct edkm_runtime_stats {
     uint32_t struct_size;          /**< in: sizeof(edkm_runtime_stats) */
-    uint32_t num_threads;          /**< out: worker threads in the pool */
+    uint32_t num_threads;          /**< out: threads taking part in the passes (the workers really
+                                        started plus the caller) */
     uint64_t arena_allocated;      /**< bytes allocated in the arena now (jemalloc small + large) */
     uint64_t arena_peak;           /**< highest arena_allocated seen since create or reset */
     uint64_t arena_active;         /**< bytes of active pages of the arena (jemalloc pactive) */
@@ -272,7 +291,10 @@ typedef struct edkm_layer_config {
     double tau;                /**< softmax temperature (> 0, finite): in the default scale-free
                                     mode a factor of each group's k-means distortion, default 0.1
                                     (chosen by the temperature study, README); in the absolute
-                                    mode squared weight units (coremltools' default is 1e-4) */
+                                    mode squared weight units (coremltools' default is 1e-4). A tau
+                                    whose reciprocal overflows (absolute below ~5.6e-309, or a
+                                    scale-free factor times a distortion that small) gives
+                                    EDKM_ERR_INVALID_ARGUMENT (at create, or at the forward) */
     double epsilon;            /**< early stop when |inertia change| <= epsilon (>= 0; scale-free:
                                     times the distortion and the group's vectors); default 1e-4 */
     double zero_threshold;     /**< attention clamped from below at this value (>= 0); default 1e-7 */
@@ -283,7 +305,7 @@ typedef struct edkm_layer_config {
                                     = no rounding, f32 weights take the DENSE path */
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
     int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE */
-    uint32_t reserved;         /**< 0 */
+    uint32_t reserved;         /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
 } edkm_layer_config;
 
 /** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */
@@ -291,7 +313,8 @@ EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
 
 /**
  * Creates a layer for a weight tensor of the given shape (1 <= ndim <= 16; shape[0] = output rows;
- * every extent >= 1). Each partition must hold at least 2^bits vectors (else EDKM_ERR_SHAPE).
+ * every extent >= 1; at most 2^31 x 256 - 256 elements in all, else EDKM_ERR_SHAPE). Each partition
+ * must hold at least 2^bits vectors (else EDKM_ERR_SHAPE).
  * cfg may be NULL (defaults). The layer has no centroids until
  * edkm_layer_init_centroids, edkm_layer_set_centroids or its first forward (which initialises
  * them from the weights with cfg->init).
@@ -402,13 +425,16 @@ EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lu
  * layout [group][centroid][dim]. packed: the labels of each group in element order, `bits` bits
  * each, least significant bit first: label n of a group occupies stream bits n*bits .. n*bits+bits-1,
  * stream bit b being bit (b % 8) of byte b / 8 of that group's slice.
+ * An F16 LUT needs every centroid within the f16 range (|c| <= 65504 after rounding): otherwise
+ * EDKM_ERR_INVALID_ARGUMENT and nothing is written (export with an F32 LUT).
  */
 EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                        size_t count, void *lut, edkm_dtype lut_dtype,
                                        uint8_t *packed, size_t packed_bytes);
 
 /** The inverse of export: out[count] (F32, F16 or BF16) = lut[label] for every weight. lut must
- *  hold lut_count values of lut_dtype (edkm_layer_export_sizes); packed_bytes must be exact. */
+ *  hold lut_count values of lut_dtype (edkm_layer_export_sizes), all finite (else
+ *  EDKM_ERR_NON_FINITE, nothing written); packed_bytes must be exact. */
 EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
                                        const uint8_t *packed, size_t packed_bytes,
                                        void *out, edkm_dtype out_dtype, size_t count);

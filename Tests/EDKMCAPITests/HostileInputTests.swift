@@ -207,7 +207,7 @@ private func hostileWeights(_ n: Int) -> [UInt16] {
         var layer: OpaquePointer? = nil
         #expect(edkm_layer_create(rt, nil, [Int64.max, 2], 2, &layer) == EDKM_ERR_SHAPE)
         #expect(lastError().contains("element count"))
-        #expect(edkm_layer_create(rt, nil, [1 << 40, 1 << 40], 2, &layer) == EDKM_ERR_SHAPE)
+        #expect(edkm_layer_create(rt, nil, [1 << 38, 1 << 38], 2, &layer) == EDKM_ERR_SHAPE)
         #expect(lastError().contains("overflows"))
         var cfg = layerConfig()
         cfg.reserved = 3

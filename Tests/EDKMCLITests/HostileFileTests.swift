@@ -143,4 +143,55 @@ import Testing
         #expect(r.status == 1 && errorLines(r).count == 1 && r.stderr.contains("NON_FINITE"), "\(r.stderr)")
         #expect(!exists(dir.file("u")))
     }
+
+    /// Files that change while they are read: a seeded loop runs info, palettize and unpack while
+    /// the input is truncated, overwritten or extended at a random moment. Every run ends with
+    /// exit status 0 or 1 (never a signal), and a failed palettize/unpack leaves no output or
+    /// temporary file. EDKM_FUZZ_ITERATIONS scales the loop (default 12 runs).
+    @Test(needsCLI) func filesChangingWhileRead() throws {
+        let runs = max(12, (Int(ProcessInfo.processInfo.environment["EDKM_FUZZ_ITERATIONS"] ?? "") ?? 0) / 200)
+        var rng = TestRandom(77)
+        var outcomes: [String: Int] = [:]
+        for i in 0..<runs {
+            let dir = TempDir()
+            let cols = [64, 1024, 8192][rng.below(3)]
+            try writeSafetensors([.float("w", .f32, [64, cols], rng.normals(64 * cols, scale: 1)),
+                                  TestTensor(name: "b", dtype: .u8, shape: [cols * 256], bytes: [UInt8](repeating: 7, count: cols * 256))],
+                                 to: dir.file("m"))
+            var input = dir.file("m")
+            let command = ["info", "palettize", "unpack"][rng.below(3)]
+            if command == "unpack" {
+                let p = try CLI.run(["palettize", input, "-o", dir.file("p"), "--min-size", "16"])
+                try #require(p.status == 0, "\(p.stderr)")
+                input = dir.file("p")
+            }
+            let size = readBytes(input).count
+            let change = rng.below(3), after = rng.below(40), cut = rng.below(size)
+            var polls = 0
+            let args = command == "info" ? [command, input] : [command, input, "-o", dir.file("out")]
+            let r = try CLI.run(args, killWhen: {
+                polls += 1
+                if polls == after {
+                    switch change {
+                    case 0: _ = truncate(input, off_t(cut))
+                    case 1:
+                        let fd = open(input, O_WRONLY)
+                        if fd >= 0 { var junk = [UInt8](repeating: 0xEE, count: 4096); _ = pwrite(fd, &junk, junk.count, off_t(cut)); close(fd) }
+                    default:
+                        let fd = open(input, O_WRONLY | O_APPEND)
+                        if fd >= 0 { var junk = [UInt8](repeating: 0, count: 65536); _ = write(fd, &junk, junk.count); close(fd) }
+                    }
+                }
+                return polls > 60_000  // a minute: a hang
+            }, signal: SIGKILL)
+            outcomes["\(command) exit \(r.signaled ? "signal" : String(r.status))", default: 0] += 1
+            #expect(!r.signaled, "run \(i): \(command) with change \(change) at poll \(after) died of a signal: \(r.stderr)")
+            #expect(r.status == 0 || r.status == 1, "run \(i): \(r.status) \(r.stderr)")
+            if r.status == 1 && command != "info" {
+                #expect(!dir.contents.contains { $0.hasPrefix(".out.tmp-") || $0 == "out" }, "run \(i) left \(dir.contents)")
+            }
+        }
+        print("files changing while read: \(outcomes.sorted { $0.key < $1.key })")
+    }
 }
+
