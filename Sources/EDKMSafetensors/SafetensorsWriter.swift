@@ -242,7 +242,9 @@ public final class SafetensorsWriter {
             let n = write(fd, bytes.baseAddress! + offset, Swift.min(bytes.count - offset, 1 << 30))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SafetensorsError(.io, "cannot write \(path): \(errnoText())")
+                // EFAULT: the bytes to copy could not be read, i.e. a memory-mapped input shrank.
+                let reason = errno == EFAULT ? "the data to copy could not be read (the input file changed while it was being read: truncated by another process?)" : errnoText()
+                throw SafetensorsError(.io, "cannot write \(path): \(reason)")
             }
             offset += n
         }

@@ -30,6 +30,10 @@
  *                  below, for libraries older than 0.2 (by default they are generated, and their
  *                  fixed behaviour checked; --hit-known, the former flag for that, is accepted).
  *   --max-ops M    longest program (default 120 calls).
+ * Hostile parts (fuzz_hostile.h): after a quarter of the programs, a program over a communicator
+ * that lies (impossible results with status 0, garbage gathers, re-entrant callbacks); before the
+ * first iteration, one forked allocation-failure child per saved mode (RLIMIT_AS; skipped under
+ * sanitizers and valgrind, or with FUZZ_ALLOC_FAILURE=0).
  * Environment: FUZZ_SHOW_NONFINITE_GRADS=1 prints the forwards whose successful backward gave a
  * non-finite gradient; FUZZ_DISABLE=letters skips op groups (a debugging aid, see run_program).
  *
@@ -1800,7 +1804,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
     double t0 = rel_now();
     uint64_t passed = 0, failed = 0, it;
-    if (only == UINT64_MAX) {
+    if (only == UINT64_MAX && allocation_failure_enabled()) {
         /* allocation failure in every saved mode (forked children under an address-space limit) */
         g_rs = iteration_seed(seed, UINT64_MAX);
         for (int mode = 0; mode <= 5; mode++) run_allocation_failure(mode);

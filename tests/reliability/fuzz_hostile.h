@@ -183,6 +183,24 @@ done:
 }
 
 #ifndef EDKM_LIBFUZZER
+/* Address-space limits do not mix with sanitizers (shadow memory) or valgrind: the allocation
+ * failure children are skipped there, and with FUZZ_ALLOC_FAILURE=0. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#define EDKM_FUZZ_SANITIZED 1
+#endif
+#endif
+static int allocation_failure_enabled(void) {
+    const char *e = getenv("FUZZ_ALLOC_FAILURE"), *pre = getenv("LD_PRELOAD");
+    if (e && !strcmp(e, "0")) return 0;
+    if (pre && strstr(pre, "vgpreload")) return 0;
+#ifdef EDKM_FUZZ_SANITIZED
+    return 0;
+#else
+    return 1;
+#endif
+}
+
 /* The child: returns 0 when every call kept the contract. */
 static int allocation_failure_child(int mode, uint64_t seed) {
     uint64_t rs = seed;
