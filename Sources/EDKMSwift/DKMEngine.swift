@@ -245,12 +245,15 @@ struct DKMEngine {
     /// returns the forward's saved s map of those rows at iteration t instead of recomputing it.
     func backward(_ rows: [any RowBlocks], traces: [PartitionTrace],
                   gradients: (Int, Int, Int, UnsafeMutablePointer<Double>) -> UnsafePointer<Double>,
-                  savedSoftmax: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = nil) -> [RowGradients]
+                  savedSoftmax: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = nil) throws(EDKMError) -> [RowGradients]
     {
         let k = config.k, d = config.clusterDim
         let P = rows.count
-        let results = rows.map { RowGradients(last: DoubleBuffer(zeros: $0.rowCount * d),
-                                              r: DoubleBuffer(zeros: $0.rowCount * d)) }
+        var results: [RowGradients] = []
+        for row in rows {  // N x d doubles each on the dense path: fallible
+            results.append(RowGradients(last: try DoubleBuffer(checkedZeros: row.rowCount * d, for: "the backward's per-row gradients"),
+                                        r: try DoubleBuffer(checkedZeros: row.rowCount * d, for: "the backward's per-row gradients")))
+        }
         let lastPtrs = results.map { $0.last.pointer }
         let rPtrs = results.map { $0.r.pointer }
         let items = blocks(rows, partitions: Array(0..<P))

@@ -171,7 +171,7 @@ extension SavedState {
             counts[m] = Double(hist.counts[m])
         }
         let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
-        let results = DKMEngine(config: config, pool: pool).backward(rows, traces: traces,
+        let results = try DKMEngine(config: config, pool: pool).backward(rows, traces: traces,
                                                                     gradients: { _, start, _, _ in UnsafePointer(G.pointer + start) })
         KeyPasses.gradients(keys, partitions: 1, elementsPerPartition: count, pool: pool, grad: grad, output: output,
                             type: gradType) { _, table in

@@ -106,7 +106,7 @@ extension SavedState {
         let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
             UnsafePointer(sPointers[t] + (rowOffset[p] + start) * k)
         }
-        let results = engine.backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
+        let results = try engine.backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
                                       savedSoftmax: saved)
         KeyPasses.gradients(keys, partitions: P, elementsPerPartition: E, pool: pool, grad: grad, output: out,
                             type: gradType) { p, table in
@@ -160,7 +160,7 @@ extension SavedState {
         let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
             UnsafePointer(sPointers[t] + (p * rowsPerPartition + start) * k)
         }
-        let results = engine.backward(rows, traces: traces, gradients: { p, start, count, scratch in
+        let results = try engine.backward(rows, traces: traces, gradients: { p, start, count, scratch in
             ElementIO.loadDoubles(grad, type: gradType, from: p * E + start * d, count: count * d, into: scratch)
             return UnsafePointer(scratch)
         }, savedSoftmax: saved)
