@@ -690,7 +690,8 @@ static void op_runtime_create(void) {
         R->base_heap = st.heap_saved;
         if (st.live_saved_states != 0) fail("new runtime has live_saved_states %llu", (unsigned long long)st.live_saved_states);
         if (st.budget_bytes != eff.budget_bytes) fail("new runtime budget %llu != %llu", (unsigned long long)st.budget_bytes, (unsigned long long)eff.budget_bytes);
-        if (eff.num_threads != 0 && st.num_threads != eff.num_threads) fail("runtime num_threads %u != %u", st.num_threads, eff.num_threads);
+        /* the threads really started: num_threads, or fewer when the system cannot start more */
+        if (eff.num_threads != 0 && st.num_threads > eff.num_threads) fail("runtime num_threads %u > %u", st.num_threads, eff.num_threads);
         if (st.num_threads < 1) fail("runtime num_threads 0");
     }
 }
