@@ -22,7 +22,7 @@ others=$(nm -D --defined-only "$so" | awk '$2 ~ /^[A-Z]$/ && $2 != "T"{print $3}
 [ -z "$others" ] && ok "no data or other global symbol exported" || ko "exported non-function symbols: $others"
 gcc -std=c99 -Wall -Wextra -Werror -pedantic -fsyntax-only -x c include/edkm.h && ok "header: gcc -std=c99 -pedantic -Werror" || ko "header as C99"
 g++ -std=c++11 -Wall -Wextra -Werror -pedantic -fsyntax-only -x c++ include/edkm.h && ok "header: g++ -fsyntax-only" || ko "header as C++"
-env -i PATH=/usr/bin:/bin python3 -c "import ctypes; ctypes.CDLL('$(pwd)/$so').edkm_version_number()" && ok "ctypes.CDLL in a clean environment" || ko "ctypes.CDLL in a clean environment"
+env -i PATH=/usr/bin:/bin python3 -c "import ctypes; ctypes.CDLL('$(realpath "$so")').edkm_version_number()" && ok "ctypes.CDLL in a clean environment" || ko "ctypes.CDLL in a clean environment"
 readelf -d "$so" | grep -q STATIC_TLS && ko "the library needs static TLS" || ok "no STATIC_TLS flag (loads late with dlopen)"
 soname=$(readelf -d "$so" | sed -nE 's/.*\(SONAME\).*\[(.*)\]/\1/p')
 [ "$soname" = "libedkm.so.${version%%.*}" ] && ok "SONAME $soname" || ko "SONAME is '$soname', not libedkm.so.${version%%.*}"

@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import HEADER, PYTHON_DIR, REPO
+from conftest import HEADER, INSTALLED, PYTHON_DIR, REPO
 
 # ============================ header parsing ============================
 
@@ -1034,3 +1034,12 @@ def test_import_error_of_an_installed_copy_without_library(tmp_path):
         pytest.skip("a libedkm.so.0 is installed on the system search path")
     assert "ImportError" in r.stderr and "reinstall the edkm wheel" in r.stderr
     assert str(tmp_path / "site" / "edkm" / "lib" / "libedkm.so.0") in r.stderr
+
+
+@pytest.mark.skipif(not INSTALLED, reason="tests the checkout's package (EDKM_TEST_INSTALLED=1 tests an installed one)")
+def test_installed_package_is_tested_with_its_own_library(lib):
+    """EDKM_TEST_INSTALLED=1 (scripts/test-install.sh, the wheel in a venv): the package under test is
+    the installed one, not the checkout's, and it loads the library it carries."""
+    package_dir = os.path.dirname(os.path.abspath(lib.__file__))
+    assert not package_dir.startswith(str(PYTHON_DIR)), package_dir
+    assert lib.library_path() == os.path.join(package_dir, "lib", "libedkm.so.0")
