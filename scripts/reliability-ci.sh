@@ -92,8 +92,10 @@ if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
         prepare_vg() {
             set -e
             mkdir -p "$VG_LIB"
-            cp "$LIB_DIR/libedkm.so" "$VG_LIB/libedkm.so"
-            strip -g "$VG_LIB/libedkm.so"
+            # as libedkm.so.0 (the shipped library's SONAME, what the programs load) and libedkm.so
+            cp "$LIB_DIR/libedkm.so" "$VG_LIB/libedkm.so.0"
+            ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
+            strip -g "$VG_LIB/libedkm.so.0"
             "$CC" -std=c99 -O2 -g -I include examples/c/mlp_trainer.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm -o "$BIN/mlp_trainer_vg"
             gcc -std=c99 -g -I include examples/c/header_check.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -o "$BIN/header_check_vg"
             set +e

@@ -116,8 +116,9 @@ for part in "${PARTS[@]}"; do
         prepare() {
             set -e
             mkdir -p "$VG_LIB"
-            cp "$LIB/libedkm.so" "$VG_LIB/libedkm.so"
-            strip -g "$VG_LIB/libedkm.so"      # keep the symbol table, drop the DWARF valgrind cannot read
+            cp "$LIB/libedkm.so" "$VG_LIB/libedkm.so.0"   # the shipped library's SONAME, what the programs load
+            ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
+            strip -g "$VG_LIB/libedkm.so.0"    # drop the DWARF valgrind cannot read
             local link=(-L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm)
             for p in fuzz_abi soak budget; do cc -std=c99 -O1 -g -I include "tests/reliability/$p.c" "${link[@]}" -o "$BIN/${p}_vg"; done
             cc -std=c99 -O2 -g -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer_vg"
