@@ -34,7 +34,7 @@ if [ "${HIDDEN:-0}" = 1 ]; then
   swiftcore=$(find "$TOOLCHAIN" -name 'libswiftCore.so' 2>/dev/null | head -1)
   [ -z "$swiftcore" ] && ! command -v swift >/dev/null && ok "toolchain hidden: no libswiftCore.so under $TOOLCHAIN, no swift" \
     || ko "toolchain still visible ($swiftcore)"
-  dyn=$(ls .build/release/libEDKM.so .build/debug/libEDKM.so 2>/dev/null | head -1)
+  dyn=; for f in .build/release/libEDKM.so .build/debug/libEDKM.so; do [ -e "$f" ] && { dyn=$f; break; }; done
   if [ -n "$dyn" ]; then
     out=$(python3 -c "import ctypes; ctypes.CDLL('$ROOT/$dyn')" 2>&1)
     echo "$out" | grep -q "libswift" && ok "the toolchain-linked $dyn does not load (${out##*OSError: })" \
