@@ -78,7 +78,7 @@ PY=$WORK/venv/bin/python
 where=$(cd "$WORK" && "$PY" -c "import edkm; print(edkm.library_path())" 2>&1)
 case $where in "$WORK/venv/"*/edkm/lib/libedkm.so.0) ok "the venv's edkm loads its own copy: $where" ;; *) ko "the venv's edkm: $where" ;; esac
 check "python examples/python/quickstart.py (wheel, venv)" bash -c "cd $WORK && $PY $ROOT/examples/python/quickstart.py"
-check "the binding's tests against the wheel (EDKM_REQUIRE_LIB=1)" env EDKM_REQUIRE_LIB=1 EDKM_TEST_INSTALLED=1 \
+check "the binding's tests against the wheel (EDKM_REQUIRE_LIB=1)" env EDKM_REQUIRE_LIB=1 EDKM_TEST_INSTALLED=1 EDKM_CLI="$PREFIX/bin/edkm" \
   "$PY" -m pytest -q -p no:cacheprovider python/tests
 
 # The command-line tool
