@@ -8,10 +8,14 @@ let jemalloc = Context.packageDirectory + "/.deps/jemalloc"
 let package = Package(
     name: "edkm",
     products: [
-        // $(swift build -c release --show-bin-path)/libedkm.so
-        .library(name: "edkm", type: .dynamic, targets: ["EDKMCAPI"]),
-        // The command-line tool (binary edkm-cli: the name edkm is the library's): palettize / unpack / info / demo.
-        .executable(name: "edkm-cli", targets: ["EDKMCLI"]),
+        // The C library: $(swift build -c release --show-bin-path)/libEDKM.so, dynamically linked to the
+        // toolchain's Swift runtime (what `swift build` and the Swift tests use). The shipped
+        // libedkm.so.0.MINOR.PATCH (Swift runtime linked statically, SONAME libedkm.so.0) is made from
+        // this product by scripts/build-dist.sh; the product is not named "edkm" because SwiftPM
+        // forbids a library and an executable product of the same name, and the binary owns that name.
+        .library(name: "EDKM", type: .dynamic, targets: ["EDKMCAPI"]),
+        // The command-line tool `edkm`: palettize / unpack / info / demo.
+        .executable(name: "edkm", targets: ["EDKMCLI"]),
         // Benchmarks: speed against dense and a bandwidth probe; the eDKM memory ablation.
         .executable(name: "edkm-bench", targets: ["EDKMBench"]),
     ],
@@ -37,6 +41,7 @@ let package = Package(
         .target(
             name: "EDKMCAPI",
             dependencies: ["EDKMSwift", "CEDKM"],
+            exclude: ["exports.map"],  // the linker's version script (below), not a source file
             linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=" + Context.packageDirectory + "/Sources/EDKMCAPI/exports.map"])]
         ),
         // Safetensors reading (mmap) and streaming writing, and the palettized-file format (Foundation-free).

@@ -31,7 +31,7 @@ centroids), outputs and gradients included. Without a writable clear_refs it fal
 of getrusage ru_maxrss (and says so). "process peak": the subprocess's ru_maxrss at the end (Python +
 torch + everything). tracemalloc is not used: it does not see torch's or libedkm's native allocations.
 
-The library is found by the binding (python/edkm): EDKM_LIB_PATH, else .build/release/libedkm.so.
+The library is found by the binding (python/edkm): EDKM_LIB_PATH, else the checkout's build (.build-dist/lib/libedkm.so.0).
 """
 
 import argparse

@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 BIN=$(bash scripts/bench-build.sh)
 "$BIN" speed --quick
 "$BIN" ablation --quick
-if [ -e "${EDKM_LIB_PATH:-.build/release/libedkm.so}" ]; then
+if [ -e "${EDKM_LIB_PATH:-.build-dist/lib/libedkm.so.0}" ]; then
   PYTHONPATH=python python3 benchmarks/coremltools_compare.py --sizes 256x256 --edkm-steps 2 --ct-steps 1
 else
-  echo "bench-smoke.sh: no libedkm.so for the Python binding (swift build -c release): coremltools comparison skipped"
+  echo "bench-smoke.sh: no libedkm.so.0 for the Python binding (scripts/build-dist.sh): coremltools comparison skipped"
 fi

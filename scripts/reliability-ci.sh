@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reliability checks for CI (issue 8), within a few minutes on a 2-core machine:
-#   1. build the C programs of tests/reliability/ (plain C99 against libedkm.so)
+#   1. build the C programs of tests/reliability/ (plain C99 against the shipped libedkm.so)
 #   2. the C ABI fuzz driver, bounded (FUZZ_SECONDS, default 90 s)
 #   3. the leak soak: 10,000 forward/backward cycles with dedup and sharding (SOAK_CYCLES)
 #   4. the budget program (BUDGET_ROUNDS rounds)
@@ -13,8 +13,8 @@
 #      scripts/reliability-sanitizers.sh, which does the full sanitizer matrix.
 #
 # Environment:
-#   EDKM_LIB_DIR     directory of libedkm.so (default .build/release; built with
-#                    `swift build -c release --product edkm` if missing)
+#   EDKM_LIB_DIR     directory of libedkm.so (default .build-dist/lib, the self-contained library;
+#                    built with scripts/build-dist.sh if missing)
 #   FUZZ_SECONDS (90)  FUZZ_SEED (default: a new seed per run, printed)  SOAK_CYCLES (10000)
 #   BUDGET_ROUNDS (100)  CHURN_CYCLES (500)
 #   RELIABILITY_SKIP_VALGRIND=1   skip step 8
@@ -23,7 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}   # crashes print our reproduction line, fast
-LIB_DIR=${EDKM_LIB_DIR:-.build/release}
+LIB_DIR=${EDKM_LIB_DIR:-.build-dist/lib}
 case $LIB_DIR in /*) LIB_ABS=$LIB_DIR ;; *) LIB_ABS=$ROOT/$LIB_DIR ;; esac
 BIN=$ROOT/.build-reliability/bin
 CC=${CC:-cc}
@@ -42,7 +42,7 @@ step() {  # step NAME command...: runs it, records PASS/FAIL and seconds
 }
 # 0. the library
 if [ ! -e "$LIB_DIR/libedkm.so" ]; then
-    step "build libedkm (release)" swift build -c release --product edkm
+    step "build libedkm (scripts/build-dist.sh)" bash scripts/build-dist.sh
 fi
 if [ ! -e "$LIB_DIR/libedkm.so" ]; then echo "reliability-ci: $LIB_DIR/libedkm.so not found" >&2; exit 1; fi
 
@@ -92,8 +92,10 @@ if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
         prepare_vg() {
             set -e
             mkdir -p "$VG_LIB"
-            cp "$LIB_DIR/libedkm.so" "$VG_LIB/libedkm.so"
-            strip -g "$VG_LIB/libedkm.so"
+            # as libedkm.so.0 (the shipped library's SONAME, what the programs load) and libedkm.so
+            cp "$LIB_DIR/libedkm.so" "$VG_LIB/libedkm.so.0"
+            ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
+            strip -g "$VG_LIB/libedkm.so.0"
             "$CC" -std=c99 -O2 -g -I include examples/c/mlp_trainer.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm -o "$BIN/mlp_trainer_vg"
             gcc -std=c99 -g -I include examples/c/header_check.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -o "$BIN/header_check_vg"
             set +e

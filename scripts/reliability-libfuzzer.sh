@@ -21,9 +21,9 @@ export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 CLANG=${CLANG:-$(command -v clang || echo /opt/swift/usr/bin/clang)}
 L=$ROOT/.build-libfuzzer/release
 mkdir -p .build-reliability/bin .build-reliability/corpus-libfuzzer
-swift build -c release --product edkm --scratch-path .build-libfuzzer --sanitize=address \
+swift build -c release --product EDKM --scratch-path .build-libfuzzer --sanitize=address \
     -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp 2>&1 | grep -E "error|Compiling|Build complete" || true
 "$CLANG" -std=c99 -O1 -g -fuse-ld=lld -fsanitize=fuzzer,address -DEDKM_LIBFUZZER -I include tests/reliability/fuzz_abi.c \
-    -L "$L" -ledkm "-Wl,-rpath,$L" -lm -o .build-reliability/bin/fuzz_abi_libfuzzer 2>&1 | grep -v "Cannot export local symbol" || true
+    -L "$L" -lEDKM "-Wl,-rpath,$L" -lm -o .build-reliability/bin/fuzz_abi_libfuzzer 2>&1 | grep -v "Cannot export local symbol" || true
 exec .build-reliability/bin/fuzz_abi_libfuzzer -max_total_time="$SECONDS_TO_RUN" -max_len=4096 -len_control=0 \
     -rss_limit_mb=6000 -print_final_stats=1 -artifact_prefix=.build-reliability/ "$@" .build-reliability/corpus-libfuzzer

@@ -16,13 +16,12 @@
 #             is not instrumented), for both TSan parts.
 #   valgrind  memcheck (--error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite) on
 #             the C examples, the fuzz driver (short), the soak (short) and the budget program,
-#             against a copy of the release libedkm.so stripped of debug info (`strip -g`, symbols
-#             kept): valgrind 3.19 cannot read the DWARF of the Swift-built library ("debuginfo
+#             against a copy of the shipped libedkm.so (scripts/build-dist.sh) stripped of debug info
+#             (`strip -g`): valgrind 3.19 cannot read the DWARF of the Swift-built library ("debuginfo
 #             reader: ensure_valid failed ... I can't recover"). Suppressions:
 #             tests/reliability/valgrind.supp (Swift runtime one-time caches only).
 #
-# Environment: EDKM_LIB_DIR (release library for valgrind; default .build/release, else
-#   .build-fuzz/release), SWIFT_TEST_FILTER (passed to swift test --filter), FUZZ_SECONDS_SAN (60),
+# Environment: EDKM_LIB_DIR (the library for valgrind; default .build-dist/lib, built if missing), SWIFT_TEST_FILTER (passed to swift test --filter), FUZZ_SECONDS_SAN (60),
 #   SOAK_CYCLES_SAN (1000), VALGRIND_FUZZ_ITERATIONS (150), VALGRIND_SOAK_CYCLES (200).
 # Every sanitizer report is a failure of its part; the summary lists PASS/FAIL and seconds per part.
 set -uo pipefail
@@ -69,13 +68,13 @@ c_programs() {  # c_programs SANITIZER LIBDIR: builds the reliability programs w
     set -e
     for p in fuzz_abi soak budget; do
         "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include "tests/reliability/$p.c" \
-            -L "$lib" -ledkm "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/${p}_$san" 2>&1 | grep -v "Cannot export local symbol" || true
+            -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/${p}_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     done
     "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -pthread -I include tests/reliability/concurrency.c \
-        -L "$lib" -ledkm "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/concurrency_$san" 2>&1 | grep -v "Cannot export local symbol" || true
+        -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/concurrency_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     # the C example a user starts from
     "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include examples/c/mlp_trainer.c \
-        -L "$lib" -ledkm "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/mlp_trainer_$san" 2>&1 | grep -v "Cannot export local symbol" || true
+        -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/mlp_trainer_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     set +e
     test -x "$BIN/concurrency_$san"
 }
@@ -91,7 +90,7 @@ for part in "${PARTS[@]}"; do
     asan-c)
         L=$ROOT/.build-asan-release/release
         run "build libedkm -c release --sanitize=address" "$LOGS/build-asan-release.log" \
-            swift build -c release --product edkm --sanitize=address --scratch-path .build-asan-release
+            swift build -c release --product EDKM --sanitize=address --scratch-path .build-asan-release
         run "build C programs (ASan)" "$LOGS/build-c-asan.log" c_programs address "$L"
         export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
         run "ASan: fuzz_abi (${FUZZ_SECONDS_SAN:-60} s)" "$LOGS/asan-fuzz.log" "$BIN/fuzz_abi_address" --seed 11 --seconds "${FUZZ_SECONDS_SAN:-60}"
@@ -104,7 +103,7 @@ for part in "${PARTS[@]}"; do
     tsan-c)
         L=$ROOT/.build-tsan-release/release
         run "build libedkm -c release --sanitize=thread" "$LOGS/build-tsan-release.log" \
-            swift build -c release --product edkm --sanitize=thread --scratch-path .build-tsan-release
+            swift build -c release --product EDKM --sanitize=thread --scratch-path .build-tsan-release
         run "build C programs (TSan)" "$LOGS/build-c-tsan.log" c_programs thread "$L"
         run "TSan: concurrency" "$LOGS/tsan-concurrency.log" env TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 exitcode=66} $TSAN_SUPP" \
             "$BIN/concurrency_thread" --cycles 20 --attempts 100 --rounds 50
@@ -112,13 +111,14 @@ for part in "${PARTS[@]}"; do
             "$BIN/mlp_trainer_thread" --epochs 4 --ft-epochs 1 --bits 3 ;;
     valgrind)
         LIB=${EDKM_LIB_DIR:-}
-        if [ -z "$LIB" ]; then if [ -e .build/release/libedkm.so ]; then LIB=.build/release; else LIB=.build-fuzz/release; fi; fi
+        if [ -z "$LIB" ]; then LIB=.build-dist/lib; [ -e "$LIB/libedkm.so" ] || bash scripts/build-dist.sh >/dev/null; fi
         VG_LIB=$ROOT/.build-reliability/valgrind-lib
         prepare() {
             set -e
             mkdir -p "$VG_LIB"
-            cp "$LIB/libedkm.so" "$VG_LIB/libedkm.so"
-            strip -g "$VG_LIB/libedkm.so"      # keep the symbol table, drop the DWARF valgrind cannot read
+            cp "$LIB/libedkm.so" "$VG_LIB/libedkm.so.0"   # the shipped library's SONAME, what the programs load
+            ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
+            strip -g "$VG_LIB/libedkm.so.0"    # drop the DWARF valgrind cannot read
             local link=(-L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm)
             for p in fuzz_abi soak budget; do cc -std=c99 -O1 -g -I include "tests/reliability/$p.c" "${link[@]}" -o "$BIN/${p}_vg"; done
             cc -std=c99 -O2 -g -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer_vg"

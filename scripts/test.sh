@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# All the tests: Swift (C ABI and core), ABI checks, the C examples, the Python binding (and the
-# torch autograd reference where torch is installed), then reliability: a bounded fuzz run over
+# All the tests: Swift (C ABI and core), ABI checks, the C examples, the install tests (installed
+# prefix, wheel in a fresh venv, Swift client; the Swift toolchain hidden), the Python binding (and
+# the torch autograd reference where torch is installed), then reliability: a bounded fuzz run over
 # the C ABI, the 10,000-cycle soak, budget, concurrency, churn, the bug reproductions, valgrind,
 # and the sanitizer builds (swift test and the C programs under ASan and TSan).
 # RELIABILITY=0 leaves the reliability part out (a quick run while developing).
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== swift test"
 swift test 2>&1 | grep -vE "^\[|^Test (Suite|Case)|^(\s)*Executed 0 tests" 
-echo "== ABI"
+echo "== ABI (the shipped .build-dist/lib/libedkm.so.0)"
 bash scripts/check-abi.sh
 echo "== C examples"
 sh examples/c/build.sh run
@@ -17,7 +18,10 @@ echo "== MPI: 2-process data-parallel trainer with sharded saved state"
 sh examples/c/build-mpi.sh
 echo "== benchmark smoke (small shapes)"
 EDKM_BENCH_SCRATCH=.build bash scripts/bench-smoke.sh
-echo "== Python"
+echo "== install: pkg-config and CMake, the wheel in a fresh venv, bin/edkm, a Swift client; toolchain hidden"
+bash scripts/test-install.sh
+echo "== Python (the self-contained library)"
+export EDKM_LIB_PATH=$PWD/.build-dist/lib/libedkm.so.0
 python3 examples/python/quickstart.py
 EDKM_REQUIRE_LIB=1 python3 -m pytest -q python/tests
 [ "${RELIABILITY:-1}" = 0 ] && { echo "RELIABILITY=0: reliability checks skipped"; exit 0; }

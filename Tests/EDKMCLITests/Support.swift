@@ -8,7 +8,7 @@ import Testing
 final class TempDir {
     let path: String
 
-    init(_ tag: String = "edkm-cli-test") {
+    init(_ tag: String = "edkm-test") {
         var template = Array("\(NSTemporaryDirectory())/\(tag)-XXXXXX".utf8CString)
         let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         path = String(cString: p!)
@@ -131,20 +131,17 @@ struct CLIResult {
 }
 
 enum CLI {
-    /// The built `edkm` executable: $EDKM_CLI, or next to the test binary (edkm, or edkm-cli / EDKMCLI
-    /// if the package names the product so).
+    /// The built `edkm` executable: $EDKM_CLI, or next to the test binary.
     static let path: String? = {
         if let p = ProcessInfo.processInfo.environment["EDKM_CLI"], exists(p) { return p }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         var dir = (exe as NSString).deletingLastPathComponent
         // The test binary may sit inside a .xctest bundle directory.
         for _ in 0..<3 {
-            for name in ["edkm", "edkm-cli", "EDKMCLI"] {
-                var isDir: ObjCBool = false
-                let p = dir + "/" + name
-                if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), !isDir.boolValue,
-                   FileManager.default.isExecutableFile(atPath: p) { return p }
-            }
+            var isDir: ObjCBool = false
+            let p = dir + "/edkm"
+            if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), !isDir.boolValue,
+               FileManager.default.isExecutableFile(atPath: p) { return p }
             dir = (dir as NSString).deletingLastPathComponent
         }
         return nil
@@ -154,8 +151,7 @@ enum CLI {
 
     static let missing = """
         the edkm executable was not found next to the test binary (nor in $EDKM_CLI): \
-        `swift build` must build the EDKMCLI executable target (an executable product named like \
-        the library product "edkm" is ignored by SwiftPM as a duplicate, so nothing is built)
+        `swift build` must build the executable product "edkm" (target EDKMCLI)
         """
 
     /// Runs edkm with arguments, optionally killing it with `signal` as soon as `killWhen` (polled

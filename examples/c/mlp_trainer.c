@@ -38,9 +38,9 @@
  * the F32 LUT equals edkm_layer_get_centroids, the F16 LUT is its rounding, the packed stream decodes
  * (LSB first) to labels = argmin_j (w - c_j)^2 - prune_threshold [j == 0], and unpack = lut[label].
  *
- * Build (from the repository root, after `swift build -c release`):
- *   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c -L .build/release -ledkm \
- *      -Wl,-rpath,$PWD/.build/release -lm -o examples/c/bin/mlp_trainer
+ * Build (from the repository root, after `scripts/build-dist.sh`):
+ *   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c -L .build-dist/lib -ledkm \
+ *      -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mlp_trainer
  * or examples/c/build.sh. Run: examples/c/bin/mlp_trainer [--help]
  * Exit status: 0 on success, 1 on an edkm error or a failed check (including two generous sanity
  * bounds: the float MLP must beat the linear classifier by 5 points, and no >= 3-bit palettized

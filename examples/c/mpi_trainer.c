@@ -20,9 +20,9 @@
  * (edkm_layer_forward_shard: each rank hands over only its slice of W1; U-sized all-reduces) is
  * compared with the full-tensor forward + backward, and its traffic is printed.
  *
- * Build and run (from the repository root, after `swift build -c release`): examples/c/build-mpi.sh
- *   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c -L .build/release -ledkm \
- *         -Wl,-rpath,$PWD/.build/release -lm -o examples/c/bin/mpi_trainer
+ * Build and run (from the repository root, after `scripts/build-dist.sh`): examples/c/build-mpi.sh
+ *   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c -L .build-dist/lib -ledkm \
+ *         -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mpi_trainer
  *   mpirun -np 2 examples/c/bin/mpi_trainer      (as root: mpirun --allow-run-as-root --oversubscribe ...)
  * Exit status: 0 on success; 1 on an edkm or MPI error or a failed check (on any rank); 2 on bad usage.
  */

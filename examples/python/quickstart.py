@@ -1,7 +1,7 @@
 """libedkm quickstart: train-time weight clustering of one fp16 weight matrix with numpy only.
 
     pip install -e python/          # or: PYTHONPATH=python
-    swift build -c release          # builds .build/release/libedkm.so (or set EDKM_LIB_PATH)
+    scripts/build-dist.sh           # builds .build-dist/lib/libedkm.so.0 (or set EDKM_LIB_PATH)
     python examples/python/quickstart.py
 
 A (256, 512) fp16 weight is clustered to 3 bits (8 centroids). Each step runs the DKM forward

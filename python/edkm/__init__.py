@@ -8,8 +8,9 @@
         lut, packed = layer.export(w, "f16")      # hard palettization for inference
 
 The C ABI is mirrored 1:1 in edkm._ffi (include/edkm.h); this package adds numpy buffers, errors as
-exceptions (EdkmError) and handle lifetimes. The library is found through EDKM_LIB_PATH, the
-repository's .build/release or .build/debug, or the system search path.
+exceptions (EdkmError) and handle lifetimes. The library is the copy the wheel carries
+(edkm/lib/libedkm.so.0), else EDKM_LIB_PATH, a checkout's build, or the system search path (see
+edkm._ffi).
 """
 
 from . import _ffi

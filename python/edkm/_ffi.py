@@ -5,10 +5,14 @@ exact C types), the enum constants, and every function with its argtypes/restype
 its C prototype. No policy lives here; the Pythonic layer is edkm.core.
 
 Library discovery (first that loads wins):
-  1. the file named by the environment variable EDKM_LIB_PATH (if set, it must load);
-  2. the repository build: <repo>/.build/release/libedkm.so, then <repo>/.build/debug/libedkm.so;
-  3. libedkm.so from the system search path (ctypes.util.find_library, then the dynamic loader).
-If none loads, importing this module raises ImportError saying how to build or point at one.
+  1. the copy next to this module, edkm/lib/libedkm.so.MAJOR (what the wheel carries);
+  2. the file named by the environment variable EDKM_LIB_PATH (if set, it must load);
+  3. a checkout's builds (this module in <repo>/python/edkm): the newer of the self-contained
+     <repo>/.build-dist/lib/libedkm.so.MAJOR (scripts/build-dist.sh) and the toolchain-linked
+     <repo>/.build/release/libEDKM.so (`swift build -c release`), then <repo>/.build/debug/libEDKM.so;
+  4. libedkm.so.MAJOR from the system search path (an installed prefix: LD_LIBRARY_PATH, ldconfig).
+If none loads, importing this module raises ImportError naming every path tried and the command that
+fixes it.
 """
 
 from __future__ import annotations
@@ -301,53 +305,64 @@ PROTOTYPES = {
 
 # ============================ Loading ============================
 
-_REPO = Path(__file__).resolve().parents[2]  # python/edkm/_ffi.py -> <repo>
-_BUILD_HINT = (
-    f"build it with `swift build -c release` in {_REPO}, "
-    "or set EDKM_LIB_PATH=/path/to/libedkm.so"
-)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO = _PACKAGE_DIR.parents[1]  # python/edkm/_ffi.py -> <repo> when run from a checkout
+_SONAME = f"libedkm.so.{EDKM_VERSION_MAJOR}"
+_BUNDLED = _PACKAGE_DIR / "lib" / _SONAME
+
+
+def _fix_hint():
+    """The one command that provides a library, for this copy of the binding."""
+    if (_REPO / "Package.swift").exists() and (_REPO / "scripts" / "build-dist.sh").exists():
+        return (f"run `bash scripts/build-dist.sh` in {_REPO} (builds the self-contained "
+                f".build-dist/lib/{_SONAME}), or set EDKM_LIB_PATH=/path/to/{_SONAME}")
+    return (f"this copy of the binding carries no library ({_BUNDLED} is missing): reinstall the "
+            f"edkm wheel (`pip install --force-reinstall <edkm wheel>`), or set "
+            f"EDKM_LIB_PATH=/path/to/{_SONAME}")
+
+
+def _checkout_builds():
+    """A checkout's builds in discovery order: the newer release build first, the debug build last."""
+    release = [p for p in (_REPO / ".build-dist" / "lib" / _SONAME, _REPO / ".build" / "release" / "libEDKM.so")
+               if p.exists()]
+    release.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    debug = _REPO / ".build" / "debug" / "libEDKM.so"
+    return release + ([debug] if debug.exists() else [])
 
 
 def _candidates():
-    """(description, path-or-name) pairs in discovery order (EDKM_LIB_PATH handled separately)."""
-    out = []
-    for config in ("release", "debug"):
-        p = _REPO / ".build" / config / "libedkm.so"
-        if p.exists():
-            out.append(str(p))
+    """(path or name, must_load) pairs in discovery order; see the module's docstring."""
+    out = [(str(_BUNDLED), False)] if _BUNDLED.exists() else []
+    env = os.environ.get("EDKM_LIB_PATH")
+    if env:
+        out.append((env, True))
+    out += [(str(p), False) for p in _checkout_builds()]
     found = ctypes.util.find_library("edkm")
     if found:
-        out.append(found)
-    out.append("libedkm.so")  # whatever the dynamic loader finds (LD_LIBRARY_PATH, ld.so.cache)
+        out.append((found, False))
+    out.append((_SONAME, False))  # whatever the dynamic loader finds (LD_LIBRARY_PATH, ld.so.cache)
     return out
 
 
 def _load():
-    env = os.environ.get("EDKM_LIB_PATH")
-    if env:
-        try:
-            return ctypes.CDLL(env), env
-        except OSError as e:
-            raise ImportError(
-                f"libedkm: EDKM_LIB_PATH={env!r} could not be loaded ({e}); {_BUILD_HINT}"
-            ) from e
-    errors = []
-    for cand in _candidates():
+    tried = [] if _BUNDLED.exists() else [f"{_BUNDLED}: not there"]
+    for cand, must_load in _candidates():
         try:
             handle = ctypes.CDLL(cand)
         except OSError as e:
-            errors.append(f"{cand}: {e}")
+            if must_load:
+                raise ImportError(
+                    f"libedkm: EDKM_LIB_PATH={cand!r} could not be loaded ({e}); {_fix_hint()}"
+                ) from e
+            tried.append(f"{cand}: {e}")
             continue
         if f"{os.sep}.build{os.sep}debug{os.sep}" in cand:
             warnings.warn(f"libedkm: using the unoptimised debug build {cand} (no release build found; "
-                          f"{_BUILD_HINT})", RuntimeWarning, stacklevel=2)
+                          f"{_fix_hint()})", RuntimeWarning, stacklevel=2)
         return handle, cand
-    raise ImportError(
-        "libedkm.so not found or not loadable: "
-        + _BUILD_HINT
-        + ". Tried: "
-        + "; ".join(errors)
-    )
+    if not _checkout_builds() and (_REPO / "Package.swift").exists():
+        tried.append(f"{_REPO}/.build-dist/lib/{_SONAME}, {_REPO}/.build/release/libEDKM.so: not built")
+    raise ImportError("libedkm not found or not loadable: " + _fix_hint() + ". Tried: " + "; ".join(tried))
 
 
 lib, lib_path = _load()

@@ -18,7 +18,10 @@ REPO = PYTHON_DIR.parent
 HEADER = REPO / "include" / "edkm.h"
 FFI_SOURCE = PYTHON_DIR / "edkm" / "_ffi.py"
 
-if str(PYTHON_DIR) not in sys.path:  # run from a checkout without `pip install -e python/`
+# EDKM_TEST_INSTALLED=1 tests the edkm package installed in this interpreter (a wheel in a venv)
+# instead of the checkout's python/edkm.
+INSTALLED = os.environ.get("EDKM_TEST_INSTALLED") == "1"
+if not INSTALLED and str(PYTHON_DIR) not in sys.path:  # a checkout without `pip install -e python/`
     sys.path.insert(0, str(PYTHON_DIR))
 
 try:

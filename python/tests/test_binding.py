@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import HEADER, PYTHON_DIR, REPO
+from conftest import HEADER, INSTALLED, PYTHON_DIR, REPO
 
 # ============================ header parsing ============================
 
@@ -969,29 +969,77 @@ def test_import_after_numpy_in_a_fresh_interpreter(lib):
 def test_import_error_says_what_to_do(tmp_path):
     code = "import sys; sys.path.insert(0, %r); import edkm" % str(PYTHON_DIR)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=_clean_env(EDKM_LIB_PATH=str(tmp_path / "nope" / "libedkm.so")))
+                       env=_clean_env(EDKM_LIB_PATH=str(tmp_path / "nope" / "libedkm.so.0")))
     assert r.returncode != 0
-    assert "ImportError" in r.stderr and "EDKM_LIB_PATH" in r.stderr and "swift build -c release" in r.stderr
+    assert "ImportError" in r.stderr and "EDKM_LIB_PATH" in r.stderr and "scripts/build-dist.sh" in r.stderr
 
 
-def test_discovery_prefers_repo_build(lib):
-    built = REPO / ".build" / "release" / "libedkm.so"
-    if not built.exists():
-        pytest.skip("no repository release build")
+def test_discovery_prefers_the_newest_checkout_build(lib):
+    builds = [p for p in (REPO / ".build-dist" / "lib" / "libedkm.so.0", REPO / ".build" / "release" / "libEDKM.so")
+              if p.exists()]
+    if not builds:
+        pytest.skip("no release build in the checkout")
+    newest = max(builds, key=lambda p: p.stat().st_mtime)
     code = "import sys; sys.path.insert(0, %r); from edkm import _ffi; print(_ffi.lib_path)" % str(PYTHON_DIR)
     r = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(built)
+    assert r.stdout.strip() == str(newest)
+
+
+def test_bundled_copy_comes_first(lib, tmp_path):
+    """A package with edkm/lib/libedkm.so.0 (as the wheel installs it) loads that copy, even with
+    EDKM_LIB_PATH pointing elsewhere."""
+    pkg = tmp_path / "site" / "edkm"
+    shutil.copytree(PYTHON_DIR / "edkm", pkg, ignore=shutil.ignore_patterns("__pycache__", "lib"))
+    (pkg / "lib").mkdir()
+    shutil.copy(lib.library_path(), pkg / "lib" / "libedkm.so.0")
+    code = "import sys; sys.path.insert(0, %r); import edkm; print(edkm.library_path())" % str(tmp_path / "site")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=_clean_env(EDKM_LIB_PATH=lib.library_path()))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(pkg / "lib" / "libedkm.so.0")
+
+
+def _import_in(python_dir, **env):
+    code = "import sys; sys.path.insert(0, %r); import edkm" % str(python_dir)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=_clean_env(**env))
 
 
 def test_import_error_when_nothing_is_built(tmp_path):
-    """A checkout without a build and no EDKM_LIB_PATH: ImportError naming the repo to build in."""
+    """A checkout without a build and no EDKM_LIB_PATH: ImportError naming every path tried and the
+    command to run in that checkout."""
     shutil.copytree(PYTHON_DIR / "edkm", tmp_path / "python" / "edkm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    code = "import sys; sys.path.insert(0, %r); import edkm" % str(tmp_path / "python")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_clean_env())
+                    ignore=shutil.ignore_patterns("__pycache__", "lib"))
+    (tmp_path / "Package.swift").write_text("// a checkout\n")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "build-dist.sh").write_text("")
+    r = _import_in(tmp_path / "python")
     if r.returncode == 0:
-        pytest.skip("a libedkm.so is installed on the system search path")
+        pytest.skip("a libedkm.so.0 is installed on the system search path")
     assert "ImportError" in r.stderr
-    assert f"build it with `swift build -c release` in {tmp_path}" in r.stderr
-    assert "EDKM_LIB_PATH=/path/to/libedkm.so" in r.stderr
+    assert f"run `bash scripts/build-dist.sh` in {tmp_path}" in r.stderr
+    assert "EDKM_LIB_PATH=/path/to/libedkm.so.0" in r.stderr
+    for tried in (tmp_path / "python" / "edkm" / "lib" / "libedkm.so.0", tmp_path / ".build-dist" / "lib" / "libedkm.so.0",
+                  "libedkm.so.0: "):
+        assert str(tried) in r.stderr
+
+
+def test_import_error_of_an_installed_copy_without_library(tmp_path):
+    """Outside a checkout (an installed package that lost its library): the error says to reinstall."""
+    shutil.copytree(PYTHON_DIR / "edkm", tmp_path / "site" / "edkm",
+                    ignore=shutil.ignore_patterns("__pycache__", "lib"))
+    r = _import_in(tmp_path / "site")
+    if r.returncode == 0:
+        pytest.skip("a libedkm.so.0 is installed on the system search path")
+    assert "ImportError" in r.stderr and "reinstall the edkm wheel" in r.stderr
+    assert str(tmp_path / "site" / "edkm" / "lib" / "libedkm.so.0") in r.stderr
+
+
+@pytest.mark.skipif(not INSTALLED, reason="tests the checkout's package (EDKM_TEST_INSTALLED=1 tests an installed one)")
+def test_installed_package_is_tested_with_its_own_library(lib):
+    """EDKM_TEST_INSTALLED=1 (scripts/test-install.sh, the wheel in a venv): the package under test is
+    the installed one, not the checkout's, and it loads the library it carries."""
+    package_dir = os.path.dirname(os.path.abspath(lib.__file__))
+    assert not package_dir.startswith(str(PYTHON_DIR)), package_dir
+    assert lib.library_path() == os.path.join(package_dir, "lib", "libedkm.so.0")

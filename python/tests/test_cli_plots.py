@@ -15,9 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli():
-    """The edkm executable: $EDKM_CLI, or the checkout's release build."""
-    candidates = [os.environ.get("EDKM_CLI")] + [str(REPO / d / "release" / n) for d in (".build", ".build-dist")
-                                                 for n in ("edkm", "edkm-cli")]
+    """The edkm executable: $EDKM_CLI, or the checkout's release build (toolchain-linked, else shipped)."""
+    candidates = [os.environ.get("EDKM_CLI")] + [str(REPO / p) for p in (".build/release/edkm", ".build-dist/bin/edkm")]
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c

@@ -38,8 +38,8 @@
  * non-finite gradient; FUZZ_DISABLE=letters skips op groups (a debugging aid, see run_program).
  *
  * Build (see scripts/reliability-ci.sh):
- *   cc -std=c99 -O1 -g -I include tests/reliability/fuzz_abi.c -L .build/release -ledkm \
- *      -Wl,-rpath,$PWD/.build/release -lm -o .build-reliability/bin/fuzz_abi
+ *   cc -std=c99 -O1 -g -I include tests/reliability/fuzz_abi.c -L .build-dist/lib -ledkm \
+ *      -Wl,-rpath,$PWD/.build-dist/lib -lm -o .build-reliability/bin/fuzz_abi
  * libFuzzer (clang from the Swift toolchain; the choices then come from the fuzzer's input):
  *   clang -fsanitize=fuzzer -DEDKM_LIBFUZZER ... (see scripts/reliability-libfuzzer.sh)
  */
