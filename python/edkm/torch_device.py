@@ -1,0 +1,313 @@
+"""The device split of edkm.torch: DKM on weights that stay on their own device (CUDA, MPS or CPU).
+
+Per forward and backward, the four O(N) passes run as torch ops on the weight's device and only
+U-sized tables cross to the host, where libedkm's histogram form (edkm_layer_forward_histogram,
+edkm_saved_state_backward_histogram) runs the O(U k T) soft k-means and its reverse mode and keeps
+the saved state (U-sized, in its arena):
+
+    device                                             host (libedkm)
+    keys = bits(w) (f16/bf16), bits(round16(w)) (f32)
+    counts = bincount(partition * 65536 + key)   --U-->  forward_histogram: soft value per key
+    w~ = table[partition * 65536 + key]          <--U--
+    G = bincount(..., weights = g) in float64    --U-->  backward_histogram: h, r per key
+    dL/dw = g h[...] + r[...]                    <--U--
+
+Work runs in segments of at most `CHUNK` elements (whole partitions, or pieces of one large
+partition), so the device temporaries stay O(CHUNK + 65,536 x partitions per segment) whatever N.
+
+Gradient sums are accumulated in float64: the buffer form sums in float64 too, and a float32
+sum over the thousands of elements that share a key (with a GPU's unordered atomics) loses
+digits in proportion to their number; float64 keeps G exact to ~1e-16 relative. The soft values
+and h, r are rounded to float32 on the host, as the buffer form rounds them, so the forward is
+the buffer form's bit for bit and the gradient equals fma(g, h, r) of the buffer form except for
+rare double roundings (the product g h is exact in float64).
+
+Data parallelism: with `process_group`, each rank holds a contiguous slice of one tensor (FSDP /
+ZeRO-3 style, per-tensor LUT): the 65,536 counts and the U gradient sums are all-reduced by the
+process group on the device before the host call, so every rank gets the same centroids. Ranks
+that hold the whole tensor (DDP) need no group: their histograms are already the tensor's, and r
+is linear in G, so DDP's gradient averaging is exact.
+
+Every copy between the device and the host goes through a `HostLink`, which counts the bytes both
+ways (`bytes_to_host`, `bytes_to_device`); its buffers are reused from step to step (pinned when
+CUDA is available) and grow only when U does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .core import DType
+
+__all__ = ["CHUNK", "HostLink", "DeviceDKMFunction", "device_dkm", "key_dtype_for"]
+
+#: Elements per segment of the O(N) passes (device temporaries ~ 40 bytes per element of a segment).
+CHUNK = 1 << 21
+
+_KEY_TORCH = {DType.F16: torch.float16, DType.BF16: torch.bfloat16}
+
+
+def key_dtype_for(weight_dtype, f32_key_dtype):
+    """The DType the keys of a weight of torch dtype `weight_dtype` are bit patterns of."""
+    if weight_dtype == torch.float16:
+        return DType.F16
+    if weight_dtype == torch.bfloat16:
+        return DType.BF16
+    if weight_dtype == torch.float32:
+        if f32_key_dtype in (DType.F16, DType.BF16):
+            return DType(f32_key_dtype)
+        raise ValueError("edkm: float32 weights on the device split are keyed by their f16 or bf16 rounding: "
+                         "palettize with f32_key_dtype='bf16' (or 'f16')")
+    raise TypeError(f"edkm: weights of dtype {weight_dtype} are not supported (float32, float16 or bfloat16)")
+
+
+class HostLink:
+    """Reused host buffers for the U-sized tables, and a count of the bytes that cross.
+
+    Buffers are pinned when CUDA is available (asynchronous-capable DMA) and grow only when a
+    step needs more room than any before it, so a training step allocates no host memory that
+    grows with N."""
+
+    def __init__(self):
+        self.pin = torch.cuda.is_available()
+        self._buffers = {}
+        self.bytes_to_host = 0
+        self.bytes_to_device = 0
+        self.transfers = 0
+
+    def reset_counters(self):
+        self.bytes_to_host = self.bytes_to_device = self.transfers = 0
+
+    def _buffer(self, name, n, dtype):
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            size = max(n, 1024) if buf is None else max(n, 2 * buf.numel())
+            buf = torch.empty(size, dtype=dtype, pin_memory=self.pin)
+            self._buffers[name] = buf
+        return buf[:n]
+
+    def to_host(self, name, t):
+        """A host copy of device tensor t (1-D) in a reused buffer (a view of it)."""
+        host = self._buffer(name, t.numel(), t.dtype)
+        host.copy_(t)
+        self.bytes_to_host += t.numel() * t.element_size()
+        self.transfers += 1
+        return host
+
+    def to_device(self, name, array, device, dtype):
+        """Device tensor (1-D, dtype) from numpy array, staged through a reused host buffer."""
+        host = self._buffer(name, array.size, dtype)
+        host.numpy()[...] = array
+        self.bytes_to_device += host.numel() * host.element_size()
+        self.transfers += 1
+        return host.to(device, non_blocking=False)
+
+    def numpy_scratch(self, name, n, np_dtype):
+        """A reused host numpy array of n elements (host-only, nothing crosses)."""
+        key = ("np", name)
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < n:
+            buf = np.empty(max(n, 1024) if buf is None else max(n, 2 * buf.size), np_dtype)
+            self._buffers[key] = buf
+        return buf[:n]
+
+
+class _Segment:
+    """Elements [start, stop) of the flat weights: `parts` whole partitions from `first`, or a
+    piece of partition `first` (parts == 1, piece == True)."""
+
+    __slots__ = ("start", "stop", "first", "parts", "batch")
+
+    def __init__(self, start, stop, first, parts, batch):
+        self.start, self.stop, self.first, self.parts, self.batch = start, stop, first, parts, batch
+
+
+def _segments(count, partitions, chunk):
+    """Segments covering `count` elements in `partitions` equal partitions, grouped into batches:
+    a batch is the partitions whose 65,536-entry tables are built together."""
+    per = count // partitions
+    out = []
+    if per >= chunk:  # pieces of one partition per segment; one batch per partition
+        for p in range(partitions):
+            for s in range(0, per, chunk):
+                out.append(_Segment(p * per + s, p * per + min(per, s + chunk), p, 1, p))
+        return out
+    step = max(1, min(chunk // per, 64))  # at most 64 x 65,536 table entries per batch
+    for b, p in enumerate(range(0, partitions, step)):
+        q = min(partitions, p + step)
+        out.append(_Segment(p * per, q * per, p, q - p, b))
+    return out
+
+
+def _keys(flat, seg, key_torch):
+    """Table index of every element of a segment: local partition * 65,536 + 16-bit key (int64)."""
+    w = flat[seg.start:seg.stop]
+    if w.dtype == torch.float32:
+        w = w.to(key_torch)
+    k = w.view(torch.int16).to(torch.int64) & 0xFFFF
+    if seg.parts > 1:
+        k = k.view(seg.parts, -1)
+        k += torch.arange(seg.parts, device=k.device, dtype=torch.int64).unsqueeze(1) * 65536
+        k = k.view(-1)
+    return k
+
+
+class _Plan:
+    """The forward's histogram on the device: per batch, the nonzero table entries (U_b), kept for
+    the gathers of the backward."""
+
+    def __init__(self, flat, partitions, key_dtype, chunk, group):
+        self.segments = _segments(flat.numel(), partitions, chunk)
+        self.key_torch = _KEY_TORCH[key_dtype]
+        self.partitions = partitions
+        device = flat.device
+        tables = {}
+        for seg in self.segments:
+            idx = _keys(flat, seg, self.key_torch)
+            counts = torch.bincount(idx, minlength=seg.parts * 65536)
+            tables[seg.batch] = counts if seg.batch not in tables else tables[seg.batch] + counts
+        self.nonzero, self.first, counts_list = [], [], []
+        self.batch_parts = {}
+        for seg in self.segments:
+            self.batch_parts.setdefault(seg.batch, (seg.first, seg.parts))
+        for b in sorted(tables):
+            t = tables[b].to(torch.float64)
+            if group is not None:
+                import torch.distributed as dist
+
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+            nz = torch.nonzero(t).squeeze(1)
+            self.nonzero.append(nz)
+            counts_list.append(t[nz])
+        self.device = device
+        nz_all = torch.cat([nz + self.batch_parts[b][0] * 65536 for b, nz in zip(sorted(tables), self.nonzero)])
+        self.keys = (nz_all & 0xFFFF).to(torch.int32)  # ascending within each partition
+        self.counts = torch.cat(counts_list)
+        per_partition = torch.bincount(nz_all // 65536, minlength=partitions)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), per_partition.cumsum(0)])
+        self.sizes = [nz.numel() for nz in self.nonzero]
+        self.total = sum(self.sizes)
+        self.batches = sorted(tables)
+
+    def batch_slices(self):
+        """(batch, U slice of the concatenated tables)."""
+        lo = 0
+        for b, n in zip(self.batches, self.sizes):
+            yield b, slice(lo, lo + n)
+            lo += n
+
+    def scatter(self, values, fill_dtype):
+        """Per batch, a dense (parts x 65,536) table holding `values` (U, on the device) at its keys."""
+        tables = {}
+        for (b, sl), nz in zip(self.batch_slices(), self.nonzero):
+            parts = self.batch_parts[b][1]
+            t = torch.zeros(parts * 65536, dtype=fill_dtype, device=self.device)
+            t[nz] = values[sl]
+            tables[b] = t
+        return tables
+
+
+def _check_weight(weight, layer):
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"edkm: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"edkm: the weight is on {weight.device}; the device split runs on cpu, cuda, mps or xpu "
+                         f"devices (it counts and gathers the weight's values)")
+    if weight.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"edkm: weight has dtype {weight.dtype}; the device split takes float32, float16 or bfloat16")
+    if not weight.is_contiguous():
+        raise ValueError(f"edkm: weight is not contiguous (shape {tuple(weight.shape)}, strides {weight.stride()}); "
+                         f"the device split reads it in place")
+    if layer.cluster_dim != 1:
+        raise ValueError(f"edkm: cluster_dim {layer.cluster_dim} has no 16-bit value histogram, so it cannot run on "
+                         f"{weight.device} through the device split; move the weight to the CPU for vector clustering")
+
+
+class DeviceDKMFunction(torch.autograd.Function):
+    """w~ = DKM(w) through the device split. apply(weight, layer, link, group):
+
+    weight: the tensor (or with `group`, this rank's contiguous slice of it: the histogram does
+    not depend on where the slice starts) on any device, contiguous, float32/float16/bfloat16; layer: an edkm.Layer
+    (cluster_dim 1) for the whole tensor; link: the HostLink that carries and counts the tables;
+    group: a torch.distributed process group, or None. Returns w~ in the weight's dtype."""
+
+    @staticmethod
+    def forward(ctx, weight, layer, link, group=None):
+        _check_weight(weight, layer)
+        key_dtype = key_dtype_for(weight.dtype, DType(layer.config["f32_key_dtype"]))
+        flat = weight.detach().view(-1)
+        if group is None and flat.numel() != layer.numel:
+            raise ValueError(f"edkm: weight has {flat.numel()} elements, the layer was made for {layer.numel}")
+        if group is not None and layer.groups != 1:
+            raise ValueError("edkm: sharded weights (process_group) need a per-tensor LUT (group_size 0)")
+        partitions = layer.groups if group is None else 1
+        plan = _Plan(flat, partitions, key_dtype, CHUNK, group)
+        keys = link.to_host("keys", plan.keys)
+        counts = link.to_host("counts", plan.counts)
+        offsets = link.to_host("offsets", plan.offsets)
+        keys16 = link.numpy_scratch("keys16", plan.total, np.uint16)
+        np.copyto(keys16, keys.numpy(), casting="unsafe")
+        soft = link.numpy_scratch("soft", plan.total, np.float64)
+        save = bool(ctx.needs_input_grad[0])
+        result = layer.forward_histogram(keys16, counts.numpy(), offsets.numpy(), key_dtype, save=save, out=soft)
+        state = result[1] if save else None  # (soft, state) with save, soft alone without
+        soft32 = link.to_device("soft32", soft.astype(np.float32, copy=False), weight.device, torch.float32)
+        tables = plan.scatter(soft32.to(weight.dtype), weight.dtype)
+        out = torch.empty_like(flat)
+        for seg in plan.segments:
+            out[seg.start:seg.stop] = tables[seg.batch][_keys(flat, seg, plan.key_torch)]
+        ctx.plan, ctx.state, ctx.link, ctx.group = plan, state, link, group
+        if save:
+            ctx.save_for_backward(weight)
+        return out.view_as(weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        if ctx.state is None:
+            raise RuntimeError("edkm: a DKM backward ran twice on one forward; the saved state is released "
+                               "after the first backward (retain_graph=True is not supported)")
+        (weight,) = ctx.saved_tensors
+        plan, link = ctx.plan, ctx.link
+        flat = weight.detach().view(-1)
+        if grad_out.device != weight.device:
+            raise ValueError(f"edkm: grad_output is on {grad_out.device}, the weight on {weight.device}")
+        g = grad_out.reshape(-1)
+        sums = {}
+        for seg in plan.segments:
+            idx = _keys(flat, seg, plan.key_torch)
+            part = torch.bincount(idx, weights=g[seg.start:seg.stop].to(torch.float64), minlength=seg.parts * 65536)
+            sums[seg.batch] = part if seg.batch not in sums else sums[seg.batch] + part
+        G = torch.cat([sums[b][nz] for b, nz in zip(plan.batches, plan.nonzero)])
+        if ctx.group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(G, op=dist.ReduceOp.SUM, group=ctx.group)
+        G_host = link.to_host("G", G)
+        state, ctx.state = ctx.state, None
+        try:
+            h_np = link.numpy_scratch("h", plan.total, np.float64)
+            r_np = link.numpy_scratch("r", plan.total, np.float64)
+            state.backward(G_host.numpy(), h=h_np, r=r_np)
+        finally:
+            state.close()
+        hr = link.numpy_scratch("hr", 2 * plan.total, np.float32)
+        hr[:plan.total] = h_np
+        hr[plan.total:] = r_np
+        hr_dev = link.to_device("hr", hr, weight.device, torch.float32).to(torch.float64)
+        h_tables = plan.scatter(hr_dev[:plan.total], torch.float64)
+        r_tables = plan.scatter(hr_dev[plan.total:], torch.float64)
+        grad_in = torch.empty(flat.numel(), dtype=weight.dtype, device=weight.device)
+        for seg in plan.segments:
+            idx = _keys(flat, seg, plan.key_torch)
+            gs = g[seg.start:seg.stop].to(torch.float64)
+            # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
+            grad_in[seg.start:seg.stop] = (gs * h_tables[seg.batch][idx] + r_tables[seg.batch][idx]).to(torch.float32)
+        return grad_in.view_as(weight), None, None, None
+
+
+def device_dkm(weight, layer, link=None, group=None):
+    """The soft-clustered weights of `weight` through `layer` on the weight's own device (with
+    `group`: this rank's contiguous slice of the tensor, see DeviceDKMFunction)."""
+    return DeviceDKMFunction.apply(weight, layer, link if link is not None else HostLink(), group)
