@@ -8,9 +8,12 @@ the saved state (U-sized, in its arena):
     device                                             host (libedkm)
     keys = bits(w) (f16/bf16), bits(round16(w)) (f32)
     counts = bincount(partition * 65536 + key)   --U-->  forward_histogram: soft value per key
-    w~ = table[partition * 65536 + key]          <--U--
-    G = bincount(..., weights = g) in float64    --U-->  backward_histogram: h, r per key
-    dL/dw = g h[...] + r[...]                    <--U--
+                                                         (key 2 B + count 4 B per key, offsets)
+    w~ = table[partition * 65536 + key]          <--U--  (the soft value in w's dtype: 2 B per key)
+    G = bincount(..., weights = g) in float64    --U-->  backward_histogram: h, r per key (8 B)
+    dL/dw = g h[...] + r[...]                    <--U--  (h and r as float32: 8 B per key)
+
+so 24 bytes per distinct key and step for 16-bit weights (26 for f32), plus 8 per partition.
 
 Work runs in segments of at most `CHUNK` elements (whole partitions, or pieces of one large
 partition), so the device temporaries stay O(CHUNK + 65,536 x partitions per segment) whatever N.
@@ -35,10 +38,12 @@ CUDA is available) and grow only when U does.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from .core import DType
+from .core import DType, f32_to_bf16
 
 __all__ = ["CHUNK", "HostLink", "DeviceDKMFunction", "device_dkm", "key_dtype_for"]
 
@@ -75,9 +80,11 @@ class HostLink:
         self.bytes_to_host = 0
         self.bytes_to_device = 0
         self.transfers = 0
+        self.host_seconds = 0.0  # wall time inside libedkm's histogram-form calls
 
     def reset_counters(self):
         self.bytes_to_host = self.bytes_to_device = self.transfers = 0
+        self.host_seconds = 0.0
 
     def _buffer(self, name, n, dtype):
         buf = self._buffers.get(name)
@@ -96,9 +103,13 @@ class HostLink:
         return host
 
     def to_device(self, name, array, device, dtype):
-        """Device tensor (1-D, dtype) from numpy array, staged through a reused host buffer."""
+        """Device tensor (1-D, dtype) from numpy array (bfloat16: its uint16 bit patterns), staged
+        through a reused host buffer."""
         host = self._buffer(name, array.size, dtype)
-        host.numpy()[...] = array
+        if dtype == torch.bfloat16:
+            host.view(torch.int16).numpy()[...] = array.view(np.int16)
+        else:
+            host.numpy()[...] = array
         self.bytes_to_device += host.numel() * host.element_size()
         self.transfers += 1
         return host.to(device, non_blocking=False)
@@ -157,7 +168,7 @@ class _Plan:
     """The forward's histogram on the device: per batch, the nonzero table entries (U_b), kept for
     the gathers of the backward."""
 
-    def __init__(self, flat, partitions, key_dtype, chunk, group):
+    def __init__(self, flat, partitions, key_dtype, chunk, group, count_limit):
         self.segments = _segments(flat.numel(), partitions, chunk)
         self.key_torch = _KEY_TORCH[key_dtype]
         self.partitions = partitions
@@ -182,8 +193,11 @@ class _Plan:
             counts_list.append(t[nz])
         self.device = device
         nz_all = torch.cat([nz + self.batch_parts[b][0] * 65536 for b, nz in zip(sorted(tables), self.nonzero)])
-        self.keys = (nz_all & 0xFFFF).to(torch.int32)  # ascending within each partition
-        self.counts = torch.cat(counts_list)
+        keys = nz_all & 0xFFFF  # ascending within each partition
+        self.keys = torch.where(keys >= 32768, keys - 65536, keys).to(torch.int16)  # the uint16 bits, as int16
+        counts = torch.cat(counts_list)
+        # whole numbers below each partition's element count: int32 carries them exactly (4 bytes, not 8)
+        self.counts = counts.to(torch.int32) if count_limit < 2**31 else counts
         per_partition = torch.bincount(nz_all // 65536, minlength=partitions)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), per_partition.cumsum(0)])
         self.sizes = [nz.numel() for nz in self.nonzero]
@@ -242,18 +256,28 @@ class DeviceDKMFunction(torch.autograd.Function):
         if group is not None and layer.groups != 1:
             raise ValueError("edkm: sharded weights (process_group) need a per-tensor LUT (group_size 0)")
         partitions = layer.groups if group is None else 1
-        plan = _Plan(flat, partitions, key_dtype, CHUNK, group)
-        keys = link.to_host("keys", plan.keys)
-        counts = link.to_host("counts", plan.counts)
+        plan = _Plan(flat, partitions, key_dtype, CHUNK, group, layer.numel // layer.groups)
+        keys = link.to_host("keys", plan.keys).numpy().view(np.uint16)
+        counts = link.numpy_scratch("counts", plan.total, np.float64)
+        np.copyto(counts, link.to_host("counts", plan.counts).numpy(), casting="unsafe")
         offsets = link.to_host("offsets", plan.offsets)
-        keys16 = link.numpy_scratch("keys16", plan.total, np.uint16)
-        np.copyto(keys16, keys.numpy(), casting="unsafe")
         soft = link.numpy_scratch("soft", plan.total, np.float64)
         save = bool(ctx.needs_input_grad[0])
-        result = layer.forward_histogram(keys16, counts.numpy(), offsets.numpy(), key_dtype, save=save, out=soft)
+        t0 = time.perf_counter()
+        result = layer.forward_histogram(keys, counts, offsets.numpy(), key_dtype, save=save, out=soft)
+        link.host_seconds += time.perf_counter() - t0
         state = result[1] if save else None  # (soft, state) with save, soft alone without
-        soft32 = link.to_device("soft32", soft.astype(np.float32, copy=False), weight.device, torch.float32)
-        tables = plan.scatter(soft32.to(weight.dtype), weight.dtype)
+        # rounded as the buffer form rounds: to float32, then to the weight's dtype (on the host: U values)
+        soft32 = link.numpy_scratch("soft32", plan.total, np.float32)
+        soft32[...] = soft
+        if weight.dtype == torch.bfloat16:
+            soft_w = f32_to_bf16(soft32)
+        elif weight.dtype == torch.float16:
+            soft_w = soft32.astype(np.float16)
+        else:
+            soft_w = soft32
+        soft_dev = link.to_device("soft", soft_w, weight.device, weight.dtype)
+        tables = plan.scatter(soft_dev, weight.dtype)
         out = torch.empty_like(flat)
         for seg in plan.segments:
             out[seg.start:seg.stop] = tables[seg.batch][_keys(flat, seg, plan.key_torch)]
@@ -289,7 +313,9 @@ class DeviceDKMFunction(torch.autograd.Function):
         try:
             h_np = link.numpy_scratch("h", plan.total, np.float64)
             r_np = link.numpy_scratch("r", plan.total, np.float64)
+            t0 = time.perf_counter()
             state.backward(G_host.numpy(), h=h_np, r=r_np)
+            link.host_seconds += time.perf_counter() - t0
         finally:
             state.close()
         hr = link.numpy_scratch("hr", 2 * plan.total, np.float32)

@@ -73,8 +73,8 @@ def test_device_split_equals_buffer_form(dtype, key, group, mode):
 
 def test_only_u_sized_tables_cross():
     """A 512 x 512 bf16 weight (N = 262,144) has a few thousand distinct values: per step the link
-    carries 4 + 8 bytes per key up and 4 down in forward, 8 up and 8 down in backward, plus the
-    partition offsets, exactly. Any O(N) buffer (>= 2N bytes) would break the equality."""
+    carries 2 + 4 bytes per key up (key, count) and 2 down (soft value) in forward, 8 up (G) and 8
+    down (h, r) in backward, plus the partition offsets, exactly. Any O(N) buffer (>= 2N bytes) would break the equality."""
     w = (torch.randn(512, 512, generator=torch.Generator().manual_seed(3)) * 0.02).bfloat16().requires_grad_(True)
     n = w.numel()
     for group in (0, 64):
@@ -86,7 +86,7 @@ def test_only_u_sized_tables_cross():
                 device_dkm(w, layer, link).float().sum().backward()
                 U, P = layer.stats().distinct_values, layer.groups
                 crossed = link.bytes_to_host + link.bytes_to_device
-                assert crossed == 32 * U + 8 * (P + 1), (crossed, U, P)
+                assert crossed == 24 * U + 8 * (P + 1), (crossed, U, P)
                 if group == 0:  # one LUT: U is a few thousand, far below N
                     assert crossed < n / 2, "more than the U-sized tables crossed"
                 assert link.transfers == 6
@@ -209,4 +209,4 @@ def test_two_process_gloo_all_reduces_counts_and_gradient_sums(tmp_path):
         # G summed per rank then across ranks (another float64 order): equal to ~1e-16, then bf16 rounding
         assert float((res[r]["grad"].float() - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
         assert float((res[r]["grad"] != w.grad.view(-1)[r * half:(r + 1) * half]).float().mean()) < 0.01
-        assert res[r]["bytes"] == 32 * U + 8 * 2  # U-sized tables only (see test_only_u_sized_tables_cross)
+        assert res[r]["bytes"] == 24 * U + 8 * 2  # U-sized tables only (see test_only_u_sized_tables_cross)
