@@ -11,7 +11,7 @@ Reported per tensor and for the layer, per-tensor LUTs and grouped LUTs (group_s
   passes and the transfers);
 - peak device memory the step allocates beyond the weights and the upstream gradient, and beyond
   the two results every DKM step makes (w~ and dL/dw, 2 x 2N): CUDA from
-  torch.cuda.max_memory_allocated, CPU from the torch profiler's allocation events.
+  torch.cuda.max_memory_allocated, CPU from the resident set sampled every millisecond.
 
 With --compare-buffer (CPU only) each tensor also runs the buffer form (edkm.torch.dkm: the whole
 step in libedkm) in the same process, best of --repeat, for the choice of the CPU default.
@@ -46,33 +46,48 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def cpu_peak_bytes(fn):
-    """Peak of the bytes allocated by torch CPU ops while fn runs (the profiler's memory events in
-    time order, summed), or None if the profiler gives no memory events."""
-    from torch.profiler import ProfilerActivity, profile
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.events() if e.name == "[memory]"]
-    if not events:
+
+def cpu_peak_bytes(fn):
+    """Peak resident memory while fn runs above the resident memory before it: /proc/self/statm
+    sampled every millisecond by a thread (torch's CPU ops release the GIL; tensors this large are
+    mmap'ed, so their frees return the pages at once). None where /proc is missing."""
+    import threading
+
+    try:
+        base = _rss_bytes()
+    except OSError:
         return None
-    events.sort(key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    return peak[0] - base
 
 
 def step(w, g, layer, link):
-    w.grad = None
     y = device_dkm(w, layer, link)
     y.backward(g)
     return y
 
 
 def run_tensor(name, shape, group, device, rt, repeat):
-    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    gen = torch.Generator().manual_seed(list(SHAPES).index(name))
     w_cpu = (torch.randn(shape, generator=gen) * 0.02).bfloat16()
     layer = edkm.Layer(rt, shape, bits=3, group_size=group)
     layer.init_centroids(et.tensor_as_numpy(w_cpu)[0], dtype="bf16")  # setup, not part of the step
@@ -84,6 +99,7 @@ def run_tensor(name, shape, group, device, rt, repeat):
     best = None
     for _ in range(repeat):
         link.reset_counters()
+        w.grad = None
         sync(device)
         t0 = time.perf_counter()
         y = step(w, g, layer, link)
@@ -93,6 +109,7 @@ def run_tensor(name, shape, group, device, rt, repeat):
             best = (total, link.host_seconds, link.bytes_to_host + link.bytes_to_device)
         del y
     results = 2 * 2 * n  # w~ and dL/dw, bf16
+    w.grad = None  # freed before the measurement: the peak counts only what the step allocates
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -113,7 +130,7 @@ def run_tensor(name, shape, group, device, rt, repeat):
 
 def buffer_seconds(name, shape, group, rt, repeat):
     """Best step time of the buffer form (libedkm does all of it) on a CPU tensor."""
-    gen = torch.Generator().manual_seed(hash(name) % 1000)
+    gen = torch.Generator().manual_seed(list(SHAPES).index(name))
     w = (torch.randn(shape, generator=gen) * 0.02).bfloat16().requires_grad_(True)
     g = (torch.randn(shape, generator=gen) * 1e-3).bfloat16()
     layer = edkm.Layer(rt, shape, bits=3, group_size=group)
@@ -134,6 +151,10 @@ def mb(b):
 
 
 def main():
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc: every allocation over 128 KiB mmap'ed and unmapped on free (no dynamic threshold),
+        # so that the resident set follows the live CPU tensors; re-run with that setting
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N, mps)")
     ap.add_argument("--layers", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
