@@ -6,7 +6,7 @@
 /// Per partition p with distinct keys u_m (ascending) and counts n_m (m < U_p <= 65,536):
 /// forward f_m = sum_j A^{T-1}_mj c^T_j (the soft value of key m); backward, given
 /// G_m = sum over the elements of key m of dL/dw~, the per-key tables h and r with
-/// dL/dw_i = g_i h[m_i] + r[m_i] (docs/device-split.md, DESIGN section 6).
+/// dL/dw_i = g_i h[m_i] + r[m_i] (docs/device-split.md).
 
 /// The U-level result of a uniquified forward.
 struct HistogramCoreRun {
