@@ -124,6 +124,12 @@ class HostLink:
         return buf[:n]
 
 
+def _wide(device):
+    """The accumulation dtype on `device`: float64, except on MPS, which has none (float32 there:
+    gradient sums then carry float32 rounding, about 1e-7 relative per addition)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class _Segment:
     """Elements [start, stop) of the flat weights: `parts` whole partitions from `first`, or a
     piece of partition `first` (parts == 1, piece == True)."""
@@ -183,7 +189,7 @@ class _Plan:
         for seg in self.segments:
             self.batch_parts.setdefault(seg.batch, (seg.first, seg.parts))
         for b in sorted(tables):
-            t = tables[b].to(torch.float64)
+            t = tables[b]  # int64 counts: exact, and all-reducible by NCCL and gloo
             if group is not None:
                 import torch.distributed as dist
 
@@ -301,7 +307,7 @@ class DeviceDKMFunction(torch.autograd.Function):
         sums = {}
         for seg in plan.segments:
             idx = _keys(flat, seg, plan.key_torch)
-            part = torch.bincount(idx, weights=g[seg.start:seg.stop].to(torch.float64), minlength=seg.parts * 65536)
+            part = torch.bincount(idx, weights=g[seg.start:seg.stop].to(_wide(weight.device)), minlength=seg.parts * 65536)
             sums[seg.batch] = part if seg.batch not in sums else sums[seg.batch] + part
         G = torch.cat([sums[b][nz] for b, nz in zip(plan.batches, plan.nonzero)])
         if ctx.group is not None:
@@ -314,20 +320,21 @@ class DeviceDKMFunction(torch.autograd.Function):
             h_np = link.numpy_scratch("h", plan.total, np.float64)
             r_np = link.numpy_scratch("r", plan.total, np.float64)
             t0 = time.perf_counter()
-            state.backward(G_host.numpy(), h=h_np, r=r_np)
+            state.backward(G_host.numpy().astype(np.float64, copy=False), h=h_np, r=r_np)
             link.host_seconds += time.perf_counter() - t0
         finally:
             state.close()
         hr = link.numpy_scratch("hr", 2 * plan.total, np.float32)
         hr[:plan.total] = h_np
         hr[plan.total:] = r_np
-        hr_dev = link.to_device("hr", hr, weight.device, torch.float32).to(torch.float64)
-        h_tables = plan.scatter(hr_dev[:plan.total], torch.float64)
-        r_tables = plan.scatter(hr_dev[plan.total:], torch.float64)
+        wide = _wide(weight.device)
+        hr_dev = link.to_device("hr", hr, weight.device, torch.float32).to(wide)
+        h_tables = plan.scatter(hr_dev[:plan.total], wide)
+        r_tables = plan.scatter(hr_dev[plan.total:], wide)
         grad_in = torch.empty(flat.numel(), dtype=weight.dtype, device=weight.device)
         for seg in plan.segments:
             idx = _keys(flat, seg, plan.key_torch)
-            gs = g[seg.start:seg.stop].to(torch.float64)
+            gs = g[seg.start:seg.stop].to(wide)
             # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
             grad_in[seg.start:seg.stop] = (gs * h_tables[seg.batch][idx] + r_tables[seg.batch][idx]).to(torch.float32)
         return grad_in.view_as(weight), None, None, None
