@@ -170,35 +170,55 @@ def _keys(flat, seg, key_torch):
     return k
 
 
+class _Batch:
+    """Partitions [first, first + parts) whose 65,536-entry tables are built together, the
+    segments that cover them, and (after the histogram) their nonzero table entries."""
+
+    __slots__ = ("first", "parts", "segments", "nonzero", "span")
+
+    def __init__(self, first, parts):
+        self.first, self.parts, self.segments, self.nonzero, self.span = first, parts, [], None, None
+
+    def table(self, values, dtype, device):
+        """A dense (parts x 65,536) table holding `values` (this batch's U entries) at its keys;
+        one batch's table lives at a time."""
+        t = torch.zeros(self.parts * 65536, dtype=dtype, device=device)
+        t[self.nonzero] = values[self.span]
+        return t
+
+
 class _Plan:
-    """The forward's histogram on the device: per batch, the nonzero table entries (U_b), kept for
-    the gathers of the backward."""
+    """The forward's histogram on the device, batch by batch: per batch, the nonzero table entries
+    (U_b, kept for the gathers of the backward); keys, counts and offsets of all partitions."""
 
     def __init__(self, flat, partitions, key_dtype, chunk, group, count_limit):
-        self.segments = _segments(flat.numel(), partitions, chunk)
         self.key_torch = _KEY_TORCH[key_dtype]
-        self.partitions = partitions
-        device = flat.device
-        tables = {}
-        for seg in self.segments:
-            idx = _keys(flat, seg, self.key_torch)
-            counts = torch.bincount(idx, minlength=seg.parts * 65536)
-            tables[seg.batch] = counts if seg.batch not in tables else tables[seg.batch] + counts
-        self.nonzero, self.first, counts_list = [], [], []
-        self.batch_parts = {}
-        for seg in self.segments:
-            self.batch_parts.setdefault(seg.batch, (seg.first, seg.parts))
-        for b in sorted(tables):
-            t = tables[b]  # int64 counts: exact, and all-reducible by NCCL and gloo
+        self.device = device = flat.device
+        self.batches = []
+        for seg in _segments(flat.numel(), partitions, chunk):
+            if seg.batch == len(self.batches):  # batches are numbered in order, from 0
+                self.batches.append(_Batch(seg.first, seg.parts))
+            self.batches[-1].segments.append(seg)
+        counts_list, located = [], []
+        lo = 0
+        for batch in self.batches:
+            t = None
+            for seg in batch.segments:
+                c = torch.bincount(_keys(flat, seg, self.key_torch), minlength=batch.parts * 65536)
+                t = c if t is None else t.add_(c)
+            # int64 counts: exact, and all-reducible by NCCL and gloo
             if group is not None:
                 import torch.distributed as dist
 
                 dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-            nz = torch.nonzero(t).squeeze(1)
-            self.nonzero.append(nz)
-            counts_list.append(t[nz])
-        self.device = device
-        nz_all = torch.cat([nz + self.batch_parts[b][0] * 65536 for b, nz in zip(sorted(tables), self.nonzero)])
+            batch.nonzero = torch.nonzero(t).squeeze(1)
+            batch.span = slice(lo, lo + batch.nonzero.numel())
+            lo = batch.span.stop
+            counts_list.append(t[batch.nonzero])
+            located.append(batch.nonzero + batch.first * 65536)
+            del t
+        self.total = lo
+        nz_all = torch.cat(located)
         keys = nz_all & 0xFFFF  # ascending within each partition
         self.keys = torch.where(keys >= 32768, keys - 65536, keys).to(torch.int16)  # the uint16 bits, as int16
         counts = torch.cat(counts_list)
@@ -206,26 +226,6 @@ class _Plan:
         self.counts = counts.to(torch.int32) if count_limit < 2**31 else counts
         per_partition = torch.bincount(nz_all // 65536, minlength=partitions)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), per_partition.cumsum(0)])
-        self.sizes = [nz.numel() for nz in self.nonzero]
-        self.total = sum(self.sizes)
-        self.batches = sorted(tables)
-
-    def batch_slices(self):
-        """(batch, U slice of the concatenated tables)."""
-        lo = 0
-        for b, n in zip(self.batches, self.sizes):
-            yield b, slice(lo, lo + n)
-            lo += n
-
-    def scatter(self, values, fill_dtype):
-        """Per batch, a dense (parts x 65,536) table holding `values` (U, on the device) at its keys."""
-        tables = {}
-        for (b, sl), nz in zip(self.batch_slices(), self.nonzero):
-            parts = self.batch_parts[b][1]
-            t = torch.zeros(parts * 65536, dtype=fill_dtype, device=self.device)
-            t[nz] = values[sl]
-            tables[b] = t
-        return tables
 
 
 def _check_weight(weight, layer):
@@ -283,10 +283,12 @@ class DeviceDKMFunction(torch.autograd.Function):
         else:
             soft_w = soft32
         soft_dev = link.to_device("soft", soft_w, weight.device, weight.dtype)
-        tables = plan.scatter(soft_dev, weight.dtype)
         out = torch.empty_like(flat)
-        for seg in plan.segments:
-            out[seg.start:seg.stop] = tables[seg.batch][_keys(flat, seg, plan.key_torch)]
+        for batch in plan.batches:
+            table = batch.table(soft_dev, weight.dtype, weight.device)
+            for seg in batch.segments:
+                out[seg.start:seg.stop] = table[_keys(flat, seg, plan.key_torch)]
+            del table
         ctx.plan, ctx.state, ctx.link, ctx.group = plan, state, link, group
         if save:
             ctx.save_for_backward(weight)
@@ -304,12 +306,16 @@ class DeviceDKMFunction(torch.autograd.Function):
         if grad_out.device != weight.device:
             raise ValueError(f"edkm: grad_output is on {grad_out.device}, the weight on {weight.device}")
         g = grad_out.reshape(-1)
-        sums = {}
-        for seg in plan.segments:
-            idx = _keys(flat, seg, plan.key_torch)
-            part = torch.bincount(idx, weights=g[seg.start:seg.stop].to(_wide(weight.device)), minlength=seg.parts * 65536)
-            sums[seg.batch] = part if seg.batch not in sums else sums[seg.batch] + part
-        G = torch.cat([sums[b][nz] for b, nz in zip(plan.batches, plan.nonzero)])
+        sums = []
+        for batch in plan.batches:
+            acc = None
+            for seg in batch.segments:
+                part = torch.bincount(_keys(flat, seg, plan.key_torch), weights=g[seg.start:seg.stop].to(_wide(weight.device)),
+                                      minlength=batch.parts * 65536)
+                acc = part if acc is None else acc.add_(part)
+            sums.append(acc[batch.nonzero])
+            del acc
+        G = torch.cat(sums)
         if ctx.group is not None:
             import torch.distributed as dist
 
@@ -329,14 +335,16 @@ class DeviceDKMFunction(torch.autograd.Function):
         hr[plan.total:] = r_np
         wide = _wide(weight.device)
         hr_dev = link.to_device("hr", hr, weight.device, torch.float32).to(wide)
-        h_tables = plan.scatter(hr_dev[:plan.total], wide)
-        r_tables = plan.scatter(hr_dev[plan.total:], wide)
+        h_all, r_all = hr_dev[:plan.total], hr_dev[plan.total:]
         grad_in = torch.empty(flat.numel(), dtype=weight.dtype, device=weight.device)
-        for seg in plan.segments:
-            idx = _keys(flat, seg, plan.key_torch)
-            gs = g[seg.start:seg.stop].to(wide)
-            # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
-            grad_in[seg.start:seg.stop] = (gs * h_tables[seg.batch][idx] + r_tables[seg.batch][idx]).to(torch.float32)
+        for batch in plan.batches:
+            h_table, r_table = batch.table(h_all, wide, weight.device), batch.table(r_all, wide, weight.device)
+            for seg in batch.segments:
+                idx = _keys(flat, seg, plan.key_torch)
+                gs = g[seg.start:seg.stop].to(wide)
+                # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
+                grad_in[seg.start:seg.stop] = (gs * h_table[idx] + r_table[idx]).to(torch.float32)
+            del h_table, r_table
         return grad_in.view_as(weight), None, None, None
 
 
