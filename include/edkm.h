@@ -65,11 +65,13 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 2
+#define EDKM_VERSION_MINOR 3
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 200 for 0.2.0.
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 300 for 0.3.0.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
- *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE. */
+ *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
+ *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
+ *  trainers whose weights live on a device; nothing else changed. */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's. */
@@ -438,6 +440,95 @@ EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weig
 EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
                                        const uint8_t *packed, size_t packed_bytes,
                                        void *out, edkm_dtype out_dtype, size_t count);
+
+/* ============================ Histogram form (since 0.3) ============================ */
+
+/*
+ * The device split, for trainers whose weights live on a GPU (or anywhere the library cannot
+ * read them). With 16-bit keys (f16/bf16 weights: their bit patterns; f32 weights: the bit
+ * patterns of their f16 or bf16 rounding), everything DKM does that grows with N is one of four
+ * bandwidth-bound passes the trainer runs on its own device, next to the weights:
+ *
+ *     forward   counts = bincount(keys) per partition           -> edkm_layer_forward_histogram
+ *               w~_i = soft_values[slot of key_i]                <- (a gather)
+ *     backward  G = bincount(keys, weights = dL/dw~) per key     -> edkm_saved_state_backward_histogram
+ *               dL/dw_i = g_i h[slot of key_i] + r[slot of key_i] <- (two gathers)
+ *
+ * Everything else (the O(U k T) soft k-means, its reverse mode, the saved state) is U-sized,
+ * U <= 65,536 per partition, and runs here: per step only the histograms and the per-key tables
+ * cross to the host (a few hundred kilobytes per tensor), never the weights. The results are
+ * those of edkm_layer_forward / edkm_saved_state_backward on the uniquified algorithm (same
+ * temperature modes, early stop, statistics): gathering soft_values back to the weights and
+ * rounding each value to float then to the weights' dtype gives the buffer forward's out
+ * bit for bit; g_i h + r (float64) is the buffer backward's gradient before its float32 rounding.
+ *
+ * Data parallelism: a trainer whose ranks hold slices of one tensor (FSDP / ZeRO-3) sums the
+ * counts and the gradient sums over its ranks itself (all-reduce with NCCL, MPI, gloo: 65,536
+ * counts per partition, then U sums) before these calls; every rank then gets the same
+ * centroids and tables (no communicator is involved). Ranks that each hold the whole tensor
+ * (plain data parallelism) pass their own counts and gradient sums unreduced: r is linear in G,
+ * so averaging the resulting weight gradients over the ranks, as the trainer does anyway, is
+ * exact.
+ */
+
+/**
+ * Training forward of the histogram form (since 0.3).
+ *
+ * Layout: the layer's P = edkm_layer_centroid_count / (2^bits) LUT partitions (1 per tensor,
+ * shape[0] / group_size with groups), each with its own histogram, concatenated:
+ * partition p owns entries partition_offsets[p] ..< partition_offsets[p + 1] of keys, counts
+ * and soft_values; partition_offsets has partitions + 1 entries, partition_offsets[0] = 0, and
+ * total U = partition_offsets[partitions].
+ * - key_dtype: EDKM_DTYPE_F16 or EDKM_DTYPE_BF16, the type the keys are bit patterns of (else
+ *   EDKM_ERR_DTYPE).
+ * - keys: per partition its distinct keys, strictly increasing as unsigned 16-bit integers (as
+ *   bincount's nonzero bins come out); each a finite value of key_dtype (+0 and -0 are distinct
+ *   keys). Duplicates or disorder: EDKM_ERR_INVALID_ARGUMENT; a NaN/Inf key: EDKM_ERR_NON_FINITE.
+ * - counts: how many of the partition's elements have each key, whole numbers >= 1 as doubles
+ *   (exact up to 2^53; what an all-reduce in float64 sums); NaN/Inf: EDKM_ERR_NON_FINITE;
+ *   zero, negative or fractional: EDKM_ERR_INVALID_ARGUMENT; a partition's counts must add up
+ *   to its element count (N / P) or EDKM_ERR_SHAPE.
+ * - partitions must equal the layer's P, and every partition must have 1 ..= 65,536 keys
+ *   (EDKM_ERR_SHAPE otherwise).
+ * - soft_values: total U doubles, written with f_m = sum_j A^{T-1}_mj c^T_j, the soft value of
+ *   each key (same order as keys).
+ * - saved: NULL = nothing kept; otherwise *saved receives a saved state for
+ *   edkm_saved_state_backward_histogram (not edkm_saved_state_backward). It holds only U-sized
+ *   data in the runtime's arena whatever the saved_mode: every iteration's centroids and
+ *   normalisers, the keys and counts (6 bytes per key), and under EDKM_SAVED_UNIQUIFY/SHARD the
+ *   U x k softmax and distance tables (8 k bytes per key per iteration) as the buffer form keeps
+ *   them; edkm_saved_state_bytes reports the total.
+ * The layer must have cluster_dim 1 and an algorithm other than EDKM_ALGORITHM_DENSE
+ * (EDKM_ERR_INVALID_ARGUMENT). A layer without centroids is initialised by optimal 1-D k-means
+ * on the histogram (whatever cfg->init says; set or init the centroids first for another start).
+ * The layer's centroids become c^T and edkm_layer_get_stats reports the forward as the buffer
+ * form does (distinct_values = total U, algorithm = EDKM_ALGORITHM_UNIQUIFIED).
+ * Other statuses: EDKM_ERR_NULL_POINTER (layer, keys, counts, partition_offsets or soft_values
+ * NULL), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
+ * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR. On any failure nothing is written, the layer is
+ * unchanged and the arena holds what it held before.
+ */
+EDKM_API edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype key_dtype,
+                                                  const uint16_t *keys, const double *counts,
+                                                  const size_t *partition_offsets, size_t partitions,
+                                                  double *soft_values, edkm_saved_state **saved);
+
+/**
+ * Backward of the histogram form (since 0.3). grad_sums: count doubles, count = the forward's
+ * total U, in the forward's key order: G_m = the sum of dL/dw~_i over the elements i of key m
+ * (after any all-reduce, see above). Writes h and r (count doubles each) such that
+ *
+ *     dL/dw_i = g_i * h[m_i] + r[m_i]       (g_i = dL/dw~_i, m_i = the slot of w_i's key)
+ *
+ * through every DKM iteration (no gradient to the initial centroids); h does not depend on G.
+ * Statuses: EDKM_ERR_NULL_POINTER (a NULL argument), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_BUSY,
+ * EDKM_ERR_SHAPE (count is not the forward's total U), EDKM_ERR_NON_FINITE (a NaN/Inf sum: the
+ * state stays usable), EDKM_ERR_STATE (backward already ran, or the state came from a buffer
+ * forward). On failure nothing is written. edkm_saved_state_backward on a state of this form
+ * gives EDKM_ERR_STATE. Release the state with edkm_saved_state_destroy.
+ */
+EDKM_API edkm_status edkm_saved_state_backward_histogram(edkm_saved_state *state, const double *grad_sums,
+                                                         size_t count, double *h, double *r);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -56,14 +56,7 @@ extension Layer {
                 run = try forwardDense(weights, type: type, initial: c0, save: save)
             }
             let entropy = run.writeOutput(output, outputType)
-            centroids = run.traces.map { $0.centroids[$0.iterations].map { Float($0) } }
-            stats.forwards += 1
-            stats.iterations = run.traces.map(\.iterations).max() ?? 0
-            stats.inertia = run.traces.reduce(0) { $0 + $1.inertia }
-            stats.distinctValues = run.distinctValues
-            stats.algorithm = algorithm
-            stats.effectiveTau = run.traces.reduce(0) { $0 + $1.parameters.tau } / Double(run.traces.count)
-            stats.attentionEntropy = entropy / Double(geometry.partitions * geometry.vectorsPerPartition)
+            recordForward(run.traces, distinctValues: run.distinctValues, algorithm: algorithm, entropy: entropy)
             return run.saved
         }
     }
@@ -98,7 +91,7 @@ extension Layer {
         return parameters
     }
 
-    private func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
+    func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
         let encoded = SavedState.encodeTraces(traces)
         let result = encoded.withUnsafeBytes { b in
             Result { () throws(EDKMError) in
@@ -109,7 +102,7 @@ extension Layer {
         return try result.get()
     }
 
-    private func saveArray<T>(_ array: [T], tag: String) throws(EDKMError) -> SavedTensor {
+    func saveArray<T>(_ array: [T], tag: String) throws(EDKMError) -> SavedTensor {
         let result = array.withUnsafeBytes { b in
             Result { () throws(EDKMError) in
                 try runtime.store.save(b.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!, byteCount: b.count, tag: tag,
@@ -125,7 +118,7 @@ extension Layer {
                                    save: Bool) throws(EDKMError) -> ForwardRun {
         let mode = runtime.options.savedMode
         let pool = runtime.pool
-        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k
+        let P = geometry.partitions, E = geometry.elementsPerPartition
         let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
         let (hists, keysHash) = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
                                                      hashing: save && type.is16Bit)
@@ -137,37 +130,11 @@ extension Layer {
                 throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
             }
         }
-        let rows: [any RowBlocks] = hists.map { h in
-            let values = DoubleBuffer(zeros: h.distinctCount)
-            let counts = DoubleBuffer(zeros: h.distinctCount)
-            for m in 0..<h.distinctCount {
-                values[m] = ElementIO.keyValue(h.keys[m], type: keys.keyType)
-                counts[m] = Double(h.counts[m])
-            }
-            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
-        }
-        var rowOffset = [Int](repeating: 0, count: P + 1)
-        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
-        let totalU = rowOffset[P]
-        let parameters = try effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
-        let keepTables = save && (mode == .uniquify || mode == .shard)
-        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
+        let core = try histogramCore(hists, keyType: keys.keyType, initial: initial,
+                                     keepTables: save && (mode == .uniquify || mode == .shard))
+        let traces = core.traces, f = core.softValues, totalU = core.distinctValues
+        let entropy = core.entropy
         let store = runtime.store
-        var traces = try engine.iterate(
-            rows, initial: initial, parameters: parameters,
-            prepare: keepTables ? { (_: Int) throws(EDKMError) in
-                dMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
-                sMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
-            } : nil,
-            mapSink: keepTables ? { p, t, start, _ in
-                (dMaps.pointers[t] + (rowOffset[p] + start) * k, sMaps.pointers[t] + (rowOffset[p] + start) * k)
-            } : nil)
-        // f_m per partition.
-        let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
-        engine.output(rows, traces: &traces) { p, start, count, values in
-            (f[p].pointer + start).update(from: values, count: count)
-        }
-        let entropy = traces.reduce(0) { $0 + $1.entropySum }
         var saved: SavedState? = nil
         if save {
             let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .uniquified,
@@ -175,11 +142,7 @@ extension Layer {
                                    weightsHash: type.is16Bit ? keysHash
                                        : ContentHash.hash(weights, count: geometry.count * type.byteWidth, pool: pool),
                                    traces: try saveTraces(traces, inArena: true))
-            state.distinctCounts = hists.map(\.distinctCount)
-            state.histogramKeys = try saveArray(hists.flatMap(\.keys), tag: "keys")
-            state.histogramCounts = try saveArray(hists.flatMap(\.counts), tag: "counts")
-            state.distanceMaps = dMaps.items
-            state.softmaxMaps = sMaps.items
+            try attachHistograms(state, hists, core)
             switch mode {
             case .uniquify, .shard:
                 let index = try HeapAllocation.allocate(UInt16.self, count: geometry.count, for: "the index list")

@@ -8,6 +8,9 @@ extension SavedState {
                          count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
         try exclusive { () throws(EDKMError) in
             guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
+            guard !isHistogramForm else {
+                throw EDKMError(.state, "this saved state comes from a histogram forward: use edkm_saved_state_backward_histogram")
+            }
             if let slice = weightShard {
                 guard count == slice.count else {
                     throw EDKMError(.shape, "expected this rank's \(slice.count) gradient elements, got \(sizeText(count))")
@@ -57,16 +60,8 @@ extension SavedState {
     private func backwardUniquified(_ traces: [PartitionTrace], _ grad: UnsafeRawPointer, _ out: UnsafeMutableRawPointer,
                                     _ gradType: ElementType, _ weights: UnsafeRawPointer?) throws(EDKMError) {
         let pool = runtime.pool
-        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, N = geometry.count
+        let P = geometry.partitions, E = geometry.elementsPerPartition, N = geometry.count
         let hists = decodeHistograms()
-        let rows: [any RowBlocks] = hists.map { h in
-            let values = DoubleBuffer(zeros: h.distinctCount), counts = DoubleBuffer(zeros: h.distinctCount)
-            for m in 0..<h.distinctCount {
-                values[m] = ElementIO.keyValue(h.keys[m], type: keyType)
-                counts[m] = Double(h.counts[m])
-            }
-            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
-        }
         // The key of every element: the weights' own, a kept copy, the index list or its shards.
         var keyHolder: WeightKeys? = nil
         var gathered: UnsafeMutablePointer<UInt16>? = nil
@@ -100,14 +95,7 @@ extension SavedState {
         if G.contains(where: { g in (0..<g.count).contains { !g[$0].isFinite } }) {
             try rejectNonFiniteGradients(grad, gradType)
         }
-        var rowOffset = [Int](repeating: 0, count: P + 1)
-        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
-        let sPointers = softmaxMaps.map { $0.typed(Float.self) }
-        let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
-            UnsafePointer(sPointers[t] + (rowOffset[p] + start) * k)
-        }
-        let results = try engine.backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
-                                      savedSoftmax: saved)
+        let results = try histogramAdjoints(traces, hists, gradientSums: G)
         KeyPasses.gradients(keys, partitions: P, elementsPerPartition: E, pool: pool, grad: grad, output: out,
                             type: gradType) { p, table in
             for (m, slot) in slots[p].enumerated() {

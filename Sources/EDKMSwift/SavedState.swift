@@ -36,6 +36,8 @@ public final class SavedState: @unchecked Sendable {
     var shardLength = 0
     /// Sharded weights: the slice of the tensor this rank's forward saw (nil = the whole tensor).
     var weightShard: Range<Int>? = nil
+    /// Made by the histogram form (`Layer.forwardHistogram`): only its histogram backward applies.
+    var isHistogramForm = false
 
     private var consumed = false
     private let busy = Atomic<Bool>(false)

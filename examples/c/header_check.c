@@ -697,6 +697,60 @@ int main(void) {
     edkm_layer_destroy(l2);
     edkm_runtime_destroy(rt2);
 
+    /* ============ histogram form (since 0.3) ============ */
+    {
+        /* 64 elements of one partition: four f16 keys, 16 each */
+        const uint16_t hkeys[4] = {0x2000, 0x2400, 0x2800, 0x3000}, badkeys[4] = {0x2000, 0x2400, 0x2400, 0x3000};
+        const uint16_t nankeys[4] = {0x2000, 0x2400, 0x2800, 0x7e00};
+        const double hcounts[4] = {16, 16, 16, 16}, short_counts[4] = {16, 16, 16, 15};
+        const double frac_counts[4] = {16.5, 15.5, 16, 16}, gsums[4] = {0.5, -1, 2, 0.25};
+        double nan_counts[4] = {16, 16, 16, 16}, soft[4], hh[4], rr[4];
+        const size_t offs[2] = {0, 4}, big_offs[2] = {0, 65537};
+        edkm_saved_state *hs = NULL;
+        int untouched = 1;
+        nan_counts[1] = NAN;
+        for (i = 0; i < 4; ++i) soft[i] = 777.0;
+        expect(edkm_runtime_create(NULL, &rt2), EDKM_OK, "runtime_create (histogram form)");
+        expect(edkm_layer_create(rt2, NULL, shape, 2, &l2), EDKM_OK, "layer_create");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, NULL, hcounts, offs, 1, soft, &hs), EDKM_ERR_NULL_POINTER,
+               "layer_forward_histogram(NULL keys)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F32, hkeys, hcounts, offs, 1, soft, &hs), EDKM_ERR_DTYPE,
+               "layer_forward_histogram(f32 keys)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, hcounts, offs, 2, soft, &hs), EDKM_ERR_SHAPE,
+               "layer_forward_histogram(2 partitions for a per-tensor layer)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, hcounts, big_offs, 1, soft, &hs), EDKM_ERR_SHAPE,
+               "layer_forward_histogram(U > 65,536)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, badkeys, hcounts, offs, 1, soft, &hs),
+               EDKM_ERR_INVALID_ARGUMENT, "layer_forward_histogram(duplicate keys)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, nankeys, hcounts, offs, 1, soft, &hs), EDKM_ERR_NON_FINITE,
+               "layer_forward_histogram(NaN key)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, nan_counts, offs, 1, soft, &hs), EDKM_ERR_NON_FINITE,
+               "layer_forward_histogram(NaN count)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, frac_counts, offs, 1, soft, &hs),
+               EDKM_ERR_INVALID_ARGUMENT, "layer_forward_histogram(fractional counts)");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, short_counts, offs, 1, soft, &hs), EDKM_ERR_SHAPE,
+               "layer_forward_histogram(counts add up to 63 of 64)");
+        for (i = 0; i < 4; ++i) untouched &= soft[i] == 777.0;
+        check(untouched && hs == NULL, "failed histogram forwards write nothing");
+        expect(edkm_layer_forward_histogram(l2, EDKM_DTYPE_F16, hkeys, hcounts, offs, 1, soft, &hs), EDKM_OK,
+               "layer_forward_histogram");
+        expect(edkm_saved_state_bytes(hs, &bytes), EDKM_OK, "saved_state_bytes (histogram form)");
+        sprintf(buf, "%llu bytes", (unsigned long long)bytes);
+        report(bytes > 0 && bytes < 4096, "histogram-form saved state is U-sized", buf);
+        expect(edkm_saved_state_backward(hs, grad, gin, EDKM_DTYPE_F32, N, NULL), EDKM_ERR_STATE,
+               "saved_state_backward on a histogram-form state");
+        expect(edkm_saved_state_backward_histogram(hs, gsums, 3, hh, rr), EDKM_ERR_SHAPE,
+               "saved_state_backward_histogram(count 3 of 4)");
+        expect(edkm_saved_state_backward_histogram(hs, nan_counts, 4, hh, rr), EDKM_ERR_NON_FINITE,
+               "saved_state_backward_histogram(NaN sum)");
+        expect(edkm_saved_state_backward_histogram(hs, gsums, 4, hh, rr), EDKM_OK, "saved_state_backward_histogram");
+        expect(edkm_saved_state_backward_histogram(hs, gsums, 4, hh, rr), EDKM_ERR_STATE,
+               "saved_state_backward_histogram twice");
+        edkm_saved_state_destroy(hs);
+        edkm_layer_destroy(l2);
+        edkm_runtime_destroy(rt2);
+    }
+
     /* ============ double destroy (the registry must reject it) ============ */
     printf("     (double destroy of a layer and a saved state: the registry must make them no-ops)\n");
     fflush(stdout);

@@ -21,6 +21,7 @@ from .core import (
     Communicator,
     DType,
     EdkmError,
+    HistogramState,
     Init,
     Layer,
     LayerStats,
@@ -35,7 +36,7 @@ from .core import (
     unpack_labels,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 if "edkm_version_number" not in _ffi.missing_symbols:
     _lib_major = _ffi.edkm_version_number() // 10000
@@ -52,6 +53,7 @@ __all__ = [
     "Communicator",
     "DType",
     "EdkmError",
+    "HistogramState",
     "Init",
     "Layer",
     "LayerStats",

@@ -33,6 +33,7 @@ from ctypes import (
     c_int64,
     c_size_t,
     c_uint8,
+    c_uint16,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -41,9 +42,9 @@ from pathlib import Path
 
 # ============================ Version ============================
 
-# #define EDKM_VERSION_MAJOR 0 / MINOR 2 / PATCH 0: the header this binding mirrors.
+# #define EDKM_VERSION_MAJOR 0 / MINOR 3 / PATCH 0: the header this binding mirrors.
 EDKM_VERSION_MAJOR = 0
-EDKM_VERSION_MINOR = 2
+EDKM_VERSION_MINOR = 3
 EDKM_VERSION_PATCH = 0
 EDKM_VERSION_NUMBER = EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH
 
@@ -300,6 +301,23 @@ PROTOTYPES = {
     "edkm_layer_unpack": (
         edkm_status,
         [edkm_layer_p, c_void_p, edkm_dtype, POINTER(c_uint8), c_size_t, c_void_p, edkm_dtype, c_size_t],
+    ),
+    # (since 0.3)
+    # edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype key_dtype,
+    #                                          const uint16_t *keys, const double *counts,
+    #                                          const size_t *partition_offsets, size_t partitions,
+    #                                          double *soft_values, edkm_saved_state **saved);
+    "edkm_layer_forward_histogram": (
+        edkm_status,
+        [edkm_layer_p, edkm_dtype, POINTER(c_uint16), POINTER(c_double), POINTER(c_size_t), c_size_t, POINTER(c_double),
+         POINTER(edkm_saved_state_p)],
+    ),
+    # (since 0.3)
+    # edkm_status edkm_saved_state_backward_histogram(edkm_saved_state *state, const double *grad_sums,
+    #                                                 size_t count, double *h, double *r);
+    "edkm_saved_state_backward_histogram": (
+        edkm_status,
+        [edkm_saved_state_p, POINTER(c_double), c_size_t, POINTER(c_double), POINTER(c_double)],
     ),
 }
 

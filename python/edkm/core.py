@@ -697,6 +697,54 @@ class Layer(_Handle):
             return out
         return out, SavedState(saved, self._runtime, code, weights.size, weights.shape)
 
+    def forward_histogram(self, keys, counts, offsets=None, key_dtype="f16", *, save=True, out=None):
+        """The histogram form (edkm_layer_forward_histogram, the device split's host half).
+
+        keys: uint16 array, per LUT partition its distinct keys (bit patterns of key_dtype, 'f16'
+        or 'bf16'), strictly increasing, partitions concatenated; counts: float64 array of the
+        same length (whole numbers adding up to each partition's element count); offsets: the
+        groups + 1 partition offsets into keys (None: one partition). out: an optional float64
+        array of len(keys) for the soft values. Returns (soft_values, HistogramState) with save,
+        soft_values alone without."""
+        kcode = _resolve_dtype(key_dtype, "key_dtype")
+        keys = np.asarray(keys)
+        counts = np.asarray(counts)
+        if keys.dtype != np.uint16:
+            raise TypeError(f"keys must be uint16 bit patterns, got {keys.dtype}")
+        if counts.dtype != np.float64:
+            raise TypeError(f"counts must be float64, got {counts.dtype}")
+        offsets = np.asarray([0, keys.size] if offsets is None else offsets)
+        if offsets.dtype.kind not in "iu" or offsets.ndim != 1 or offsets.size < 2:
+            raise TypeError("offsets must be a 1-D integer array of groups + 1 entries")
+        if (offsets < 0).any():
+            raise ValueError("offsets must be non-negative")
+        offsets = np.ascontiguousarray(offsets, dtype=np.uintp)
+        for arr, name in ((keys, "keys"), (counts, "counts")):
+            _check_layout(arr, name)
+            if arr.ndim != 1:
+                raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        if keys.size != counts.size:
+            raise ValueError(f"keys has {keys.size} entries, counts {counts.size}")
+        total = int(offsets[-1])
+        if total != keys.size or int(offsets.max()) > keys.size:  # the library reads offsets[-1] entries
+            raise ValueError(f"offsets end at {total} (max {int(offsets.max())}), keys has {keys.size} entries")
+        if out is None:
+            out = np.empty(keys.size, np.float64)
+        else:
+            _check_layout(out, "out", writable=True)
+            if out.dtype != np.float64 or out.size != keys.size:
+                raise ValueError(f"out must be float64 with {keys.size} entries, got {out.dtype} {out.size}")
+        saved = _ffi.edkm_saved_state_p() if save else None
+        status = _ffi.edkm_layer_forward_histogram(self._handle(), kcode, keys.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)),
+                                                   counts.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                                                   offsets.ctypes.data_as(ctypes.POINTER(ctypes.c_size_t)), offsets.size - 1,
+                                                   out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                                                   byref(saved) if save else None)
+        _check(status, "edkm_layer_forward_histogram", self._comm())
+        if not save:
+            return out
+        return out, HistogramState(saved, self._runtime, keys.size)
+
     def stats(self):
         """LayerStats of the last forward."""
         s = _ffi.edkm_layer_stats()
@@ -834,6 +882,52 @@ class SavedState(_Handle):
 
     def __repr__(self):
         return f"<edkm.SavedState {'closed' if self.closed else f'shape={self.shape}'}>"
+
+
+class HistogramState(_Handle):
+    """What a histogram-form forward keeps (U-sized data in the arena). One backward; close() frees."""
+
+    _destroy_name = "edkm_saved_state_destroy"
+    _kind = "HistogramState"
+
+    def __init__(self, handle, runtime, count):
+        super().__init__()
+        self._h = handle
+        self._runtime = runtime
+        self.count = count  # the forward's total distinct keys U
+
+    @property
+    def nbytes(self):
+        """Bytes this saved state holds in the arena."""
+        b = c_uint64()
+        _check(_ffi.edkm_saved_state_bytes(self._handle(), byref(b)), "edkm_saved_state_bytes")
+        return b.value
+
+    def backward(self, grad_sums, *, h=None, r=None):
+        """(h, r): float64 per-key tables with dL/dw_i = g_i h[key_i] + r[key_i], from grad_sums
+        (float64, U entries: the upstream gradient summed per key, in the forward's key order).
+        h and r: optional float64 output arrays of U entries."""
+        grad_sums = np.asarray(grad_sums)
+        if grad_sums.dtype != np.float64:
+            raise TypeError(f"grad_sums must be float64, got {grad_sums.dtype}")
+        _check_layout(grad_sums, "grad_sums")
+        outs = []
+        for arr, name in ((h, "h"), (r, "r")):
+            if arr is None:
+                arr = np.empty(grad_sums.size, np.float64)
+            else:
+                _check_layout(arr, name, writable=True)
+                if arr.dtype != np.float64 or arr.size != grad_sums.size:
+                    raise ValueError(f"{name} must be float64 with {grad_sums.size} entries")
+            outs.append(arr)
+        status = _ffi.edkm_saved_state_backward_histogram(self._handle(), grad_sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                                                          grad_sums.size, outs[0].ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                                                          outs[1].ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        _check(status, "edkm_saved_state_backward_histogram", self._runtime._communicator)
+        return outs[0], outs[1]
+
+    def __repr__(self):
+        return f"<edkm.HistogramState {'closed' if self.closed else f'U={self.count}'}>"
 
 
 # ============================ bf16 helpers (explicit conversions) ============================

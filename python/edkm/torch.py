@@ -1,4 +1,4 @@
-"""edkm.torch: libedkm for PyTorch models (CPU tensors).
+"""edkm.torch: libedkm for PyTorch models (CPU tensors; device tensors through edkm.torch_device).
 
     import edkm.torch as et
     et.palettize(model, bits=4, group_size=0, modules=(nn.Linear,))   # DKM on the chosen weights
@@ -38,12 +38,16 @@ from torch.nn.utils import parametrize as _parametrize
 
 from . import core as _core
 from .core import DType, EdkmError, Layer, Runtime, unpack_labels
+from .torch_device import DeviceDKMFunction, HostLink, device_dkm
 
 __all__ = [
     "DKMFunction",
     "DKMWeight",
     "PalettizedTensor",
     "dkm",
+    "device_dkm",
+    "DeviceDKMFunction",
+    "HostLink",
     "palettize",
     "palettized",
     "finalize",
@@ -224,9 +228,11 @@ class DKMWeight(nn.Module):
     eval mode: the hard palettized weights (each weight replaced by its nearest centroid).
     The centroids (float32, (groups, 2^bits, cluster_dim)) are the buffer `centroids`."""
 
-    def __init__(self, runtime, shape, dtype, layer_options, weight=None):
+    def __init__(self, runtime, shape, dtype, layer_options, weight=None, device_split=None):
         super().__init__()
         self.runtime = runtime
+        self.device_split = device_split
+        self.link = HostLink()
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self.layer_options = dict(layer_options)
@@ -236,7 +242,11 @@ class DKMWeight(nn.Module):
         self._hard_cache = None
         self._forwards = 0
         if weight is not None:
-            w, code = tensor_as_numpy(_contiguous(weight.detach()), "weight")
+            if weight.device.type != "cpu" and self.layer.cluster_dim > 1:
+                raise ValueError(f"edkm: cluster_dim {self.layer.cluster_dim} has no 16-bit value histogram, so it "
+                                 f"cannot run on {weight.device}; palettize vectors on a CPU model")
+            # once, at palettize time: a host copy of a device weight to initialise the centroids
+            w, code = tensor_as_numpy(_contiguous(weight.detach().cpu()), "weight")
             self.layer.init_centroids(w, dtype=code)
             self._pull_centroids()
 
@@ -286,12 +296,25 @@ class DKMWeight(nn.Module):
 
     # -- forward --
 
+    def uses_device_split(self, w):
+        """Whether w takes the device split (torch ops on w's device + the histogram form) rather
+        than the buffer form: always for non-CPU tensors; for CPU tensors when device_split=True
+        (the default, None, keeps the buffer form there: it measured faster, see the README)."""
+        if w.device.type != "cpu":
+            if self.device_split is False:
+                raise ValueError(f"edkm: the weight is on {w.device} and device_split=False; the buffer form needs "
+                                 f"CPU tensors")
+            return True
+        return bool(self.device_split)
+
     def forward(self, w):
         self._check(w)
         self._sync_in()
         if not self.training:
             return self.hard(w)
-        if torch.is_grad_enabled() and w.requires_grad:
+        if self.uses_device_split(w):
+            out = DeviceDKMFunction.apply(w, self.layer, self.link, None)
+        elif torch.is_grad_enabled() and w.requires_grad:
             out = DKMFunction.apply(w, self.layer)
         else:
             wn, code = tensor_as_numpy(_contiguous(w.detach()), "weight")
@@ -304,7 +327,7 @@ class DKMWeight(nn.Module):
         """PalettizedTensor of w with the current centroids (export; the LUT cast to w's dtype)."""
         self._check(w)
         self._sync_in()
-        wn, code = tensor_as_numpy(_contiguous(w.detach()), "weight")
+        wn, code = tensor_as_numpy(_contiguous(w.detach().cpu()), "weight")  # export: a host copy of a device weight
         lut, packed = self.layer.export(wn, "f32", dtype=code)
         lut_t = torch.from_numpy(np.ascontiguousarray(lut).reshape(self.layer.groups, self.layer.k,
                                                                   self.layer.cluster_dim)).to(self.dtype)
@@ -317,7 +340,7 @@ class DKMWeight(nn.Module):
         if self._hard_cache is not None and self._hard_cache[0] == key:
             return self._hard_cache[1]
         with torch.no_grad():
-            out = self.export(w).dense()
+            out = self.export(w).dense().to(w.device)
         self._hard_cache = (key, out)
         return out
 
@@ -335,6 +358,8 @@ class DKMWeight(nn.Module):
         new.shape = self.shape
         new.dtype = self.dtype
         new.layer_options = dict(self.layer_options)
+        new.device_split = self.device_split
+        new.link = HostLink()
         new.training = self.training
         new.layer = Layer(self.runtime, self.shape, **self.layer_options)
         new.register_buffer("centroids", self.centroids.detach().clone())
@@ -402,7 +427,7 @@ def palettized(model):
 
 
 def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEFAULT_MODULES, runtime=None,
-              min_numel=0, tensor_name="weight", **layer_options):
+              min_numel=0, tensor_name="weight", device_split=None, **layer_options):
     """Puts DKM on the weights of the chosen modules (torch.nn.utils.parametrize), in place.
 
     bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
@@ -418,7 +443,11 @@ def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEF
     min_numel: modules whose weight has fewer elements are left alone.
     Weights already palettized are skipped, so palettize may be called again with another filter
     and other options. The centroids are initialised from the weights now (layer init, default the
-    exact 1-D k-means). Returns the model."""
+    exact 1-D k-means). Returns the model.
+    Weights on a device (CUDA, MPS) stay there: the O(N) passes run as torch ops on the device and
+    only U-sized tables cross to libedkm on the host (edkm.torch_device); device_split=True
+    routes CPU weights that way too (the default keeps CPU weights on the buffer form, which
+    measured faster). Vector clustering (cluster_dim > 1) needs CPU weights."""
     select = _selector(modules)
     rt = _runtime_from(runtime)
     opts = dict(layer_options, bits=bits, group_size=group_size, cluster_dim=cluster_dim, tau=tau)
@@ -437,7 +466,7 @@ def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEF
         chosen.append((name, m, w))
     for name, m, w in chosen:
         try:
-            p = DKMWeight(rt, w.shape, w.dtype, opts, weight=w)
+            p = DKMWeight(rt, w.shape, w.dtype, opts, weight=w, device_split=device_split)
         except EdkmError as e:
             where = f"edkm.torch.palettize: {name or type(m).__name__}.{tensor_name} {tuple(w.shape)}"
             raise EdkmError(e.status, e.message, f"{where}: {e.function}", e.status_name) from e

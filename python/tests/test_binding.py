@@ -105,7 +105,7 @@ def header_enums(text):
 OPAQUE = {"edkm_runtime", "edkm_layer", "edkm_saved_state"}
 SCALARS = {
     "uint32_t": "c_uint32", "int32_t": "c_int32", "uint64_t": "c_uint64", "int64_t": "c_int64",
-    "size_t": "c_size_t", "float": "c_float", "double": "c_double", "uint8_t": "c_uint8",
+    "size_t": "c_size_t", "float": "c_float", "double": "c_double", "uint8_t": "c_uint8", "uint16_t": "c_uint16",
     "int": "c_int", "edkm_status": "c_int", "edkm_dtype": "c_int",
 }
 

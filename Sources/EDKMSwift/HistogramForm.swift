@@ -1,0 +1,250 @@
+/// DKM on value histograms: the U-level core shared by the buffer form of the uniquified path
+/// (which first counts the weights' 16-bit keys, then gathers the results back to every weight)
+/// and the histogram form (the device split: a trainer counts and gathers on its own device and
+/// hands over only the per-partition histograms and per-key gradient sums).
+///
+/// Per partition p with distinct keys u_m (ascending) and counts n_m (m < U_p <= 65,536):
+/// forward f_m = sum_j A^{T-1}_mj c^T_j (the soft value of key m); backward, given
+/// G_m = sum over the elements of key m of dL/dw~, the per-key tables h and r with
+/// dL/dw_i = g_i h[m_i] + r[m_i] (docs/device-split.md).
+
+/// The U-level result of a uniquified forward.
+struct HistogramCoreRun {
+    var traces: [PartitionTrace]
+    /// f per partition (U_p doubles each).
+    var softValues: [DoubleBuffer]
+    /// U x k distance and softmax tables per iteration (UNIQUIFY/SHARD saves only), arena tensors.
+    var distanceMaps: [SavedTensor]
+    var softmaxMaps: [SavedTensor]
+    /// sum over weights of the entropy of the last softmax row (nats).
+    var entropy: Double
+    var distinctValues: Int
+}
+
+/// The caller's histograms of the histogram form, validated.
+struct CallerHistograms {
+    var histograms: [KeyHistogram]
+    /// offsets[p] ..< offsets[p + 1]: partition p's rows in the concatenated arrays.
+    var offsets: [Int]
+    var total: Int { offsets.last ?? 0 }
+}
+
+extension Layer {
+    /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition.
+    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType) -> [any RowBlocks] {
+        hists.map { h in
+            let values = DoubleBuffer(zeros: h.distinctCount)
+            let counts = DoubleBuffer(zeros: h.distinctCount)
+            for m in 0..<h.distinctCount {
+                values[m] = ElementIO.keyValue(h.keys[m], type: keyType)
+                counts[m] = Double(h.counts[m])
+            }
+            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
+        }
+    }
+
+    /// The DKM iterations and the soft values on the histograms (the keys must be finite values of
+    /// `keyType`). With `keepTables`, every iteration's U x k distance and softmax tables go to
+    /// the arena (UNIQUIFY/SHARD saves).
+    func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]],
+                       keepTables: Bool) throws(EDKMError) -> HistogramCoreRun {
+        let P = hists.count, k = config.k
+        let rows = Layer.histogramRows(hists, keyType: keyType)
+        var rowOffset = [Int](repeating: 0, count: P + 1)
+        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
+        let totalU = rowOffset[P]
+        let parameters = try effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
+        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
+        let store = runtime.store
+        var traces = try engine.iterate(
+            rows, initial: initial, parameters: parameters,
+            prepare: keepTables ? { (_: Int) throws(EDKMError) in
+                dMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
+                sMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
+            } : nil,
+            mapSink: keepTables ? { p, t, start, _ in
+                (dMaps.pointers[t] + (rowOffset[p] + start) * k, sMaps.pointers[t] + (rowOffset[p] + start) * k)
+            } : nil)
+        let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
+        engine.output(rows, traces: &traces) { p, start, count, values in
+            (f[p].pointer + start).update(from: values, count: count)
+        }
+        return HistogramCoreRun(traces: traces, softValues: f, distanceMaps: dMaps.items, softmaxMaps: sMaps.items,
+                                entropy: traces.reduce(0) { $0 + $1.entropySum }, distinctValues: totalU)
+    }
+
+    /// Stores the histograms and the run's tables in a saved state (arena).
+    func attachHistograms(_ state: SavedState, _ hists: [KeyHistogram], _ run: HistogramCoreRun) throws(EDKMError) {
+        state.distinctCounts = hists.map(\.distinctCount)
+        state.histogramKeys = try saveArray(hists.flatMap(\.keys), tag: "keys")
+        state.histogramCounts = try saveArray(hists.flatMap(\.counts), tag: "counts")
+        state.distanceMaps = run.distanceMaps
+        state.softmaxMaps = run.softmaxMaps
+    }
+
+    /// Makes the traces' final centroids the layer's and records the forward's statistics.
+    func recordForward(_ traces: [PartitionTrace], distinctValues: Int, algorithm: ClusteringConfig.Algorithm,
+                       entropy: Double) {
+        centroids = traces.map { $0.centroids[$0.iterations].map { Float($0) } }
+        stats.forwards += 1
+        stats.iterations = traces.map(\.iterations).max() ?? 0
+        stats.inertia = traces.reduce(0) { $0 + $1.inertia }
+        stats.distinctValues = distinctValues
+        stats.algorithm = algorithm
+        stats.effectiveTau = traces.reduce(0) { $0 + $1.parameters.tau } / Double(traces.count)
+        stats.attentionEntropy = entropy / Double(geometry.partitions * geometry.vectorsPerPartition)
+    }
+
+    // MARK: the histogram form
+
+    /// Checks the caller's histograms: one per partition, U_p in 1...65,536 strictly increasing
+    /// finite keys of `keyType`, counts positive whole numbers adding up to the partition's
+    /// element count. Reads keys[0 ..< offsets[P]] and counts[0 ..< offsets[P]] only after the
+    /// offsets are checked.
+    func validateHistograms(keyType: ElementType, keys: UnsafePointer<UInt16>, counts: UnsafePointer<Double>,
+                            offsets: UnsafePointer<Int>, partitions: Int) throws(EDKMError) -> CallerHistograms {
+        guard keyType.is16Bit else {
+            throw EDKMError(.dtype, "the key dtype must be f16 or bf16, got \(keyType.name)")
+        }
+        guard config.clusterDim == 1 else {
+            throw EDKMError(.invalidArgument, "the histogram form clusters scalars: cluster_dim must be 1, the layer has \(config.clusterDim) (vectors stay on the buffer form)")
+        }
+        guard config.algorithm != .dense else {
+            throw EDKMError(.invalidArgument, "the histogram form is the uniquified algorithm; the layer is configured with the dense one")
+        }
+        guard partitions == geometry.partitions else {
+            throw EDKMError(.shape, "the layer has \(geometry.partitions) LUT partition(s), got \(UInt(bitPattern: partitions)) histogram(s)")
+        }
+        guard offsets[0] == 0 else { throw EDKMError(.invalidArgument, "partition_offsets[0] must be 0, got \(UInt(bitPattern: offsets[0]))") }
+        var offs = [0]
+        for p in 0..<partitions {
+            let lo = offsets[p], hi = offsets[p + 1]
+            // (unsigned: the offsets come from size_t)
+            guard UInt(bitPattern: hi) > UInt(bitPattern: lo) && UInt(bitPattern: hi - lo) <= 65536 else {
+                throw EDKMError(.shape, "partition \(p) has \(Int64(hi) - Int64(lo)) distinct keys (offsets \(UInt(bitPattern: lo))...\(UInt(bitPattern: hi))); each partition needs 1...65,536")
+            }
+            offs.append(hi)
+        }
+        let E = Double(geometry.elementsPerPartition)
+        var hists: [KeyHistogram] = []
+        for p in 0..<partitions {
+            var h = KeyHistogram(keys: [], counts: [])
+            var sum = 0.0
+            for i in offs[p]..<offs[p + 1] {
+                let key = keys[i], n = counts[i]
+                if let last = h.keys.last, key <= last {
+                    throw EDKMError(.invalidArgument, "partition \(p): keys must be strictly increasing (as unsigned bit patterns); key \(i - offs[p]) is 0x\(String(key, radix: 16)) after 0x\(String(last, radix: 16))")
+                }
+                guard ElementIO.keyValue(key, type: keyType).isFinite else {
+                    throw EDKMError(.nonFinite, "partition \(p): key 0x\(String(key, radix: 16)) is NaN or Inf as \(keyType.name)")
+                }
+                guard n.isFinite else { throw EDKMError(.nonFinite, "partition \(p): count \(i - offs[p]) is \(n)") }
+                guard n >= 1 && n == n.rounded() && n <= E else {
+                    throw EDKMError(.invalidArgument, "partition \(p): count \(i - offs[p]) is \(n); counts must be whole numbers in 1...\(geometry.elementsPerPartition)")
+                }
+                sum += n
+                h.keys.append(key)
+                h.counts.append(UInt32(n))
+            }
+            guard sum == E else {
+                throw EDKMError(.shape, "partition \(p): the counts add up to \(sum), the partition holds \(geometry.elementsPerPartition) elements")
+            }
+            hists.append(h)
+        }
+        return CallerHistograms(histograms: hists, offsets: offs)
+    }
+
+    /// Training forward on the caller's histograms (the histogram form): writes f (offsets[P]
+    /// doubles, the soft value of every key, partitions concatenated), makes c^T the layer's
+    /// centroids and, with `save`, returns a saved state holding only U-sized data. A layer
+    /// without centroids is initialised by optimal 1-D k-means on the histogram. On error nothing
+    /// is written and the layer is unchanged.
+    public func forwardHistogram(keyType: ElementType, keys: UnsafePointer<UInt16>, counts: UnsafePointer<Double>,
+                                 offsets: UnsafePointer<Int>, partitions: Int,
+                                 softValues: UnsafeMutablePointer<Double>, save: Bool) throws(EDKMError) -> SavedState? {
+        let input = try validateHistograms(keyType: keyType, keys: keys, counts: counts, offsets: offsets,
+                                           partitions: partitions)
+        let hists = input.histograms
+        return try exclusive { () throws(EDKMError) -> SavedState? in
+            var initial = centroids ?? hists.map { h in
+                CentroidInitialization.optimal1D(values: h.keys.map { ElementIO.keyValue($0, type: keyType) },
+                                                 counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }
+            }
+            for p in 0..<initial.count { CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: 1) }
+            let mode = runtime.options.savedMode
+            let run = try histogramCore(hists, keyType: keyType, initial: initial.map { $0.map { Double($0) } },
+                                        keepTables: save && (mode == .uniquify || mode == .shard))
+            var saved: SavedState? = nil
+            if save {
+                let state = SavedState(runtime: runtime, config: config, geometry: geometry,
+                                       mode: mode.keepsDenseMaps ? .histogram : mode, algorithm: .uniquified,
+                                       weightType: keyType, keyType: keyType, weightsHash: 0,
+                                       traces: try saveTraces(run.traces, inArena: true))
+                try attachHistograms(state, hists, run)
+                state.isHistogramForm = true
+                saved = state
+            }
+            for p in 0..<partitions {
+                (softValues + input.offsets[p]).update(from: run.softValues[p].pointer, count: hists[p].distinctCount)
+            }
+            recordForward(run.traces, distinctValues: run.distinctValues, algorithm: .uniquified, entropy: run.entropy)
+            return saved
+        }
+    }
+}
+
+extension SavedState {
+    /// The per-key tables of the backward from the per-key gradient sums G (one buffer per
+    /// partition, U_p each): h (`last`) and r of every key.
+    func histogramAdjoints(_ traces: [PartitionTrace], _ hists: [KeyHistogram],
+                           gradientSums G: [DoubleBuffer]) throws(EDKMError) -> [DKMEngine.RowGradients] {
+        let k = config.k
+        let rows = Layer.histogramRows(hists, keyType: keyType)
+        var rowOffset = [Int](repeating: 0, count: hists.count + 1)
+        for p in 0..<hists.count { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
+        let sPointers = softmaxMaps.map { $0.typed(Float.self) }
+        let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
+            UnsafePointer(sPointers[t] + (rowOffset[p] + start) * k)
+        }
+        return try DKMEngine(config: config, pool: runtime.pool)
+            .backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
+                      savedSoftmax: saved)
+    }
+
+    /// Backward of the histogram form: from the per-key sums of dL/dw~ (`count` = the forward's
+    /// total U doubles, partitions concatenated in the forward's order) writes h and r (count
+    /// doubles each), with dL/dw_i = g_i h[key_i] + r[key_i]. Non-finite sums are rejected and
+    /// leave the state usable; a state supports one backward.
+    public func backwardHistogram(gradientSums: UnsafePointer<Double>, count: Int,
+                                  h: UnsafeMutablePointer<Double>, r: UnsafeMutablePointer<Double>) throws(EDKMError) {
+        try exclusive { () throws(EDKMError) in
+            guard isHistogramForm else {
+                throw EDKMError(.state, "this saved state comes from a buffer forward: use edkm_saved_state_backward")
+            }
+            guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
+            let total = distinctCounts.reduce(0, +)
+            guard count == total else {
+                throw EDKMError(.shape, "expected \(total) gradient sums (the forward's distinct keys), got \(UInt(bitPattern: count))")
+            }
+            if let bad = (0..<count).first(where: { !gradientSums[$0].isFinite }) {
+                throw EDKMError(.nonFinite, "grad_sums[\(bad)] is \(gradientSums[bad])")
+            }
+            let hists = decodeHistograms()
+            var offset = 0
+            let G = hists.map { hist in
+                let b = DoubleBuffer(zeros: hist.distinctCount)
+                b.pointer.update(from: gradientSums + offset, count: hist.distinctCount)
+                offset += hist.distinctCount
+                return b
+            }
+            let results = try histogramAdjoints(decodeTraces(), hists, gradientSums: G)
+            offset = 0
+            for (p, hist) in hists.enumerated() {
+                (h + offset).update(from: results[p].last.pointer, count: hist.distinctCount)
+                (r + offset).update(from: results[p].r.pointer, count: hist.distinctCount)
+                offset += hist.distinctCount
+            }
+            markConsumed()
+        }
+    }
+}
