@@ -20,6 +20,7 @@ enum SpeedBench {
       --llama-divisor N    scale the LLaMA layer's extents down by N (smoke runs; default 1)
       --scale-free TAU     the library's default scale-free temperature (tau = TAU x the k-means
                            distortion; the default is 0.1) instead of coremltools' absolute tau 1e-4
+                           (the cases table; the LLaMA layer keeps the absolute tau)
       --markdown           print the tables as GitHub markdown
       --quick              CI smoke: 512x512,1024x512, 1 run, small dense slice, LLaMA layer / 16
     """
