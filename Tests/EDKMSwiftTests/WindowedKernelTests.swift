@@ -71,7 +71,7 @@ import Testing
         engine.output(anyRows, traces: &traces) { p, start, count, f in
             for i in 0..<count { outputs[p][start + i] = f[i] }
         }
-        let results = engine.backward(anyRows, traces: traces) { p, start, _, _ in UnsafePointer(gradients[p].pointer + start) }
+        let results = try! engine.backward(anyRows, traces: traces) { p, start, _, _ in UnsafePointer(gradients[p].pointer + start) }
         return Run(traces: traces, outputs: outputs.map(\.array), last: results.map(\.last.array), r: results.map(\.r.array))
     }
 
