@@ -10,26 +10,35 @@ extension SoftKMeansKernel {
     @inline(__always)
     func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>,
                   entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
+        softmax4(u, c, count: k, centroid: { $0 }, s, entropy: entropy)
+    }
+
+    /// softmax4 over `count` centroids, s[q] for centroid `centroid(q)` (the normaliser over those
+    /// only): all k in order for the full passes, a window for `+Window`.
+    @inline(__always)
+    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, count: Int, centroid: (Int) -> Int,
+                  _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>?) -> V4 {
         var minD = V4(repeating: .infinity)
-        for j in 0..<k {
+        for q in 0..<count {
+            let j = centroid(q)
             let diff = u - c[j]
             var dist = diff * diff
             if j == 0 { dist -= pruneThreshold }
-            s[j] = dist
+            s[q] = dist
             minD.replace(with: dist, where: dist .< minD)
         }
         let invTau = 1 / tau
         var sum = V4(repeating: 0)
         var weighted = V4(repeating: 0)
-        for j in 0..<k {
-            let x = (minD - s[j]) * invTau
+        for q in 0..<count {
+            let x = (minD - s[q]) * invTau
             let e = VectorMath.exp(x)
-            s[j] = e
+            s[q] = e
             sum += e
             if entropy != nil { weighted += (e * x).replacing(with: 0, where: e .== 0) }
         }
         let inv = 1 / sum
-        for j in 0..<k { s[j] *= inv }
+        for q in 0..<count { s[q] *= inv }
         if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
         return minD
     }

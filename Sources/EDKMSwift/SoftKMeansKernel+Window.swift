@@ -114,29 +114,7 @@ extension SoftKMeansKernel {
     @inline(__always)
     func windowSoftmax4(_ u: V4, _ c: UnsafePointer<Double>, _ window: UnsafePointer<Int>, _ w: Int,
                         _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
-        var minD = V4(repeating: .infinity)
-        for q in 0..<w {
-            let j = window[q]
-            let diff = u - c[j]
-            var dist = diff * diff
-            if j == 0 { dist -= pruneThreshold }
-            s[q] = dist
-            minD.replace(with: dist, where: dist .< minD)
-        }
-        let invTau = 1 / tau
-        var sum = V4(repeating: 0)
-        var weighted = V4(repeating: 0)
-        for q in 0..<w {
-            let x = (minD - s[q]) * invTau
-            let e = VectorMath.exp(x)
-            s[q] = e
-            sum += e
-            if entropy != nil { weighted += (e * x).replacing(with: 0, where: e .== 0) }
-        }
-        let inv = 1 / sum
-        for q in 0..<w { s[q] *= inv }
-        if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
-        return minD
+        softmax4(u, c, count: w, centroid: { window[$0] }, s, entropy: entropy)
     }
 
     /// max(s - z, 0): the attention above its clamp.
