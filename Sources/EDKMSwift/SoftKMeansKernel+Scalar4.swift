@@ -49,18 +49,19 @@ extension SoftKMeansKernel {
     @inline(__always)
     func attention4(_ s: V4) -> V4 { s.replacing(with: zeroThreshold, where: s .< V4(repeating: zeroThreshold)) }
 
-    /// In place X <- J(X) for four rows.
+    /// In place X <- J(X) for four rows, on the first `count` entries (k, or a window: outside it
+    /// s_j < e^{-cut} and both terms of J vanish to rounding).
     @inline(__always)
-    func softmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>) {
+    func softmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>, count: Int) {
         var dot = V4(repeating: 0)
         let z = V4(repeating: zeroThreshold)
-        for j in 0..<k {
+        for j in 0..<count {
             var sx = s[j] * x[j]
             sx.replace(with: 0, where: s[j] .< z)
             dot += sx
         }
         let scale = -1 / tau
-        for j in 0..<k {
+        for j in 0..<count {
             var masked = x[j]
             masked.replace(with: 0, where: s[j] .< z)
             x[j] = scale * s[j] * (masked - dot)
@@ -134,7 +135,7 @@ extension SoftKMeansKernel {
                     cbar[j] += attention4(s[j]) * g
                     x[j] = V4(repeating: cLast[j])
                 }
-                softmaxVJP4(s, x)
+                softmaxVJP4(s, x, count: k)
                 var h = V4(repeating: 0)
                 for j in 0..<k {
                     let ea = 2 * (u - cPrev[j]) * x[j]
@@ -170,7 +171,7 @@ extension SoftKMeansKernel {
                     rr += attention4(s[j]) * pbar[j]
                     q[j] = (u - cn[j]) * pbar[j]
                 }
-                softmaxVJP4(s, q)
+                softmaxVJP4(s, q, count: k)
                 let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                 for j in 0..<k {
                     let ee = 2 * (u - ct[j]) * q[j]

@@ -124,24 +124,6 @@ extension SoftKMeansKernel {
         return e.replacing(with: 0, where: e .< V4(repeating: 0))
     }
 
-    /// softmaxVJP4 on a window (outside it s_j < e^{-cut}: both terms of J vanish to rounding).
-    @inline(__always)
-    func windowSoftmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>, _ w: Int) {
-        var dot = V4(repeating: 0)
-        let z = V4(repeating: zeroThreshold)
-        for q in 0..<w {
-            var sx = s[q] * x[q]
-            sx.replace(with: 0, where: s[q] .< z)
-            dot += sx
-        }
-        let scale = -1 / tau
-        for q in 0..<w {
-            var masked = x[q]
-            masked.replace(with: 0, where: s[q] .< z)
-            x[q] = scale * s[q] * (masked - dot)
-        }
-    }
-
     /// iterateScalar4 on windows: acc[j] += z sum n + sum n (A_j - z), acc[k + j] likewise with n u.
     func iterateWindowed(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
                          _ c: UnsafePointer<Double>, _ acc: UnsafeMutablePointer<Double>) -> (Int, Double) {
@@ -234,7 +216,7 @@ extension SoftKMeansKernel {
                         cbar[j] += excess4(s[q]) * g
                         x[q] = V4(repeating: cLast[j])
                     }
-                    windowSoftmaxVJP4(s, x, w)
+                    softmaxVJP4(s, x, count: w)
                     var h = V4(repeating: 0)
                     for q in 0..<w {
                         let j = window[q]
@@ -281,7 +263,7 @@ extension SoftKMeansKernel {
                         rr += excess4(s[i]) * pbar[j]
                         q[i] = (u - cn[j]) * pbar[j]
                     }
-                    windowSoftmaxVJP4(s, q, w)
+                    softmaxVJP4(s, q, count: w)
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                     for i in 0..<w {
                         let j = window[i]
