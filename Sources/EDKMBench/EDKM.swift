@@ -58,7 +58,7 @@ final class Layer {
 
     /// A layer over a [rows, cols] weight tensor.
     init(_ runtime: Runtime, rows: Int, cols: Int, bits: Int, groupSize: Int = 0,
-         algorithm: edkm_algorithm = EDKM_ALGORITHM_AUTO, epsilon: Double? = nil) {
+         algorithm: edkm_algorithm = EDKM_ALGORITHM_AUTO, epsilon: Double? = nil, scaleFreeTau: Double? = nil) {
         var cfg = edkm_layer_config()
         edkm_layer_config_init(&cfg)
         cfg.bits = UInt32(bits)
@@ -66,8 +66,14 @@ final class Layer {
         cfg.algorithm = Int32(algorithm.rawValue)
         // coremltools' DKMPalettizer defaults (absolute tau 1e-4), so every comparison with it and
         // with the dense baseline runs the same arithmetic.
-        cfg.temperature_mode = Int32(EDKM_TEMPERATURE_ABSOLUTE.rawValue)
-        cfg.tau = 1e-4
+        // With `scaleFreeTau`: the library's default scale-free mode with that factor instead.
+        if let scaleFreeTau {
+            cfg.temperature_mode = Int32(EDKM_TEMPERATURE_SCALE_FREE.rawValue)
+            cfg.tau = scaleFreeTau
+        } else {
+            cfg.temperature_mode = Int32(EDKM_TEMPERATURE_ABSOLUTE.rawValue)
+            cfg.tau = 1e-4
+        }
         if let epsilon { cfg.epsilon = epsilon }
         let shape: [Int64] = [Int64(rows), Int64(cols)]
         var h: OpaquePointer? = nil

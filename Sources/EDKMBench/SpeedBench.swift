@@ -18,13 +18,16 @@ enum SpeedBench {
       --no-cases           only the LLaMA-7B decoder layer
       --no-llama           skip the LLaMA-7B decoder layer
       --llama-divisor N    scale the LLaMA layer's extents down by N (smoke runs; default 1)
+      --scale-free TAU     the library's default scale-free temperature (tau = TAU x the k-means
+                           distortion; the default is 0.1) instead of coremltools' absolute tau 1e-4
+                           (the cases table; the LLaMA layer keeps the absolute tau)
       --markdown           print the tables as GitHub markdown
       --quick              CI smoke: 512x512,1024x512, 1 run, small dense slice, LLaMA layer / 16
     """
 
     static func run(_ args: ArraySlice<String>) {
         let o = Options(args, valued: ["--shapes", "--dtypes", "--bits", "--luts", "--threads", "--runs",
-                                       "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor"],
+                                       "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor", "--scale-free"],
                         switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help"])
         if o.has("--help") { print(usage); return }
         if !o.unknown.isEmpty { fail("speed: unknown arguments \(o.unknown)\n\(usage)") }
@@ -52,6 +55,10 @@ enum SpeedBench {
         let dense = !o.has("--no-dense")
         let markdown = o.has("--markdown")
         let divisor = max(1, o.int("--llama-divisor", quick ? 16 : 1))
+        let scaleFreeTau: Double? = o.string("--scale-free").map { s in
+            guard let t = Double(s), t > 0 else { fail("bad --scale-free \(s)") }
+            return t
+        }
 
         let runtimes = threads.map { Runtime(threads: $0) }
         let threadNames = runtimes.map { String($0.stats().num_threads) }
@@ -62,7 +69,9 @@ enum SpeedBench {
         print("edkm-bench speed: libedkm \(String(cString: edkm_version_string())), runtime threads \(threadNames.joined(separator: ", ")); "
               + "\(runs) timed steps per case (median), dense reference \(dense ? "\(denseRuns) steps on a ~\(denseElements)-weight slice" : "off"), "
               + "bandwidth probe median of \(max(probeRuns, 3)) memcpys")
-        print("weights ~ N(0, 0.02^2) + 0.01% outliers; upstream gradient ~ N(0, 0.001^2); coremltools' layer defaults (absolute tau 1e-4, 3 iterations max, "
+        let temperature = scaleFreeTau.map { "the library's scale-free tau \($0) x the k-means distortion" }
+            ?? "coremltools' layer defaults (absolute tau 1e-4"
+        print("weights ~ N(0, 0.02^2) + 0.01% outliers; upstream gradient ~ N(0, 0.001^2); \(temperature), 3 iterations max, "
               + "epsilon 1e-4); saved mode HISTOGRAM; every step starts from the same centroids")
         print("probe: memcpy moving the bytes the step must move: forward 4 B/weight (read w, write w~), "
               + "backward 6 B/weight (read w and dL/dw~, write dL/dw)\n")
@@ -70,8 +79,8 @@ enum SpeedBench {
         var summary: [String] = []
         if !o.has("--no-cases") {
             var table = Table(["shape", "dtype", "bits", "LUT", "dir", "thr", "median ms", "min ms", "GB/s",
-                               "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same"],
-                              right: [false, false, true, false, false, true, true, true, true, true, true, true, true, true, true, false])
+                               "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same", "serial f"],
+                              right: [false, false, true, false, false, true, true, true, true, true, true, true, true, true, true, false, true])
             let total = shapes.count * dtypes.count * bitsList.count * luts.count * runtimes.count
             var done = 0
             for shape in shapes {
@@ -83,13 +92,16 @@ enum SpeedBench {
                     let buffers = StepBuffers(weights: w.pointer, gradOut: g.pointer, out: out.pointer, gradIn: gradIn.pointer)
                     for bits in bitsList {
                         for group in luts {
-                            let cfg = SpeedConfig(rows: shape.rows, cols: shape.cols, dtype: dtype, bits: bits, groupSize: group)
+                            let cfg = SpeedConfig(rows: shape.rows, cols: shape.cols, dtype: dtype, bits: bits, groupSize: group,
+                                                  scaleFreeTau: scaleFreeTau)
                             var initial: [Float] = []
                             var reference: Timing? = nil
+                            var referenceThreads = 0
                             for (ti, rt) in runtimes.enumerated() {
                                 done += 1
                                 fputs("  [\(done)/\(total)] \(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText) threads \(threadNames[ti])\n", stderr)
-                                let layer = Layer(rt, rows: cfg.rows, cols: cfg.cols, bits: bits, groupSize: group)
+                                let layer = Layer(rt, rows: cfg.rows, cols: cfg.cols, bits: bits, groupSize: group,
+                                                  scaleFreeTau: scaleFreeTau)
                                 if initial.isEmpty {
                                     layer.initCentroids(w.pointer, dtype: dtype.c)
                                     initial = layer.centroids
@@ -103,6 +115,10 @@ enum SpeedBench {
                                     same = "ref"
                                 }
                                 let nThreads = Int(rt.stats().num_threads)
+                                if referenceThreads == 0 { referenceThreads = nThreads }
+                                // Amdahl's law fitted to the one-thread and N-thread steps.
+                                let serial = referenceThreads == 1 && nThreads > 1 && reference != nil && same != "ref"
+                                    ? amdahlSerialFraction(reference!.totalMedian, t.totalMedian, threads: nThreads) : nil
                                 let d = dense ? densePerWeight(rt, cfg, buffers, elements: denseElements, runs: denseRuns) : nil
                                 let pf = probe.seconds(movedBytes: 4 * n, threads: nThreads, runs: probeRuns)
                                 let pb = probe.seconds(movedBytes: 6 * n, threads: nThreads, runs: probeRuns)
@@ -120,12 +136,17 @@ enum SpeedBench {
                                         distinct = String(t.distinct)
                                         sameText = same
                                     }
+                                    let serialText = dir == "f+b" ? serial.map { fmt("%.3f", $0) } ?? "-" : ""
                                     table.add(caseRow(cfg, dir: dir, threads: threadNames[ti], times: times, probe: p, dense: de,
-                                                      moved: moved) + [iters, distinct, sameText])
+                                                      moved: moved) + [iters, distinct, sameText, serialText])
                                 }
                                 if cfg.rows == 4096 && cfg.cols == 4096 && dtype == .f16 && bits == 4 && group == 0 {
                                     summary.append(targetLine(t, threads: threadNames[ti], probe: pf + pb,
                                                               dense: d.map { ($0.forward + $0.backward) * Double(n) }))
+                                    if let serial {
+                                        summary.append("AMDAHL 4096x4096 f16 4 bits per-tensor fwd+bwd: serial fraction \(fmt("%.3f", serial)) "
+                                                       + "(1 vs \(nThreads) threads) -> speedup at 64 cores \(fmt("%.1f", amdahlSpeedup(serial, threads: 64)))x")
+                                    }
                                 }
                             }
                         }
@@ -140,6 +161,8 @@ enum SpeedBench {
             per weight, times the weights of the case; x dense = how many times faster the default (uniquified) path is.
             T = DKM iterations run (/Nd: the dense slice ran N); U = distinct 16-bit values (summed over groups);
             same = w~ and dL/dw bit-identical to the first thread count's (ref).
+            serial f = Amdahl's serial fraction from the 1-thread and N-thread f+b medians: f = (N t_N / t_1 - 1) / (N - 1)
+            (on a machine shared with other jobs the N-thread time is inflated, so f is an upper bound).
             """)
         }
         if !o.has("--no-llama") {
@@ -179,4 +202,13 @@ enum SpeedBench {
         }
         return line
     }
+
+    /// Amdahl's law t_N = t_1 (f + (1 - f) / N) solved for the serial fraction f.
+    static func amdahlSerialFraction(_ t1: Double, _ tN: Double, threads: Int) -> Double {
+        let n = Double(threads)
+        return (n * tN / t1 - 1) / (n - 1)
+    }
+
+    /// The speedup over one thread that Amdahl's law predicts at `threads` for serial fraction f.
+    static func amdahlSpeedup(_ f: Double, threads: Int) -> Double { 1 / (max(f, 0) + (1 - max(f, 0)) / Double(threads)) }
 }

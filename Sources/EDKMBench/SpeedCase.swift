@@ -8,6 +8,8 @@ struct SpeedConfig {
     var bits: Int
     /// 0 = per-tensor LUT, g = a LUT per g rows.
     var groupSize: Int
+    /// nil: coremltools' absolute tau 1e-4; a factor: the library's scale-free mode.
+    var scaleFreeTau: Double? = nil
     var count: Int { rows * cols }
     var shapeText: String { "\(rows)x\(cols)" }
     var lutText: String { groupSize == 0 ? "tensor" : "g\(groupSize)" }
@@ -73,7 +75,7 @@ func densePerWeight(_ runtime: Runtime, _ cfg: SpeedConfig, _ b: StepBuffers, el
     var rows = max(unit, (elements / cfg.cols) / unit * unit)
     rows = min(rows, cfg.rows)
     let layer = Layer(runtime, rows: rows, cols: cfg.cols, bits: cfg.bits, groupSize: cfg.groupSize,
-                      algorithm: EDKM_ALGORITHM_DENSE)
+                      algorithm: EDKM_ALGORITHM_DENSE, scaleFreeTau: cfg.scaleFreeTau)
     layer.initCentroids(b.weights, dtype: cfg.dtype.c)
     let t = timeSteps(layer, b, dtype: cfg.dtype.c, initial: layer.centroids, runs: runs)
     let n = Double(layer.count)

@@ -34,6 +34,9 @@ public struct PartitionTrace: Sendable, Equatable {
 struct DKMEngine {
     let config: ClusteringConfig
     let pool: ThreadPool
+    /// d = 1 passes on centroid windows (the default) or on all k centroids (the reference they
+    /// are tested against; both exact to rounding).
+    var windowed = true
 
     /// Rows per block: about 2048 values (a per-tensor layer's U of 5k-25k distinct values then
     /// spreads over several threads; the blocking is fixed, so results do not depend on them).
@@ -41,7 +44,7 @@ struct DKMEngine {
 
     /// The row arithmetic of one partition, with its effective temperature and prune bias.
     func kernel(_ trace: PartitionTrace) -> SoftKMeansKernel {
-        SoftKMeansKernel(config: config, tau: trace.parameters.tau, prune: trace.parameters.prune)
+        SoftKMeansKernel(config: config, tau: trace.parameters.tau, prune: trace.parameters.prune, windowed: windowed)
     }
 
     private struct BlockItem { var partition: Int; var start: Int; var count: Int }

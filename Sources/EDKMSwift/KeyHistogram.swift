@@ -99,15 +99,21 @@ enum KeyPasses {
             }
         }
         if !singleChunk {
-            pool.parallelFor(partitions) { p in
-                let mine = (0..<work.count).filter { work[$0].partition == p }
+            // Merge the items' tables into each partition's first, in parallel over (partition,
+            // slice of 4096 keys): integer sums, so the order does not matter; no serial O(65,536
+            // x items) section (a per-tensor layer is one partition).
+            let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
+            let slices = 16, sliceKeys = 65536 / slices
+            pool.parallelFor(partitions * slices) { i in
+                let mine = itemsOf[i / slices]
                 let first = tables[mine[0]]!
+                let lo = (i % slices) * sliceKeys
                 for other in mine.dropFirst() {
                     let t = tables[other]!
-                    for key in 0..<65536 { first[key] &+= t[key] }
+                    for key in lo..<(lo + sliceKeys) { first[key] &+= t[key] }
                 }
-                result[p] = extract(first)
             }
+            pool.parallelFor(partitions) { p in result[p] = extract(tables[itemsOf[p][0]]!) }
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
         return (Array(UnsafeBufferPointer(start: result, count: partitions)), hash)
@@ -153,10 +159,8 @@ enum KeyPasses {
             return
         }
         let tables = UnsafeMutablePointer<UnsafeMutablePointer<T>>.allocate(capacity: partitions)
-        for p in 0..<partitions {
-            tables[p] = UnsafeMutablePointer<T>.allocate(capacity: 65536)
-            fill(p, tables[p])
-        }
+        for p in 0..<partitions { tables[p] = UnsafeMutablePointer<T>.allocate(capacity: 65536) }
+        pool.parallelFor(partitions) { p in fill(p, tables[p]) }
         defer {
             for p in 0..<partitions { tables[p].deallocate() }
             tables.deallocate()
@@ -223,11 +227,19 @@ enum KeyPasses {
             }
         }
         if !singleChunk {
-            for (i, item) in work.enumerated() {
-                let out = sums[item.partition].pointer
-                let mySlots = slots[item.partition]
-                let t = tables[i]!
-                for m in 0..<mySlots.count { out[m] += t[Int(mySlots[m])] }
+            // Per partition and slice of its slots, the items' tables added in item order (so the
+            // sums do not depend on the thread count), in parallel over (partition, slice).
+            let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
+            let slices = 16
+            pool.parallelFor(partitions * slices) { i in
+                let p = i / slices
+                let mySlots = slots[p]
+                let lo = mySlots.count * (i % slices) / slices, hi = mySlots.count * (i % slices + 1) / slices
+                let out = sums[p].pointer
+                for item in itemsOf[p] {
+                    let t = tables[item]!
+                    for m in lo..<hi { out[m] += t[Int(mySlots[m])] }
+                }
             }
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0

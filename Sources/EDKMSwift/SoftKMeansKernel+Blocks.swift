@@ -1,7 +1,9 @@
-/// The four block passes of the DKM engine over `count` rows, in two implementations: any d, one
-/// row at a time (and the only one that reads or writes saved maps), and d = 1 four rows at a time
-/// with SIMD4<Double> and a vectorised exp. Both accumulate in Double; they differ only in
-/// summation order (lane partial sums, reduced at the end of the block).
+/// The four block passes of the DKM engine over `count` rows, in three implementations: any d, one
+/// row at a time (and the only one that reads or writes saved maps); d = 1 four rows at a time
+/// with SIMD4<Double> and a vectorised exp, on all k centroids (`+Scalar4`) or, by default, on the
+/// window of centroids whose softmax terms can matter (`+Window`). All accumulate in Double; they
+/// differ only in summation order (lane partial sums, reduced at the end of the block) and, for the
+/// windows, in terms below rounding.
 extension SoftKMeansKernel {
     /// One iteration's sums over the rows: acc[j] += sum_m n_m A_mj, acc[k + j d + e] +=
     /// sum_m n_m A_mj u_me. With `maps`, writes the rows' D and s maps. Returns sum_m n_m min_j D_mj.
@@ -10,7 +12,9 @@ extension SoftKMeansKernel {
                       maps: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)?) -> Double {
         var done = 0
         var inertia = 0.0
-        if d == 1 && maps == nil { (done, inertia) = iterateScalar4(values, counts, count, c, acc) }
+        if d == 1 && maps == nil {
+            (done, inertia) = windowed ? iterateWindowed(values, counts, count, c, acc) : iterateScalar4(values, counts, count, c, acc)
+        }
         withUnsafeTemporaryAllocation(of: Double.self, capacity: k) { sb in
             let s = sb.baseAddress!
             for m in done..<count {
@@ -34,7 +38,8 @@ extension SoftKMeansKernel {
     func outputBlock(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
                      _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
                      _ f: UnsafeMutablePointer<Double>) -> Double {
-        var (done, entropy) = d == 1 ? outputScalar4(values, counts, count, cPrev, cLast, f) : (0, 0.0)
+        var (done, entropy) = d != 1 ? (0, 0.0) : windowed ? outputWindowed(values, counts, count, cPrev, cLast, f)
+                                                             : outputScalar4(values, counts, count, cPrev, cLast, f)
         withUnsafeTemporaryAllocation(of: Double.self, capacity: k) { sb in
             let s = sb.baseAddress!
             var h = 0.0
@@ -58,7 +63,8 @@ extension SoftKMeansKernel {
                            _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
                            saved: UnsafePointer<Float>?, _ last: UnsafeMutablePointer<Double>,
                            _ acc: UnsafeMutablePointer<Double>) {
-        let done = d == 1 && saved == nil ? backwardLastScalar4(values, G, count, cPrev, cLast, last, acc) : 0
+        let done = d != 1 || saved != nil ? 0 : windowed ? backwardLastWindowed(values, G, count, cPrev, cLast, last, acc)
+                                                          : backwardLastScalar4(values, G, count, cPrev, cLast, last, acc)
         withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * k + d) { sb in
             let s = sb.baseAddress!, x = s + k, sv = x + k
             for m in done..<count {
@@ -97,8 +103,9 @@ extension SoftKMeansKernel {
                                 _ ct: UnsafePointer<Double>, _ cn: UnsafePointer<Double>, _ pbar: UnsafePointer<Double>,
                                 saved: UnsafePointer<Float>?, _ r: UnsafeMutablePointer<Double>,
                                 _ acc: UnsafeMutablePointer<Double>, accumulate: Bool) {
-        let done = d == 1 && saved == nil
-            ? backwardIterationScalar4(values, counts, count, ct, cn, pbar, r, acc, accumulate: accumulate) : 0
+        let done = d != 1 || saved != nil ? 0 : windowed
+            ? backwardIterationWindowed(values, counts, count, ct, cn, pbar, r, acc, accumulate: accumulate)
+            : backwardIterationScalar4(values, counts, count, ct, cn, pbar, r, acc, accumulate: accumulate)
         withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * k) { sb in
             let s = sb.baseAddress!, q = s + k
             for m in done..<count {

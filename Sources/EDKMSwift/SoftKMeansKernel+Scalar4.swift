@@ -10,26 +10,35 @@ extension SoftKMeansKernel {
     @inline(__always)
     func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>,
                   entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
+        softmax4(u, c, count: k, centroid: { $0 }, s, entropy: entropy)
+    }
+
+    /// softmax4 over `count` centroids, s[q] for centroid `centroid(q)` (the normaliser over those
+    /// only): all k in order for the full passes, a window for `+Window`.
+    @inline(__always)
+    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, count: Int, centroid: (Int) -> Int,
+                  _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>?) -> V4 {
         var minD = V4(repeating: .infinity)
-        for j in 0..<k {
+        for q in 0..<count {
+            let j = centroid(q)
             let diff = u - c[j]
             var dist = diff * diff
             if j == 0 { dist -= pruneThreshold }
-            s[j] = dist
+            s[q] = dist
             minD.replace(with: dist, where: dist .< minD)
         }
         let invTau = 1 / tau
         var sum = V4(repeating: 0)
         var weighted = V4(repeating: 0)
-        for j in 0..<k {
-            let x = (minD - s[j]) * invTau
+        for q in 0..<count {
+            let x = (minD - s[q]) * invTau
             let e = VectorMath.exp(x)
-            s[j] = e
+            s[q] = e
             sum += e
             if entropy != nil { weighted += (e * x).replacing(with: 0, where: e .== 0) }
         }
         let inv = 1 / sum
-        for j in 0..<k { s[j] *= inv }
+        for q in 0..<count { s[q] *= inv }
         if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
         return minD
     }
@@ -40,18 +49,19 @@ extension SoftKMeansKernel {
     @inline(__always)
     func attention4(_ s: V4) -> V4 { s.replacing(with: zeroThreshold, where: s .< V4(repeating: zeroThreshold)) }
 
-    /// In place X <- J(X) for four rows.
+    /// In place X <- J(X) for four rows, on the first `count` entries (k, or a window: outside it
+    /// s_j < e^{-cut} and both terms of J vanish to rounding).
     @inline(__always)
-    func softmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>) {
+    func softmaxVJP4(_ s: UnsafePointer<V4>, _ x: UnsafeMutablePointer<V4>, count: Int) {
         var dot = V4(repeating: 0)
         let z = V4(repeating: zeroThreshold)
-        for j in 0..<k {
+        for j in 0..<count {
             var sx = s[j] * x[j]
             sx.replace(with: 0, where: s[j] .< z)
             dot += sx
         }
         let scale = -1 / tau
-        for j in 0..<k {
+        for j in 0..<count {
             var masked = x[j]
             masked.replace(with: 0, where: s[j] .< z)
             x[j] = scale * s[j] * (masked - dot)
@@ -125,7 +135,7 @@ extension SoftKMeansKernel {
                     cbar[j] += attention4(s[j]) * g
                     x[j] = V4(repeating: cLast[j])
                 }
-                softmaxVJP4(s, x)
+                softmaxVJP4(s, x, count: k)
                 var h = V4(repeating: 0)
                 for j in 0..<k {
                     let ea = 2 * (u - cPrev[j]) * x[j]
@@ -161,7 +171,7 @@ extension SoftKMeansKernel {
                     rr += attention4(s[j]) * pbar[j]
                     q[j] = (u - cn[j]) * pbar[j]
                 }
-                softmaxVJP4(s, q)
+                softmaxVJP4(s, q, count: k)
                 let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                 for j in 0..<k {
                     let ee = 2 * (u - ct[j]) * q[j]

@@ -20,13 +20,17 @@ struct SoftKMeansKernel {
     @usableFromInline let tau: Double
     @usableFromInline let zeroThreshold: Double
     @usableFromInline let pruneThreshold: Double
+    /// Whether the d = 1 passes without saved maps run on centroid windows
+    /// (`SoftKMeansKernel+Window`) instead of on all k centroids (`+Scalar4`).
+    @usableFromInline let windowed: Bool
 
-    init(config: ClusteringConfig, tau: Double, prune: Double) {
+    init(config: ClusteringConfig, tau: Double, prune: Double, windowed: Bool = true) {
         k = config.k
         d = config.clusterDim
         self.tau = tau
         zeroThreshold = config.zeroThreshold
         pruneThreshold = prune
+        self.windowed = windowed
     }
 
     /// Writes D (k, when `distances` is given) and s (k) for row u; returns min_j D_j. With

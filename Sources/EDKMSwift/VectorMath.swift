@@ -10,7 +10,10 @@ enum VectorMath {
         let log2e = 1.4426950408889634
         let ln2Hi = 6.93147180369123816490e-01
         let ln2Lo = 1.90821492927058770002e-10
-        let clamped = x.clamped(lowerBound: SIMD4(repeating: -708), upperBound: SIMD4(repeating: 709))
+        // (replace(with:where:) rather than clamped(lowerBound:upperBound:), whose generic
+        // pointwiseMin/Max the compiler does not inline: a call each per exp.)
+        var clamped = x.replacing(with: -708, where: x .< -708)
+        clamped.replace(with: 709, where: clamped .> 709)
         // Round to nearest with the 1.5 * 2^52 trick (no SSE4.1 roundpd needed): the integer n also
         // sits in the low bits of the sum's bit pattern.
         let shifter = 0x1.8p52

@@ -114,3 +114,45 @@ import EDKMSupport
         #expect(fast == portable)
     }
 }
+
+/// The key passes on partitions of several 1 Mi-element work items (their tables merged in
+/// parallel over slices of keys or slots) against plain loops: histograms exact, gradient sums
+/// in the documented order (per item in element order, items added in item order), bit-identical.
+@Suite struct KeyPassMergeTests {
+    @Test(arguments: [1, 3])
+    func multiItemPartitionsMatchPlainLoops(threads: Int) {
+        let perPartition = 2 * KeyPasses.chunk + 12_345, partitions = 2
+        var rng = SplitMix64(seed: 11)
+        let keys = (0..<(perPartition * partitions)).map { _ in UInt16(truncatingIfNeeded: rng.next() % 3000 + 60000 * (rng.next() % 2)) }
+        let grad = (0..<keys.count).map { _ in Float(rng.nextUnit() * 2 - 1) }
+        let pool = ThreadPool(threads: threads)
+        let hists = keys.withUnsafeBufferPointer {
+            KeyPasses.histograms($0.baseAddress!, partitions: partitions, elementsPerPartition: perPartition, pool: pool).histograms
+        }
+        for p in 0..<partitions {
+            var counts = [UInt32](repeating: 0, count: 65536)
+            for e in (p * perPartition)..<((p + 1) * perPartition) { counts[Int(keys[e])] += 1 }
+            let present = (0..<65536).filter { counts[$0] > 0 }
+            #expect(hists[p].keys == present.map { UInt16($0) })
+            #expect(hists[p].counts == present.map { counts[$0] })
+        }
+        let sums = keys.withUnsafeBufferPointer { k in
+            grad.withUnsafeBytes { g in
+                KeyPasses.scatterGradients(k.baseAddress!, slots: hists.map(\.keys), elementsPerPartition: perPartition, pool: pool,
+                                           grad: g.baseAddress!, gradType: .f32, hashing: false).sums.map(\.array)
+            }
+        }
+        for p in 0..<partitions {
+            var total = [Double](repeating: 0, count: 65536)
+            var start = p * perPartition
+            while start < (p + 1) * perPartition {
+                var item = [Double](repeating: 0, count: 65536)
+                let end = min(start + KeyPasses.chunk, (p + 1) * perPartition)
+                for e in start..<end { item[Int(keys[e])] += Double(grad[e]) }
+                for key in hists[p].keys { total[Int(key)] += item[Int(key)] }
+                start = end
+            }
+            #expect(sums[p] == hists[p].keys.map { total[Int($0)] })
+        }
+    }
+}
