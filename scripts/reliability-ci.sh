@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reliability checks for CI (issue 8), within a few minutes on a 2-core machine:
+# Reliability checks for CI, within a few minutes on a 2-core machine:
 #   1. build the C programs of tests/reliability/ (plain C99 against the shipped libedkm.so)
 #   2. the C ABI fuzz driver, bounded (FUZZ_SECONDS, default 90 s)
 #   3. the leak soak: 10,000 forward/backward cycles with dedup and sharding (SOAK_CYCLES)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the C ABI with libFuzzer (issue 8): the same driver as the seeded
+# Coverage-guided fuzzing of the C ABI with libFuzzer: the same driver as the seeded
 # fuzzer (tests/reliability/fuzz_abi.c, built with -DEDKM_LIBFUZZER: every random choice comes from
 # the fuzzer's input), against a libedkm built -c release with AddressSanitizer and SanitizerCoverage
 # (inline 8-bit counters + pc-table + trace-cmp), so libFuzzer sees the Swift library's edges.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sanitizer runs for libedkm (issue 8). Each part is selectable: with no argument all of them run.
+# Sanitizer runs for libedkm. Each part is selectable: with no argument all of them run.
 #
 #   asan      swift test --sanitize=address --scratch-path .build-asan   (the Swift test suites;
 #             LeakSanitizer suppressions: tests/reliability/lsan.supp, Swift runtime only)

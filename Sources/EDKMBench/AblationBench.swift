@@ -1,7 +1,7 @@
 import CEDKM
 import Glibc
 
-/// `edkm-bench ablation` (issue 4): the eDKM saved-state memory ablation on one LLaMA-7B decoder
+/// `edkm-bench ablation`: the eDKM saved-state memory ablation on one LLaMA-7B decoder
 /// layer: per mode, the saved bytes from the runtime's statistics, the reduction against the DKM
 /// baseline and the forward + backward time. Modes that keep N x k maps are measured on row slices
 /// and extrapolated (their bytes are linear in the weights; the fit and its residual are printed).

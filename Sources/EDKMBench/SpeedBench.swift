@@ -1,7 +1,7 @@
 import CEDKM
 import Glibc
 
-/// `edkm-bench speed` (issue 5): the uniquified path against the dense path and a bandwidth probe.
+/// `edkm-bench speed`: the uniquified path against the dense path and a bandwidth probe.
 enum SpeedBench {
     static let usage = """
     usage: edkm-bench speed [options]

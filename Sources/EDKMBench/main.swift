@@ -1,8 +1,8 @@
 import Glibc
 
 // edkm-bench: benchmarks of libedkm through its C ABI (include/edkm.h).
-//   edkm-bench speed      issue 5: uniquified path vs the dense path and a bandwidth probe
-//   edkm-bench ablation   issue 4: the eDKM saved-state memory ablation on a LLaMA-7B decoder layer
+//   edkm-bench speed      uniquified path vs the dense path and a bandwidth probe
+//   edkm-bench ablation   the eDKM saved-state memory ablation on a LLaMA-7B decoder layer
 
 setvbuf(stdout, nil, _IOLBF, 0)
 let arguments = CommandLine.arguments

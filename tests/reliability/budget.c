@@ -1,5 +1,5 @@
 /*
- * budget.c: the offload arena's byte budget (issue 8).
+ * budget.c: the offload arena's byte budget. 
  *
  * For each arena saved mode (MARSHAL, DEDUP, UNIQUIFY, SHARD, HISTOGRAM + keep_weights):
  *   1. measure what one saved state takes in the arena (an unlimited runtime: arena_allocated

@@ -1,5 +1,5 @@
 /*
- * churn.c: runtime create/destroy cycles (issue 8): a trainer that makes a runtime per model, per
+ * churn.c: runtime create/destroy cycles: a trainer that makes a runtime per model, per
  * epoch or per job must get all of it back when it destroys the runtime.
  *
  * --cycles times (default 3000): create a runtime (--threads worker threads, default 2), a layer,

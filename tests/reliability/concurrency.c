@@ -1,5 +1,5 @@
 /*
- * concurrency.c: the threading contract of include/edkm.h (issue 8), with pthreads.
+ * concurrency.c: the threading contract of include/edkm.h, with pthreads.
  *
  * "A runtime may be used from any number of threads at once. A layer or a saved state must be used
  *  by one thread at a time; a second thread that calls into a layer or saved state while another

@@ -1,5 +1,5 @@
 /*
- * known_bugs.c: minimal reproductions of the library bugs found by the reliability work (issue 8),
+ * known_bugs.c: minimal reproductions of the library bugs found by the reliability work,
  * one check each; prints PRESENT or FIXED per bug (see tests/reliability/README.md for the analysis
  * and the suggested fixes). Crashing checks run in a forked child.
  *

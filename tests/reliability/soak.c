@@ -1,5 +1,5 @@
 /*
- * soak.c: a leak soak of libedkm (issue 8).
+ * soak.c: a leak soak of libedkm. 
  *
  * 10,000 training cycles (--cycles) of a small layer, each cycle on two runtimes:
  *   A  saved_mode EDKM_SAVED_DEDUP, gradient accumulation: two forwards of the same weights (the
