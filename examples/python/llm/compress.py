@@ -159,12 +159,13 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation")
+    ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation (0: all)")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--out", help="palettized safetensors file to write")
     ap.add_argument("--json", help="results file")
     a = ap.parse_args(argv)
+    a.limit = a.limit or None
     torch.manual_seed(a.seed)
 
     import edkm.torch as et

@@ -58,12 +58,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="edkm palettized safetensors file (from compress.py)")
     ap.add_argument("--tasks", default=",".join(T.TASKS), help="comma-separated subset of %(default)s")
-    ap.add_argument("--limit", type=int, default=None, help="first N documents of each task (default: all)")
+    ap.add_argument("--limit", type=int, default=None, help="first N documents of each task (default or 0: all)")
     ap.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sanity", action="store_true")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
+    a.limit = a.limit or None
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.time()

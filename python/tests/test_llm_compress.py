@@ -1,0 +1,76 @@
+"""The language-model example's compression path (examples/python/llm/compress.py) on a
+two-layer cut of SmolLM2-135M: palettize the decoder Linears, distil a few steps through
+edkm.torch, finalize, export/load the palettized safetensors file, and score a few items."""
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+import edkm.torch as et  # noqa: E402
+from llm_common import model_and_tokenizer, require  # noqa: E402
+
+import compress  # noqa: E402
+import smollm  # noqa: E402
+import tasks as T  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def two_layer_cut(model):
+    cfg = copy.copy(model.cfg)
+    cfg.n_layers = 2
+    small = smollm.LlamaLM(cfg)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("model.layers.")
+          or int(k.split(".")[2]) < 2}
+    small.load_state_dict(sd)
+    return small.eval()
+
+
+def test_distillation_steps_finalize_export_and_score(tmp_path, lib):
+    require("olmo_eval")
+    model, cfg, tok = model_and_tokenizer()
+    teacher = two_layer_cut(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    et.palettize(student, bits=3, group_size=64, modules=compress.linear_filter, f32_key_dtype="f16")
+    assert len(et.palettized(student)) == 2 * 7
+    ids = next(compress.batches(tok, cfg.eos_id, batch=2, seq_len=32))
+    assert ids.shape == (2, 32)
+    with torch.no_grad():
+        target = teacher(ids)
+    params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
+    for n, p in student.named_parameters():
+        p.requires_grad_("embed_tokens" not in n)
+    opt = torch.optim.Adam(params, lr=1e-4)
+    student.train()
+    losses = []
+    for _ in range(4):  # a fixed batch: the distillation loss must go down
+        loss = compress.kl_distill(student(ids), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    et.finalize(student, coreml_metadata=False)
+    for name, m in student.named_modules():
+        if compress.linear_filter(name, m):
+            rows = m.weight.detach().reshape(-1, 64, m.weight.shape[1])
+            assert all(torch.unique(g).numel() <= 8 for g in rows), name
+    path = tmp_path / "student.safetensors"
+    pal = et.export_safetensors(student, path)
+    assert len(pal) == 14 and all(pt.bits == 3 and pt.group_size == 64 for pt in pal.values())
+    back = smollm.LlamaLM(student.cfg)
+    back.load_state_dict(et.load_safetensors(path))
+    with torch.inference_mode():
+        torch.testing.assert_close(back.eval()(ids), student.eval()(ids), rtol=0, atol=0)
+    res = T.evaluate(student, tok, ["piqa"], limit=3, prefix_id=cfg.eos_id, show_progress=False)
+    assert res["piqa"]["n"] == 3
+
+
+def test_model_bytes_counts_luts_indices_and_16_bit_rest():
+    pt = et.PalettizedTensor(lut=torch.zeros(2, 8, 1), packed=__import__("numpy").zeros(6, dtype="uint8"), bits=3,
+                             group_size=4, cluster_dim=1, shape=(8, 2), dtype=torch.float32)
+    assert compress.model_bytes({"w": pt}, {"n": torch.zeros(10)}) == 2 * 8 * 4 + 6 + 10 * 2
