@@ -87,22 +87,25 @@ def kl_distill(student_logits, teacher_logits, temperature=1.0):
     return kl.mean() * t * t
 
 
-def linear_filter(name, module):
-    return isinstance(module, torch.nn.Linear) and re.search(LINEARS, name) is not None
+def linear_filter(name, module, layers=None):
+    """The decoder Linears (of the decoder layers in `layers` when given)."""
+    if not (isinstance(module, torch.nn.Linear) and re.search(LINEARS, name)):
+        return False
+    return layers is None or int(name.split(".")[2]) in layers
 
 
-def coreml_palettizer(model, bits, group_size):
+def coreml_palettizer(model, bits, group_size, layers=None):
     from coremltools.optimize.torch.palettization import DKMPalettizer, DKMPalettizerConfig
     gc = {"n_bits": bits, "weight_threshold": 0, "milestone": 0}
     if group_size:
         gc.update(granularity="per_grouped_channel", group_size=group_size)
-    names = {n: gc for n, m in model.named_modules() if linear_filter(n, m)}
+    names = {n: gc for n, m in model.named_modules() if linear_filter(n, m, layers)}
     cfg = DKMPalettizerConfig.from_dict({"module_name_configs": names})
     return DKMPalettizer(model, cfg)
 
 
 def train(student, teacher, tok, eos_id, a, step_hook=None):
-    """a.steps of distillation; returns [(step, loss)]."""
+    """a.steps of distillation; returns [(step, loss, seconds since the first step began)]."""
     params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
     for n, p in student.named_parameters():
         p.requires_grad_("embed_tokens" not in n)
@@ -121,7 +124,7 @@ def train(student, teacher, tok, eos_id, a, step_hook=None):
         opt.step()
         if step_hook is not None:
             step_hook()
-        log.append((step, loss.item()))
+        log.append((step, loss.item(), time.time() - t0))
         print(f"step {step}/{a.steps} kl {loss.item():.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     student.eval()
     return log
@@ -152,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--method", choices=["ptq", "edkm", "coreml"], required=True)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=0, help="rows per LUT (0: one LUT per tensor)")
+    ap.add_argument("--layers", help="comma-separated decoder layer indices to palettize (default: all)")
     ap.add_argument("--embedding-bits", type=int, default=0, help="also k-means the tied embedding (0: keep)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=4)
@@ -166,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--json", help="results file")
     a = ap.parse_args(argv)
     a.limit = a.limit or None
+    layers = None if not a.layers else {int(x) for x in a.layers.split(",")}
+    select = lambda name, m: linear_filter(name, m, layers)  # noqa: E731
     torch.manual_seed(a.seed)
 
     import edkm.torch as et
@@ -177,19 +183,20 @@ def main(argv=None):
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
     res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "embedding_bits": a.embedding_bits,
+           "layers": sorted(layers) if layers else "all",
            "steps": a.steps if a.method != "ptq" else 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
 
     t_train = time.time()
     runtime = None
     if a.method in ("ptq", "edkm"):
-        et.palettize(student, bits=a.bits, group_size=a.group_size, modules=linear_filter, f32_key_dtype="f16")
+        et.palettize(student, bits=a.bits, group_size=a.group_size, modules=select, f32_key_dtype="f16")
         runtime = et.palettized(student)[0][3].runtime
         res["palettized_tensors"] = len(et.palettized(student))
         if a.method == "edkm":
             res["train_log"] = train(student, teacher, tok, cfg.eos_id, a)
         et.finalize(student, coreml_metadata=False)
     else:
-        pal = coreml_palettizer(student, a.bits, a.group_size)
+        pal = coreml_palettizer(student, a.bits, a.group_size, layers)
         student = pal.prepare()
         pal.step()
         res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step)
