@@ -32,8 +32,9 @@ private func hostileWeights(_ n: Int) -> [UInt16] {
     /// The forward's histogram all-reduce (65,536 counts, a flag, the element total).
     enum Corruption: String, CaseIterable, Sendable { case nan, inf, huge, negative, fraction, plusOne, zeros, flagHuge }
 
-    @Test(arguments: Corruption.allCases)
-    func forwardShardRejectsImpossibleHistogram(_ corruption: Corruption) {
+    @Test(arguments: Corruption.allCases.map(\.rawValue))  // raw values: see WindowedKernelTests
+    func forwardShardRejectsImpossibleHistogram(_ name: String) {
+        let corruption = Corruption(rawValue: name)!
         let comm = ScriptedCommunicator()
         comm.reduce = { data, count in
             let key = (0..<65536).first { data[$0] > 0 }!
@@ -65,8 +66,11 @@ private func hostileWeights(_ n: Int) -> [UInt16] {
     }
 
     /// The sharded backward's gradient all-reduce: non-finite sums and impossible flags.
-    @Test(arguments: [(Double.infinity, 0), (Double.nan, 0), (1e300, 1), (0.5, 2), (-1, 1)])
-    func shardBackwardRejectsImpossibleSums(value: Double, entry: Int) {
+    static let impossibleSums: [(value: Double, entry: Int)] = [(.infinity, 0), (.nan, 0), (1e300, 1), (0.5, 2), (-1, 1)]
+
+    @Test(arguments: impossibleSums.indices)  // indices, not tuples: see WindowedKernelTests
+    func shardBackwardRejectsImpossibleSums(_ index: Int) {
+        let (value, entry) = Self.impossibleSums[index]
         let comm = ScriptedCommunicator()
         let rt = makeRuntime(communicator: &comm.c)
         let l = makeLayer(rt, [256], layerConfig(bits: 3))

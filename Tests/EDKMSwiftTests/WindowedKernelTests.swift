@@ -14,8 +14,12 @@ import Testing
 /// gradient (for the dimensionless h, of max(|h|, 1)). Both far below float32 output rounding (6e-8).
 /// Thread counts 1/2/3 must give bit-identical results.
 @Suite struct WindowedKernelTests {
-    enum Distribution: CaseIterable { case gaussian, heavyTailed, llmLike }
-    enum Keying: CaseIterable { case f16, bf16, f32 }
+    enum Distribution: String, CaseIterable { case gaussian, heavyTailed, llmLike }
+    enum Keying: String, CaseIterable { case f16, bf16, f32 }
+    // Test arguments are the raw values: Swift Testing names enum arguments through
+    // swift_getMangledTypeName, which the ASan/TSan builds of the test runner report as a bad free.
+    static let distributions = Distribution.allCases.map(\.rawValue)
+    static let keyings = Keying.allCases.map(\.rawValue)
 
     /// One partition's rows: distinct values in key order with counts, as the uniquified path builds
     /// them (f32: every weight its own row, count 1, as the dense path reads them).
@@ -160,20 +164,24 @@ import Testing
         }
     }
 
-    @Test(arguments: Distribution.allCases, Keying.allCases)
-    func perTensorMatchesFullPath(dist: Distribution, keying: Keying) {
-        for (mode, tau) in Self.temperatures { Self.compare(dist, keying, partitions: 1, bits: 4, mode: mode, tau: tau) }
+    @Test(arguments: distributions, keyings)
+    func perTensorMatchesFullPath(dist: String, keying: String) {
+        let (d, k) = (Distribution(rawValue: dist)!, Keying(rawValue: keying)!)
+        for (mode, tau) in Self.temperatures { Self.compare(d, k, partitions: 1, bits: 4, mode: mode, tau: tau) }
     }
 
-    @Test(arguments: Distribution.allCases, Keying.allCases)
-    func groupedMatchesFullPath(dist: Distribution, keying: Keying) {
-        for (mode, tau) in Self.temperatures { Self.compare(dist, keying, partitions: 5, bits: 3, mode: mode, tau: tau) }
+    @Test(arguments: distributions, keyings)
+    func groupedMatchesFullPath(dist: String, keying: String) {
+        let (d, k) = (Distribution(rawValue: dist)!, Keying(rawValue: keying)!)
+        for (mode, tau) in Self.temperatures { Self.compare(d, k, partitions: 5, bits: 3, mode: mode, tau: tau) }
     }
 
     /// Thread counts never change results: 1, 2 and 3 threads bit-identical, with several blocks
     /// of rows per partition (7000 f32 rows: 4 blocks) and several partitions.
-    @Test(arguments: [(ClusteringConfig.TemperatureMode.scaleFree, 0.1), (.absolute, 1e-4)])
-    func threadCountsBitIdentical(mode: ClusteringConfig.TemperatureMode, tau: Double) {
+    @Test(arguments: [0.1, -1e-4])
+    func threadCountsBitIdentical(signedTau: Double) {
+        // scale-free tau 0.1 (positive) and absolute tau 1e-4 (given negated): plain Double arguments
+        let (mode, tau): (ClusteringConfig.TemperatureMode, Double) = signedTau > 0 ? (.scaleFree, signedTau) : (.absolute, -signedTau)
         Self.compare(.llmLike, .f32, partitions: 1, bits: 4, mode: mode, tau: tau, threads: [1, 2, 3], count: 7_000)
         Self.compare(.gaussian, .f16, partitions: 4, bits: 4, mode: mode, tau: tau, threads: [1, 2, 3], count: 5_000)
     }
