@@ -1,6 +1,6 @@
 import CEDKM
 
-/// The rows of the eDKM ablation (docs/design.md section 2), in the paper's order, plus ours.
+/// The rows of the eDKM ablation (docs/design.md, part 2 (the saved state)), in the paper's order, plus ours.
 struct AblationMode {
     var name: String
     var mode: edkm_saved_mode

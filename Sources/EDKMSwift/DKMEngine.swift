@@ -242,7 +242,7 @@ struct DKMEngine {
         let r: DoubleBuffer
     }
 
-    /// Reverse mode through every iteration (docs/design.md section 1, docs/histogram-adjoints.md).
+    /// Reverse mode through every iteration (docs/design.md, part 1 (the math), docs/histogram-adjoints.md).
     /// `gradients(p, start, count, scratch)` returns G for those rows (count x d: the upstream
     /// gradient summed over the elements of each row). `savedSoftmax(p, t, start, count)` (optional)
     /// returns the forward's saved s map of those rows at iteration t instead of recomputing it.

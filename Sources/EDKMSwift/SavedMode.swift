@@ -1,4 +1,4 @@
-/// What a forward keeps for its backward: the rows of the eDKM ablation (docs/design.md section 2).
+/// What a forward keeps for its backward: the rows of the eDKM ablation (docs/design.md, part 2 (the saved state)).
 /// Raw values equal the C ABI's `edkm_saved_mode`.
 public enum SavedMode: Int32, Sendable, CaseIterable {
     /// Only the k-sized centroid and normaliser vectors of every iteration and the U-sized value

@@ -1,7 +1,7 @@
 import Glibc
 
 extension SavedState {
-    /// dL/dw from dL/dw~ through every DKM iteration (docs/design.md section 1). `weights`: the forward's
+    /// dL/dw from dL/dw~ through every DKM iteration (docs/design.md, part 1 (the math)). `weights`: the forward's
     /// weights (checked by hash), required when the state kept neither the weights nor an index
     /// list. On error nothing is written; a state supports one backward.
     public func backward(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,

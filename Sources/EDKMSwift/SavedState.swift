@@ -1,6 +1,6 @@
 import Synchronization
 
-/// What one forward keeps for its backward, as the runtime's `SavedMode` says (docs/design.md section 2).
+/// What one forward keeps for its backward, as the runtime's `SavedMode` says (docs/design.md, part 2 (the saved state)).
 /// Every buffer lives in the runtime's saved-tensor store (the offload arena, or the heap for the
 /// DKM baseline); the Swift fields hold only sizes and flags.
 public final class SavedState: @unchecked Sendable {

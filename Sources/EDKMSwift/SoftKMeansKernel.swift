@@ -1,6 +1,6 @@
 import Glibc
 
-/// The per-row arithmetic of DKM (docs/design.md section 1), in Double, for rows that are either distinct
+/// The per-row arithmetic of DKM (docs/design.md, part 1 (the math)), in Double, for rows that are either distinct
 /// values with a count (uniquified) or the weights themselves (dense, count 1).
 ///
 /// For a row value u (d-vector) and centroids c (k x d, row-major):

@@ -131,7 +131,7 @@ class DKMFunction(torch.autograd.Function):
 
     apply(weight, layer): weight a CPU float32/float16/bfloat16 tensor of layer.shape (contiguous:
     passed without a copy; otherwise copied once); returns w~ in the weight's dtype, contiguous.
-    The centroids get no gradient (docs/design.md section 1)."""
+    The centroids get no gradient (docs/design.md, part 1 (the math))."""
 
     @staticmethod
     def forward(ctx, weight, layer):

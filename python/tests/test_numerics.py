@@ -1,5 +1,5 @@
 """The library's forward/backward through the binding against a float64 numpy reference of the DKM
-math in docs/design.md section 1 (what the binding hands over is what the library computes on:
+math in docs/design.md, part 1 (the math) (what the binding hands over is what the library computes on:
 dtype codes, counts, layouts of centroids and groups)."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""edkm.torch's autograd Function against torch autograd of the docs/design.md section 1 formula.
+"""edkm.torch's autograd Function against torch autograd of the docs/design.md, part 1 (the math) formula.
 
 The reference (`dkm_reference`) is the formula written out in float64 torch ops; torch's autograd
 differentiates it through every k-means iteration. libedkm computes in float64 and rounds its output
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dkm_reference(x, c0, tau, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4):
-    """docs/design.md section 1: w~ = A^{T-1} c^T, differentiable in x ((n, d) float64); c0 (k, d) is a constant."""
+    """docs/design.md, part 1 (the math): w~ = A^{T-1} c^T, differentiable in x ((n, d) float64); c0 (k, d) is a constant."""
     c = c0
     last = None
     for _ in range(iterations):

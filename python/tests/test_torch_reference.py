@@ -1,4 +1,4 @@
-"""libedkm against PyTorch autograd of the docs/design.md section 1 formula (written here, in float64).
+"""libedkm against PyTorch autograd of the docs/design.md, part 1 (the math) formula (written here, in float64).
 
 Tolerance: libedkm computes in float64 and rounds outputs and gradients to float32 once (the
 uniquified path also rounds its (h, r) tables to float32): 1e-6 relative to the largest value.

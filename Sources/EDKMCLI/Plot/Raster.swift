@@ -73,31 +73,27 @@ struct Raster {
     /// Text with its top left corner at (x, y); each glyph 5x7 pixels in a 6x9 cell, times `scale`.
     /// Characters outside printable ASCII are drawn as '?'.
     mutating func text(_ s: String, x: Int, y: Int, _ c: Colour, scale: Int = 1) {
-        var cx = x
-        for ch in s.unicodeScalars {
-            let columns = BitmapFont.glyph(ch)
-            for (col, bits) in columns.enumerated() {
-                for row in 0..<7 where bits & (1 << row) != 0 {
-                    fill(x: cx + col * scale, y: y + row * scale, width: scale, height: scale, c)
-                }
-            }
-            cx += BitmapFont.advance * scale
-        }
+        drawGlyphs(s, scale: scale) { col, row, cell in (x + (cell + col) * scale, y + row * scale) }
+            .forEach { fill(x: $0.0, y: $0.1, width: scale, height: scale, c) }
     }
 
     /// Text rotated a quarter turn counter-clockwise (reading upwards), its baseline's start at
     /// (x, y): for a vertical axis label.
     mutating func verticalText(_ s: String, x: Int, y: Int, _ c: Colour, scale: Int = 1) {
-        var cy = y
-        for ch in s.unicodeScalars {
-            let columns = BitmapFont.glyph(ch)
-            for (col, bits) in columns.enumerated() {
-                for row in 0..<7 where bits & (1 << row) != 0 {
-                    fill(x: x + row * scale, y: cy - col * scale, width: scale, height: scale, c)
-                }
+        drawGlyphs(s, scale: scale) { col, row, cell in (x + row * scale, y - (cell + col) * scale) }
+            .forEach { fill(x: $0.0, y: $0.1, width: scale, height: scale, c) }
+    }
+
+    /// The top-left corners of the `scale`-sized squares of every lit glyph pixel of `s`, placed by
+    /// `position(column in glyph, row in glyph, first column of the glyph's cell)`.
+    private func drawGlyphs(_ s: String, scale: Int, position: (Int, Int, Int) -> (Int, Int)) -> [(Int, Int)] {
+        var squares: [(Int, Int)] = []
+        for (i, ch) in s.unicodeScalars.enumerated() {
+            for (col, bits) in BitmapFont.glyph(ch).enumerated() {
+                for row in 0..<7 where bits & (1 << row) != 0 { squares.append(position(col, row, i * BitmapFont.advance)) }
             }
-            cy -= BitmapFont.advance * scale
         }
+        return squares
     }
 
     static func textWidth(_ s: String, scale: Int = 1) -> Int { s.unicodeScalars.count * BitmapFont.advance * scale }
