@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reliability checks for CI, within a few minutes on a 2-core machine:
-#   1. build the C programs of tests/reliability/ (plain C99 against the shipped libedkm.so)
+#   1. build the C programs of Tests/reliability/ (plain C99 against the shipped libedkm.so)
 #   2. the C ABI fuzz driver, bounded (FUZZ_SECONDS, default 90 s)
 #   3. the leak soak: 10,000 forward/backward cycles with dedup and sharding (SOAK_CYCLES)
 #   4. the budget program (BUDGET_ROUNDS rounds)
@@ -52,12 +52,12 @@ build_c() {
     local link=(-L "$LIB_DIR" -ledkm "-Wl,-rpath,$LIB_ABS" -lm)
     set -e
     for p in fuzz_abi soak budget churn; do
-        "$CC" "${flags[@]}" "tests/reliability/$p.c" "${link[@]}" -o "$BIN/$p"
+        "$CC" "${flags[@]}" "Tests/reliability/$p.c" "${link[@]}" -o "$BIN/$p"
     done
-    "$CC" "${flags[@]}" -pthread tests/reliability/concurrency.c "${link[@]}" -o "$BIN/concurrency"
-    "$CC" "${flags[@]}" -pthread tests/reliability/known_bugs.c "${link[@]}" -o "$BIN/known_bugs"
+    "$CC" "${flags[@]}" -pthread Tests/reliability/concurrency.c "${link[@]}" -o "$BIN/concurrency"
+    "$CC" "${flags[@]}" -pthread Tests/reliability/known_bugs.c "${link[@]}" -o "$BIN/known_bugs"
     "$CC" -std=c99 -O2 -g -Wall -Wextra -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer"
-    gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include examples/c/header_check.c -L "$LIB_DIR" -ledkm \
+    gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include Tests/abi/header_check.c -L "$LIB_DIR" -ledkm \
         "-Wl,-rpath,$LIB_ABS" -o "$BIN/header_check"
     set +e
 }
@@ -97,11 +97,11 @@ if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
             ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
             strip -g "$VG_LIB/libedkm.so.0"
             "$CC" -std=c99 -O2 -g -I include examples/c/mlp_trainer.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm -o "$BIN/mlp_trainer_vg"
-            gcc -std=c99 -g -I include examples/c/header_check.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -o "$BIN/header_check_vg"
+            gcc -std=c99 -g -I include Tests/abi/header_check.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -o "$BIN/header_check_vg"
             set +e
         }
         VG=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
-            --suppressions=tests/reliability/valgrind.supp --max-threads=3000)
+            --suppressions=Tests/reliability/valgrind.supp --max-threads=3000)
         step "valgrind: prepare (strip -g copy)" prepare_vg
         step "valgrind: header_check" "${VG[@]}" "$BIN/header_check_vg"
         step "valgrind: mlp_trainer (short schedule)" "${VG[@]}" "$BIN/mlp_trainer_vg" --epochs 4 --ft-epochs 1 --bits 3

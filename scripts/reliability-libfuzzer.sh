@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the C ABI with libFuzzer: the same driver as the seeded
-# fuzzer (tests/reliability/fuzz_abi.c, built with -DEDKM_LIBFUZZER: every random choice comes from
+# fuzzer (Tests/reliability/fuzz_abi.c, built with -DEDKM_LIBFUZZER: every random choice comes from
 # the fuzzer's input), against a libedkm built -c release with AddressSanitizer and SanitizerCoverage
 # (inline 8-bit counters + pc-table + trace-cmp), so libFuzzer sees the Swift library's edges.
 #
@@ -23,7 +23,7 @@ L=$ROOT/.build-libfuzzer/release
 mkdir -p .build-reliability/bin .build-reliability/corpus-libfuzzer
 swift build -c release --product EDKM --scratch-path .build-libfuzzer --sanitize=address \
     -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp 2>&1 | grep -E "error|Compiling|Build complete" || true
-"$CLANG" -std=c99 -O1 -g -fuse-ld=lld -fsanitize=fuzzer,address -DEDKM_LIBFUZZER -I include tests/reliability/fuzz_abi.c \
+"$CLANG" -std=c99 -O1 -g -fuse-ld=lld -fsanitize=fuzzer,address -DEDKM_LIBFUZZER -I include Tests/reliability/fuzz_abi.c \
     -L "$L" -lEDKM "-Wl,-rpath,$L" -lm -o .build-reliability/bin/fuzz_abi_libfuzzer 2>&1 | grep -v "Cannot export local symbol" || true
 exec .build-reliability/bin/fuzz_abi_libfuzzer -max_total_time="$SECONDS_TO_RUN" -max_len=4096 -len_control=0 \
     -rss_limit_mb=6000 -print_final_stats=1 -artifact_prefix=.build-reliability/ "$@" .build-reliability/corpus-libfuzzer

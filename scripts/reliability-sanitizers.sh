@@ -2,7 +2,7 @@
 # Sanitizer runs for libedkm. Each part is selectable: with no argument all of them run.
 #
 #   asan      swift test --sanitize=address --scratch-path .build-asan   (the Swift test suites;
-#             LeakSanitizer suppressions: tests/reliability/lsan.supp, Swift runtime only)
+#             LeakSanitizer suppressions: Tests/reliability/lsan.supp, Swift runtime only)
 #   tsan      swift test --sanitize=thread  --scratch-path .build-tsan
 #   asan-c    libedkm built -c release with ASan (.build-asan-release) + the C reliability programs
 #             and examples/c/mlp_trainer.c built with clang -fsanitize=address: fuzz (short), soak
@@ -12,14 +12,14 @@
 #             object alive. valgrind on the plain release library is what caught it.)
 #   tsan-c    libedkm built -c release with TSan (.build-tsan-release) + concurrency.c and the trainer
 #             built with clang -fsanitize=thread (races between C threads inside the library).
-#             tests/reliability/tsan.supp suppresses only Swift's lazy-global initialisers (swift_once
+#             Tests/reliability/tsan.supp suppresses only Swift's lazy-global initialisers (swift_once
 #             is not instrumented), for both TSan parts.
 #   valgrind  memcheck (--error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite) on
 #             the C examples, the fuzz driver (short), the soak (short) and the budget program,
 #             against a copy of the shipped libedkm.so (scripts/build-dist.sh) stripped of debug info
 #             (`strip -g`): valgrind 3.19 cannot read the DWARF of the Swift-built library ("debuginfo
 #             reader: ensure_valid failed ... I can't recover"). Suppressions:
-#             tests/reliability/valgrind.supp (Swift runtime one-time caches only).
+#             Tests/reliability/valgrind.supp (Swift runtime one-time caches only).
 #
 # Environment: EDKM_LIB_DIR (the library for valgrind; default .build-dist/lib, built if missing), SWIFT_TEST_FILTER (passed to swift test --filter), FUZZ_SECONDS_SAN (60),
 #   SOAK_CYCLES_SAN (1000), VALGRIND_FUZZ_ITERATIONS (150), VALGRIND_SOAK_CYCLES (200).
@@ -30,8 +30,8 @@ ROOT=$PWD
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 CLANG=${CLANG:-$(command -v clang || echo /opt/swift/usr/bin/clang)}
 SWIFT_LIB=$(dirname "$(command -v swift)")/../lib/swift/linux
-# tests/reliability/tsan.supp: Swift lazy-global initialisers only (see that file)
-TSAN_SUPP="suppressions=$ROOT/tests/reliability/tsan.supp"
+# Tests/reliability/tsan.supp: Swift lazy-global initialisers only (see that file)
+TSAN_SUPP="suppressions=$ROOT/Tests/reliability/tsan.supp"
 BIN=$ROOT/.build-reliability/bin
 LOGS=$ROOT/.build-reliability/logs
 mkdir -p "$BIN" "$LOGS"
@@ -67,10 +67,10 @@ c_programs() {  # c_programs SANITIZER LIBDIR: builds the reliability programs w
     [ "$san" = thread ] && extra=(-L"$SWIFT_LIB" -ldispatch -lBlocksRuntime "-Wl,-rpath,$SWIFT_LIB")
     set -e
     for p in fuzz_abi soak budget; do
-        "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include "tests/reliability/$p.c" \
+        "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include "Tests/reliability/$p.c" \
             -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/${p}_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     done
-    "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -pthread -I include tests/reliability/concurrency.c \
+    "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -pthread -I include Tests/reliability/concurrency.c \
         -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/concurrency_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     # the C example a user starts from
     "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include examples/c/mlp_trainer.c \
@@ -83,7 +83,7 @@ for part in "${PARTS[@]}"; do
     case $part in
     asan)
         run "swift test --sanitize=address" "$LOGS/swift-test-asan.log" \
-            env LSAN_OPTIONS="suppressions=$ROOT/tests/reliability/lsan.supp" bash -c "$(declare -f swift_test); swift_test address .build-asan" ;;
+            env LSAN_OPTIONS="suppressions=$ROOT/Tests/reliability/lsan.supp" bash -c "$(declare -f swift_test); swift_test address .build-asan" ;;
     tsan)
         run "swift test --sanitize=thread" "$LOGS/swift-test-tsan.log" \
             env TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0 exitcode=66} $TSAN_SUPP" bash -c "$(declare -f swift_test); swift_test thread .build-tsan" ;;
@@ -120,14 +120,14 @@ for part in "${PARTS[@]}"; do
             ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
             strip -g "$VG_LIB/libedkm.so.0"    # drop the DWARF valgrind cannot read
             local link=(-L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm)
-            for p in fuzz_abi soak budget; do cc -std=c99 -O1 -g -I include "tests/reliability/$p.c" "${link[@]}" -o "$BIN/${p}_vg"; done
+            for p in fuzz_abi soak budget; do cc -std=c99 -O1 -g -I include "Tests/reliability/$p.c" "${link[@]}" -o "$BIN/${p}_vg"; done
             cc -std=c99 -O2 -g -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer_vg"
-            gcc -std=c99 -g -I include examples/c/header_check.c "${link[@]}" -o "$BIN/header_check_vg"
+            gcc -std=c99 -g -I include Tests/abi/header_check.c "${link[@]}" -o "$BIN/header_check_vg"
             set +e
         }
         run "valgrind: prepare ($LIB, strip -g)" "$LOGS/valgrind-prepare.log" prepare
         VG=(valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
-            --suppressions=tests/reliability/valgrind.supp --max-threads=3000 --num-callers=30)
+            --suppressions=Tests/reliability/valgrind.supp --max-threads=3000 --num-callers=30)
         run "valgrind: header_check" "$LOGS/valgrind-header-check.log" "${VG[@]}" "$BIN/header_check_vg"
         run "valgrind: mlp_trainer (short)" "$LOGS/valgrind-mlp.log" "${VG[@]}" "$BIN/mlp_trainer_vg" --epochs 4 --ft-epochs 1 --bits 3
         run "valgrind: fuzz_abi (${VALGRIND_FUZZ_ITERATIONS:-150} iterations)" "$LOGS/valgrind-fuzz.log" \

@@ -6,8 +6,8 @@
 #   2. the wheel (`pip wheel python/`): name, tag py3-none-<platform>, the library inside;
 #      `auditwheel show` where auditwheel is installed
 #   3. a fresh venv (python3 -m venv) with the wheel, numpy and pytest installed
-#   4. the Swift client package tests/swift-client built against the prefix (pkg-config edkm)
-#   5. tests/install/run-installed.sh with the Swift toolchain hidden: `unshare -m` and an empty
+#   4. the Swift client package Tests/swift-client built against the prefix (pkg-config edkm)
+#   5. Tests/install/run-installed.sh with the Swift toolchain hidden: `unshare -m` and an empty
 #      directory bind-mounted over the toolchain's directory (where unshare is not permitted, it
 #      runs with the toolchain visible and says so): C via pkg-config and via CMake find_package,
 #      the quickstart and the binding's tests in the venv, `bin/edkm demo`, the Swift client.
@@ -71,11 +71,11 @@ venv() {  # a fresh venv with the wheel; numpy and pytest from PyPI, else from t
 venv >"$T/venv.log" 2>&1 && ok "fresh venv with the wheel" || ko "venv: $(tail -5 "$T/venv.log")"
 
 echo "== Swift client package"
-if PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig swift build --package-path tests/swift-client --scratch-path "$T/swift-client" \
+if PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig swift build --package-path Tests/swift-client --scratch-path "$T/swift-client" \
      --static-swift-stdlib >"$T/swift-client.log" 2>&1; then
-  ok "tests/swift-client built against the prefix (pkg-config edkm)"
+  ok "Tests/swift-client built against the prefix (pkg-config edkm)"
 else
-  ko "tests/swift-client: $(grep -E "error" "$T/swift-client.log" | head -5)"
+  ko "Tests/swift-client: $(grep -E "error" "$T/swift-client.log" | head -5)"
 fi
 
 echo "== the installed artefacts without the Swift toolchain"
@@ -90,16 +90,16 @@ hideable() {  # the toolchain has a directory of its own, which holds none of th
 if ! hideable; then
   echo "NOTE: the Swift toolchain ($TOOLCHAIN) has no directory of its own to hide: the checks below" \
        "run with it visible, so they do not prove that it is not needed"
-  bash tests/install/run-installed.sh "$PREFIX" "$T" "$TOOLCHAIN"
+  bash Tests/install/run-installed.sh "$PREFIX" "$T" "$TOOLCHAIN"
 elif unshare -m true 2>/dev/null; then
   echo "hiding $TOOLCHAIN (unshare -m, an empty directory bind-mounted over it)"
-  unshare -m bash -c 'mount --bind "$1" "$2" && HIDDEN=1 exec bash tests/install/run-installed.sh "$3" "$4" "$2"' \
+  unshare -m bash -c 'mount --bind "$1" "$2" && HIDDEN=1 exec bash Tests/install/run-installed.sh "$3" "$4" "$2"' \
     _ "$T/empty" "$TOOLCHAIN" "$PREFIX" "$T"
 else
   echo "NOTE: unshare -m is not permitted here (needs root or user namespaces): the checks below run" \
        "with the Swift toolchain visible at $TOOLCHAIN, so they do not prove that it is not needed"
-  bash tests/install/run-installed.sh "$PREFIX" "$T" "$TOOLCHAIN"
-fi && ok "installed artefacts (tests/install/run-installed.sh)" || ko "installed artefacts (tests/install/run-installed.sh)"
+  bash Tests/install/run-installed.sh "$PREFIX" "$T" "$TOOLCHAIN"
+fi && ok "installed artefacts (Tests/install/run-installed.sh)" || ko "installed artefacts (Tests/install/run-installed.sh)"
 
 echo "install-test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -12,6 +12,8 @@ echo "== swift test"
 swift test 2>&1 | grep -vE "^\[|^Test (Suite|Case)|^(\s)*Executed 0 tests" 
 echo "== ABI (the shipped .build-dist/lib/libedkm.so.0)"
 bash scripts/check-abi.sh
+echo "== the header from C99 and C++ (Tests/abi)"
+sh Tests/abi/run.sh
 echo "== C examples"
 sh examples/c/build.sh run
 echo "== MPI: 2-process data-parallel trainer with sharded saved state"
@@ -23,7 +25,7 @@ bash scripts/test-install.sh
 echo "== Python (the self-contained library)"
 export EDKM_LIB_PATH=$PWD/.build-dist/lib/libedkm.so.0
 python3 examples/python/quickstart.py
-EDKM_REQUIRE_LIB=1 python3 -m pytest -q python/tests
+EDKM_REQUIRE_LIB=1 python3 -m pytest -q Tests/python
 [ "${RELIABILITY:-1}" = 0 ] && { echo "RELIABILITY=0: reliability checks skipped"; exit 0; }
 echo "== reliability: fuzz the C ABI (bounded), soak, budget, concurrency, churn, bug reproductions"
 FUZZ_SECONDS=${FUZZ_SECONDS:-120} RELIABILITY_SKIP_VALGRIND=1 bash scripts/reliability-ci.sh

@@ -1,15 +1,5 @@
 import EDKMSupport
 
-/// The distinct 16-bit keys of one partition and how often each occurs (the uniquified form of
-/// the partition's weights). Keys are either bit patterns of f16/bf16 weights or row indices.
-public struct KeyHistogram: Sendable, Equatable {
-    /// Distinct keys, ascending.
-    public var keys: [UInt16]
-    /// counts[m] = occurrences of keys[m]; all >= 1.
-    public var counts: [UInt32]
-    public var distinctCount: Int { keys.count }
-}
-
 /// The O(N) passes of the uniquified path over 16-bit keys (the weights' bit patterns or row
 /// indices), split into fixed work items of at most `chunk` elements of one partition (independent
 /// of the thread count) and run on the pool: histograms, scatter-adds of gradients, gathers through

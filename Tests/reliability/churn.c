@@ -6,7 +6,7 @@
  * a forward with a saved state and its backward, destroy everything. After warm-up it checks that
  *   - the process has no more threads than before (the runtime's worker pool is gone), and
  *   - RSS grew by less than --rss-kib KiB (default 1024) over the cycles after warm-up.
- * Bugs it shows (tests/reliability/README.md): K5, fixed in 6214c17 (worker threads were never
+ * Bugs it shows (Tests/reliability/README.md): K5, fixed in 6214c17 (worker threads were never
  * stopped: every destroyed runtime leaked num_threads - 1 threads) and K8 (RSS grew ~4 KiB
  * per runtime whose arena was used: the private jemalloc kept the destroyed arena's memory,
  * opt.retain; fixed: it now runs with retain:false).

@@ -28,7 +28,7 @@
  *   forwards on a layer while another destroys the layer handle; calls return EDKM_OK or
  *   EDKM_ERR_INVALID_HANDLE, nothing crashes, and the arena is empty at the end.
  *
- * Library bugs it found (tests/reliability/README.md): K4 (fixed in 6c374a6) made forward_shard
+ * Library bugs it found (Tests/reliability/README.md): K4 (fixed in 6c374a6) made forward_shard
  * gradients depend on timing (a use-after-free), which part 1 detects; K7 (fixed in 5836df2) called
  * communicator callbacks concurrently. --tolerate-known reports K7 without failing (for older
  * libraries).

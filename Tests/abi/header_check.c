@@ -1,8 +1,8 @@
 /*
  * header_check.c: include/edkm.h compiled as strict C99 and checked against libedkm.so.
  *
- *   gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include examples/c/header_check.c \
- *       -L .build-dist/lib -ledkm -Wl,-rpath,$PWD/.build-dist/lib -o examples/c/bin/header_check
+ *   gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include Tests/abi/header_check.c \
+ *       -L .build-dist/lib -ledkm -Wl,-rpath,$PWD/.build-dist/lib -o Tests/abi/bin/header_check
  *
  * Prints `name size` for every public struct, then exercises every error path of the contract that
  * is cheap to reach (NULL pointers, destroy(NULL), bad struct_size, out-of-range config values,

@@ -38,7 +38,7 @@
  * non-finite gradient; FUZZ_DISABLE=letters skips op groups (a debugging aid, see run_program).
  *
  * Build (see scripts/reliability-ci.sh):
- *   cc -std=c99 -O1 -g -I include tests/reliability/fuzz_abi.c -L .build-dist/lib -ledkm \
+ *   cc -std=c99 -O1 -g -I include Tests/reliability/fuzz_abi.c -L .build-dist/lib -ledkm \
  *      -Wl,-rpath,$PWD/.build-dist/lib -lm -o .build-reliability/bin/fuzz_abi
  * libFuzzer (clang from the Swift toolchain; the choices then come from the fuzzer's input):
  *   clang -fsanitize=fuzzer -DEDKM_LIBFUZZER ... (see scripts/reliability-libfuzzer.sh)
@@ -55,7 +55,7 @@
 
 
 /*
- * Library bugs this driver found (tests/reliability/README.md has the analysis), all fixed:
+ * Library bugs this driver found (Tests/reliability/README.md has the analysis), all fixed:
  *   K1 forward_shard offset + count overflow trap; K2 set_centroids count >= 2^63; K3 scale-free
  *   temperature on coincident centroids -> NaN; K4 forward_shard backward use-after-free (wrong
  *   gradients, NaN accepted); K5 worker threads of destroyed runtimes never stopped; K6 1-D

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-PYTHON_DIR = Path(__file__).resolve().parents[1]
-REPO = PYTHON_DIR.parent
+REPO = Path(__file__).resolve().parents[2]
+PYTHON_DIR = REPO / "python"
 HEADER = REPO / "include" / "edkm.h"
 FFI_SOURCE = PYTHON_DIR / "edkm" / "_ffi.py"
 

@@ -3,7 +3,7 @@
 # Swift: scripts/test-install.sh runs this in a private mount namespace with the toolchain's
 # directory hidden under an empty one (or, where that is not permitted, with it visible, and says so).
 #
-#   tests/install/run-installed.sh PREFIX WORK TOOLCHAIN
+#   Tests/install/run-installed.sh PREFIX WORK TOOLCHAIN
 #     PREFIX     an installed prefix (scripts/install.sh PREFIX)
 #     WORK       scratch directory with venv/ (the wheel installed) and swift-client/ (its build)
 #     TOOLCHAIN  the Swift toolchain's directory (checked to be hidden when HIDDEN=1)
@@ -48,7 +48,7 @@ flags=$(pkg-config --cflags --libs edkm) && [ "$(pkg-config --modversion edkm)" 
   && ok "pkg-config edkm $(pkg-config --modversion edkm): $flags" || ko "pkg-config edkm"
 # shellcheck disable=SC2086
 check "cc \$(pkg-config --cflags --libs edkm): header_check, mlp_trainer" bash -c "
-  gcc -std=c99 -Wall -Wextra -Werror -pedantic examples/c/header_check.c $flags -Wl,-rpath,$PREFIX/lib -o $BIN/header_check &&
+  gcc -std=c99 -Wall -Wextra -Werror -pedantic Tests/abi/header_check.c $flags -Wl,-rpath,$PREFIX/lib -o $BIN/header_check &&
   cc -std=c99 -O2 examples/c/mlp_trainer.c $flags -Wl,-rpath,$PREFIX/lib -lm -o $BIN/mlp_trainer"
 check "pkg-config build: header_check runs" "$BIN/header_check"
 check "pkg-config build: mlp_trainer (short schedule) runs" "$BIN/mlp_trainer" --epochs 4 --ft-epochs 1 --bits 3
@@ -59,11 +59,11 @@ ldd "$BIN/header_check" | grep -q "libedkm.so.0 => $PREFIX/lib/libedkm.so.0" \
 if command -v cmake >/dev/null; then
   rm -rf "$WORK/cmake-build" "$WORK/cmake-wrong-version"
   check "cmake find_package(edkm 0.2) + edkm::edkm: configure and build" bash -c "
-    cmake -S tests/install -B $WORK/cmake-build -DCMAKE_PREFIX_PATH=$PREFIX >$WORK/cmake.log 2>&1 &&
+    cmake -S Tests/install -B $WORK/cmake-build -DCMAKE_PREFIX_PATH=$PREFIX >$WORK/cmake.log 2>&1 &&
     cmake --build $WORK/cmake-build >>$WORK/cmake.log 2>&1 || { tail -20 $WORK/cmake.log; false; }"
   check "cmake build: header_check runs" "$WORK/cmake-build/header_check"
   check "cmake build: mlp_trainer (short schedule) runs" "$WORK/cmake-build/mlp_trainer" --epochs 4 --ft-epochs 1 --bits 3
-  if cmake -S tests/install -B "$WORK/cmake-wrong-version" -DCMAKE_PREFIX_PATH="$PREFIX" -DEDKM_WANT_VERSION=1.0 >"$WORK/cmake-wrong.log" 2>&1; then
+  if cmake -S Tests/install -B "$WORK/cmake-wrong-version" -DCMAKE_PREFIX_PATH="$PREFIX" -DEDKM_WANT_VERSION=1.0 >"$WORK/cmake-wrong.log" 2>&1; then
     ko "find_package(edkm 1.0) accepted version $(bash scripts/version.sh)"
   else
     grep -q "edkmConfig.cmake, version: $(bash scripts/version.sh)" "$WORK/cmake-wrong.log" \
@@ -79,7 +79,7 @@ where=$(cd "$WORK" && "$PY" -c "import edkm; print(edkm.library_path())" 2>&1)
 case $where in "$WORK/venv/"*/edkm/lib/libedkm.so.0) ok "the venv's edkm loads its own copy: $where" ;; *) ko "the venv's edkm: $where" ;; esac
 check "python examples/python/quickstart.py (wheel, venv)" bash -c "cd $WORK && $PY $ROOT/examples/python/quickstart.py"
 check "the binding's tests against the wheel (EDKM_REQUIRE_LIB=1)" env EDKM_REQUIRE_LIB=1 EDKM_TEST_INSTALLED=1 EDKM_CLI="$PREFIX/bin/edkm" \
-  "$PY" -m pytest -q -p no:cacheprovider python/tests
+  "$PY" -m pytest -q -p no:cacheprovider Tests/python
 
 # The command-line tool
 check "bin/edkm --help" "$PREFIX/bin/edkm" --help

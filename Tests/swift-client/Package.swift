@@ -3,8 +3,8 @@
 // can: a system-library target whose module map includes <edkm.h>, found with pkg-config.
 //
 //   scripts/install.sh /usr/local      # or any PREFIX; then, for a PREFIX pkg-config does not search:
-//   PKG_CONFIG_PATH=PREFIX/lib/pkgconfig swift build --package-path tests/swift-client
-//   LD_LIBRARY_PATH=PREFIX/lib tests/swift-client/.build/debug/edkm-swift-client
+//   PKG_CONFIG_PATH=PREFIX/lib/pkgconfig swift build --package-path Tests/swift-client
+//   LD_LIBRARY_PATH=PREFIX/lib Tests/swift-client/.build/debug/edkm-swift-client
 //
 // scripts/test-install.sh builds and runs it against a fresh prefix.
 import PackageDescription

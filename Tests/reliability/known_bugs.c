@@ -1,6 +1,6 @@
 /*
  * known_bugs.c: minimal reproductions of the library bugs found by the reliability work,
- * one check each; prints PRESENT or FIXED per bug (see tests/reliability/README.md for the analysis
+ * one check each; prints PRESENT or FIXED per bug (see Tests/reliability/README.md for the analysis
  * and the suggested fixes). Crashing checks run in a forked child.
  *
  *   known_bugs            run every check
