@@ -13,7 +13,7 @@ and backward (loss.backward() down to dL/dw), timed separately:
   libedkm f32   the same float32 weights in a torch.autograd.Function around edkm_layer_forward /
                 edkm_saved_state_backward (f32_key_dtype = f16: keyed by their float16 rounding, so the
                 uniquified path runs; default HISTOGRAM saved state, weights handed back to backward).
-  libedkm f16   the library calls alone on float16 weights (w~ and dL/dw in float16): the issue's
+  libedkm f16   the library calls alone on float16 weights (w~ and dL/dw in float16): the headline
                 "4096x4096 f16, 4 bits" case, no torch around it.
 
 Centroid initialisation is not timed: both start from the same centroids, libedkm's exact 1-D k-means

@@ -7,7 +7,6 @@ float32 here (g h32 is exact in float64, so only a rare double rounding can diff
 comparison allows 1e-6 of the largest gradient, and the tests also count exact matches.
 """
 import os
-import socket
 
 import pytest
 
@@ -16,6 +15,7 @@ import edkm  # noqa: E402
 import edkm.torch as et  # noqa: E402
 from edkm.torch_device import HostLink, device_dkm  # noqa: E402
 from torch import nn  # noqa: E402
+from ports import free_port  # noqa: E402
 
 CASES = [
     # (weight dtype, f32_key_dtype, group_size, temperature_mode)
@@ -176,11 +176,6 @@ def _worker(rank, port, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_process_gloo_all_reduces_counts_and_gradient_sums(tmp_path):
     import torch.distributed as dist
@@ -188,7 +183,7 @@ def test_two_process_gloo_all_reduces_counts_and_gradient_sums(tmp_path):
 
     if not dist.is_available():  # pragma: no cover
         pytest.skip("torch.distributed is not available")
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     # one process with the whole tensor, for reference
     gen = torch.Generator().manual_seed(5)

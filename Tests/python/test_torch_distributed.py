@@ -3,7 +3,6 @@ saved_mode SHARD (each rank keeps half of the index list, backward all-gathers i
 gradients equal the ones one process computes for the same batch without a communicator: exactly
 with the same saved tables kept whole (UNIQUIFY), and to float16 rounding with the default mode."""
 import os
-import socket
 
 import pytest
 
@@ -16,6 +15,7 @@ if not dist.is_available():  # pragma: no cover
 import edkm.torch as et  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from ports import free_port  # noqa: E402
 
 WORLD = 2
 
@@ -64,11 +64,6 @@ def _worker(rank, port, outdir, dtype_name):
     finally:
         dist.destroy_process_group()
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("dtype_name", ["float16"])
