@@ -170,15 +170,7 @@ static REL_UNUSED edkm_communicator hc_make(hostile_comm *h, int world, uint64_t
     h->rng = seed;
     h->entry = -1;
     h->expect = HC_BIT(EDKM_OK);
-    edkm_communicator c;
-    memset(&c, 0, sizeof c);
-    c.struct_size = (uint32_t)sizeof c;
-    c.rank = 0;
-    c.world_size = world;
-    c.user_data = h;
-    c.all_gather = hc_all_gather;
-    c.all_reduce_sum = hc_all_reduce;
-    return c;
+    return rel_comm_struct(world, h, hc_all_gather, hc_all_reduce);
 }
 
 #endif /* EDKM_HOSTILE_COMM_H */

@@ -169,17 +169,24 @@ static REL_UNUSED int rel_comm_all_reduce(void *user, double *data, size_t count
     return 0;
 }
 
-static REL_UNUSED edkm_communicator rel_comm_make(rel_comm_ctx *ctx, int world) {
+/* A rank-0 communicator of `world` ranks with the given callbacks and user data. */
+static REL_UNUSED edkm_communicator rel_comm_struct(int world, void *user,
+        int (*gather)(void *, const void *, void *, size_t),
+        int (*reduce)(void *, double *, size_t)) {
     edkm_communicator c;
     memset(&c, 0, sizeof c);
     c.struct_size = (uint32_t)sizeof c;
     c.rank = 0;
     c.world_size = world;
-    c.user_data = ctx;
-    c.all_gather = rel_comm_all_gather;
-    c.all_reduce_sum = rel_comm_all_reduce;
-    ctx->world = world;
+    c.user_data = user;
+    c.all_gather = gather;
+    c.all_reduce_sum = reduce;
     return c;
+}
+
+static REL_UNUSED edkm_communicator rel_comm_make(rel_comm_ctx *ctx, int world) {
+    ctx->world = world;
+    return rel_comm_struct(world, ctx, rel_comm_all_gather, rel_comm_all_reduce);
 }
 
 #define REL_CHECK(call) do { edkm_status s_ = (call); if (s_ != EDKM_OK) { \

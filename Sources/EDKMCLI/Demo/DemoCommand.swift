@@ -1,5 +1,7 @@
 import ArgumentParser
 import CEDKM
+import EDKMClient
+import EDKMNumerics
 import Foundation
 
 struct DemoCommand: ParsableCommand {

@@ -1,3 +1,4 @@
+import EDKMNumerics
 import Foundation
 
 /// A 2-layer perceptron dim -> hidden -> classes (ReLU, softmax cross-entropy) with all

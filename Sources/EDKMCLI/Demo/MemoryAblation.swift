@@ -1,5 +1,7 @@
 import CEDKM
+import EDKMClient
 import EDKMSafetensors
+import EDKMNumerics
 import Foundation
 
 /// What one training step keeps for its backward, in every saved-state mode of the eDKM ablation,

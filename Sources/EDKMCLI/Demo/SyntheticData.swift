@@ -1,3 +1,4 @@
+import EDKMNumerics
 import Foundation
 
 /// A generated classification problem: `classes` classes, each a mixture of `modes` Gaussian
