@@ -4,7 +4,8 @@
  * Each *iteration* is a random program: a few runtimes, layers and saved states, and a random
  * sequence of 20-120 calls over them: runtime/layer create (random config fields, including bad
  * values and wrong struct_size), forward, forward_shard (one-rank or mirrored communicators),
- * backward, saved-state / layer / runtime destroy (including double destroy and destroyed,
+ * backward, the histogram form (forward_histogram with device-style histograms, corrupted or not,
+ * and backward_histogram), saved-state / layer / runtime destroy (including double destroy and destroyed,
  * never-created and wrong-kind handles), set/get/init centroids, export, unpack, stats, with random
  * shapes, dtypes (including invalid values), bit widths 0..9, NaN/Inf/subnormal payloads, NULL
  * pointers, misaligned byte buffers and 16-bit buffers at 2-byte alignment (the header asks only
@@ -294,6 +295,7 @@ typedef struct {
     int needs_weights;
     int uses_comm;
     int degenerate;        /* made by a K6 forward (NaN traces) */
+    int hist_form;         /* made by edkm_layer_forward_histogram: count = its total U of keys */
     char desc[200];        /* the forward's layer and payload, for reports */
 } SS;
 
@@ -1237,7 +1239,10 @@ static void op_backward(void) {
     const void *wp = NULL;
     Buf changed = { 0, 0, 0 };
     int wsel = (int)RN(100);
-    if (S) {
+    if (S && S->hist_form) {
+        fault |= F_STATE;                   /* a histogram-form state takes edkm_saved_state_backward_histogram */
+        wp = NULL;
+    } else if (S) {
         if (S->consumed) fault |= F_STATE;
         if (wsel < 60) wp = S->weights.p;
         else if (wsel < 85) {
@@ -1265,7 +1270,7 @@ static void op_backward(void) {
     set_ctx("edkm_saved_state_backward");
     trace("backward(%p, count %zu, gdt %d, weights %s)%s", h, count, gdt, wp == NULL ? "NULL" : changed.p ? "changed" : "same",
           S && S->consumed ? " [consumed]" : "");
-    if (g_trace && S && ginfo.nonfinite) {
+    if (g_trace && S && !S->hist_form && ginfo.nonfinite) {
         for (size_t e = 0; e < alloc && e < count; e++) {
             float gv = rel_load(g.p, valid_g, e);
             if (!isfinite(gv)) trace("  grad[%zu] = %g, weight[%zu] = %g (dtype %d)", e, (double)gv, e,
@@ -1279,6 +1284,8 @@ static void op_backward(void) {
     int ok = check_status("edkm_saved_state_backward", s, fault, maybe);
     if (s != EDKM_OK) {
         if (!buf_is_canary(&gin)) fail("backward failed (%s) but wrote grad_input", edkm_status_name(s));
+    } else if (S && S->hist_form) {
+        fail("edkm_saved_state_backward accepted a histogram-form saved state");
     } else if (S) {
         (void)ok;
         S->consumed = 1;
@@ -1294,6 +1301,191 @@ static void op_backward(void) {
     buf_free(&g);
     buf_free(&gin);
     if (changed.base) buf_free(&changed);
+}
+
+/* ------------------------------------------------------------------ histogram form */
+
+static int cmp_u16(const void *a, const void *b) {
+    uint16_t x = *(const uint16_t *)a, y = *(const uint16_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * edkm_layer_forward_histogram with the histograms a device trainer would send (the sorted distinct
+ * bit patterns of random f16/bf16 weights and their counts, per partition), then one injected fault
+ * or none: unsorted or duplicate keys, a NaN/Inf key, a zero, negative, fractional, oversized or
+ * NaN count, counts that do not add up, an empty partition, offsets not starting at 0, the wrong
+ * number of partitions, a bad key dtype, NULL pointers. Failures must write neither soft_values nor
+ * *saved and leave the centroids; successes give finite soft values and a state only the histogram
+ * backward takes.
+ */
+static void op_backward_histogram(void);
+
+static void op_forward_histogram(void) {
+    void *lh;
+    unsigned fault = 0, maybe = F_OOM;
+    int l = layer_for_call(&lh, &fault);
+    LY *L = l >= 0 ? &g_ly[l] : NULL;
+    RT *R = L ? &g_rt[L->rt] : NULL;
+    if (L && L->N > 70000 && !CH(10)) return;
+    size_t P = L ? L->groups : (size_t)RR(1, 3);
+    size_t E = L ? L->E : (size_t)RR(16, 128);
+    int kdt = CH(50) ? EDKM_DTYPE_F16 : EDKM_DTYPE_BF16;
+    int key_dtype = kdt;
+    if (CH(4)) { key_dtype = CH(50) ? EDKM_DTYPE_F32 : (int)RR(3, 40); fault |= F_DTYPE; }
+    if (L && (L->cfg.cluster_dim != 1 || L->cfg.algorithm == EDKM_ALGORITHM_DENSE)) fault |= F_ARG;
+    /* per partition: sort the bit patterns, run-length encode */
+    uint16_t *keys = malloc((P * E + 2) * sizeof *keys);
+    double *counts = malloc((P * E + 2) * sizeof *counts);
+    size_t *offsets = malloc((P + 2) * sizeof *offsets);
+    uint16_t *part = malloc((E ? E : 1) * sizeof *part);
+    size_t U = 0;
+    offsets[0] = 0;
+    for (size_t p = 0; p < P; p++) {
+        fill_payload(part, kdt, E, CH(5));
+        qsort(part, E, sizeof *part, cmp_u16);
+        for (size_t i = 0; i < E; i++) {
+            if (i > 0 && part[i] == part[i - 1]) { counts[U - 1] += 1; continue; }
+            if (!isfinite(rel_load(part, kdt, i))) fault |= F_NONFINITE;
+            keys[U] = part[i];
+            counts[U++] = 1;
+        }
+        offsets[p + 1] = U;
+    }
+    free(part);
+    size_t partitions = P;
+    int null_k = CH(2), null_c = CH(2), null_o = CH(2), null_v = CH(2);
+    if (null_k || null_c || null_o || null_v) fault |= F_NULL;
+    if (U > 0 && CH(25)) {
+        size_t p = (size_t)RN(P), lo = offsets[p], hi = offsets[p + 1], i = lo + (size_t)RN(hi - lo);
+        switch ((int)RN(11)) {
+            case 0: if (hi - lo >= 2) { uint16_t t = keys[lo]; keys[lo] = keys[hi - 1]; keys[hi - 1] = t; fault |= F_ARG; } break;
+            case 1: if (i + 1 < hi) { keys[i + 1] = keys[i]; fault |= F_ARG; } break;
+            case 2: keys[i] = kdt == EDKM_DTYPE_F16 ? 0x7e00u : 0x7fc0u; fault |= F_NONFINITE | F_ARG; break;
+            case 3: counts[i] = 0; fault |= F_ARG | F_SHAPE; break;
+            case 4: counts[i] = -counts[i]; fault |= F_ARG | F_SHAPE; break;
+            case 5: counts[i] += 0.5; fault |= F_ARG | F_SHAPE; break;
+            case 6: counts[i] = CH(50) ? NAN : INFINITY; fault |= F_NONFINITE; break;
+            case 7: counts[i] += 1; fault |= F_SHAPE | (E == 1 ? F_ARG : 0); break;
+            case 8:
+                partitions = CH(50) ? P + 1 : P - 1;
+                fault |= F_SHAPE;
+                break;
+            case 9: offsets[0] = 1 + (size_t)RN(3); fault |= F_ARG; break;
+            default: if (P > 1) { offsets[p + 1] = offsets[p]; fault |= F_SHAPE; } break;  /* an empty partition */
+        }
+    }
+    if (partitions > P) offsets[P + 1] = offsets[P];   /* never read: the partition count is checked first */
+    double *soft = malloc((U ? U : 1) * sizeof *soft);
+    memset(soft, 0xA5, (U ? U : 1) * sizeof *soft);
+    double canary;
+    memset(&canary, 0xA5, sizeof canary);
+    int want_saved = CH(75);
+    int slot = free_saved_slot();
+    if (slot < 0) want_saved = 0;
+    if (want_saved && R && R->budget != 0) maybe |= F_BUDGET;
+    float *before = NULL;
+    size_t cc = 0;
+    if (L && L->has_centroids && CH(30)) before = snapshot_centroids(L, &cc);
+    edkm_saved_state *sh = (edkm_saved_state *)(uintptr_t)0xA5A5A5A5A5A5A5A5ull;
+    set_ctx("edkm_layer_forward_histogram");
+    trace("forward_histogram(%p, key dtype %d, U %zu, partitions %zu of %zu, saved %d)%s", lh, key_dtype, U, partitions, P,
+          want_saved, null_k || null_c || null_o || null_v ? " [null]" : "");
+    edkm_status s = CALL(edkm_layer_forward_histogram((edkm_layer *)lh, (edkm_dtype)key_dtype, null_k ? NULL : keys,
+                                                      null_c ? NULL : counts, null_o ? NULL : offsets, partitions,
+                                                      null_v ? NULL : soft, want_saved ? &sh : NULL));
+    check_status("edkm_layer_forward_histogram", s, fault, maybe);
+    if (s != EDKM_OK) {
+        for (size_t i = 0; i < U; i++)
+            if (memcmp(&soft[i], &canary, sizeof canary) != 0) { fail("forward_histogram failed (%s) but wrote soft_values[%zu]", edkm_status_name(s), i); break; }
+        if (want_saved && sh != (edkm_saved_state *)(uintptr_t)0xA5A5A5A5A5A5A5A5ull) fail("forward_histogram failed but wrote *saved");
+        if (L) check_centroids_unchanged(L, before, cc, "edkm_layer_forward_histogram"); else free(before);
+    } else if (L) {
+        free(before);
+        for (size_t i = 0; i < U; i++)
+            if (!isfinite(soft[i])) { fail("forward_histogram soft_values[%zu] = %g is not finite", i, soft[i]); break; }
+        L->has_centroids = 1;
+        L->forwards++;
+        L->last_degenerate = 0;
+        L->entropy_scale = 1.0;
+        check_centroids_finite(L, "edkm_layer_forward_histogram");
+        if (want_saved) {
+            if (sh == NULL || sh == (edkm_saved_state *)(uintptr_t)0xA5A5A5A5A5A5A5A5ull) fail("forward_histogram: OK but no saved state");
+            else {
+                SS *S = &g_ss[slot];
+                memset(S, 0, sizeof *S);
+                S->live = 1;
+                S->h = sh;
+                S->rt = L->rt;
+                S->count = U;
+                S->wdtype = kdt;
+                S->hist_form = 1;
+                snprintf(S->desc, sizeof S->desc, "histogram form: bits %u groups %zu N %zu U %zu key dtype %d", L->cfg.bits,
+                         L->groups, L->N, U, kdt);
+                R->live_saved++;
+                R->children++;
+            }
+        }
+    } else free(before);
+    free(keys); free(counts); free(offsets); free(soft);
+    if (s == EDKM_OK && want_saved && CH(60)) op_backward_histogram();   /* a trainer's step: backward next */
+}
+
+/*
+ * edkm_saved_state_backward_histogram: the forward's total U gradient sums, or a wrong count, a
+ * NaN/Inf sum (the state stays usable), NULL pointers, a buffer-form or consumed state.
+ */
+static void op_backward_histogram(void) {
+    int i = pick_saved();
+    if (CH(80)) {                       /* mostly a histogram-form state that can still run backward */
+        int n = 0;
+        for (int j = 0; j < MAX_S; j++)
+            if (g_ss[j].live && g_ss[j].hist_form && !g_ss[j].consumed && (int)RN((uint64_t)++n) == 0) i = j;
+    }
+    unsigned fault = 0, maybe = F_OOM;
+    void *h;
+    SS *S = NULL;
+    if (i < 0 || CH(7)) h = bad_handle(2, &fault); else { S = &g_ss[i]; h = S->h; }
+    size_t count = S ? S->count : (size_t)RR(1, 64);
+    if (S && !S->hist_form) fault |= F_STATE;
+    if (S && S->hist_form && S->consumed) fault |= F_STATE;
+    if (CH(5)) count = wrong_count(count);
+    if (S && S->hist_form && count != S->count) fault |= F_SHAPE;
+    size_t alloc = S ? (S->count ? S->count : 1) : (count && count <= 4096 ? count : 1);
+    if (count <= alloc) {} else if (!(fault & (F_SHAPE | F_STATE | F_HANDLE))) fault |= F_SHAPE;
+    double *sums = malloc(alloc * sizeof *sums), *hv = malloc(alloc * sizeof *hv), *rv = malloc(alloc * sizeof *rv);
+    uint64_t st = R64();
+    for (size_t e = 0; e < alloc; e++) sums[e] = rel_normal(&st) * (rel_splitmix(&st) % 8 == 0 ? 100.0 : 0.01);
+    int bad_sum = CH(8);
+    if (bad_sum) { sums[RN(alloc)] = CH(50) ? NAN : -INFINITY; if (S && S->hist_form && count == S->count) fault |= F_NONFINITE; }
+    memset(hv, 0xA5, alloc * sizeof *hv);
+    memset(rv, 0xA5, alloc * sizeof *rv);
+    int null_g = CH(2), null_h = CH(2), null_r = CH(2);
+    if (null_g || null_h || null_r) fault |= F_NULL;
+    set_ctx("edkm_saved_state_backward_histogram");
+    trace("backward_histogram(%p, count %zu)%s", h, count, bad_sum ? " [nonfinite]" : "");
+    /* count beyond the buffers is only passed with a fault that is checked before any read */
+    edkm_status s = CALL(edkm_saved_state_backward_histogram((edkm_saved_state *)h, null_g ? NULL : sums, count,
+                                                             null_h ? NULL : hv, null_r ? NULL : rv));
+    check_status("edkm_saved_state_backward_histogram", s, fault, maybe);
+    unsigned char canary[sizeof(double)];
+    memset(canary, 0xA5, sizeof canary);
+    if (s != EDKM_OK) {
+        for (size_t e = 0; e < alloc; e++)
+            if (memcmp(&hv[e], canary, sizeof canary) || memcmp(&rv[e], canary, sizeof canary)) {
+                fail("backward_histogram failed (%s) but wrote h or r", edkm_status_name(s));
+                break;
+            }
+    } else if (S) {
+        S->consumed = 1;
+        for (size_t e = 0; e < count; e++)
+            if (!isfinite(hv[e]) || !isfinite(rv[e])) {
+                if (g_nonfinite_grads++ < 20 && getenv("FUZZ_SHOW_NONFINITE_GRADS"))
+                    fprintf(stderr, "non-finite h/r from a forward of: %s\n", S->desc);
+                break;
+            }
+    }
+    free(sums); free(hv); free(rv);
 }
 
 static void op_saved_bytes(void) {
@@ -1717,7 +1909,9 @@ static void run_program(int max_ops) {
         else if (r < 360) op_init_centroids();
         else if (r < 530) op_forward(0);
         else if (r < 610) op_forward(1);
-        else if (r < 750) op_backward();
+        else if (r < 720) op_backward();
+        else if (r < 740) op_forward_histogram();
+        else if (r < 750) op_backward_histogram();
         else if (r < 770) op_saved_bytes();
         else if (r < 830) op_saved_destroy();
         else if (r < 845) op_export_sizes();
