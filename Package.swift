@@ -35,8 +35,11 @@ let package = Package(
                 .linkedLibrary("pthread"),
             ]
         ),
+        // The seeded generator (SplitMix64) and the binary16/bfloat16 conversions: one copy, used by
+        // the core, the safetensors module, the tools and the tests. No dependencies, no Foundation.
+        .target(name: "EDKMNumerics"),
         // The Swift core: clustering math, kernels, saved-state store. No Foundation, no C types in its API.
-        .target(name: "EDKMSwift", dependencies: ["EDKMSupport"]),
+        .target(name: "EDKMSwift", dependencies: ["EDKMSupport", "EDKMNumerics"]),
         // The @c exports implementing include/edkm.h.
         .target(
             name: "EDKMCAPI",
@@ -45,15 +48,18 @@ let package = Package(
             linkerSettings: [.unsafeFlags(["-Xlinker", "--version-script=" + Context.packageDirectory + "/Sources/EDKMCAPI/exports.map"])]
         ),
         // Safetensors reading (mmap) and streaming writing, and the palettized-file format (Foundation-free).
-        .target(name: "EDKMSafetensors"),
+        .target(name: "EDKMSafetensors", dependencies: ["EDKMNumerics"]),
+        // Swift owners of the C ABI's handles (runtime, layer, saved state), every call checked: what
+        // the CLI, the benchmarks and the C-ABI tests call the library through.
+        .target(name: "EDKMClient", dependencies: ["CEDKM", "EDKMCAPI", "EDKMNumerics"]),
         .executableTarget(
             name: "EDKMCLI",
-            dependencies: ["CEDKM", "EDKMCAPI", "EDKMSafetensors", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics", "EDKMSafetensors", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .executableTarget(name: "EDKMBench", dependencies: ["CEDKM", "EDKMCAPI"]),
-        .testTarget(name: "EDKMCAPITests", dependencies: ["CEDKM", "EDKMCAPI"]),
-        .testTarget(name: "EDKMSwiftTests", dependencies: ["EDKMSwift"]),
-        .testTarget(name: "EDKMCLITests", dependencies: ["EDKMCLI", "EDKMSafetensors"]),
+        .executableTarget(name: "EDKMBench", dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics"]),
+        .testTarget(name: "EDKMCAPITests", dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics"]),
+        .testTarget(name: "EDKMSwiftTests", dependencies: ["EDKMSwift", "EDKMNumerics"]),
+        .testTarget(name: "EDKMCLITests", dependencies: ["EDKMCLI", "EDKMSafetensors", "EDKMNumerics"]),
     ],
     swiftLanguageModes: [.v5]
 )

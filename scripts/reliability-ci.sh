@@ -56,7 +56,7 @@ build_c() {
     done
     "$CC" "${flags[@]}" -pthread Tests/reliability/concurrency.c "${link[@]}" -o "$BIN/concurrency"
     "$CC" "${flags[@]}" -pthread Tests/reliability/known_bugs.c "${link[@]}" -o "$BIN/known_bugs"
-    "$CC" -std=c99 -O2 -g -Wall -Wextra -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer"
+    "$CC" -std=c99 -O2 -g -Wall -Wextra -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c "${link[@]}" -o "$BIN/mlp_trainer"
     gcc -std=c99 -Wall -Wextra -Werror -pedantic -I include Tests/abi/header_check.c -L "$LIB_DIR" -ledkm \
         "-Wl,-rpath,$LIB_ABS" -o "$BIN/header_check"
     set +e
@@ -96,7 +96,7 @@ if [ "${RELIABILITY_SKIP_VALGRIND:-0}" != 1 ]; then
             cp "$LIB_DIR/libedkm.so" "$VG_LIB/libedkm.so.0"
             ln -sf libedkm.so.0 "$VG_LIB/libedkm.so"
             strip -g "$VG_LIB/libedkm.so.0"
-            "$CC" -std=c99 -O2 -g -I include examples/c/mlp_trainer.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm -o "$BIN/mlp_trainer_vg"
+            "$CC" -std=c99 -O2 -g -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm -o "$BIN/mlp_trainer_vg"
             gcc -std=c99 -g -I include Tests/abi/header_check.c -L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -o "$BIN/header_check_vg"
             set +e
         }

@@ -73,7 +73,7 @@ c_programs() {  # c_programs SANITIZER LIBDIR: builds the reliability programs w
     "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -pthread -I include Tests/reliability/concurrency.c \
         -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/concurrency_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     # the C example a user starts from
-    "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include examples/c/mlp_trainer.c \
+    "$CLANG" -std=c99 -O1 -g -fno-omit-frame-pointer -fuse-ld=lld "-fsanitize=$san" -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c \
         -L "$lib" -lEDKM "-Wl,-rpath,$lib" "${extra[@]}" -lm -o "$BIN/mlp_trainer_$san" 2>&1 | grep -v "Cannot export local symbol" || true
     set +e
     test -x "$BIN/concurrency_$san"
@@ -121,7 +121,7 @@ for part in "${PARTS[@]}"; do
             strip -g "$VG_LIB/libedkm.so.0"    # drop the DWARF valgrind cannot read
             local link=(-L "$VG_LIB" -ledkm "-Wl,-rpath,$VG_LIB" -lm)
             for p in fuzz_abi soak budget; do cc -std=c99 -O1 -g -I include "Tests/reliability/$p.c" "${link[@]}" -o "$BIN/${p}_vg"; done
-            cc -std=c99 -O2 -g -I include examples/c/mlp_trainer.c "${link[@]}" -o "$BIN/mlp_trainer_vg"
+            cc -std=c99 -O2 -g -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c "${link[@]}" -o "$BIN/mlp_trainer_vg"
             gcc -std=c99 -g -I include Tests/abi/header_check.c "${link[@]}" -o "$BIN/header_check_vg"
             set +e
         }

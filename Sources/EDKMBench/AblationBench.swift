@@ -1,4 +1,5 @@
 import CEDKM
+import EDKMClient
 import Glibc
 
 /// `edkm-bench ablation`: the eDKM saved-state memory ablation on one LLaMA-7B decoder
@@ -46,7 +47,7 @@ enum AblationBench {
         let fullN = shapes.reduce(0) { $0 + $1.count }
         fputs("  generating \(fullN) bf16 weights\n", stderr)
         let data = DecoderLayerData(shapes: shapes)
-        let runtimeThreads = Runtime(threads: threads).stats().num_threads
+        let runtimeThreads = must { try EDKMRuntime(threads: threads).stats() }.num_threads
 
         print("edkm-bench ablation: libedkm \(String(cString: edkm_version_string())); one LLaMA-7B decoder layer"
               + (divisor > 1 ? " with extents / \(divisor)" : "") + ": "

@@ -1,4 +1,6 @@
 import CEDKM
+import EDKMClient
+import EDKMNumerics
 
 /// The weights of one LLaMA-7B decoder layer (bf16) and the shared scratch of a training step.
 final class DecoderLayerData {
@@ -30,50 +32,55 @@ final class DecoderLayerData {
     }
 }
 
-/// Measures one mode: forward of every matrix of `shapes` (`forwards` times each, saved states all
-/// held, as a training step with gradient accumulation holds them), then backward of every saved
-/// state in reverse order. Saved bytes from the runtime's statistics around the forwards.
+/// Measures one mode: SavedStateStep (forward of every matrix of `shapes` `forwards` times each, saved
+/// states all held, as a training step with gradient accumulation holds them; then backward of every
+/// saved state in reverse order) in a fresh runtime of the mode.
 func measureMode(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [NamedShape], bits: Int, threads: UInt32,
                  forwards: Int, keepGradient: Bool) -> AblationResult {
-    let dtype = DecoderLayerData.dtype.c
-    let rt = Runtime(threads: threads, mode: spec.mode, keepWeights: spec.keepWeights)
-    let layers = shapes.map { Layer(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
-    for (l, w) in zip(layers, data.weights) { l.initCentroids(w.pointer, dtype: dtype) }
-    let maxCount = shapes.map(\.count).max()!
-    let out = Buffer(bytes: maxCount * 2), gradIn = Buffer(bytes: maxCount * 2)
+    let rt = must { try EDKMRuntime(savedMode: spec.mode, threads: threads, keepWeights: spec.keepWeights) }
     var r = AblationResult(weights: shapes.reduce(0) { $0 + $1.count })
-
-    rt.resetPeak()
-    let s0 = rt.stats()
-    var saved: [(Int, Saved)] = []
-    let t0 = now()
-    for _ in 0..<forwards {
-        for i in layers.indices { saved.append((i, layers[i].forward(data.weights[i].pointer, dtype: dtype, out: out.pointer)!)) }
+    let step = measureStep(spec, data, rt, shapes: shapes, bits: bits, forwards: forwards) { i, gradIn in
+        if keepGradient && i == 0 && r.gradient.isEmpty { r.gradient = bf16Array(gradIn, count: shapes[0].count) }
     }
-    let t1 = now()
-    let s1 = rt.stats()
-    r.peak = (s1.arena_peak - s0.arena_allocated) + (s1.heap_saved_peak - s0.heap_saved)
-    r.held = (s1.arena_allocated - s0.arena_allocated) + (s1.heap_saved - s0.heap_saved)
-    r.stateBytes = saved.reduce(0) { $0 + $1.1.bytes }
-    r.dedupHits = s1.dedup_hits - s0.dedup_hits
-    r.dedupMisses = s1.dedup_misses - s0.dedup_misses
-    r.iterations = layers.map { Int($0.stats().iterations) }
-    r.distinct = layers.map { Int($0.stats().distinct_values) }
-    let t2 = now()
-    for (i, s) in saved.reversed() {
-        s.backward(data.gradOut.pointer, gradIn.pointer, dtype: dtype, count: layers[i].count, weights: data.weights[i].pointer)
-        if keepGradient && i == 0 && r.gradient.isEmpty { r.gradient = Array(UnsafeBufferPointer(start: gradIn.pointer.assumingMemoryBound(to: UInt16.self), count: layers[0].count)) }
-    }
-    let t3 = now()
-    r.forward = t1 - t0
-    r.backward = t3 - t2
-    saved.removeAll()
-    let s2 = rt.stats()
-    if s2.live_saved_states != 0 { fail("\(spec.name): \(s2.live_saved_states) saved states alive after destroy") }
-    if s2.arena_allocated != s0.arena_allocated || s2.heap_saved != s0.heap_saved {
-        fail("\(spec.name): saved memory not returned: arena \(s0.arena_allocated) -> \(s2.arena_allocated), heap \(s0.heap_saved) -> \(s2.heap_saved)")
-    }
+    r.record(step)
     return r
+}
+
+/// SavedStateStep of `spec` on new layers of `shapes` in `rt` (centroids from the weights); a failed
+/// call or memory not returned ends the benchmark.
+func measureStep(_ spec: AblationMode, _ data: DecoderLayerData, _ rt: EDKMRuntime, shapes: [NamedShape], bits: Int,
+                 forwards: Int, barrier: () -> Void = {},
+                 afterBackward: (Int, UnsafeRawPointer) -> Void) -> SavedStateStep {
+    let dtype = DecoderLayerData.dtype.c
+    let layers = shapes.map { EDKMLayer.bench(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
+    for (l, w) in zip(layers, data.weights) { must { try l.initCentroids(w.pointer, dtype) } }
+    do {
+        return try SavedStateStep.run(runtime: rt, layers: layers, weights: data.weights.prefix(layers.count).map { UnsafeRawPointer($0.pointer) },
+                                      dtype: dtype, forwards: forwards, gradient: data.gradOut.pointer, gradientDtype: dtype,
+                                      barrier: barrier, afterBackward: afterBackward)
+    } catch {
+        fail("\(spec.name): \(error)")
+    }
+}
+
+/// `count` bf16 bit patterns from `p`.
+func bf16Array(_ p: UnsafeRawPointer, count: Int) -> [UInt16] {
+    Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: UInt16.self), count: count))
+}
+
+extension AblationResult {
+    /// The figures of one measured step.
+    mutating func record(_ step: SavedStateStep) {
+        peak = step.peak
+        held = step.held
+        stateBytes = step.stateBytes
+        dedupHits = step.afterForwards.dedup_hits - step.before.dedup_hits
+        dedupMisses = step.afterForwards.dedup_misses - step.before.dedup_misses
+        iterations = step.iterations
+        distinct = step.distinct
+        forward = step.forwardSeconds
+        backward = step.backwardSeconds
+    }
 }
 
 /// SHARD with `world` ranks simulated by threads (each its own runtime with one worker thread, its
@@ -81,7 +88,6 @@ func measureMode(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [NamedS
 /// time of the whole simulated world (all ranks share this machine's cores).
 func measureSharded(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [NamedShape], bits: Int, world: Int,
                     forwards: Int, keepGradient: Bool) -> AblationResult {
-    let dtype = DecoderLayerData.dtype.c
     let group = InProcessGroup(world: world)
     let slots = UnsafeMutablePointer<AblationResult>.allocate(capacity: world)
     slots.initialize(repeating: AblationResult(weights: 0), count: world)
@@ -91,45 +97,18 @@ func measureSharded(_ spec: AblationMode, _ data: DecoderLayerData, shapes: [Nam
     runThreads(world) { rank in
         let member = InProcessGroup.Member(group, rank: rank)
         withExtendedLifetime(member) {
-            let rt = withUnsafePointer(to: member.communicator) { Runtime(threads: 1, mode: spec.mode, communicator: $0) }
-            let layers = shapes.map { Layer(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
-            for (l, w) in zip(layers, data.weights) { l.initCentroids(w.pointer, dtype: dtype) }
-            let maxCount = shapes.map(\.count).max()!
-            let out = Buffer(bytes: maxCount * 2), gradIn = Buffer(bytes: maxCount * 2)
+            let rt = withUnsafePointer(to: member.communicator) { c in must { try EDKMRuntime(savedMode: spec.mode, threads: 1, communicator: c) } }
             var r = AblationResult(weights: shapes.reduce(0) { $0 + $1.count })
-            rt.resetPeak()
-            let s0 = rt.stats()
-            group.sync()
-            let t0 = now()
-            var saved: [(Int, Saved)] = []
-            for _ in 0..<forwards {
-                for i in layers.indices { saved.append((i, layers[i].forward(data.weights[i].pointer, dtype: dtype, out: out.pointer)!)) }
-            }
-            group.sync()
-            let t1 = now()
-            let s1 = rt.stats()
-            r.peak = (s1.arena_peak - s0.arena_allocated) + (s1.heap_saved_peak - s0.heap_saved)
-            r.held = (s1.arena_allocated - s0.arena_allocated) + (s1.heap_saved - s0.heap_saved)
-            r.stateBytes = saved.reduce(0) { $0 + $1.1.bytes }
-            r.dedupHits = s1.dedup_hits - s0.dedup_hits
-            r.dedupMisses = s1.dedup_misses - s0.dedup_misses
-            r.iterations = layers.map { Int($0.stats().iterations) }
-            r.distinct = layers.map { Int($0.stats().distinct_values) }
-            group.sync()
-            let t2 = now()
-            for (i, s) in saved.reversed() {
-                s.backward(data.gradOut.pointer, gradIn.pointer, dtype: dtype, count: layers[i].count, weights: data.weights[i].pointer)
-                if i == 0 && r.gradient.isEmpty {
-                    prints[rank] = gradIn.fingerprint
-                    if keepGradient && rank == 0 { r.gradient = Array(UnsafeBufferPointer(start: gradIn.pointer.assumingMemoryBound(to: UInt16.self), count: layers[0].count)) }
+            var fingerprinted = false
+            let step = measureStep(spec, data, rt, shapes: shapes, bits: bits, forwards: forwards, barrier: group.sync) { i, gradIn in
+                if i == 0 && !fingerprinted {
+                    fingerprinted = true
+                    prints[rank] = fingerprint(gradIn, bytes: shapes[0].count * 2)
+                    if keepGradient && rank == 0 { r.gradient = bf16Array(gradIn, count: shapes[0].count) }
                 }
             }
-            group.sync()
-            let t3 = now()
-            r.forward = t1 - t0
-            r.backward = t3 - t2
-            r.communicatorBytes = rt.stats().communicator_bytes - s0.communicator_bytes
-            saved.removeAll()
+            r.record(step)
+            r.communicatorBytes = must { try rt.stats() }.communicator_bytes - step.before.communicator_bytes
             slots[rank] = r
         }
     }
@@ -147,11 +126,11 @@ func ulpDifference(_ a: [UInt16], _ b: [UInt16]) -> (maxULP: Int, differing: Dou
     var worst = 0, n = 0
     var diff: Float = 0, scale: Float = 0
     for i in a.indices {
-        let y = Half.bf16ToFloat(b[i])
+        let y = HalfConversion.bf16ToFloat(b[i])
         scale = max(scale, abs(y))
         if a[i] != b[i] {
             worst = max(worst, abs(ordered(a[i]) - ordered(b[i])))
-            diff = max(diff, abs(Half.bf16ToFloat(a[i]) - y))
+            diff = max(diff, abs(HalfConversion.bf16ToFloat(a[i]) - y))
             n += 1
         }
     }

@@ -1,11 +1,12 @@
 import CEDKM
+import EDKMClient
 import Glibc
 
 /// The LLaMA-7B decoder layer case of `edkm-bench speed`.
 extension SpeedBench {
     /// The seven matrices of one LLaMA-7B decoder layer, bf16, 3 bits, per-tensor: forward of all
     /// seven (saved states held), then backward of all seven in reverse order, median of runs.
-    static func llamaLayer(runtimes: [Runtime], threadNames: [String], runs: Int, divisor: Int, probe: BandwidthProbe,
+    static func llamaLayer(runtimes: [EDKMRuntime], threadNames: [String], runs: Int, divisor: Int, probe: BandwidthProbe,
                            probeRuns: Int, dense: Bool, denseElements: Int, denseRuns: Int, markdown: Bool) -> [String] {
         let shapes = llamaDecoderLayer(divisor: divisor)
         let dtype = WeightDType.bf16, bits = 3
@@ -21,31 +22,31 @@ extension SpeedBench {
         var perShape = Table(["matrix", "shape", "U", "T", "fwd ms", "bwd ms"], right: [false, false, true, true, true, true])
         for (ti, rt) in runtimes.enumerated() {
             fputs("  LLaMA-7B decoder layer, threads \(threadNames[ti])\n", stderr)
-            let layers = shapes.map { Layer(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
-            for (l, w) in zip(layers, weights) { l.initCentroids(w.pointer, dtype: dtype.c) }
-            let initial = layers.map(\.centroids)
+            let layers = shapes.map { EDKMLayer.bench(rt, rows: $0.rows, cols: $0.cols, bits: bits) }
+            for (l, w) in zip(layers, weights) { must { try l.initCentroids(w.pointer, dtype.c) } }
+            let initial = layers.map { l in must { try l.centroids() } }
             var fwd: [Double] = [], bwd: [Double] = []
             var fwdEach = [[Double]](repeating: [], count: layers.count), bwdEach = fwdEach
             for run in -1..<runs {
-                for (l, c) in zip(layers, initial) { l.centroids = c }
-                var saved: [Saved] = []
+                for (l, c) in zip(layers, initial) { must { try l.setCentroids(c) } }
+                var saved: [EDKMSavedState] = []
                 let t0 = now()
                 for i in layers.indices {
                     let a = now()
-                    saved.append(layers[i].forward(weights[i].pointer, dtype: dtype.c, out: outs[i].pointer)!)
+                    saved.append(must { try layers[i].forward(weights[i].pointer, dtype.c, out: outs[i].pointer, outDtype: dtype.c, save: true) }!)
                     if run >= 0 { fwdEach[i].append(now() - a) }
                 }
                 let t1 = now()
                 for i in layers.indices.reversed() {
                     let a = now()
-                    saved[i].backward(grad.pointer, gradIn.pointer, dtype: dtype.c, count: layers[i].count, weights: weights[i].pointer)
+                    must { try saved[i].backward(gradOutput: grad.pointer, gradInput: gradIn.pointer, dtype: dtype.c, weights: weights[i].pointer) }
                     if run >= 0 { bwdEach[i].append(now() - a) }
                 }
                 let t2 = now()
                 saved.removeAll()
                 if run >= 0 { fwd.append(t1 - t0); bwd.append(t2 - t1) }
             }
-            let nThreads = Int(rt.stats().num_threads)
+            let nThreads = Int(must { try rt.stats() }.num_threads)
             let p = probe.seconds(movedBytes: 4 * totalN, threads: nThreads, runs: probeRuns)
                 + probe.seconds(movedBytes: 6 * totalN, threads: nThreads, runs: probeRuns)
             var denseEst: Double? = nil
@@ -62,7 +63,7 @@ extension SpeedBench {
                        msText(p), ratioText(m / p), denseEst.map { fmt("%.1f", $0) } ?? "-", denseEst.map { ratioText($0 / m) } ?? "-"])
             if ti == runtimes.count - 1 {
                 for (i, s) in shapes.enumerated() {
-                    let st = layers[i].stats()
+                    let st = must { try layers[i].stats() }
                     perShape.add([s.name, "\(s.rows)x\(s.cols)", String(st.distinct_values), String(st.iterations),
                                   msText(median(fwdEach[i])), msText(median(bwdEach[i]))])
                 }

@@ -1,4 +1,5 @@
 import CEDKM
+import EDKMClient
 import Glibc
 
 /// `edkm-bench speed`: the uniquified path against the dense path and a bandwidth probe.
@@ -60,8 +61,8 @@ enum SpeedBench {
             return t
         }
 
-        let runtimes = threads.map { Runtime(threads: $0) }
-        let threadNames = runtimes.map { String($0.stats().num_threads) }
+        let runtimes = threads.map { n in must { try EDKMRuntime(threads: n) } }
+        let threadNames = runtimes.map { rt in String(must { try rt.stats() }.num_threads) }
         let maxCount = max(shapes.map { $0.rows * $0.cols }.max() ?? 0,
                            o.has("--no-llama") ? 0 : llamaDecoderLayer(divisor: divisor).reduce(0) { $0 + $1.count })
         let probe = BandwidthProbe(maxCopyBytes: 3 * maxCount)
@@ -100,11 +101,11 @@ enum SpeedBench {
                             for (ti, rt) in runtimes.enumerated() {
                                 done += 1
                                 fputs("  [\(done)/\(total)] \(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText) threads \(threadNames[ti])\n", stderr)
-                                let layer = Layer(rt, rows: cfg.rows, cols: cfg.cols, bits: bits, groupSize: group,
+                                let layer = EDKMLayer.bench(rt, rows: cfg.rows, cols: cfg.cols, bits: bits, groupSize: group,
                                                   scaleFreeTau: scaleFreeTau)
                                 if initial.isEmpty {
-                                    layer.initCentroids(w.pointer, dtype: dtype.c)
-                                    initial = layer.centroids
+                                    must { try layer.initCentroids(w.pointer, dtype.c) }
+                                    initial = must { try layer.centroids() }
                                 }
                                 let t = timeSteps(layer, buffers, dtype: dtype.c, initial: initial, runs: runs)
                                 let same: String
@@ -114,7 +115,7 @@ enum SpeedBench {
                                     reference = t
                                     same = "ref"
                                 }
-                                let nThreads = Int(rt.stats().num_threads)
+                                let nThreads = Int(must { try rt.stats() }.num_threads)
                                 if referenceThreads == 0 { referenceThreads = nThreads }
                                 // Amdahl's law fitted to the one-thread and N-thread steps.
                                 let serial = referenceThreads == 1 && nThreads > 1 && reference != nil && same != "ref"

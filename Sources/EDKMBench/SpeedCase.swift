@@ -1,4 +1,5 @@
 import CEDKM
+import EDKMClient
 
 /// One timed forward + backward configuration of the speed benchmark.
 struct SpeedConfig {
@@ -42,14 +43,14 @@ struct StepBuffers {
 /// Times `runs` training steps (forward with a saved state, then backward with the weights handed
 /// back, as the default HISTOGRAM mode needs) after one untimed warm-up step. The saved state is
 /// destroyed outside the timed regions.
-func timeSteps(_ layer: Layer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Float], runs: Int) -> Timing {
+func timeSteps(_ layer: EDKMLayer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Float], runs: Int) -> Timing {
     var t = Timing()
     for run in -1..<runs {
-        layer.centroids = initial
+        must { try layer.setCentroids(initial) }
         let t0 = now()
-        var saved = layer.forward(b.weights, dtype: dtype, out: b.out)
+        var saved = must { try layer.forward(b.weights, dtype, out: b.out, outDtype: dtype, save: true) }
         let t1 = now()
-        saved!.backward(b.gradOut, b.gradIn, dtype: dtype, count: layer.count, weights: b.weights)
+        must { try saved!.backward(gradOutput: b.gradOut, gradInput: b.gradIn, dtype: dtype, weights: b.weights) }
         let t2 = now()
         saved = nil
         if run >= 0 {
@@ -57,7 +58,7 @@ func timeSteps(_ layer: Layer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Fl
             t.backward.append(t2 - t1)
         }
     }
-    let s = layer.stats()
+    let s = must { try layer.stats() }
     t.iterations = Int(s.iterations)
     t.distinct = Int(s.distinct_values)
     t.outputPrint = fingerprint(UnsafeRawPointer(b.out), bytes: layer.count * 2)
@@ -68,16 +69,16 @@ func timeSteps(_ layer: Layer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Fl
 /// The dense path's cost per weight (forward, backward), measured on the first rows of the same
 /// weights (a slice of about `elements` weights whose row count is a multiple of the group size),
 /// with the same dtype, bits, LUT granularity and thread count.
-func densePerWeight(_ runtime: Runtime, _ cfg: SpeedConfig, _ b: StepBuffers, elements: Int, runs: Int)
+func densePerWeight(_ runtime: EDKMRuntime, _ cfg: SpeedConfig, _ b: StepBuffers, elements: Int, runs: Int)
     -> (forward: Double, backward: Double, iterations: Int, rows: Int)
 {
     let unit = max(cfg.groupSize, 1)
     var rows = max(unit, (elements / cfg.cols) / unit * unit)
     rows = min(rows, cfg.rows)
-    let layer = Layer(runtime, rows: rows, cols: cfg.cols, bits: cfg.bits, groupSize: cfg.groupSize,
+    let layer = EDKMLayer.bench(runtime, rows: rows, cols: cfg.cols, bits: cfg.bits, groupSize: cfg.groupSize,
                       algorithm: EDKM_ALGORITHM_DENSE, scaleFreeTau: cfg.scaleFreeTau)
-    layer.initCentroids(b.weights, dtype: cfg.dtype.c)
-    let t = timeSteps(layer, b, dtype: cfg.dtype.c, initial: layer.centroids, runs: runs)
+    must { try layer.initCentroids(b.weights, cfg.dtype.c) }
+    let t = timeSteps(layer, b, dtype: cfg.dtype.c, initial: must { try layer.centroids() }, runs: runs)
     let n = Double(layer.count)
     return (t.forwardMedian / n, t.backwardMedian / n, t.iterations, rows)
 }

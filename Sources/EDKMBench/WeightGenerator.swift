@@ -1,32 +1,14 @@
 import CEDKM
+import EDKMNumerics
 import Glibc
 
-/// Deterministic pseudo-random numbers (splitmix64) and LLM-like weight matrices.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    mutating func uniform() -> Double { (Double(next() >> 11) + 1) * (1.0 / 9_007_199_254_740_992.0) }
-    /// Two independent standard normals (Box-Muller).
-    mutating func normalPair() -> (Double, Double) {
-        let r = (-2 * log(uniform())).squareRoot(), a = 6.283185307179586 * uniform()
-        return (r * cos(a), r * sin(a))
-    }
-}
-
+/// LLM-like weight matrices from the shared seeded generator (EDKMNumerics.SplitMix64).
 enum WeightDType: CaseIterable {
     case f16, bf16
     var name: String { self == .f16 ? "f16" : "bf16" }
     var c: edkm_dtype { self == .f16 ? EDKM_DTYPE_F16 : EDKM_DTYPE_BF16 }
-    func bits(_ x: Float) -> UInt16 { self == .f16 ? Half.f16(x) : Half.bf16(x) }
-    func value(_ h: UInt16) -> Float { self == .f16 ? Half.f16ToFloat(h) : Half.bf16ToFloat(h) }
+    func bits(_ x: Float) -> UInt16 { self == .f16 ? HalfConversion.floatToF16(x) : HalfConversion.floatToBF16(x) }
+    func value(_ h: UInt16) -> Float { self == .f16 ? HalfConversion.f16ToFloat(h) : HalfConversion.bf16ToFloat(h) }
     static func parse(_ s: String) -> WeightDType? { s == "f16" ? .f16 : s == "bf16" ? .bf16 : nil }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EDKMClient
 import Foundation
 
 /// `edkm`: train-time weight clustering (DKM / eDKM) with libedkm, from the command line.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EDKMClient
 import EDKMSafetensors
 import Foundation
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CEDKM
+import EDKMClient
 import EDKMSafetensors
 import Foundation
 

@@ -1,4 +1,5 @@
 import CEDKM
+import EDKMClient
 import EDKMSafetensors
 import Foundation
 
@@ -153,6 +154,8 @@ struct Palettizer {
                                     weightNorm: err.norm, seconds: Date().timeIntervalSince(start))
         } catch let e as CLIError {
             throw CLIError("tensor \(q): \(e.message)")
+        } catch let e as EDKMError {
+            throw CLIError("tensor \(q): \(e)")
         }
     }
 

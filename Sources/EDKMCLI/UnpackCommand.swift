@@ -1,5 +1,6 @@
 import ArgumentParser
 import CEDKM
+import EDKMClient
 import EDKMSafetensors
 import Foundation
 
@@ -107,6 +108,8 @@ struct UnpackCommand: ParsableCommand {
             return out
         } catch let e as CLIError {
             throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e.message)")
+        } catch let e as EDKMError {
+            throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e)")
         }
     }
 }

@@ -1,17 +1,14 @@
+import EDKMNumerics
+
 /// Conversions between float32 and the 16-bit float formats, as bit patterns, and loads of
 /// floating elements from possibly unaligned bytes (safetensors data need not be aligned).
 public enum FloatBits {
-    @inline(__always) public static func f16ToFloat(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
-    /// Round to nearest even.
-    @inline(__always) public static func floatToF16(_ x: Float) -> UInt16 { Float16(x).bitPattern }
-    @inline(__always) public static func bf16ToFloat(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
-    /// Round to nearest even; NaN stays a (quiet) NaN.
-    @inline(__always) public static func floatToBF16(_ x: Float) -> UInt16 {
-        let b = x.bitPattern
-        if x.isNaN { return UInt16(b >> 16) | 0x0040 }
-        let rounding = 0x7FFF + ((b >> 16) & 1)
-        return UInt16((b &+ rounding) >> 16)
-    }
+    // The conversions are EDKMNumerics.HalfConversion's (exact, round to nearest even, NaN stays a
+    // quiet NaN), under the names this module's callers use.
+    @inline(__always) public static func f16ToFloat(_ bits: UInt16) -> Float { HalfConversion.f16ToFloat(bits) }
+    @inline(__always) public static func floatToF16(_ x: Float) -> UInt16 { HalfConversion.floatToF16(x) }
+    @inline(__always) public static func bf16ToFloat(_ bits: UInt16) -> Float { HalfConversion.bf16ToFloat(bits) }
+    @inline(__always) public static func floatToBF16(_ x: Float) -> UInt16 { HalfConversion.floatToBF16(x) }
 
     /// Element i of an F32, F16 or BF16 buffer, as Float.
     @inline(__always) public static func load(_ p: UnsafeRawPointer, _ dtype: DType, _ i: Int) -> Float {

@@ -1,4 +1,6 @@
 import CEDKM
+import EDKMClient
+import EDKMNumerics
 import Glibc
 import Testing
 
@@ -13,13 +15,8 @@ func check(_ s: edkm_status, _ what: String = "", sourceLocation: SourceLocation
 
 func makeRuntime(mode: edkm_saved_mode = EDKM_SAVED_HISTOGRAM, threads: UInt32 = 0, budget: UInt64 = 0,
                  keepWeights: Bool = false, communicator: UnsafePointer<edkm_communicator>? = nil) -> OpaquePointer {
-    var cfg = edkm_runtime_config()
-    edkm_runtime_config_init(&cfg)
-    cfg.saved_mode = Int32(mode.rawValue)
-    cfg.num_threads = threads
-    cfg.budget_bytes = budget
-    cfg.keep_weights = keepWeights ? 1 : 0
-    cfg.communicator = communicator
+    var cfg = EDKMRuntime.config(savedMode: mode, threads: threads, budgetBytes: budget, keepWeights: keepWeights,
+                                 communicator: communicator)
     var rt: OpaquePointer? = nil
     check(edkm_runtime_create(&cfg, &rt), "runtime_create")
     return rt!
@@ -27,8 +24,7 @@ func makeRuntime(mode: edkm_saved_mode = EDKM_SAVED_HISTOGRAM, threads: UInt32 =
 
 func layerConfig(bits: UInt32 = 4, tau: Double = 1e-4, group: UInt32 = 0, d: UInt32 = 1,
                  algorithm: edkm_algorithm = EDKM_ALGORITHM_AUTO, iterations: UInt32 = 3) -> edkm_layer_config {
-    var c = edkm_layer_config()
-    edkm_layer_config_init(&c)
+    var c = EDKMLayer.defaultConfig()
     c.bits = bits
     c.tau = tau
     c.group_size = group
@@ -53,33 +49,17 @@ func stats(_ rt: OpaquePointer) -> edkm_runtime_stats {
     return s
 }
 
-/// Seeded normal samples (Box-Muller on SplitMix64).
-struct Gaussian {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func nextUInt() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Double { (Double(nextUInt() >> 11) + 0.5) * 0x1.0p-53 }
-    mutating func normal() -> Double {
-        (-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform())
-    }
-    mutating func floats(_ n: Int, std: Double) -> [Float] { (0..<n).map { _ in Float(normal() * std) } }
+/// Seeded normal samples: the shared SplitMix64 (EDKMNumerics).
+typealias Gaussian = SplitMix64
+
+extension SplitMix64 {
+    mutating func floats(_ n: Int, std: Double) -> [Float] { normals(n, std: std) }
 }
 
-func f16Bits(_ x: [Float]) -> [UInt16] { x.map { Float16($0).bitPattern } }
-/// bfloat16 bits, rounded to nearest even (finite inputs).
-func bf16Bits(_ x: [Float]) -> [UInt16] {
-    x.map { v in
-        let b = v.bitPattern
-        return UInt16(truncatingIfNeeded: (b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16)
-    }
-}
-func fromF16(_ b: [UInt16]) -> [Float] { b.map { Float(Float16(bitPattern: $0)) } }
+func f16Bits(_ x: [Float]) -> [UInt16] { x.map(HalfConversion.floatToF16) }
+/// bfloat16 bits, rounded to nearest even.
+func bf16Bits(_ x: [Float]) -> [UInt16] { x.map(HalfConversion.floatToBF16) }
+func fromF16(_ b: [UInt16]) -> [Float] { b.map(HalfConversion.f16ToFloat) }
 
 func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Double {
     let scale = b.reduce(0) { max($0, Double(abs($1))) }

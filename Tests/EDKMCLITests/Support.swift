@@ -1,3 +1,4 @@
+import EDKMNumerics
 import EDKMSafetensors
 import Foundation
 import Testing
@@ -68,24 +69,12 @@ func writeSafetensors(_ tensors: [TestTensor], metadata: Metadata? = nil, to pat
     try w.finish()
 }
 
-/// Seeded generator for test data.
-struct TestRandom {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func uniform() -> Double { Double(next() >> 11) * 0x1.0p-53 }
-    mutating func normal() -> Float {
-        let u1 = max(uniform(), 1e-300), u2 = uniform()
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
-    }
-    mutating func normals(_ n: Int, scale: Float) -> [Float] { (0..<n).map { _ in normal() * scale } }
+/// Seeded generator for test data: the shared SplitMix64 (EDKMNumerics).
+typealias TestRandom = SplitMix64
+
+extension SplitMix64 {
+    init(_ seed: UInt64) { self.init(seed: seed) }
+    mutating func normals(_ n: Int, scale: Float) -> [Float] { (0..<n).map { _ in Float(normal()) * scale } }
 }
 
 /// Element i of a float tensor's bytes as Float (decoded here, not by the code under test).

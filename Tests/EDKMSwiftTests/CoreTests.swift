@@ -1,4 +1,5 @@
 @testable import EDKMSwift
+import EDKMNumerics
 import Testing
 
 /// Core unit tests (no C ABI): initialisation, conversions, re-spread.

@@ -1,4 +1,5 @@
 @testable import EDKMSwift
+import EDKMNumerics
 import Glibc
 import Testing
 

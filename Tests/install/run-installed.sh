@@ -49,7 +49,7 @@ flags=$(pkg-config --cflags --libs edkm) && [ "$(pkg-config --modversion edkm)" 
 # shellcheck disable=SC2086
 check "cc \$(pkg-config --cflags --libs edkm): header_check, mlp_trainer" bash -c "
   gcc -std=c99 -Wall -Wextra -Werror -pedantic Tests/abi/header_check.c $flags -Wl,-rpath,$PREFIX/lib -o $BIN/header_check &&
-  cc -std=c99 -O2 examples/c/mlp_trainer.c $flags -Wl,-rpath,$PREFIX/lib -lm -o $BIN/mlp_trainer"
+  cc -std=c99 -O2 examples/c/mlp_trainer.c examples/c/mlp/mlp.c $flags -Wl,-rpath,$PREFIX/lib -lm -o $BIN/mlp_trainer"
 check "pkg-config build: header_check runs" "$BIN/header_check"
 check "pkg-config build: mlp_trainer (short schedule) runs" "$BIN/mlp_trainer" --epochs 4 --ft-epochs 1 --bits 3
 ldd "$BIN/header_check" | grep -q "libedkm.so.0 => $PREFIX/lib/libedkm.so.0" \

@@ -9,8 +9,8 @@
 #
 # The commands it runs (from the repository root):
 #   apt-get install -y openmpi-bin libopenmpi-dev      # only when mpicc is missing (Debian)
-#   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c -L .build-dist/lib -ledkm \
-#         -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mpi_trainer
+#   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c examples/c/mlp/mlp.c \
+#         -L .build-dist/lib -ledkm -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mpi_trainer
 #   mpirun -np 2 examples/c/bin/mpi_trainer
 #         (as root, Open MPI needs: mpirun --allow-run-as-root --oversubscribe -np 2 ...)
 #
@@ -44,7 +44,7 @@ if [ ! -e "$LIB_DIR/libedkm.so" ]; then
 fi
 mkdir -p examples/c/bin
 
-run mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c -L "$LIB_DIR" -ledkm \
+run mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c examples/c/mlp/mlp.c -L "$LIB_DIR" -ledkm \
     "-Wl,-rpath,$LIB_ABS" -lm -o examples/c/bin/mpi_trainer
 
 case $ACTION in

@@ -7,8 +7,8 @@
 #   examples/c/build.sh run                  # ... and runs them (exit status nonzero on any failure)
 #
 # The commands it runs (from the repository root):
-#   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c -L .build-dist/lib -ledkm \
-#      -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mlp_trainer
+#   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c \
+#      -L .build-dist/lib -ledkm -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mlp_trainer
 #   cc -std=c99 -O2 -Wall -Wextra -I include examples/c/device_split.c -L .build-dist/lib -ledkm \
 #      -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/device_split
 #
@@ -29,7 +29,7 @@ mkdir -p examples/c/bin
 
 run() { echo "+ $*"; "$@"; }
 
-run "$CC" -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c -L "$LIB_DIR" -ledkm \
+run "$CC" -std=c99 -O2 -Wall -Wextra -I include examples/c/mlp_trainer.c examples/c/mlp/mlp.c -L "$LIB_DIR" -ledkm \
     "-Wl,-rpath,$LIB_ABS" -lm -o examples/c/bin/mlp_trainer
 run "$CC" -std=c99 -O2 -Wall -Wextra -I include examples/c/device_split.c -L "$LIB_DIR" -ledkm \
     "-Wl,-rpath,$LIB_ABS" -lm -o examples/c/bin/device_split

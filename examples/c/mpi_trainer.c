@@ -2,7 +2,8 @@
  * mpi_trainer.c: data-parallel DKM fine-tuning with libedkm and MPI, sharded saved state.
  *
  * The idea of mlp_trainer.c (a 32 -> 128 -> 10 MLP on a synthetic 10-class data set, float training,
- * then post-training k-means and DKM fine-tuning at 4 and 3 bits), run data-parallel:
+ * then post-training k-means and DKM fine-tuning at 4 and 3 bits), run data-parallel on the same
+ * model, data and optimiser (examples/c/mlp/mlp.h):
  *
  *   - every rank generates the same data set and the same initial weights (seeded), and trains on
  *     its own 1/world_size of each global batch;
@@ -21,8 +22,8 @@
  * compared with the full-tensor forward + backward, and its traffic is printed.
  *
  * Build and run (from the repository root, after `scripts/build-dist.sh`): examples/c/build-mpi.sh
- *   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c -L .build-dist/lib -ledkm \
- *         -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mpi_trainer
+ *   mpicc -std=c99 -O2 -Wall -Wextra -I include examples/c/mpi_trainer.c examples/c/mlp/mlp.c \
+ *         -L .build-dist/lib -ledkm -Wl,-rpath,$PWD/.build-dist/lib -lm -o examples/c/bin/mpi_trainer
  *   mpirun -np 2 examples/c/bin/mpi_trainer      (as root: mpirun --allow-run-as-root --oversubscribe ...)
  * Exit status: 0 on success; 1 on an edkm or MPI error or a failed check (on any rank); 2 on bad usage.
  */
@@ -38,6 +39,7 @@
 #include <mpi.h>
 
 #include "edkm.h"
+#include "mlp/mlp.h"
 
 static int g_rank = 0, g_world = 1;
 
@@ -61,173 +63,6 @@ static void die(const char *what) {
     do {                                                           \
         if ((call) != MPI_SUCCESS) die("MPI call failed: " #call); \
     } while (0)
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) die("out of memory");
-    return p;
-}
-
-/* ============================ RNG (splitmix64) ============================ */
-
-typedef struct { uint64_t s; } rng_t;
-static uint64_t rng_next(rng_t *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static double rng_uniform(rng_t *r) { return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0); }
-static int rng_below(rng_t *r, int n) { return (int)(rng_uniform(r) * n); }
-static double rng_normal(rng_t *r) {
-    double u1 = rng_uniform(r), u2 = rng_uniform(r);
-    if (u1 < 1e-300) u1 = 1e-300;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-static void shuffle(int *a, int n, rng_t *r) {
-    int i;
-    for (i = n - 1; i > 0; --i) {
-        int j = rng_below(r, i + 1), t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-    }
-}
-
-/* ============================ Data (as mlp_trainer.c) ============================ */
-
-enum { DIM = 32, HID = 128, NCLS = 10, MODES = 4, NTRAIN = 8000, NTEST = 2000, BATCH = 64 };
-
-typedef struct { float *x; int *y; int n; } dataset;
-
-/* Class c: MODES Gaussian modes (means ~ N(0,1)), noise 1.1, warp x += 1.2 sin(2 R x); standardised. */
-static void make_data(uint64_t seed, dataset *train, dataset *test) {
-    rng_t r;
-    double *means = (double *)xmalloc(sizeof(double) * NCLS * MODES * DIM);
-    double *R = (double *)xmalloc(sizeof(double) * DIM * DIM);
-    double mu[DIM], sd[DIM];
-    int i, j, k, s;
-    r.s = seed;
-    for (i = 0; i < NCLS * MODES * DIM; ++i) means[i] = rng_normal(&r);
-    for (i = 0; i < DIM * DIM; ++i) R[i] = rng_normal(&r) / sqrt((double)DIM);
-    for (s = 0; s < 2; ++s) {
-        dataset *d = s == 0 ? train : test;
-        d->n = s == 0 ? NTRAIN : NTEST;
-        d->x = (float *)xmalloc(sizeof(float) * (size_t)d->n * DIM);
-        d->y = (int *)xmalloc(sizeof(int) * (size_t)d->n);
-        for (i = 0; i < d->n; ++i) {
-            int c = rng_below(&r, NCLS), m = rng_below(&r, MODES);
-            double z[DIM];
-            const double *mean = means + ((size_t)c * MODES + (size_t)m) * DIM;
-            for (j = 0; j < DIM; ++j) z[j] = mean[j] + 1.1 * rng_normal(&r);
-            for (j = 0; j < DIM; ++j) {
-                double a = 0;
-                for (k = 0; k < DIM; ++k) a += R[j * DIM + k] * z[k];
-                d->x[(size_t)i * DIM + j] = (float)(z[j] + 1.2 * sin(2.0 * a));
-            }
-            d->y[i] = c;
-        }
-    }
-    for (j = 0; j < DIM; ++j) {
-        double a = 0, b = 0;
-        for (i = 0; i < train->n; ++i) a += train->x[(size_t)i * DIM + j];
-        mu[j] = a / train->n;
-        for (i = 0; i < train->n; ++i) b += pow(train->x[(size_t)i * DIM + j] - mu[j], 2);
-        sd[j] = sqrt(b / train->n) + 1e-12;
-    }
-    for (s = 0; s < 2; ++s) {
-        dataset *d = s == 0 ? train : test;
-        for (i = 0; i < d->n * DIM; ++i) d->x[i] = (float)((d->x[i] - mu[i % DIM]) / sd[i % DIM]);
-    }
-    free(means);
-    free(R);
-}
-
-/* ============================ Model ============================ */
-
-enum { OFF_W1 = 0, N_W1 = HID * DIM, OFF_B1 = N_W1, OFF_W2 = OFF_B1 + HID, N_W2 = NCLS * HID,
-       OFF_B2 = OFF_W2 + N_W2, NPARAM = OFF_B2 + NCLS };
-
-typedef struct { const float *w1, *b1, *w2, *b2; } model_view;
-
-static model_view view_of(const float *p) {
-    model_view v;
-    v.w1 = p + OFF_W1; v.b1 = p + OFF_B1; v.w2 = p + OFF_W2; v.b2 = p + OFF_B2;
-    return v;
-}
-
-/* Sum (not mean) of the cross-entropy over idx[0..n); gradients of the sum scaled by `scale` are
- * accumulated into grad (if not NULL). Returns the summed loss; *hits counts correct predictions. */
-static double mlp_batch(model_view m, const dataset *d, const int *idx, int n, float *grad, float scale, int *hits) {
-    double loss = 0;
-    int s, i, j, h_ = 0;
-    for (s = 0; s < n; ++s) {
-        const int ex = idx ? idx[s] : s;
-        const float *x = d->x + (size_t)ex * DIM;
-        float h[HID], z[NCLS], dh[HID];
-        double zsum = 0;
-        int arg = 0;
-        for (i = 0; i < HID; ++i) {
-            float a = m.b1[i];
-            for (j = 0; j < DIM; ++j) a += m.w1[i * DIM + j] * x[j];
-            h[i] = a > 0 ? a : 0;
-        }
-        for (i = 0; i < NCLS; ++i) {
-            float a = m.b2[i];
-            for (j = 0; j < HID; ++j) a += m.w2[i * HID + j] * h[j];
-            z[i] = a;
-            if (a > z[arg]) arg = i;
-        }
-        h_ += arg == d->y[ex];
-        for (i = 0; i < NCLS; ++i) zsum += exp((double)(z[i] - z[arg]));
-        loss += log(zsum) - (double)(z[d->y[ex]] - z[arg]);
-        if (!grad) continue;
-        memset(dh, 0, sizeof dh);
-        for (i = 0; i < NCLS; ++i) {
-            float dz = (float)((exp((double)(z[i] - z[arg])) / zsum - (i == d->y[ex])) * scale);
-            for (j = 0; j < HID; ++j) {
-                grad[OFF_W2 + i * HID + j] += dz * h[j];
-                dh[j] += dz * m.w2[i * HID + j];
-            }
-            grad[OFF_B2 + i] += dz;
-        }
-        for (i = 0; i < HID; ++i) {
-            if (h[i] <= 0) continue;
-            for (j = 0; j < DIM; ++j) grad[OFF_W1 + i * DIM + j] += dh[i] * x[j];
-            grad[OFF_B1 + i] += dh[i];
-        }
-    }
-    if (hits) *hits = h_;
-    return loss;
-}
-
-static double accuracy(model_view m, const dataset *d) {
-    int hits;
-    mlp_batch(m, d, NULL, d->n, NULL, 0, &hits);
-    return (double)hits / d->n;
-}
-
-typedef struct { float *m, *v; long t; } adam_t;
-
-static void adam_reset(adam_t *a) {
-    memset(a->m, 0, sizeof(float) * NPARAM);
-    memset(a->v, 0, sizeof(float) * NPARAM);
-    a->t = 0;
-}
-static void adam_step(adam_t *a, float *p, const float *g, double lr) {
-    double c1, c2;
-    int i;
-    ++a->t;
-    c1 = 1.0 - pow(0.9, (double)a->t);
-    c2 = 1.0 - pow(0.999, (double)a->t);
-    for (i = 0; i < NPARAM; ++i) {
-        a->m[i] = (float)(0.9 * a->m[i] + 0.1 * g[i]);
-        a->v[i] = (float)(0.999 * a->v[i] + 0.001 * (double)g[i] * g[i]);
-        p[i] -= (float)(lr * (a->m[i] / c1) / (sqrt(a->v[i] / c2) + 1e-8));
-    }
-}
-static double cosine_lr(double base, long step, long total) {
-    return 0.5 * base * (1.0 + cos(3.141592653589793 * (double)step / (double)total));
-}
 
 /* ============================ The MPI communicator lent to libedkm ============================ */
 
@@ -423,26 +258,19 @@ int main(int argc, char **argv) {
     soft1 = (float *)xmalloc(sizeof(float) * N_W1);
     soft2 = (float *)xmalloc(sizeof(float) * N_W2);
     order = (int *)xmalloc(sizeof(int) * NTRAIN);
-    adam.m = (float *)xmalloc(sizeof(float) * NPARAM);
-    adam.v = (float *)xmalloc(sizeof(float) * NPARAM);
+    adam_init(&adam, NPARAM);
     for (i = 0; i < NTRAIN; ++i) order[i] = i;
     r.s = 42 * 31 + 5; /* the same shuffles on every rank: rank k takes its slice of each global batch */
 
     /* ---------------- float training, data-parallel ---------------- */
-    {
-        rng_t ri;
-        ri.s = 44;
-        memset(p_float, 0, sizeof(float) * NPARAM);
-        for (i = 0; i < N_W1; ++i) p_float[OFF_W1 + i] = (float)(rng_normal(&ri) * sqrt(2.0 / DIM));
-        for (i = 0; i < N_W2; ++i) p_float[OFF_W2 + i] = (float)(rng_normal(&ri) * sqrt(2.0 / HID));
-    }
+    init_params(p_float, 44);
     adam_reset(&adam);
     total = (long)float_epochs * (NTRAIN / BATCH);
     for (step = 0, e = 0; e < float_epochs; ++e) {
         shuffle(order, NTRAIN, &r);
         for (b = 0; b + BATCH <= NTRAIN; b += BATCH) {
             memset(grad, 0, sizeof(float) * NPARAM);
-            mlp_batch(view_of(p_float), &train, order + b + g_rank * local, local, grad, 1.0f / BATCH, NULL);
+            mlp_batch(view_of(p_float), &train, order + b + g_rank * local, local, grad, 1.0 / BATCH, NULL);
             MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grad, NPARAM, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD)); /* sum = mean over the global batch */
             adam_step(&adam, p_float, grad, cosine_lr(3e-3, step++, total));
         }
@@ -512,7 +340,7 @@ int main(int argc, char **argv) {
                 v = view_of(p);
                 v.w1 = soft1;
                 v.w2 = soft2;
-                mlp_batch(v, &train, order + b + g_rank * local, local, grad, 1.0f / BATCH, NULL);
+                mlp_batch(v, &train, order + b + g_rank * local, local, grad, 1.0 / BATCH, NULL);
                 MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grad, NPARAM, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
                 /* dL/dw through DKM: each backward all-gathers the sharded index list (a collective) */
                 EDKM_CHECK(edkm_saved_state_backward(sv1, grad + OFF_W1, gw, EDKM_DTYPE_F32, N_W1, p + OFF_W1));
@@ -615,7 +443,7 @@ int main(int argc, char **argv) {
     }
     edkm_runtime_destroy(rt);
     free(p_float); free(p); free(grad); free(gw); free(hard1); free(hard2); free(soft1); free(soft2);
-    free(order); free(adam.m); free(adam.v); free(train.x); free(train.y); free(test.x); free(test.y);
+    free(order); adam_free(&adam); free(train.x); free(train.y); free(test.x); free(test.y);
     MPI_Finalize();
     return 0;
 }

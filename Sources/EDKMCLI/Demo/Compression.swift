@@ -1,4 +1,5 @@
 import CEDKM
+import EDKMClient
 import EDKMSafetensors
 
 /// The demo's use of libedkm for one weight matrix: layer configuration, hard export and unpack.

@@ -106,7 +106,7 @@ struct Demo {
         print("model: MLP \(model.dim) -> \(model.hidden) -> \(model.classes) (ReLU); W1 \(Format.shape(specs[0].shape)) + W2 \(Format.shape(specs[1].shape)) = \(Format.grouped(nWeights)) weights to compress; \(model.hidden + model.classes) biases stay float32")
 
         // 1. Float training.
-        var rng = SeededRandom(seed: seed &* 31 &+ 5)
+        var rng = SplitMix64(seed: seed &* 31 &+ 5)
         var order = Array(0..<data.train.count)
         let steps = data.train.count / Demo.batch
         var adam = Adam(count: model.count)
@@ -313,7 +313,7 @@ func linearBaselineAccuracy(_ data: SyntheticData, epochs: Int, seed: UInt64) ->
     var p = [Float](repeating: 0, count: classes * dim + classes)
     var g = p
     var adam = Adam(count: p.count)
-    var rng = SeededRandom(seed: seed)
+    var rng = SplitMix64(seed: seed)
     var order = Array(0..<data.train.count)
     let steps = data.train.count / Demo.batch
     var z = [Double](repeating: 0, count: classes)

@@ -1,3 +1,4 @@
+import EDKMClient
 import Foundation
 
 /// What the demo records for its pictures: the float32 training loss per step and, per bit width,

@@ -22,7 +22,7 @@ struct MLP {
         self.classes = classes
         params = []
         params = [Float](repeating: 0, count: count)
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         for i in 0..<w1Count { params[w1Offset + i] = Float(rng.normal() * (2.0 / Double(dim)).squareRoot()) }
         for i in 0..<w2Count { params[w2Offset + i] = Float(rng.normal() * (2.0 / Double(hidden)).squareRoot()) }
     }

@@ -1,7 +1,7 @@
 import CEDKM
 import EDKMClient
-import EDKMSafetensors
 import EDKMNumerics
+import EDKMSafetensors
 import Foundation
 
 /// What one training step keeps for its backward, in every saved-state mode of the eDKM ablation,
@@ -16,43 +16,27 @@ struct SavedStateMeasurement {
 
 let ablationModes = [EDKM_SAVED_DKM, EDKM_SAVED_MARSHAL, EDKM_SAVED_DEDUP, EDKM_SAVED_UNIQUIFY, EDKM_SAVED_HISTOGRAM]
 
-/// One forward (saved) + backward of each layer in a fresh runtime of each mode.
-/// weights[i]: the raw weights of layer i (dtype), grads of ones.
+/// One training step (SavedStateStep: every layer's forward saved, then its backward with a
+/// gradient of ones) in a fresh runtime of each mode. weights[i]: the raw weights of layer i (dtype).
 func measureSavedState(shapes: [[Int]], configs: [edkm_layer_config], centroids: [[Float]], weights: [[UInt8]],
                        dtype: edkm_dtype, threads: UInt32) throws -> [SavedStateMeasurement] {
+    let ones = [Float](repeating: 1, count: shapes.map { $0.reduce(1, *) }.max() ?? 0)
     var result: [SavedStateMeasurement] = []
     for mode in ablationModes {
         let start = Date()
         let rt = try EDKMRuntime(savedMode: mode, threads: threads)
-        var states: [EDKMSavedState] = []
-        var layers: [EDKMLayer] = []
-        for i in shapes.indices {
+        let layers = try shapes.indices.map { i in
             let l = try EDKMLayer(runtime: rt, shape: shapes[i], config: configs[i])
             try l.setCentroids(centroids[i])
-            var out = [UInt8](repeating: 0, count: weights[i].count)
-            let s = try weights[i].withUnsafeBytes { w in
-                try out.withUnsafeMutableBytes { o in
-                    try l.forward(w.baseAddress!, dtype, out: o.baseAddress!, outDtype: dtype, save: true)!
-                }
-            }
-            states.append(s)
-            layers.append(l)
+            return l
         }
-        let st = try rt.stats()
-        for i in shapes.indices {
-            let n = layers[i].count
-            let g = [Float](repeating: 1, count: n)
-            var gi = [Float](repeating: 0, count: n)
-            try weights[i].withUnsafeBytes { w in
-                try g.withUnsafeBytes { go in
-                    try gi.withUnsafeMutableBytes { o in
-                        try states[i].backward(gradOutput: go.baseAddress!, gradInput: o.baseAddress!, dtype: EDKM_DTYPE_F32,
-                                               weights: w.baseAddress!)
-                    }
-                }
+        let step = try withRawPointers(weights) { w in
+            try ones.withUnsafeBytes { g in
+                try SavedStateStep.run(runtime: rt, layers: layers, weights: w, dtype: dtype,
+                                       gradient: g.baseAddress!, gradientDtype: EDKM_DTYPE_F32)
             }
         }
-        states.removeAll()
+        let st = step.afterForwards
         result.append(mode == EDKM_SAVED_DKM
                       ? SavedStateMeasurement(mode: mode, bytes: st.heap_saved_peak, place: "heap", seconds: Date().timeIntervalSince(start))
                       : SavedStateMeasurement(mode: mode, bytes: st.arena_peak, place: "arena", seconds: Date().timeIntervalSince(start)))
@@ -60,10 +44,19 @@ func measureSavedState(shapes: [[Int]], configs: [edkm_layer_config], centroids:
     return result
 }
 
+/// body(pointers to the bytes of each array), the pointers valid only inside body.
+func withRawPointers<R>(_ arrays: [[UInt8]], _ body: ([UnsafeRawPointer]) throws -> R) throws -> R {
+    func nest(_ i: Int, _ acc: [UnsafeRawPointer]) throws -> R {
+        if i == arrays.count { return try body(acc) }
+        return try arrays[i].withUnsafeBytes { try nest(i + 1, acc + [$0.baseAddress!]) }
+    }
+    return try nest(0, [])
+}
+
 /// The same measurement on one LLM-sized projection: rows x cols f16 weights of std 0.02 (random,
 /// seeded), library defaults (scale-free tau 0.1, 3 iterations) at `bits`.
 func measureLLMLayer(rows: Int, cols: Int, bits: Int, seed: UInt64, threads: UInt32) throws -> (measurements: [SavedStateMeasurement], distinct: UInt64) {
-    var rng = SeededRandom(seed: seed)
+    var rng = SplitMix64(seed: seed)
     let n = rows * cols
     var w = [UInt8](repeating: 0, count: 2 * n)
     for i in 0..<n {

@@ -20,7 +20,7 @@ struct SyntheticData {
 
     init(seed: UInt64, trainCount: Int = 8000, testCount: Int = 2000) {
         let dim = Self.dim
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let means = (0..<(Self.classes * Self.modes * dim)).map { _ in rng.normal() }
         let r = (0..<(dim * dim)).map { _ in rng.normal() / Double(dim).squareRoot() }
         func sample(_ n: Int) -> Split {

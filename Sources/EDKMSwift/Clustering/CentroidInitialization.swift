@@ -1,3 +1,5 @@
+import EDKMNumerics
+
 /// Initial centroids: exact 1-D k-means for scalars, k-means++ and Lloyd for vectors.
 public enum CentroidInitialization {
     /// Exact minimum-SSE k-means of weighted scalars: the k centroids minimising

@@ -1,3 +1,5 @@
+import EDKMNumerics
+
 /// Rows that are the distinct values of a partition with their counts (the uniquified form).
 struct UniqueValueRows: RowBlocks {
     let valuesBuffer: DoubleBuffer   // U

@@ -1,3 +1,4 @@
+import EDKMNumerics
 import EDKMSupport
 
 /// The O(N) passes of the uniquified path over 16-bit keys (the weights' bit patterns or row

@@ -1,3 +1,4 @@
+import EDKMNumerics
 import Glibc
 
 /// The 16-bit keys of a weight tensor: the weights' own bit patterns for f16/bf16, or a rounded

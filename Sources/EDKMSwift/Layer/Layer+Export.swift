@@ -1,3 +1,5 @@
+import EDKMNumerics
+
 /// Hard palettization: LUT + packed indices, and the inverse.
 ///
 /// Packing: per partition, label n (n-th d-vector in element order) occupies stream bits

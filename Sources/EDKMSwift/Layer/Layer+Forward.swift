@@ -1,3 +1,4 @@
+import EDKMNumerics
 import Glibc
 
 /// A growable list of saved tensors shared between the engine's hooks.
