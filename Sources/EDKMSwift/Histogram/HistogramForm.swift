@@ -13,9 +13,6 @@ struct HistogramCoreRun {
     var traces: [PartitionTrace]
     /// f per partition (U_p doubles each).
     var softValues: [DoubleBuffer]
-    /// U x k distance and softmax tables per iteration (UNIQUIFY/SHARD saves only), arena tensors.
-    var distanceMaps: [SavedTensor]
-    var softmaxMaps: [SavedTensor]
     /// sum over weights of the entropy of the last softmax row (nats).
     var entropy: Double
     var distinctValues: Int
@@ -44,42 +41,20 @@ extension Layer {
     }
 
     /// The DKM iterations and the soft values on the histograms (the keys must be finite values of
-    /// `keyType`). With `keepTables`, every iteration's U x k distance and softmax tables go to
-    /// the arena (UNIQUIFY/SHARD saves).
-    func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]],
-                       keepTables: Bool) throws(EDKMError) -> HistogramCoreRun {
-        let P = hists.count, k = config.k
+    /// `keyType`; `vectors`: the weights each histogram counts). The builder, when saving, records
+    /// what its mode keeps per iteration (UNIQUIFY/SHARD: the U x k tables).
+    func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]], vectors: Int,
+                       builder: SavedStateBuilder?) throws(EDKMError) -> HistogramCoreRun {
         let rows = Layer.histogramRows(hists, keyType: keyType)
-        var rowOffset = [Int](repeating: 0, count: P + 1)
-        for p in 0..<P { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
-        let totalU = rowOffset[P]
-        let parameters = try effectiveParameters(rows, initial: initial, vectors: geometry.vectorsPerPartition)
-        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
-        let store = runtime.store
-        var traces = try engine.iterate(
-            rows, initial: initial, parameters: parameters,
-            prepare: keepTables ? { (_: Int) throws(EDKMError) in
-                dMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
-                sMaps.append(try store.allocateTensor(byteCount: totalU * k * 4, inArena: true))
-            } : nil,
-            mapSink: keepTables ? { p, t, start, _ in
-                (dMaps.pointers[t] + (rowOffset[p] + start) * k, sMaps.pointers[t] + (rowOffset[p] + start) * k)
-            } : nil)
+        let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
+        var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
+                                        prepare: builder?.prepare, mapSink: builder?.mapSink)
         let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
         engine.output(rows, traces: &traces) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }
-        return HistogramCoreRun(traces: traces, softValues: f, distanceMaps: dMaps.items, softmaxMaps: sMaps.items,
-                                entropy: traces.reduce(0) { $0 + $1.entropySum }, distinctValues: totalU)
-    }
-
-    /// Stores the histograms and the run's tables in a saved state (arena).
-    func attachHistograms(_ state: SavedState, _ hists: [KeyHistogram], _ run: HistogramCoreRun) throws(EDKMError) {
-        state.distinctCounts = hists.map(\.distinctCount)
-        state.histogramKeys = try saveArray(hists.flatMap(\.keys), tag: "keys")
-        state.histogramCounts = try saveArray(hists.flatMap(\.counts), tag: "counts")
-        state.distanceMaps = run.distanceMaps
-        state.softmaxMaps = run.softmaxMaps
+        return HistogramCoreRun(traces: traces, softValues: f, entropy: traces.reduce(0) { $0 + $1.entropySum },
+                                distinctValues: hists.reduce(0) { $0 + $1.distinctCount })
     }
 
     /// Makes the traces' final centroids the layer's and records the forward's statistics.
@@ -171,19 +146,11 @@ extension Layer {
                                                  counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }
             }
             for p in 0..<initial.count { CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: 1) }
-            let mode = runtime.options.savedMode
+            let builder = save ? SavedStateBuilder(layer: self, input: .callerHistograms(keyType: keyType),
+                                                   rowsPerPartition: hists.map(\.distinctCount)) : nil
             let run = try histogramCore(hists, keyType: keyType, initial: initial.map { $0.map { Double($0) } },
-                                        keepTables: save && (mode == .uniquify || mode == .shard))
-            var saved: SavedState? = nil
-            if save {
-                let state = SavedState(runtime: runtime, config: config, geometry: geometry,
-                                       mode: mode.keepsDenseMaps ? .histogram : mode, algorithm: .uniquified,
-                                       weightType: keyType, keyType: keyType, weightsHash: 0,
-                                       traces: try saveTraces(run.traces, inArena: true))
-                try attachHistograms(state, hists, run)
-                state.isHistogramForm = true
-                saved = state
-            }
+                                        vectors: geometry.vectorsPerPartition, builder: builder)
+            let saved = try builder?.finish(traces: run.traces, histograms: hists, keysHash: 0)
             for p in 0..<partitions {
                 (softValues + input.offsets[p]).update(from: run.softValues[p].pointer, count: hists[p].distinctCount)
             }
@@ -194,21 +161,14 @@ extension Layer {
 }
 
 extension SavedState {
-    /// The per-key tables of the backward from the per-key gradient sums G (one buffer per
-    /// partition, U_p each): h (`last`) and r of every key.
-    func histogramAdjoints(_ traces: [PartitionTrace], _ hists: [KeyHistogram],
-                           gradientSums G: [DoubleBuffer]) throws(EDKMError) -> [DKMEngine.RowGradients] {
-        let k = config.k
-        let rows = Layer.histogramRows(hists, keyType: keyType)
-        var rowOffset = [Int](repeating: 0, count: hists.count + 1)
-        for p in 0..<hists.count { rowOffset[p + 1] = rowOffset[p] + hists[p].distinctCount }
-        let sPointers = softmaxMaps.map { $0.typed(Float.self) }
-        let saved: ((Int, Int, Int, Int) -> UnsafePointer<Float>)? = sPointers.isEmpty ? nil : { p, t, start, _ in
-            UnsafePointer(sPointers[t] + (rowOffset[p] + start) * k)
-        }
-        return try DKMEngine(config: config, pool: runtime.pool)
-            .backward(rows, traces: traces, gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) },
-                      savedSoftmax: saved)
+    /// The per-key tables of the backward from the per-key gradient sums G (U_p per
+    /// partition): h (`last`) and r of every key; the softmax is read from `tables` when the
+    /// forward kept them (UNIQUIFY/SHARD), recomputed otherwise.
+    func histogramAdjoints(_ traces: [PartitionTrace], _ hists: [KeyHistogram], gradientSums G: [DoubleBuffer],
+                           tables: IterationMaps?) throws(EDKMError) -> [DKMEngine.RowGradients] {
+        try DKMEngine(config: config, pool: runtime.pool)
+            .backward(Layer.histogramRows(hists, keyType: keyType), traces: traces,
+                      gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) }, savedSoftmax: tables?.savedSoftmax)
     }
 
     /// Backward of the histogram form: from the per-key sums of dL/dw~ (`count` = the forward's
@@ -218,18 +178,18 @@ extension SavedState {
     public func backwardHistogram(gradientSums: UnsafePointer<Double>, count: Int,
                                   h: UnsafeMutablePointer<Double>, r: UnsafeMutablePointer<Double>) throws(EDKMError) {
         try exclusive { () throws(EDKMError) in
-            guard isHistogramForm else {
+            guard case .histogramForm(let saved, let tables) = contents else {
                 throw EDKMError(.state, "this saved state comes from a buffer forward: use edkm_saved_state_backward")
             }
             guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }
-            let total = distinctCounts.reduce(0, +)
+            let total = saved.total
             guard count == total else {
                 throw EDKMError(.shape, "expected \(total) gradient sums (the forward's distinct keys), got \(UInt(bitPattern: count))")
             }
             if let bad = (0..<count).first(where: { !gradientSums[$0].isFinite }) {
                 throw EDKMError(.nonFinite, "grad_sums[\(bad)] is \(gradientSums[bad])")
             }
-            let hists = decodeHistograms()
+            let hists = saved.decode()
             var offset = 0
             let G = hists.map { hist in
                 let b = DoubleBuffer(zeros: hist.distinctCount)
@@ -237,7 +197,7 @@ extension SavedState {
                 offset += hist.distinctCount
                 return b
             }
-            let results = try histogramAdjoints(decodeTraces(), hists, gradientSums: G)
+            let results = try histogramAdjoints(decodeTraces(), hists, gradientSums: G, tables: tables)
             offset = 0
             for (p, hist) in hists.enumerated() {
                 (h + offset).update(from: results[p].last.pointer, count: hist.distinctCount)

@@ -1,16 +1,6 @@
 import EDKMNumerics
 import Glibc
 
-/// A growable list of saved tensors shared between the engine's hooks.
-final class SavedTensorList: @unchecked Sendable {
-    var items: [SavedTensor] = []
-    var pointers: [UnsafeMutablePointer<Float>] = []
-    func append(_ t: SavedTensor) {
-        items.append(t)
-        pointers.append(t.typed(Float.self))
-    }
-}
-
 extension Layer {
     /// The algorithm a forward runs for weights of `type` under the runtime's saved mode.
     func resolvedAlgorithm(for type: ElementType, saving: Bool) throws(EDKMError) -> ClusteringConfig.Algorithm {
@@ -92,32 +82,10 @@ extension Layer {
         return parameters
     }
 
-    func saveTraces(_ traces: [PartitionTrace], inArena: Bool) throws(EDKMError) -> SavedTensor {
-        let encoded = SavedState.encodeTraces(traces)
-        let result = encoded.withUnsafeBytes { b in
-            Result { () throws(EDKMError) in
-                try runtime.store.save(b.baseAddress!, byteCount: b.count, tag: "trace", shape: [encoded.count],
-                                       inArena: inArena, deduplicate: false, pool: nil)
-            }
-        }
-        return try result.get()
-    }
-
-    func saveArray<T>(_ array: [T], tag: String) throws(EDKMError) -> SavedTensor {
-        let result = array.withUnsafeBytes { b in
-            Result { () throws(EDKMError) in
-                try runtime.store.save(b.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!, byteCount: b.count, tag: tag,
-                                       shape: [array.count], inArena: true, deduplicate: false, pool: nil)
-            }
-        }
-        return try result.get()
-    }
-
     // MARK: uniquified
 
     private func forwardUniquified(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
                                    save: Bool) throws(EDKMError) -> ForwardRun {
-        let mode = runtime.options.savedMode
         let pool = runtime.pool
         let P = geometry.partitions, E = geometry.elementsPerPartition
         let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
@@ -131,58 +99,31 @@ extension Layer {
                 throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
             }
         }
-        let core = try histogramCore(hists, keyType: keys.keyType, initial: initial,
-                                     keepTables: save && (mode == .uniquify || mode == .shard))
-        let traces = core.traces, f = core.softValues, totalU = core.distinctValues
-        let entropy = core.entropy
-        let store = runtime.store
-        var saved: SavedState? = nil
-        if save {
-            let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .uniquified,
-                                   weightType: type, keyType: keys.keyType,
-                                   weightsHash: type.is16Bit ? keysHash
-                                       : ContentHash.hash(weights, count: geometry.count * type.byteWidth, pool: pool),
-                                   traces: try saveTraces(traces, inArena: true))
-            try attachHistograms(state, hists, core)
-            switch mode {
-            case .uniquify, .shard:
-                let index = try HeapAllocation.allocate(UInt16.self, count: geometry.count, for: "the index list")
-                defer { free(index) }
-                KeyPasses.gather(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool, into: index) { p, table in
-                    for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
-                }
-                state.elementKeysAreIndices = true
-                if mode == .uniquify {
-                    state.elementKeys = try store.save(index, byteCount: geometry.count * 2, tag: "index", shape: geometry.shape,
-                                                       inArena: true, deduplicate: true, pool: pool)
-                } else {
-                    let world = runtime.communicator.worldSize, rank = runtime.communicator.rank
-                    let length = (geometry.count + world - 1) / world
-                    let lo = Swift.min(geometry.count, rank * length), hi = Swift.min(geometry.count, lo + length)
-                    state.shardLength = length
-                    state.shardRange = lo..<hi
-                    state.elementKeys = try store.save(index + lo, byteCount: Swift.max(0, hi - lo) * 2, tag: "index-shard",
-                                                       shape: [rank, world] + geometry.shape, inArena: true, deduplicate: true, pool: pool)
-                }
-            default:
-                if runtime.options.keepWeights {
-                    state.elementKeys = try store.save(keys.pointer, byteCount: geometry.count * 2, tag: "keys", shape: geometry.shape,
-                                                       inArena: true, deduplicate: true, pool: pool)
-                }
-            }
-            saved = state
-        }
-        let keysPointer = keys.pointer
-        return ForwardRun(traces: traces, distinctValues: totalU, saved: saved) { output, outputType in
-            _ = keys  // the keys (a rounded copy for f32) live until the output is written
+        return try uniquifiedRun(keys, hists, elementsPerPartition: E, initial: initial, vectors: geometry.vectorsPerPartition,
+                                 saving: save ? .uniquifiedWeights(weights, type, keys) : nil, keysHash: keysHash)
+    }
+
+    /// The uniquified forward from the histograms of `keys` on (shared by the buffer forward and
+    /// the sharded one, whose histogram is the all-reduced one): DKM on the histograms, the saved
+    /// state when `saving`, and an output that gathers each element's soft value by its key.
+    /// `keys`: elementsPerPartition per histogram (partitions concatenated); `vectors`: the
+    /// weights each partition's histogram counts (more than its keys for sharded weights).
+    func uniquifiedRun(_ keys: WeightKeys, _ hists: [KeyHistogram], elementsPerPartition E: Int, initial: [[Double]], vectors: Int,
+                       saving input: ForwardInput?, keysHash: UInt64) throws(EDKMError) -> ForwardRun {
+        let builder = input.map { SavedStateBuilder(layer: self, input: $0, rowsPerPartition: hists.map(\.distinctCount)) }
+        let core = try histogramCore(hists, keyType: keys.keyType, initial: initial, vectors: vectors, builder: builder)
+        let saved = try builder?.finish(traces: core.traces, histograms: hists, keysHash: keysHash)
+        let pool = runtime.pool, f = core.softValues, entropy = core.entropy
+        return ForwardRun(traces: core.traces, distinctValues: core.distinctValues, saved: saved) { output, outputType in
+            let keysPointer = keys.pointer  // the keys (a rounded copy for f32) live until the output is written
             if outputType == .f32 {
-                KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
+                KeyPasses.gather(keysPointer, partitions: hists.count, elementsPerPartition: E, pool: pool,
                                  into: output.assumingMemoryBound(to: Float.self)) { p, table in
                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
                 }
             } else {
                 let toF16 = outputType == .f16
-                KeyPasses.gather(keysPointer, partitions: P, elementsPerPartition: E, pool: pool,
+                KeyPasses.gather(keysPointer, partitions: hists.count, elementsPerPartition: E, pool: pool,
                                  into: output.assumingMemoryBound(to: UInt16.self)) { p, table in
                     for (m, key) in hists[p].keys.enumerated() {
                         let v = Float(f[p][m])
@@ -198,51 +139,18 @@ extension Layer {
 
     private func forwardDense(_ weights: UnsafeRawPointer, type: ElementType, initial: [[Double]],
                               save: Bool) throws(EDKMError) -> ForwardRun {
-        let mode = runtime.options.savedMode
-        let pool = runtime.pool
-        let P = geometry.partitions, E = geometry.elementsPerPartition, k = config.k, d = config.clusterDim
+        let P = geometry.partitions, E = geometry.elementsPerPartition, d = config.clusterDim
         let width = type.byteWidth
         let rowsPerPartition = E / d
         let rows: [any RowBlocks] = (0..<P).map {
             DenseElementRows(base: weights + $0 * E * width, type: type, d: d, rowCount: rowsPerPartition)
         }
         let parameters = try effectiveParameters(rows, initial: initial, vectors: rowsPerPartition)
-        let keepMaps = save && mode.keepsDenseMaps
-        let dMaps = SavedTensorList(), sMaps = SavedTensorList()
-        var weightCopies: [SavedTensor] = []
-        let store = runtime.store
-        let mapBytes = geometry.count / d * k * 4
-        let count = geometry.count, shape = geometry.shape
-        let traces = try engine.iterate(
-            rows, initial: initial, parameters: parameters,
-            prepare: keepMaps ? { (_: Int) throws(EDKMError) in
-                // What autograd keeps per iteration: the weights (cdist input), D and the softmax.
-                weightCopies.append(try store.save(weights, byteCount: count * width, tag: "weights-\(type.name)",
-                                                   shape: shape, inArena: mode.usesArena,
-                                                   deduplicate: mode.deduplicates, pool: pool))
-                dMaps.append(try store.allocateTensor(byteCount: mapBytes, inArena: mode.usesArena))
-                sMaps.append(try store.allocateTensor(byteCount: mapBytes, inArena: mode.usesArena))
-            } : nil,
-            mapSink: keepMaps ? { p, t, start, _ in
-                (dMaps.pointers[t] + (p * rowsPerPartition + start) * k, sMaps.pointers[t] + (p * rowsPerPartition + start) * k)
-            } : nil)
-        var saved: SavedState? = nil
-        if save {
-            let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: mode, algorithm: .dense,
-                                   weightType: type, keyType: type,
-                                   weightsHash: ContentHash.hash(weights, count: geometry.count * width, pool: pool),
-                                   traces: try saveTraces(traces, inArena: mode.usesArena))
-            state.distanceMaps = dMaps.items
-            state.softmaxMaps = sMaps.items
-            // Without maps the backward recomputes from the weights: keep a copy when the caller
-            // will not hand them back (keep_weights, or the index-list modes, which need none).
-            if !keepMaps && (runtime.options.keepWeights || mode == .uniquify || mode == .shard) {
-                weightCopies = [try store.save(weights, byteCount: geometry.count * width, tag: "weights-\(type.name)",
-                                               shape: geometry.shape, inArena: true, deduplicate: true, pool: pool)]
-            }
-            state.weightCopies = weightCopies
-            saved = state
-        }
+        let builder = save ? SavedStateBuilder(layer: self, input: .denseWeights(weights, type),
+                                               rowsPerPartition: [Int](repeating: rowsPerPartition, count: P)) : nil
+        let traces = try engine.iterate(rows, initial: initial, parameters: parameters,
+                                        prepare: builder?.prepare, mapSink: builder?.mapSink)
+        let saved = try builder?.finish(traces: traces, histograms: [], keysHash: 0)
         let eng = engine
         return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType in
             var withEntropy = traces

@@ -29,155 +29,81 @@ extension Layer {
             throw EDKMError(.shape, "slice at offset \(UInt(bitPattern: offset)) of \(UInt(bitPattern: count)) elements is outside the tensor's \(geometry.count) elements")
         }
         return try exclusive { () throws(EDKMError) -> SavedState? in
-            let pool = runtime.pool
-            let comm = runtime.communicator
-            let keys = try WeightKeys(weights, type: type, count: count, f32KeyType: config.f32KeyType, pool: pool)
-            let local = KeyPasses.histograms(keys.pointer, partitions: 1, elementsPerPartition: count, pool: pool,
-                                             hashing: type.is16Bit).0
-            // 65,536 counts, a flag (this rank's slice has a non-finite weight) and the slice's
-            // element count (the counts must add up to the sum of these).
-            var table = [Double](repeating: 0, count: 65538)
-            for (key, n) in zip(local[0].keys, local[0].counts) { table[Int(key)] = Double(n) }
-            let badKey = local[0].keys.contains { !ElementIO.keyValue($0, type: keys.keyType).isFinite }
-            if badKey || (type == .f32 && ElementIO.firstNonFinite(weights, type: type, count: count) != nil) { table[65536] = 1 }
-            table[65537] = Double(count)
-            try table.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try comm.allReduceSum(b) }
-            runtime.countCommunicatorBytes(65538 * 8)
-            let global = try table.withUnsafeBufferPointer { (b) throws(EDKMError) -> KeyHistogram in
-                try CollectiveChecks.keyHistogram(b, local: local[0], keyType: keys.keyType, worldSize: comm.worldSize)
-            }
-            guard global.distinctCount > 0 else { throw EDKMError(.shape, "the ranks' slices hold no weights (every slice is empty)") }
-            let values = DoubleBuffer(zeros: global.distinctCount), counts = DoubleBuffer(zeros: global.distinctCount)
-            for m in 0..<global.distinctCount {
-                values[m] = ElementIO.keyValue(global.keys[m], type: keys.keyType)
-                counts[m] = Double(global.counts[m])
-            }
+            let keys = try WeightKeys(weights, type: type, count: count, f32KeyType: config.f32KeyType, pool: runtime.pool)
+            let local = KeyPasses.histograms(keys.pointer, partitions: 1, elementsPerPartition: count, pool: runtime.pool,
+                                             hashing: false).0[0]
+            let global = try allReduceHistogram(local, weights: weights, type: type, keyType: keys.keyType, count: count)
+            let values = global.keys.map { ElementIO.keyValue($0, type: keys.keyType) }
             var initial = centroids?[0] ?? CentroidInitialization.optimal1D(
-                values: values.array, counts: counts.array, k: config.k).map { Float($0) }
+                values: values, counts: global.counts.map { Double($0) }, k: config.k).map { Float($0) }
             CentroidInitialization.respreadDuplicates(&initial, k: config.k, d: 1)
-            let c0 = initial.map { Double($0) }
-            let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
             let held = global.counts.reduce(0) { $0 + Int($1) }  // the weights all ranks' slices hold
-            let parameters = try effectiveParameters(rows, initial: [c0], vectors: held)
-            let engine = DKMEngine(config: config, pool: pool)
-            var traces = try engine.iterate(rows, initial: [c0], parameters: parameters)
-            let f = DoubleBuffer(zeros: global.distinctCount)
-            engine.output(rows, traces: &traces) { _, start, n, v in (f.pointer + start).update(from: v, count: n) }
-            var saved: SavedState? = nil
-            if save {
-                let encoded = SavedState.encodeTraces(traces)
-                let trace = try encoded.withUnsafeBytes { b in
-                    Result { () throws(EDKMError) in
-                        try runtime.store.save(b.baseAddress!, byteCount: b.count, tag: "trace", shape: [encoded.count],
-                                               inArena: true, deduplicate: false, pool: nil)
-                    }
-                }.get()
-                let state = SavedState(runtime: runtime, config: config, geometry: geometry, mode: .histogram,
-                                       algorithm: .uniquified, weightType: type, keyType: keys.keyType,
-                                       weightsHash: ContentHash.hash(weights, count: count * type.byteWidth, pool: pool),
-                                       traces: trace)
-                state.distinctCounts = [global.distinctCount]
-                state.histogramKeys = try global.keys.withUnsafeBytes { b in
-                    Result { () throws(EDKMError) in
-                        try runtime.store.save(b.baseAddress!, byteCount: b.count, tag: "keys", shape: [b.count / 2],
-                                               inArena: true, deduplicate: false, pool: nil)
-                    }
-                }.get()
-                state.histogramCounts = try global.counts.withUnsafeBytes { b in
-                    Result { () throws(EDKMError) in
-                        try runtime.store.save(b.baseAddress!, byteCount: b.count, tag: "counts", shape: [b.count / 4],
-                                               inArena: true, deduplicate: false, pool: nil)
-                    }
-                }.get()
-                state.weightShard = offset..<(offset + count)
-                if runtime.options.keepWeights {
-                    state.elementKeys = try runtime.store.save(keys.pointer, byteCount: count * 2, tag: "keys-shard",
-                                                               shape: [offset, count], inArena: true, deduplicate: true, pool: pool)
-                }
-                saved = state
-            }
-            // Output: this rank's slice only.
-            let toF16 = outputType == .f16
-            if outputType == .f32 {
-                KeyPasses.gather(keys.pointer, partitions: 1, elementsPerPartition: count, pool: pool,
-                                 into: output.assumingMemoryBound(to: Float.self)) { _, t in
-                    for (m, key) in global.keys.enumerated() { t[Int(key)] = Float(f[m]) }
-                }
-            } else {
-                KeyPasses.gather(keys.pointer, partitions: 1, elementsPerPartition: count, pool: pool,
-                                 into: output.assumingMemoryBound(to: UInt16.self)) { _, t in
-                    for (m, key) in global.keys.enumerated() {
-                        let v = Float(f[m])
-                        t[Int(key)] = toF16 ? HalfConversion.floatToF16(v) : HalfConversion.floatToBF16(v)
-                    }
-                }
-            }
-            withExtendedLifetime(keys) {}
-            centroids = [traces[0].centroids[traces[0].iterations].map { Float($0) }]
-            stats.forwards += 1
-            stats.iterations = traces[0].iterations
-            stats.inertia = traces[0].inertia
-            stats.distinctValues = global.distinctCount
-            stats.algorithm = .uniquified
-            stats.effectiveTau = parameters[0].tau
-            stats.attentionEntropy = traces[0].entropySum / Double(geometry.count)
-            return saved
+            let run = try uniquifiedRun(keys, [global], elementsPerPartition: count, initial: [initial.map { Double($0) }],
+                                        vectors: held, saving: save ? .weightShard(weights, type, keys, slice: offset..<(offset + count)) : nil,
+                                        keysHash: 0)
+            let entropy = run.writeOutput(output, outputType)  // this rank's slice only
+            recordForward(run.traces, distinctValues: run.distinctValues, algorithm: .uniquified, entropy: entropy)
+            return run.saved
         }
+    }
+
+    /// The collective step of the forward: all-reduces the 65,536 key counts of every rank's slice,
+    /// with a flag (this rank's slice has a non-finite weight) and the slice's element count (the
+    /// counts must add up to the sum of these), and checks what comes back.
+    private func allReduceHistogram(_ local: KeyHistogram, weights: UnsafeRawPointer, type: ElementType,
+                                    keyType: ElementType, count: Int) throws(EDKMError) -> KeyHistogram {
+        let comm = runtime.communicator
+        var table = [Double](repeating: 0, count: 65538)
+        for (key, n) in zip(local.keys, local.counts) { table[Int(key)] = Double(n) }
+        let badKey = local.keys.contains { !ElementIO.keyValue($0, type: keyType).isFinite }
+        if badKey || (type == .f32 && ElementIO.firstNonFinite(weights, type: type, count: count) != nil) { table[65536] = 1 }
+        table[65537] = Double(count)
+        try table.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try comm.allReduceSum(b) }
+        runtime.countCommunicatorBytes(65538 * 8)
+        let global = try table.withUnsafeBufferPointer { (b) throws(EDKMError) -> KeyHistogram in
+            try CollectiveChecks.keyHistogram(b, local: local, keyType: keyType, worldSize: comm.worldSize)
+        }
+        guard global.distinctCount > 0 else { throw EDKMError(.shape, "the ranks' slices hold no weights (every slice is empty)") }
+        return global
     }
 }
 
 extension SavedState {
-    /// Backward of a sharded forward: grad and output are this rank's slice.
-    func backwardShard(_ slice: Range<Int>, traces: [PartitionTrace], grad: UnsafeRawPointer,
+    /// Backward of a sharded forward: grad and output are this rank's slice; the step between the
+    /// scatter and the adjoints all-reduces the U gradient sums with two flags (this rank's
+    /// weights changed, its gradients are not finite) so that every rank fails together.
+    func backwardShard(_ hist: KeyHistogram, slice: Range<Int>, kept: SavedTensor?, grad: UnsafeRawPointer,
                        output: UnsafeMutableRawPointer, gradType: ElementType, weights: UnsafeRawPointer?) throws(EDKMError) {
-        let pool = runtime.pool
-        let count = slice.count
-        let hist = decodeHistograms()[0]
-        var holder: WeightKeys? = nil
-        let keys: UnsafePointer<UInt16>
-        if let kept = elementKeys { keys = UnsafePointer(kept.typed(UInt16.self)) } else if let weights {
-            holder = try WeightKeys(weights, type: weightType, count: count, f32KeyType: keyType, pool: pool)
-            keys = holder!.pointer
-        } else {
-            throw EDKMError(.state, "this saved state needs this rank's weight slice: pass it to backward (or set keep_weights)")
-        }
-        // Flags: this rank's weights changed, its gradients are not finite.
-        let changed = weights.map { ContentHash.hash($0, count: count * weightType.byteWidth, pool: pool) != weightsHash } ?? false
-        let (local, _) = KeyPasses.scatterGradients(keys, slots: [hist.keys], elementsPerPartition: count, pool: pool,
-                                                    grad: grad, gradType: gradType, hashing: false)
-        var buffer = local[0].array + [0, 0]
-        if changed { buffer[hist.distinctCount] = 1 }
-        if (0..<hist.distinctCount).contains(where: { !buffer[$0].isFinite }) {
-            buffer[hist.distinctCount + 1] = 1
-            for m in 0..<hist.distinctCount { buffer[m] = 0 }
-        }
-        try buffer.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try runtime.communicator.allReduceSum(b) }
-        runtime.countCommunicatorBytes(buffer.count * 8)
-        let world = Double(runtime.communicator.worldSize)
-        let changedRanks = try CollectiveChecks.count(buffer[hist.distinctCount], limit: world, "the number of ranks with changed weights")
-        let nonFiniteRanks = try CollectiveChecks.count(buffer[hist.distinctCount + 1], limit: world, "the number of ranks with non-finite gradients")
-        if changedRanks > 0 {
-            throw EDKMError(.weightsChanged, "\(changedRanks) rank(s) passed weights that differ from the forward's")
-        }
-        if nonFiniteRanks > 0 {
-            throw EDKMError(.nonFinite, "\(nonFiniteRanks) rank(s) passed non-finite gradients")
-        }
-        try buffer.withUnsafeBufferPointer { (b) throws(EDKMError) in
-            try CollectiveChecks.gradientSums(UnsafeBufferPointer(rebasing: b[0..<hist.distinctCount]))
-        }
-        let G = DoubleBuffer(zeros: hist.distinctCount)
-        for m in 0..<hist.distinctCount { G[m] = buffer[m] }
-        let values = DoubleBuffer(zeros: hist.distinctCount), counts = DoubleBuffer(zeros: hist.distinctCount)
-        for m in 0..<hist.distinctCount {
-            values[m] = ElementIO.keyValue(hist.keys[m], type: keyType)
-            counts[m] = Double(hist.counts[m])
-        }
-        let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: values, countsBuffer: counts)]
-        let results = try DKMEngine(config: config, pool: pool).backward(rows, traces: traces,
-                                                                    gradients: { _, start, _, _ in UnsafePointer(G.pointer + start) })
-        KeyPasses.gradients(keys, partitions: 1, elementsPerPartition: count, pool: pool, grad: grad, output: output,
-                            type: gradType) { _, table in
-            for (m, key) in hist.keys.enumerated() { table[Int(key)] = SIMD2(Float(results[0].last[m]), Float(results[0].r[m])) }
+        let count = slice.count, U = hist.distinctCount
+        let (keys, holder) = try elementKeys(
+            kept: kept.map { UnsafePointer($0.typed(UInt16.self)) }, weights: weights, count: count,
+            missing: EDKMError(.state, "this saved state needs this rank's weight slice: pass it to backward (or set keep_weights)"))
+        let changed = weights.map { ContentHash.hash($0, count: count * weightType.byteWidth, pool: runtime.pool) != weightsHash } ?? false
+        try backwardOnKeys([hist], keys: keys, indices: false, elementsPerPartition: count, tables: nil, grad: grad,
+                           output: output, gradType: gradType, hashing: false) { (local, _) throws(EDKMError) in
+            var buffer = local[0].array + [0, 0]
+            if changed { buffer[U] = 1 }
+            if (0..<U).contains(where: { !buffer[$0].isFinite }) {
+                buffer[U + 1] = 1
+                for m in 0..<U { buffer[m] = 0 }
+            }
+            try buffer.withUnsafeMutableBufferPointer { (b) throws(EDKMError) in try runtime.communicator.allReduceSum(b) }
+            runtime.countCommunicatorBytes(buffer.count * 8)
+            let world = Double(runtime.communicator.worldSize)
+            let changedRanks = try CollectiveChecks.count(buffer[U], limit: world, "the number of ranks with changed weights")
+            let nonFiniteRanks = try CollectiveChecks.count(buffer[U + 1], limit: world, "the number of ranks with non-finite gradients")
+            if changedRanks > 0 {
+                throw EDKMError(.weightsChanged, "\(changedRanks) rank(s) passed weights that differ from the forward's")
+            }
+            if nonFiniteRanks > 0 {
+                throw EDKMError(.nonFinite, "\(nonFiniteRanks) rank(s) passed non-finite gradients")
+            }
+            try buffer.withUnsafeBufferPointer { (b) throws(EDKMError) in
+                try CollectiveChecks.gradientSums(UnsafeBufferPointer(rebasing: b[0..<U]))
+            }
+            let G = DoubleBuffer(zeros: U)
+            for m in 0..<U { G[m] = buffer[m] }
+            return [G]
         }
         withExtendedLifetime(holder) {}
     }

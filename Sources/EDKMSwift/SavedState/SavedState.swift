@@ -1,59 +1,37 @@
 import Synchronization
 
-/// What one forward keeps for its backward, as the runtime's `SavedMode` says (docs/design.md, part 2 (the saved state)).
-/// Every buffer lives in the runtime's saved-tensor store (the offload arena, or the heap for the
-/// DKM baseline); the Swift fields hold only sizes and flags.
+/// What one forward keeps for its backward (docs/design.md, part 2 (the saved state)): the traces
+/// every mode keeps, and the mode's `SavedContents`. Every buffer lives in the runtime's
+/// saved-tensor store (the offload arena, or the heap for the DKM baseline); the Swift fields
+/// hold only sizes, types and the hash. Made by `Layer.makeSavedState`; one backward consumes it;
+/// destroying it (the last reference) returns its tensors to the store.
 public final class SavedState: @unchecked Sendable {
     let runtime: Runtime
     let config: ClusteringConfig
     let geometry: TensorGeometry
-    let mode: SavedMode
-    let algorithm: ClusteringConfig.Algorithm
     let weightType: ElementType
-    /// The 16-bit key type of the uniquified path (the weights' type, or the f32 key type).
+    /// The 16-bit key type of the uniquified paths (the weights' type, or the f32 key type).
     let keyType: ElementType
-    /// Content hash of the forward's weights.
+    /// Content hash of the forward's weights (KeyPasses' hash for 16-bit weights on the buffer
+    /// uniquified path, ContentHash otherwise; 0 for the histogram form).
     let weightsHash: UInt64
-
-    /// Iterations, c^0..c^T and S^0..S^{T-1} of every partition, as doubles (see `encodeTraces`).
+    /// Per partition: T, c^0..c^T and S^0..S^{T-1} as doubles (see `encodeTraces`).
     let traces: SavedTensor
-    /// Uniquified: distinct keys (UInt16) and counts (UInt32) of all partitions, concatenated.
-    var histogramKeys: SavedTensor?
-    var histogramCounts: SavedTensor?
-    var distinctCounts: [Int] = []
-    /// Per iteration: distance and softmax maps (rows x k floats, partitions concatenated): N/d
-    /// rows on the dense path, U rows on the uniquified path.
-    var distanceMaps: [SavedTensor] = []
-    var softmaxMaps: [SavedTensor] = []
-    /// Dense path: the weights as every iteration saved them (shared under dedup).
-    var weightCopies: [SavedTensor] = []
-    /// Uniquified: the keys of every element (HISTOGRAM + keep_weights), or the index list
-    /// (element -> row of its partition's table; this rank's shard only in SHARD mode).
-    var elementKeys: SavedTensor?
-    var elementKeysAreIndices = false
-    /// SHARD: the range of elements this rank's shard covers, and the padded shard length.
-    var shardRange: Range<Int> = 0..<0
-    var shardLength = 0
-    /// Sharded weights: the slice of the tensor this rank's forward saw (nil = the whole tensor).
-    var weightShard: Range<Int>? = nil
-    /// Made by the histogram form (`Layer.forwardHistogram`): only its histogram backward applies.
-    var isHistogramForm = false
+    let contents: SavedContents
 
     private var consumed = false
     private let busy = Atomic<Bool>(false)
 
-    init(runtime: Runtime, config: ClusteringConfig, geometry: TensorGeometry, mode: SavedMode,
-         algorithm: ClusteringConfig.Algorithm, weightType: ElementType, keyType: ElementType,
-         weightsHash: UInt64, traces: SavedTensor) {
+    init(runtime: Runtime, config: ClusteringConfig, geometry: TensorGeometry, weightType: ElementType,
+         keyType: ElementType, weightsHash: UInt64, traces: SavedTensor, contents: SavedContents) {
         self.runtime = runtime
         self.config = config
         self.geometry = geometry
-        self.mode = mode
-        self.algorithm = algorithm
         self.weightType = weightType
         self.keyType = keyType
         self.weightsHash = weightsHash
         self.traces = traces
+        self.contents = contents
         runtime.savedStateCreated()
     }
 
@@ -61,11 +39,8 @@ public final class SavedState: @unchecked Sendable {
 
     /// Every saved tensor of this state (shared ones once).
     var tensors: [SavedTensor] {
-        var all: [SavedTensor] = [traces]
-        for t in [histogramKeys, histogramCounts, elementKeys] { if let t { all.append(t) } }
-        all += distanceMaps + softmaxMaps + weightCopies
         var seen = Set<ObjectIdentifier>()
-        return all.filter { seen.insert(ObjectIdentifier($0)).inserted }
+        return ([traces] + contents.tensors).filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
 
     /// Bytes held (a tensor shared with another state counts fully here too).
@@ -119,16 +94,5 @@ public final class SavedState: @unchecked Sendable {
                                          parameters: EffectiveParameters(tau: tail[1], prune: tail[2], epsilon: tail[3])))
         }
         return result
-    }
-
-    /// Per partition: (keys, counts) of the saved histogram.
-    func decodeHistograms() -> [KeyHistogram] {
-        guard let hk = histogramKeys, let hc = histogramCounts else { return [] }
-        var offset = 0
-        return distinctCounts.map { U in
-            defer { offset += U }
-            return KeyHistogram(keys: Array(UnsafeBufferPointer(start: hk.typed(UInt16.self) + offset, count: U)),
-                                counts: Array(UnsafeBufferPointer(start: hc.typed(UInt32.self) + offset, count: U)))
-        }
     }
 }
