@@ -150,7 +150,7 @@ extension Layer {
                                                    rowsPerPartition: hists.map(\.distinctCount)) : nil
             let run = try histogramCore(hists, keyType: keyType, initial: initial.map { $0.map { Double($0) } },
                                         vectors: geometry.vectorsPerPartition, builder: builder)
-            let saved = try builder?.finish(traces: run.traces, histograms: hists, keysHash: 0)
+            let saved = try builder?.finish(traces: run.traces, histograms: hists)
             for p in 0..<partitions {
                 (softValues + input.offsets[p]).update(from: run.softValues[p].pointer, count: hists[p].distinctCount)
             }

@@ -100,7 +100,7 @@ extension Layer {
             }
         }
         return try uniquifiedRun(keys, hists, elementsPerPartition: E, initial: initial, vectors: geometry.vectorsPerPartition,
-                                 saving: save ? .uniquifiedWeights(weights, type, keys) : nil, keysHash: keysHash)
+                                 saving: save ? .uniquifiedWeights(weights, type, keys, keysHash: keysHash) : nil)
     }
 
     /// The uniquified forward from the histograms of `keys` on (shared by the buffer forward and
@@ -109,10 +109,10 @@ extension Layer {
     /// `keys`: elementsPerPartition per histogram (partitions concatenated); `vectors`: the
     /// weights each partition's histogram counts (more than its keys for sharded weights).
     func uniquifiedRun(_ keys: WeightKeys, _ hists: [KeyHistogram], elementsPerPartition E: Int, initial: [[Double]], vectors: Int,
-                       saving input: ForwardInput?, keysHash: UInt64) throws(EDKMError) -> ForwardRun {
+                       saving input: ForwardInput?) throws(EDKMError) -> ForwardRun {
         let builder = input.map { SavedStateBuilder(layer: self, input: $0, rowsPerPartition: hists.map(\.distinctCount)) }
         let core = try histogramCore(hists, keyType: keys.keyType, initial: initial, vectors: vectors, builder: builder)
-        let saved = try builder?.finish(traces: core.traces, histograms: hists, keysHash: keysHash)
+        let saved = try builder?.finish(traces: core.traces, histograms: hists)
         let pool = runtime.pool, f = core.softValues, entropy = core.entropy
         return ForwardRun(traces: core.traces, distinctValues: core.distinctValues, saved: saved) { output, outputType in
             let keysPointer = keys.pointer  // the keys (a rounded copy for f32) live until the output is written
@@ -150,7 +150,7 @@ extension Layer {
                                                rowsPerPartition: [Int](repeating: rowsPerPartition, count: P)) : nil
         let traces = try engine.iterate(rows, initial: initial, parameters: parameters,
                                         prepare: builder?.prepare, mapSink: builder?.mapSink)
-        let saved = try builder?.finish(traces: traces, histograms: [], keysHash: 0)
+        let saved = try builder?.finish(traces: traces, histograms: [])
         let eng = engine
         return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType in
             var withEntropy = traces

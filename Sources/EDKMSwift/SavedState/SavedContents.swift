@@ -44,14 +44,6 @@ enum SavedContents {
         }
     }
 
-    /// The histograms (nil on the dense paths).
-    var histograms: SavedHistograms? {
-        switch self {
-        case .denseMaps, .recompute: return nil
-        case .histogram(let h, _), .uniquify(let h, _, _), .shard(let h, _, _), .histogramForm(let h, _),
-             .weightShard(let h, _, _): return h
-        }
-    }
 }
 
 /// The per-partition key histograms of a uniquified forward: distinct keys (U UInt16) and their
@@ -102,7 +94,6 @@ final class IterationMaps: @unchecked Sendable {
     }
 
     var tensors: [SavedTensor] { distance + softmax }
-    var isEmpty: Bool { softmax.isEmpty }
 
     /// Allocates the next iteration's two maps (rowOffset.last x k floats each).
     func appendIteration(store: SavedTensorStore, inArena: Bool) throws(EDKMError) {

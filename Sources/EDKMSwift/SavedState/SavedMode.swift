@@ -1,5 +1,8 @@
 /// What a forward keeps for its backward: the rows of the eDKM ablation (docs/design.md, part 2 (the saved state)).
-/// Raw values equal the C ABI's `edkm_saved_mode`.
+/// Raw values equal the C ABI's `edkm_saved_mode`. `SavedStateBuilder` turns a mode and what the
+/// forward ran on into one `SavedContents` case (DKM/MARSHAL/DEDUP: `denseMaps`; HISTOGRAM,
+/// UNIQUIFY, SHARD: the case of that name, or `recompute` on the dense algorithm; the histogram
+/// form and sharded weights have their own cases).
 public enum SavedMode: Int32, Sendable, CaseIterable {
     /// Only the k-sized centroid and normaliser vectors of every iteration and the U-sized value
     /// table; the backward is handed the weights again and checks them by hash.

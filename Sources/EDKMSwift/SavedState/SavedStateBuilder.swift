@@ -4,8 +4,9 @@ import Glibc
 enum ForwardInput {
     /// The buffer forward's N weights, on the dense algorithm.
     case denseWeights(UnsafeRawPointer, ElementType)
-    /// The buffer forward's N weights and their 16-bit keys, on the uniquified algorithm.
-    case uniquifiedWeights(UnsafeRawPointer, ElementType, WeightKeys)
+    /// The buffer forward's N weights and their 16-bit keys, on the uniquified algorithm, with
+    /// KeyPasses' hash of 16-bit weights from the histogram pass.
+    case uniquifiedWeights(UnsafeRawPointer, ElementType, WeightKeys, keysHash: UInt64)
     /// The caller's histograms (the histogram form), keys of `keyType`.
     case callerHistograms(keyType: ElementType)
     /// This rank's slice [slice] of sharded weights and the slice's keys.
@@ -62,16 +63,15 @@ final class SavedStateBuilder {
         maps.map { $0.sink }
     }
 
-    /// The saved state, after the iterations. `histograms`: what the uniquified paths iterated on;
-    /// `keysHash`: KeyPasses' hash of 16-bit weights from the histogram pass (buffer uniquified path).
-    func finish(traces: [PartitionTrace], histograms: [KeyHistogram], keysHash: UInt64) throws(EDKMError) -> SavedState {
+    /// The saved state, after the iterations. `histograms`: what the uniquified paths iterated on.
+    func finish(traces: [PartitionTrace], histograms: [KeyHistogram]) throws(EDKMError) -> SavedState {
         let geometry = layer.geometry
         let weightType: ElementType, keyType: ElementType, weightsHash: UInt64
         switch input {
         case .denseWeights(let w, let type):
             (weightType, keyType) = (type, type)
             weightsHash = ContentHash.hash(w, count: geometry.count * type.byteWidth, pool: pool)
-        case .uniquifiedWeights(let w, let type, let keys):
+        case .uniquifiedWeights(let w, let type, let keys, let keysHash):
             (weightType, keyType) = (type, keys.keyType)
             weightsHash = type.is16Bit ? keysHash : ContentHash.hash(w, count: geometry.count * type.byteWidth, pool: pool)
         case .callerHistograms(let type):
@@ -99,7 +99,7 @@ final class SavedStateBuilder {
             // will not hand them back (keep_weights, or the index-list modes, which need none).
             let keep = keepWeights || mode == .uniquify || mode == .shard
             return .recompute(weights: keep ? try saveWeights(weights, type: type, inArena: true, deduplicate: true) : nil)
-        case .uniquifiedWeights(_, _, let keys):
+        case .uniquifiedWeights(_, _, let keys, _):
             let saved = try save(histograms)
             switch mode {
             case .uniquify, .shard:
