@@ -147,6 +147,12 @@ public struct PalettizedTensor: Equatable, Sendable {
         return metadata.entries.filter { !$0.key.hasPrefix("edkm.") }
     }
 
+    /// The format a file's metadata names: "edkm.format", or the older edkm.torch form's name.
+    public static func formatName(of metadata: Metadata?) -> String? {
+        guard let metadata else { return nil }
+        return metadata[formatKey] ?? (LegacyPalettizedFormat.matches(metadata) ? LegacyPalettizedFormat.formatValue : nil)
+    }
+
     /// Whether a file's metadata says it is palettized (any edkm.* entry, or the older edkm.torch form).
     public static func isPalettized(_ metadata: Metadata) -> Bool {
         metadata.entries.contains { $0.key.hasPrefix("edkm.") } || LegacyPalettizedFormat.matches(metadata)

@@ -145,6 +145,10 @@ def test_older_python_form_still_loads(tmp_path):
     umeta, unpacked = read_all(tmp_path / "u.safetensors")
     assert umeta == {"model": "legacy fixture"}
     assert_same(unpacked, expected)
+    r = cli("info", DATA / "legacy-v1.safetensors", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["format"] == "edkm.palettized.v1" and len(info["palettized"]) == 3
 
 
 def _set(key, value):
@@ -199,3 +203,22 @@ def test_writer_rejects_reserved_metadata(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         et.export_safetensors(m, tmp_path / "x.safetensors", metadata={"edkm.format": "mine"})
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_numpy_reader_without_torch_types(tmp_path):
+    """edkm.palettized_file on tensors read with safetensors' numpy framework (F32/F16 files):
+    the same dense tensors as edkm.torch."""
+    m = nn.ModuleDict({"fc1": nn.Linear(16, 48), "fc2": nn.Linear(48, 16).half()})
+    et.palettize(m, bits=3, group_size=12, modules=["fc1"])
+    et.palettize(m, bits=2, cluster_dim=4, modules=["fc2"])
+    path = tmp_path / "np.safetensors"
+    et.export_safetensors(m, path)
+    expected = et.load_safetensors(path, palettized_only=True)
+    with safe_open(str(path), framework="np") as f:
+        infos = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+        recs = pf.records(f.metadata(), infos, edkm.Runtime(num_threads=1))
+        got = {r.name: pf.unpack(r, f.get_tensor(r.lut), f.get_tensor(r.indices)) for r in recs}
+    assert sorted(got) == sorted(expected)
+    for name, arr in got.items():
+        np.testing.assert_array_equal(arr, expected[name].numpy())
+        assert arr.dtype == expected[name].numpy().dtype

@@ -539,7 +539,7 @@ def finalize(model, coreml_metadata=True):
             raise NotImplementedError(f"edkm: {name}.{pname} has other parametrizations stacked with DKM")
         original = plist.original
         pt = p.export(original)
-        hard = pt.dense()
+        hard = pt.dense(p.layer)
         _own_class(m)
         _parametrize.remove_parametrizations(m, pname, leave_parametrized=False)
         with torch.no_grad():
