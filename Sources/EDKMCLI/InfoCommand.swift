@@ -78,7 +78,7 @@ struct InfoCommand: ParsableCommand {
                 t.separator()
                 t.add(["total (\(records.count))", "", "", "", "", "", "", Format.grouped(dense), Format.grouped(packed),
                        String(format: "%.2fx", Double(dense) / Double(max(packed, 1)))])
-                print("\npalettized (\(h.metadata?[PalettizedTensor.formatKey] ?? "")):")
+                print("\npalettized (\(PalettizedTensor.formatName(of: h.metadata) ?? "")):")
                 print(t.render())
             }
 

@@ -36,7 +36,7 @@ enum InfoJSON {
                 + "\"dense_bytes\":\(dense),\"palettized_bytes\":\(packed),\"ratio\":\(Double(dense) / Double(max(packed, 1)))}"
         }
         fields.append("\"palettized\":[" + pal.joined(separator: ",") + "]")
-        fields.append("\"format\":" + (h.metadata?[PalettizedTensor.formatKey].map(q) ?? "null"))
+        fields.append("\"format\":" + (PalettizedTensor.formatName(of: h.metadata).map(q) ?? "null"))
         let tensors = h.tensors.map {
             "{\"name\":\(q($0.name)),\"dtype\":\(q($0.dtype.rawValue)),\"shape\":\(shape($0.shape)),\"bytes\":\($0.byteCount),"
                 + "\"data_offsets\":[\($0.begin),\($0.end)]}"

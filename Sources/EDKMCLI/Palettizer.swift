@@ -59,8 +59,8 @@ struct Palettizer {
 
     /// Decides, for every tensor of the input, whether it is palettized (and how) or copied.
     func plan() throws -> [TensorPlan] {
-        if let m = file.header.metadata, m.entries.contains(where: { $0.key.hasPrefix("edkm.") }) {
-            throw CLIError("\(file.path) is already palettized (it has edkm.* metadata); unpack it first")
+        if let m = file.header.metadata, PalettizedTensor.isPalettized(m) {
+            throw CLIError("\(file.path) is already palettized (it has edkm.* or edkm.palettized.v1 metadata); unpack it first")
         }
         var plans: [TensorPlan] = []
         for t in file.header.tensors {
@@ -143,9 +143,16 @@ struct Palettizer {
             let lutDtype = chooseLUT(for: t.dtype, centroids: centroids)
             var packed = [UInt8](repeating: 0, count: sizes.packedBytes)
             let lut = try export(layer, prepared, lutDtype: lutDtype, lutCount: sizes.lutCount, packed: &packed)
-            let lutValues = lut.withUnsafeBytes { b in (0..<sizes.lutCount).map { FloatBits.load(b.baseAddress!, lutDtype, $0) } }
-            let err = packed.withUnsafeBufferPointer {
-                TensorStatistics.reconstructionError(weights: original.pointer, record: r, lut: lutValues, packed: $0.baseAddress!)
+            // The error of what unpack will restore: lut[label] rounded to the tensor's dtype.
+            var unpacked = [UInt8](repeating: 0, count: t.byteCount)
+            try unpacked.withUnsafeMutableBytes { o in
+                try lut.withUnsafeBytes { l in
+                    try layer.unpack(lut: l.baseAddress!, lutDtype: lutDtype.edkm!, packed: packed, packedBytes: packed.count,
+                                     out: o.baseAddress!, outDtype: dtype)
+                }
+            }
+            let err = unpacked.withUnsafeBytes {
+                TensorStatistics.reconstructionError(weights: original.pointer, unpacked: $0.baseAddress!, dtype: t.dtype, count: t.elementCount)
             }
             let distinct = TensorStatistics.distinctValues(original.pointer, dtype: t.dtype, count: t.elementCount)
             file.release(t)

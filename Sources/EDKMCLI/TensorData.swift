@@ -78,30 +78,14 @@ enum TensorStatistics {
         }
     }
 
-    /// ||w - w_hat|| and ||w|| where w_hat[e] = lut[group][label][e % d], rounded to the tensor's
-    /// dtype (what unpack produces), labels decoded from the packed stream.
-    static func reconstructionError(weights: UnsafeRawPointer, record r: PalettizedTensor, lut: [Float],
-                                    packed: UnsafePointer<UInt8>) -> (diff: Double, norm: Double) {
-        let k = r.centroids, d = r.clusterDim, bits = r.bits
-        let perGroup = r.elementCount / r.groups
-        let rounded = lut.map { FloatBits.round($0, to: r.dtype) }
+    /// ||w - w_hat|| and ||w|| of two tensors of the same dtype and count (w_hat: what unpack produces).
+    static func reconstructionError(weights: UnsafeRawPointer, unpacked: UnsafeRawPointer, dtype: DType,
+                                    count: Int) -> (diff: Double, norm: Double) {
         var diff = 0.0, norm = 0.0
-        let mask = (1 << bits) - 1
-        for g in 0..<r.groups {
-            let stream = packed + g * r.bytesPerGroup
-            for v in 0..<r.vectorsPerGroup {
-                let bit = v * bits
-                var word = Int(stream[bit >> 3])
-                if (bit & 7) + bits > 8 { word |= Int(stream[(bit >> 3) + 1]) << 8 }
-                let label = (word >> (bit & 7)) & mask
-                for e in 0..<d {
-                    let i = g * perGroup + v * d + e
-                    let w = Double(FloatBits.load(weights, r.dtype, i))
-                    let x = Double(rounded[(g * k + label) * d + e])
-                    diff += (w - x) * (w - x)
-                    norm += w * w
-                }
-            }
+        for i in 0..<count {
+            let w = Double(FloatBits.load(weights, dtype, i)), x = Double(FloatBits.load(unpacked, dtype, i))
+            diff += (w - x) * (w - x)
+            norm += w * w
         }
         return (diff.squareRoot(), norm.squareRoot())
     }

@@ -59,7 +59,7 @@ struct UnpackCommand: ParsableCommand {
             }
         }
         entries = alignmentOrdered(entries) { $0.0.dtype }
-        let kept = (file.header.metadata?.entries ?? []).filter { !$0.key.hasPrefix("edkm.") }
+        let kept = PalettizedTensor.plainMetadata(of: file.header)
         let metadata = kept.isEmpty ? nil : Metadata(kept)
 
         let runtime = try EDKMRuntime()
@@ -86,7 +86,8 @@ struct UnpackCommand: ParsableCommand {
         print("wrote \(output)")
     }
 
-    /// The dense bytes of one palettized tensor, through edkm_layer_unpack.
+    /// The dense bytes of one palettized tensor, through edkm_layer_unpack (a BF16 LUT widened to
+    /// F32 first, exactly: the library reads F32 and F16 LUTs).
     static func restore(_ r: PalettizedTensor, file: SafetensorsFile, runtime: EDKMRuntime) throws -> [UInt8] {
         let lutInfo = file.header.tensor(named: r.lutName)!
         let idxInfo = file.header.tensor(named: r.indicesName)!
@@ -96,13 +97,22 @@ struct UnpackCommand: ParsableCommand {
         cfg.cluster_dim = UInt32(r.clusterDim)
         do {
             let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
-            let lut = AlignedTensor(file.data(lutInfo), alignment: lutInfo.dtype.alignment)
             let packed = file.data(idxInfo)
             var out = [UInt8](repeating: 0, count: r.elementCount * r.dtype.alignment)
-            try out.withUnsafeMutableBytes { o in
-                try layer.unpack(lut: lut.pointer, lutDtype: lutInfo.dtype.edkm!,
-                                 packed: packed.baseAddress!.assumingMemoryBound(to: UInt8.self), packedBytes: packed.count,
-                                 out: o.baseAddress!, outDtype: r.dtype.edkm!)
+            func unpack(_ lut: UnsafeRawPointer, _ lutDtype: DType) throws {
+                try out.withUnsafeMutableBytes { o in
+                    try layer.unpack(lut: lut, lutDtype: lutDtype.edkm!,
+                                     packed: packed.baseAddress!.assumingMemoryBound(to: UInt8.self), packedBytes: packed.count,
+                                     out: o.baseAddress!, outDtype: r.dtype.edkm!)
+                }
+            }
+            if lutInfo.dtype == .bf16 {
+                let bytes = file.data(lutInfo)
+                let widened = (0..<lutInfo.elementCount).map { FloatBits.load(bytes.baseAddress!, .bf16, $0) }
+                try widened.withUnsafeBytes { try unpack($0.baseAddress!, .f32) }
+            } else {
+                let lut = AlignedTensor(file.data(lutInfo), alignment: lutInfo.dtype.alignment)
+                try withExtendedLifetime(lut) { try unpack(lut.pointer, lutInfo.dtype) }
             }
             file.release(idxInfo)
             return out

@@ -1,7 +1,9 @@
-/// The palettized-file format written by `edkm palettize` and read by `edkm unpack`.
+/// One palettized tensor of the palettized safetensors format (include/edkm-palettized-format.md),
+/// written by `edkm palettize` and `edkm.torch.export_safetensors`, read by `edkm unpack`, `edkm
+/// info` and `edkm.torch.load_safetensors`.
 ///
 /// A palettized tensor `W` (dtype F32, F16 or BF16, shape S, N elements) becomes two tensors:
-///   - `W.lut`: dtype F16 or F32, shape [groups, 2^bits, cluster_dim], the centroids;
+///   - `W.lut`: dtype F32, F16 or BF16, shape [groups, 2^bits, cluster_dim], the centroids;
 ///   - `W.indices`: dtype U8, shape [groups, bytes_per_group], the packed labels: within a group,
 ///     label n (the n-th cluster_dim-vector in element order) occupies stream bits
 ///     n*bits ..< (n+1)*bits, least significant bit first, stream bit b being bit b % 8 of byte
@@ -11,13 +13,16 @@
 /// converted to the original dtype.
 ///
 /// The header's `__metadata__` (string values, as safetensors requires) holds
-///   "edkm.format": "palettized-1"
+///   "edkm.format": "palettized-1" (major version 1; "palettized-1.<minor>" for later compatible revisions)
 ///   "edkm.tensor.<W>": a JSON object as a string: {"dtype": "F16", "shape": [4096, 4096],
 ///       "bits": 3, "group_size": 0, "cluster_dim": 1, "lut": "<W>.lut", "indices": "<W>.indices"}
 /// and keeps the input's own metadata entries.
 public struct PalettizedTensor: Equatable, Sendable {
     public static let formatKey = "edkm.format"
     public static let formatValue = "palettized-1"
+    /// The version this code reads and writes: files of another major version are refused; a newer
+    /// minor version may add record fields, which are then ignored.
+    public static let formatMajor = 1, formatMinor = 0
     public static let tensorKeyPrefix = "edkm.tensor."
     public static let versionKey = "edkm.version"
 
@@ -90,9 +95,15 @@ public struct PalettizedTensor: Equatable, Sendable {
         ]))
     }
 
-    /// Parses one "edkm.tensor.<name>" entry.
-    public static func parse(key: String, value: String) throws(SafetensorsError) -> PalettizedTensor {
-        let name = String(key.dropFirst(tensorKeyPrefix.count))
+    /// Parses one "edkm.tensor.<name>" entry; `ignoringUnknownFields` for a file of a newer minor version.
+    public static func parse(key: String, value: String, ignoringUnknownFields: Bool = false) throws(SafetensorsError) -> PalettizedTensor {
+        try parse(name: String(key.dropFirst(tensorKeyPrefix.count)), value: value, ignoringUnknownFields: ignoringUnknownFields)
+    }
+
+    /// Parses a record's JSON object. `legacy`: the older edkm.torch form, {"bits", "group_size",
+    /// "cluster_dim", "shape", "dtype": "float32" | "float16" | "bfloat16"}, its tensors <name>.lut
+    /// and <name>.indices.
+    static func parse(name: String, value: String, legacy: Bool = false, ignoringUnknownFields: Bool = false) throws(SafetensorsError) -> PalettizedTensor {
         let q = JSON.quote(name)
         func bad(_ why: String) -> SafetensorsError { SafetensorsError(.invalidPalettization, "palettized tensor \(q): \(why)") }
         let v: JSONValue
@@ -100,8 +111,8 @@ public struct PalettizedTensor: Equatable, Sendable {
             throw bad("metadata is not valid JSON (byte \(error.offset): \(error.reason))")
         }
         guard case .object(let fields) = v else { throw bad("metadata is \(v.typeName), not an object") }
-        let known = ["dtype", "shape", "bits", "group_size", "cluster_dim", "lut", "indices"]
-        for f in fields where !known.contains(f.key) { throw bad("unknown metadata field \(JSON.quote(f.key))") }
+        let known = ["dtype", "shape", "bits", "group_size", "cluster_dim"] + (legacy ? [] : ["lut", "indices"])
+        for f in fields where !known.contains(f.key) && !ignoringUnknownFields { throw bad("unknown metadata field \(JSON.quote(f.key))") }
         func integer(_ field: String) throws(SafetensorsError) -> Int {
             guard let x = v[field] else { throw bad("missing metadata field \"\(field)\"") }
             guard let u = x.unsignedInteger, u <= 1 << 40 else { throw bad("\(field) must be a non-negative integer, got \(JSON.serialize(x))") }
@@ -113,7 +124,8 @@ public struct PalettizedTensor: Equatable, Sendable {
             return s
         }
         let dtypeName = try string("dtype")
-        guard let dtype = DType(rawValue: dtypeName) else { throw bad("unknown original dtype \(JSON.quote(dtypeName))") }
+        let legacyNames: [String: DType] = ["float32": .f32, "float16": .f16, "bfloat16": .bf16]
+        guard let dtype = legacy ? legacyNames[dtypeName] : DType(rawValue: dtypeName) else { throw bad("unknown original dtype \(JSON.quote(dtypeName))") }
         guard let shapeValue = v["shape"] else { throw bad("missing metadata field \"shape\"") }
         guard case .array(let extents) = shapeValue else { throw bad("shape must be an array, got \(shapeValue.typeName)") }
         var shape: [Int] = []
@@ -123,45 +135,70 @@ public struct PalettizedTensor: Equatable, Sendable {
         }
         return try PalettizedTensor(name: name, dtype: dtype, shape: shape, bits: try integer("bits"),
                                     groupSize: try integer("group_size"), clusterDim: try integer("cluster_dim"),
-                                    lutName: try string("lut"), indicesName: try string("indices"))
+                                    lutName: legacy ? nil : try string("lut"), indicesName: legacy ? nil : try string("indices"))
     }
 
-    /// Checks that the header holds this tensor's LUT and indices with the right dtypes and shapes.
-    public func validate(in header: Header) throws(SafetensorsError) {
+    /// The metadata entries of a file that do not describe its palettization (the ones unpack keeps).
+    public static func plainMetadata(of header: Header) -> [(key: String, value: String)] {
+        guard let metadata = header.metadata else { return [] }
+        if metadata[formatKey] == nil, LegacyPalettizedFormat.matches(metadata) {
+            return metadata.entries.filter { !LegacyPalettizedFormat.isFormatEntry($0.key, of: header) }
+        }
+        return metadata.entries.filter { !$0.key.hasPrefix("edkm.") }
+    }
+
+    /// The format a file's metadata names: "edkm.format", or the older edkm.torch form's name.
+    public static func formatName(of metadata: Metadata?) -> String? {
+        guard let metadata else { return nil }
+        return metadata[formatKey] ?? (LegacyPalettizedFormat.matches(metadata) ? LegacyPalettizedFormat.formatValue : nil)
+    }
+
+    /// Whether a file's metadata says it is palettized (any edkm.* entry, or the older edkm.torch form).
+    public static func isPalettized(_ metadata: Metadata) -> Bool {
+        metadata.entries.contains { $0.key.hasPrefix("edkm.") } || LegacyPalettizedFormat.matches(metadata)
+    }
+
+    /// Checks that the header holds this tensor's LUT and indices with the right dtypes and shapes
+    /// (`flatIndices`: the older edkm.torch form's [packed bytes] accepted for the indices).
+    public func validate(in header: Header, flatIndices: Bool = false) throws(SafetensorsError) {
         let q = JSON.quote(name)
         func bad(_ why: String) -> SafetensorsError { SafetensorsError(.invalidPalettization, "palettized tensor \(q): \(why)") }
         guard let lut = header.tensor(named: lutName) else { throw bad("its LUT tensor \(JSON.quote(lutName)) is missing") }
-        guard lut.dtype == .f16 || lut.dtype == .f32 else { throw bad("LUT dtype is \(lut.dtype.rawValue), not F16 or F32") }
+        guard lut.dtype.isPalettizable else { throw bad("LUT dtype is \(lut.dtype.rawValue), not F32, F16 or BF16") }
         guard lut.shape == lutShape else {
             throw bad("LUT shape is \(lut.shapeDescription), expected \(TensorInfo.describe(lutShape))")
         }
         guard let idx = header.tensor(named: indicesName) else { throw bad("its indices tensor \(JSON.quote(indicesName)) is missing") }
         guard idx.dtype == .u8 else { throw bad("indices dtype is \(idx.dtype.rawValue), not U8") }
-        guard idx.shape == indicesShape else {
+        guard idx.shape == indicesShape || (flatIndices && idx.shape == [packedBytes]) else {
             throw bad("indices shape is \(idx.shapeDescription), expected \(TensorInfo.describe(indicesShape))")
         }
     }
 
     /// The palettized tensors a file's metadata describes (empty for an ordinary file), checked
     /// against its header: each record's LUT and indices exist and fit, no tensor is claimed twice
-    /// and no restored name collides with a tensor that stays as it is.
+    /// and no restored name collides with a tensor that stays as it is. Reads format major version 1
+    /// and the older edkm.torch form (LegacyPalettizedFormat); refuses other versions.
     public static func records(in header: Header) throws(SafetensorsError) -> [PalettizedTensor] {
         guard let metadata = header.metadata else { return [] }
-        let hasFormat = metadata[formatKey] != nil
         var records: [PalettizedTensor] = []
-        for e in metadata.entries where e.key.hasPrefix(tensorKeyPrefix) {
-            records.append(try parse(key: e.key, value: e.value))
-        }
-        if !hasFormat {
-            if records.isEmpty { return [] }
-            throw SafetensorsError(.invalidPalettization, "metadata has edkm.tensor.* entries but no \(formatKey)")
-        }
-        guard metadata[formatKey] == formatValue else {
-            throw SafetensorsError(.invalidPalettization, "unsupported \(formatKey) \(JSON.quote(metadata[formatKey]!)) (this edkm reads \(JSON.quote(formatValue)))")
+        let legacy = metadata[formatKey] == nil && LegacyPalettizedFormat.matches(metadata)
+        if legacy {
+            records = try LegacyPalettizedFormat.records(in: header)
+        } else {
+            let version = metadata[formatKey].map(FormatVersion.init)
+            for e in metadata.entries where e.key.hasPrefix(tensorKeyPrefix) {
+                guard let version else {
+                    throw SafetensorsError(.invalidPalettization, "metadata has edkm.tensor.* entries but no \(formatKey)")
+                }
+                try version.check()
+                records.append(try parse(key: e.key, value: e.value, ignoringUnknownFields: version.minor ?? 0 > formatMinor))
+            }
+            if records.isEmpty { try version?.check() }
         }
         var claimed = Set<String>()
         for r in records {
-            try r.validate(in: header)
+            try r.validate(in: header, flatIndices: legacy)
             for n in [r.lutName, r.indicesName] {
                 guard claimed.insert(n).inserted else {
                     throw SafetensorsError(.invalidPalettization, "tensor \(JSON.quote(n)) is claimed by two palettized tensors")
@@ -175,6 +212,33 @@ public struct PalettizedTensor: Equatable, Sendable {
             }
         }
         return records
+    }
+}
+
+/// The value of "edkm.format": "palettized-<major>" or "palettized-<major>.<minor>".
+struct FormatVersion {
+    let text: String
+    let major: Int?
+    let minor: Int?
+
+    init(_ text: String) {
+        self.text = text
+        let prefix = "palettized-"
+        let parts = text.hasPrefix(prefix) ? text.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false) : []
+        let numbers = parts.map { p in p.allSatisfy(\.isASCII) && p.count <= 6 ? Int(p) : nil }
+        major = numbers.count == 1 || numbers.count == 2 ? numbers[0] : nil
+        minor = numbers.count == 2 ? numbers[1] : (numbers.count == 1 ? 0 : nil)
+    }
+
+    /// Throws unless this is major version PalettizedTensor.formatMajor.
+    func check() throws(SafetensorsError) {
+        let key = PalettizedTensor.formatKey, ours = JSON.quote(PalettizedTensor.formatValue)
+        guard let major, minor != nil else {
+            throw SafetensorsError(.invalidPalettization, "unsupported \(key) \(JSON.quote(text)) (not \"palettized-<major>[.<minor>]\"; this edkm reads \(ours))")
+        }
+        guard major == PalettizedTensor.formatMajor else {
+            throw SafetensorsError(.invalidPalettization, "unsupported \(key) \(JSON.quote(text)): format major version \(major), this edkm reads major version \(PalettizedTensor.formatMajor) (\(ours))")
+        }
     }
 }
 

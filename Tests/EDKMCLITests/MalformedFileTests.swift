@@ -185,6 +185,9 @@ import Testing
 
     @Test(needsCLI, arguments: [
         ("unsupported format", [(PalettizedTensor.formatKey, "palettized-9"), record(good)], "unsupported edkm.format"),
+        ("next major version", [(PalettizedTensor.formatKey, "palettized-2.0"), record(good)], "format major version 2, this edkm reads major version 1"),
+        ("not a version", [(PalettizedTensor.formatKey, "palettized-1.x"), record(good)], "not \"palettized-<major>[.<minor>]\""),
+        ("unknown field, same minor", [format, record(good.replacingOccurrences(of: "}", with: ",\"note\":1}"))], "unknown metadata field \"note\""),
         ("record without format", [record(good)], "no edkm.format"),
         ("record not JSON", [format, record("{bits:3}")], "not valid JSON"),
         ("bits 9", [format, record(good.replacingOccurrences(of: "\"bits\":3", with: "\"bits\":9"))], "bits must be 1...8"),
@@ -211,7 +214,7 @@ import Testing
     @Test(needsCLI) func wrongTensorDtypesAndShapes() throws {
         let dir = TempDir()
         let cases: [([UInt8], String)] = [
-            (Self.file(metadata: [Self.format, Self.record(Self.good)], lutDtype: "BF16"), "LUT dtype is BF16"),
+            (Self.file(metadata: [Self.format, Self.record(Self.good)], lutDtype: "I16"), "LUT dtype is I16"),
             (Self.file(metadata: [Self.format, Self.record(Self.good)], lutShape: [1, 8, 2]), "LUT shape is [1, 8, 2]"),
             (Self.file(metadata: [Self.format, Self.record(Self.good)], indicesDtype: "I16", indicesShape: [1, 48]), "indices dtype is I16"),
         ]

@@ -2,33 +2,19 @@
 filters): the CLI's own PNG encoder (deflate with fixed Huffman codes) must produce streams that
 zlib inflates, and the charts must show what they claim (curves and centroid markers in colour)."""
 
-import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edkm_cli import edkm_cli
 from png_check import read_png
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _cli():
-    """The edkm executable: $EDKM_CLI, or the checkout's release build (toolchain-linked, else shipped)."""
-    candidates = [os.environ.get("EDKM_CLI")] + [str(REPO / p) for p in (".build/release/edkm", ".build-dist/bin/edkm")]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    if os.environ.get("EDKM_REQUIRE_LIB") == "1":
-        pytest.fail(f"EDKM_REQUIRE_LIB=1 but no edkm executable was found (tried {candidates[1:]}): swift build -c release")
-    pytest.skip("the edkm executable is not built (swift build -c release)")
 
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
     out = tmp_path_factory.mktemp("plots")
-    r = subprocess.run([_cli(), "demo", "--plots", str(out), "--train-samples", "1280", "--epochs", "2", "--ft-epochs", "1",
+    r = subprocess.run([edkm_cli(), "demo", "--plots", str(out), "--train-samples", "1280", "--epochs", "2", "--ft-epochs", "1",
                         "--bits", "4,3", "--llm-layer", "0", "--plain"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return out

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize as _parametrize
 
 from . import core as _core
+from . import palettized_file as _pf
 from .core import DType, EdkmError, Layer, Runtime, unpack_labels
 from .torch_device import DeviceDKMFunction, HostLink, device_dkm
 
@@ -67,10 +68,10 @@ COREML_METADATA_VERSION_BUFFER = COREML_PREFIX + "/metadata_version"
 COREML_METADATA_VERSION = 1
 COREML_PALETTIZATION = 2
 
-SAFETENSORS_FORMAT = "edkm.palettized.v1"
+SAFETENSORS_FORMAT = _pf.FORMAT_VALUE  # include/edkm-palettized-format.md, shared with the CLI
 
 _TORCH_TO_EDKM = {torch.float32: DType.F32, torch.float16: DType.F16, torch.bfloat16: DType.BF16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # safetensors' names
 _NAME_TO_DTYPE = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
@@ -200,11 +201,26 @@ class PalettizedTensor:
         per_group = int(np.prod(self.shape)) // self.cluster_dim // self.groups
         return unpack_labels(self.packed, self.bits, self.groups, per_group)
 
-    def dense(self):
-        """The dense tensor lut[label] (shape, dtype)."""
-        lab = torch.from_numpy(self.labels().astype(np.int64))
-        g = torch.arange(self.groups).unsqueeze(1)
-        return self.lut[g, lab].reshape(self.shape).contiguous()
+    def record(self, name, runtime=None):
+        """The format's record of this tensor (palettized_file.Record), with a layer of its
+        geometry made in runtime (default: a one-thread runtime of its own)."""
+        r = _pf.Record(name, _DTYPE_NAMES[self.dtype], tuple(self.shape), self.bits, self.group_size,
+                       self.cluster_dim, name + ".lut", name + ".indices")
+        r.layer = Layer(runtime or Runtime(num_threads=1), self.shape, bits=self.bits, group_size=self.group_size,
+                        cluster_dim=self.cluster_dim)
+        return r
+
+    def dense(self, layer=None):
+        """The dense tensor lut[label] (shape, dtype), through edkm_layer_unpack (layer: one of
+        this tensor's geometry, else one is made)."""
+        layer = layer or self.record("tensor").layer
+        out = torch.empty(self.shape, dtype=self.dtype)
+        lut = self.lut.detach().cpu()
+        lut = lut.float() if lut.dtype == torch.bfloat16 else lut  # the library reads f32/f16 LUTs; exact
+        arr, code = tensor_as_numpy(out, "out")
+        layer.unpack(lut.contiguous().numpy().reshape(-1), np.ascontiguousarray(self.packed).reshape(-1),
+                     out=arr.reshape(-1), out_dtype=code)
+        return out
 
     def coreml_lut(self, ndim=None):
         """The LUT in coremltools' metadata shape: (groups, 1, ..., 1, 2^bits, cluster_dim), rank
@@ -340,7 +356,7 @@ class DKMWeight(nn.Module):
         if self._hard_cache is not None and self._hard_cache[0] == key:
             return self._hard_cache[1]
         with torch.no_grad():
-            out = self.export(w).dense().to(w.device)
+            out = self.export(w).dense(self.layer).to(w.device)
         self._hard_cache = (key, out)
         return out
 
@@ -523,7 +539,7 @@ def finalize(model, coreml_metadata=True):
             raise NotImplementedError(f"edkm: {name}.{pname} has other parametrizations stacked with DKM")
         original = plist.original
         pt = p.export(original)
-        hard = pt.dense()
+        hard = pt.dense(p.layer)
         _own_class(m)
         _parametrize.remove_parametrizations(m, pname, leave_parametrized=False)
         with torch.no_grad():
@@ -542,17 +558,10 @@ def finalize(model, coreml_metadata=True):
 # ============================ safetensors ============================
 
 
-def _pack_labels(labels, bits):
-    """Inverse of edkm.unpack_labels: (groups, n) labels -> bytes, per group byte-aligned, LSB first."""
-    labels = np.asarray(labels, dtype=np.uint16)
-    g, n = labels.shape
-    bitsarr = ((labels[..., None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8).reshape(g, n * bits)
-    return np.packbits(bitsarr, axis=1, bitorder="little").reshape(-1)
-
-
 def _from_coreml_buffers(m, pname, w):
     """A PalettizedTensor for a weight finalized elsewhere (e.g. coremltools, or a reloaded state
-    dict): the LUT from the _COREML_ buffers, the labels by nearest LUT entry."""
+    dict): the LUT from the _COREML_ buffers, the labels by nearest LUT entry (edkm_layer_export
+    of a layer whose centroids are the LUT, prune_threshold 0)."""
     lut = m.get_buffer(f"{COREML_PREFIX}/{pname}/lut").detach()
     k, d = lut.shape[-2], lut.shape[-1]
     bits = int(np.log2(k))
@@ -567,12 +576,13 @@ def _from_coreml_buffers(m, pname, w):
             raise NotImplementedError(f"{pname}: vector_axis {axis}; edkm's vectors run along the last axis")
     groups = blocks[0]
     lut3 = lut.reshape(groups, k, d).to(w.dtype)
-    x = w.detach().reshape(groups, -1, d).float()
-    dist = ((x[:, :, None, :] - lut3.float()[:, None, :, :]) ** 2).sum(-1)
-    labels = dist.argmin(-1).numpy()
-    return PalettizedTensor(lut=lut3.contiguous(), packed=_pack_labels(labels, bits), bits=bits,
-                            group_size=0 if groups == 1 else w.shape[0] // groups, cluster_dim=d,
-                            shape=tuple(w.shape), dtype=w.dtype)
+    group_size = 0 if groups == 1 else w.shape[0] // groups
+    layer = Layer(Runtime(num_threads=1), tuple(w.shape), bits=bits, group_size=group_size, cluster_dim=d,
+                  prune_threshold=0.0)
+    layer.set_centroids(lut3.float().numpy())
+    _, packed = layer.export(tensor_as_numpy(_contiguous(w.detach().cpu()), pname)[0], "f32")
+    return PalettizedTensor(lut=lut3.contiguous(), packed=packed, bits=bits, group_size=group_size,
+                            cluster_dim=d, shape=tuple(w.shape), dtype=w.dtype)
 
 
 def _collect(model):
@@ -614,58 +624,72 @@ def _collect(model):
 
 
 def export_safetensors(model, path, include_other=True, metadata=None):
-    """Writes every palettized tensor of model as `<name>.lut` ((groups, 2^bits, cluster_dim), the
-    tensor's dtype) and `<name>.indices` (uint8, the packed labels: `bits` bits each, LSB first, each
-    group starting on a byte boundary), with `__metadata__[name]` a JSON object {bits, group_size,
-    cluster_dim, shape, dtype}. Works before finalize (the layers' current centroids), after it, and
-    on a model finalized by coremltools (labels by nearest LUT entry). include_other: also store the
-    model's other tensors (biases, norms, unpalettized weights, buffers) under their state-dict names,
-    so the file is a whole checkpoint. Returns {name: PalettizedTensor}."""
+    """Writes model as a palettized safetensors file (include/edkm-palettized-format.md, the format
+    `edkm unpack` and `edkm info` read): every palettized tensor as `<name>.lut` ((groups, 2^bits,
+    cluster_dim), the tensor's dtype) and `<name>.indices` (uint8, the packed labels: `bits` bits
+    each, LSB first, each group starting on a byte boundary), described by the metadata entry
+    `edkm.tensor.<name>` {dtype, shape, bits, group_size, cluster_dim, lut, indices}, with
+    `edkm.format` = SAFETENSORS_FORMAT. Works before finalize (the layers' current centroids),
+    after it, and on a model finalized by coremltools (labels by nearest LUT entry). include_other:
+    also store the model's other tensors (biases, norms, unpalettized weights, buffers) under their
+    state-dict names, so the file is a whole checkpoint. metadata: the model's own entries (keys
+    not starting with "edkm."). Returns {name: PalettizedTensor}."""
     from safetensors.torch import save_file
 
     pal, other = _collect(model)
-    tensors, meta = {}, {"format": SAFETENSORS_FORMAT, "edkm_version": _core.library_version()}
-    for name, pt in pal.items():
-        tensors[name + ".lut"] = pt.lut.contiguous()
-        tensors[name + ".indices"] = torch.from_numpy(np.ascontiguousarray(pt.packed))
-        meta[name] = json.dumps({"bits": pt.bits, "group_size": pt.group_size, "cluster_dim": pt.cluster_dim,
-                                 "shape": list(pt.shape), "dtype": _DTYPE_NAMES[pt.dtype]})
+    runtime = Runtime(num_threads=1)
+    recs = [pt.record(name, runtime) for name, pt in pal.items()]
+    meta = _pf.file_metadata(recs, metadata)
+    tensors = {}
+    for r, pt in zip(recs, pal.values()):
+        tensors[r.lut] = pt.lut.contiguous()
+        tensors[r.indices] = torch.from_numpy(np.ascontiguousarray(pt.packed).reshape(r.layer.groups, -1))
     if include_other:
         for name, t in other.items():
             tensors[name] = t.detach().cpu().contiguous().clone()  # clone: tied tensors must not share
-    if metadata:
-        meta.update({str(k): str(v) for k, v in metadata.items()})
+    infos = {k: (_DTYPE_NAMES.get(t.dtype, str(t.dtype)) if t.dtype != torch.uint8 else "U8", tuple(t.shape))
+             for k, t in tensors.items()}
+    _pf.records(meta, infos, runtime)  # the reader's checks (names that collide, geometry) before writing
     save_file(tensors, str(path), metadata=meta)
     return pal
 
 
 def load_safetensors(path, palettized_only=False, return_palettized=False):
-    """Reads a file written by export_safetensors: an OrderedDict name -> dense tensor, each
-    palettized tensor unpacked (lut[label]) to its original shape and dtype, the other tensors as
-    stored (unless palettized_only). Load it with model.load_state_dict(...). With
-    return_palettized, returns (tensors, {name: PalettizedTensor})."""
+    """Reads a palettized safetensors file (include/edkm-palettized-format.md: written by
+    export_safetensors or `edkm palettize`, or the older edkm.torch form "edkm.palettized.v1"):
+    an OrderedDict name -> dense tensor, each palettized tensor unpacked (lut[label], through
+    edkm_layer_unpack) to its original shape and dtype, the other tensors as stored (unless
+    palettized_only). Load it with model.load_state_dict(...). With return_palettized, returns
+    (tensors, {name: PalettizedTensor}), each LUT in the tensor's dtype (the values it holds).
+    Raises ValueError (palettized_file.FormatError) for a file that is not palettized, of another
+    major version, or that breaks the format's rules."""
     from safetensors import safe_open
 
     out, pals = OrderedDict(), OrderedDict()
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != SAFETENSORS_FORMAT:
-            raise ValueError(f"{path}: not an edkm palettized file (format {meta.get('format')!r}, "
-                             f"expected {SAFETENSORS_FORMAT!r})")
+        if not _pf.is_palettized(meta):
+            raise _pf.FormatError(f"{path}: not an edkm palettized file (no {_pf.FORMAT_KEY!r} metadata)")
         keys = list(f.keys())
-        names = [k[:-len(".lut")] for k in keys if k.endswith(".lut") and k[:-len(".lut")] in meta]
-        for name in names:
-            info = json.loads(meta[name])
-            pt = PalettizedTensor(lut=f.get_tensor(name + ".lut"), packed=f.get_tensor(name + ".indices").numpy(),
-                                  bits=int(info["bits"]), group_size=int(info["group_size"]),
-                                  cluster_dim=int(info["cluster_dim"]), shape=tuple(info["shape"]),
-                                  dtype=_NAME_TO_DTYPE[info["dtype"]])
-            if pt.lut.dtype != pt.dtype:
-                raise ValueError(f"{name}: LUT dtype {pt.lut.dtype} differs from the metadata's {pt.dtype}")
-            pals[name] = pt
-            out[name] = pt.dense()
+        infos = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in keys}
+        try:
+            recs = _pf.records(meta, infos, Runtime(num_threads=1))
+        except _pf.FormatError as e:
+            raise _pf.FormatError(f"{path}: {e}") from None
+        for r in recs:
+            lut, packed = f.get_tensor(r.lut), f.get_tensor(r.indices).numpy()
+            dense = torch.empty(r.shape, dtype=_NAME_TO_DTYPE[r.dtype])
+            wide = lut.float() if lut.dtype == torch.bfloat16 else lut  # the library reads f32/f16 LUTs; exact
+            try:
+                _pf.unpack(r, wide.numpy(), packed, out=tensor_as_numpy(dense, r.name)[0])
+            except EdkmError as e:
+                raise _pf.FormatError(f"{path}: palettized tensor {r.name!r}: {e}") from None
+            pals[r.name] = PalettizedTensor(lut=lut.to(dense.dtype), packed=packed.reshape(-1), bits=r.bits,
+                                            group_size=r.group_size, cluster_dim=r.cluster_dim, shape=r.shape,
+                                            dtype=dense.dtype)
+            out[r.name] = dense
         if not palettized_only:
-            taken = {n + ".lut" for n in names} | {n + ".indices" for n in names}
+            taken = {t for r in recs for t in (r.lut, r.indices)}
             for k in keys:
                 if k not in taken:
                     out[k] = f.get_tensor(k)
