@@ -1,5 +1,3 @@
-import EDKMNumerics
-
 /// Histogram-native DKM on weights sharded across data-parallel ranks (each rank holds a
 /// contiguous slice of one tensor, as with FSDP/ZeRO-3): the ranks all-reduce the 65,536-entry
 /// key histogram in forward and the U-entry gradient sums in backward, run the identical O(U k T)
