@@ -74,3 +74,19 @@ def test_model_bytes_counts_luts_indices_and_16_bit_rest():
     pt = et.PalettizedTensor(lut=torch.zeros(2, 8, 1), packed=__import__("numpy").zeros(6, dtype="uint8"), bits=3,
                              group_size=4, cluster_dim=1, shape=(8, 2), dtype=torch.float32)
     assert compress.model_bytes({"w": pt}, {"n": torch.zeros(10)}) == 2 * 8 * 4 + 6 + 10 * 2
+
+
+def test_stop_request_on_deadline_and_on_sigusr1():
+    import os
+    import signal
+    import time
+
+    assert not compress.StopRequest(0)()  # no limit: never stops by itself
+    stop = compress.StopRequest(1e-6)  # a deadline 60 microseconds from now
+    time.sleep(0.01)
+    assert stop()
+    stop = compress.StopRequest(60)
+    assert not stop()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert stop()
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)

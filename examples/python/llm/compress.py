@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import signal
 import sys
 import time
 
@@ -104,8 +105,27 @@ def coreml_palettizer(model, bits, group_size, layers=None):
     return DKMPalettizer(model, cfg)
 
 
-def train(student, teacher, tok, eos_id, a, step_hook=None):
-    """a.steps of distillation; returns [(step, loss, seconds since the first step began)]."""
+class StopRequest:
+    """Ends training early, after the current step: on SIGUSR1 (`kill -USR1 <pid>`), or once
+    `minutes` of training wall time have passed (0: no time limit). The run then finalizes,
+    exports and scores the model as it is, so a long run can be stopped and still be scored."""
+
+    def __init__(self, minutes=0.0):
+        self.deadline = time.time() + 60 * minutes if minutes else None
+        self.signalled = False
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.signalled = True
+
+    def __call__(self):
+        return self.signalled or (self.deadline is not None and time.time() >= self.deadline)
+
+
+def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
+    """Up to a.steps of distillation (fewer when stop() turns true); returns
+    [(step, loss, seconds since the first step began)]."""
     params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
     for n, p in student.named_parameters():
         p.requires_grad_("embed_tokens" not in n)
@@ -126,6 +146,9 @@ def train(student, teacher, tok, eos_id, a, step_hook=None):
             step_hook()
         log.append((step, loss.item(), time.time() - t0))
         print(f"step {step}/{a.steps} kl {loss.item():.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if stop is not None and stop():
+            print(f"stopping after step {step}", file=sys.stderr, flush=True)
+            break
     student.eval()
     return log
 
@@ -155,13 +178,19 @@ def main(argv=None):
     ap.add_argument("--method", choices=["ptq", "edkm", "coreml"], required=True)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=0, help="rows per LUT (0: one LUT per tensor)")
+    ap.add_argument("--down-group-size", type=int,
+                    help="rows per LUT of the MLP down projections (default: --group-size); 1 = a LUT per row, "
+                         "which gives the residual channels with outlier weights LUTs of their own")
     ap.add_argument("--layers", help="comma-separated decoder layer indices to palettize (default: all)")
     ap.add_argument("--embedding-bits", type=int, default=0, help="also k-means the tied embedding (0: keep)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="distillation softmax temperature")
+    ap.add_argument("--tau", type=float, help="libedkm's DKM temperature (scale-free factor; default: the library's)")
+    ap.add_argument("--train-minutes", type=float, default=0.0,
+                    help="stop training after this much wall time (0: run all --steps); SIGUSR1 also stops it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation (0: all)")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
@@ -182,26 +211,33 @@ def main(argv=None):
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
-    res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "embedding_bits": a.embedding_bits,
-           "layers": sorted(layers) if layers else "all",
-           "steps": a.steps if a.method != "ptq" else 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
+    res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "down_group_size": a.down_group_size,
+           "embedding_bits": a.embedding_bits,
+           "layers": sorted(layers) if layers else "all", "lr": a.lr, "tau": a.tau,
+           "steps": 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
+    stop = StopRequest(a.train_minutes)
 
     t_train = time.time()
     runtime = None
     if a.method in ("ptq", "edkm"):
-        et.palettize(student, bits=a.bits, group_size=a.group_size, modules=select, f32_key_dtype="f16")
+        if a.down_group_size is not None:  # the down projections first, with their own granularity
+            et.palettize(student, bits=a.bits, group_size=a.down_group_size, f32_key_dtype="f16", tau=a.tau,
+                         modules=lambda name, m: select(name, m) and name.endswith(".down_proj"))
+        et.palettize(student, bits=a.bits, group_size=a.group_size, modules=select, f32_key_dtype="f16", tau=a.tau)
         runtime = et.palettized(student)[0][3].runtime
         res["palettized_tensors"] = len(et.palettized(student))
+        res["init_s"] = time.time() - t_train
         if a.method == "edkm":
-            res["train_log"] = train(student, teacher, tok, cfg.eos_id, a)
+            res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, stop=stop)
         et.finalize(student, coreml_metadata=False)
     else:
         pal = coreml_palettizer(student, a.bits, a.group_size, layers)
         student = pal.prepare()
         pal.step()
-        res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step)
+        res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step, stop=stop)
         student = pal.finalize()
     res["train_wall_s"] = time.time() - t_train
+    res["steps"] = len(res.get("train_log", []))
     if runtime is not None:
         st = runtime.stats()
         res["arena_peak_mb"] = st.arena_peak / 2**20
