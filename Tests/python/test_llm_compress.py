@@ -90,3 +90,12 @@ def test_stop_request_on_deadline_and_on_sigusr1():
     os.kill(os.getpid(), signal.SIGUSR1)
     assert stop()
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+def test_lloyd_reference_of_the_kmeans_check():
+    import numpy as np
+
+    import diagnose
+    x = np.array([0.0, 0.0, 1.0, 1.0, 10.0, 10.0])
+    assert diagnose.lloyd_mse(x, 3) == 0.0  # three distinct values, three centroids
+    assert abs(diagnose.lloyd_mse(x, 2) - 4 * 0.25 / 6) < 1e-12  # {0, 0, 1, 1} -> 0.5, {10, 10} -> 10
