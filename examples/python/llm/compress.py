@@ -190,7 +190,8 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0, help="distillation softmax temperature")
     ap.add_argument("--tau", type=float, help="libedkm's DKM temperature (scale-free factor; default: the library's)")
     ap.add_argument("--train-minutes", type=float, default=0.0,
-                    help="stop training after this much wall time (0: run all --steps); SIGUSR1 also stops it")
+                    help="stop training once this much wall time has passed since the clustering began (k-means "
+                         "init included; 0: run all --steps); SIGUSR1 also stops it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation (0: all)")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
