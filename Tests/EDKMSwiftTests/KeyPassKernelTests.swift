@@ -1,4 +1,5 @@
 @testable import EDKMSwift
+import EDKMNumerics
 import EDKMSupport
 import Glibc
 import Testing
