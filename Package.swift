@@ -56,7 +56,7 @@ let package = Package(
             name: "EDKMCLI",
             dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics", "EDKMSafetensors", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .executableTarget(name: "EDKMBench", dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics"]),
+        .executableTarget(name: "EDKMBench", dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics", "EDKMSwift"]),
         .testTarget(name: "EDKMCAPITests", dependencies: ["CEDKM", "EDKMClient", "EDKMNumerics"]),
         .testTarget(name: "EDKMSwiftTests", dependencies: ["EDKMSwift", "EDKMNumerics"]),
         .testTarget(name: "EDKMCLITests", dependencies: ["EDKMCLI", "EDKMSafetensors", "EDKMNumerics"]),

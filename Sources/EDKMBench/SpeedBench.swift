@@ -1,5 +1,6 @@
 import CEDKM
 import EDKMClient
+import EDKMSwift
 import Glibc
 
 /// `edkm-bench speed`: the uniquified path against the dense path and a bandwidth probe.
@@ -22,6 +23,9 @@ enum SpeedBench {
       --scale-free TAU     the library's default scale-free temperature (tau = TAU x the k-means
                            distortion; the default is 0.1) instead of coremltools' absolute tau 1e-4
                            (the cases table; the LLaMA layer keeps the absolute tau)
+      --phases             per-phase timing of every case: one step with the library's parallel-region
+                           record (1-thread CPU time per phase, predicted 2- and 64-thread times,
+                           measured wall time at the other thread count); needs a thread count of 1
       --markdown           print the tables as GitHub markdown
       --quick              CI smoke: 512x512,1024x512, 1 run, small dense slice, LLaMA layer / 16
     """
@@ -29,7 +33,7 @@ enum SpeedBench {
     static func run(_ args: ArraySlice<String>) {
         let o = Options(args, valued: ["--shapes", "--dtypes", "--bits", "--luts", "--threads", "--runs",
                                        "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor", "--scale-free"],
-                        switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help"])
+                        switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help", "--phases"])
         if o.has("--help") { print(usage); return }
         if !o.unknown.isEmpty { fail("speed: unknown arguments \(o.unknown)\n\(usage)") }
         let quick = o.has("--quick")
@@ -78,6 +82,7 @@ enum SpeedBench {
               + "backward 6 B/weight (read w and dL/dw~, write dL/dw)\n")
 
         var summary: [String] = []
+        var phaseReports: [String] = []
         if !o.has("--no-cases") {
             var table = Table(["shape", "dtype", "bits", "LUT", "dir", "thr", "median ms", "min ms", "GB/s",
                                "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same", "serial f"],
@@ -98,6 +103,15 @@ enum SpeedBench {
                             var initial: [Float] = []
                             var reference: Timing? = nil
                             var referenceThreads = 0
+                            var profileOne: [ParallelProfile.Region]? = nil, profileMany: [ParallelProfile.Region]? = nil
+                            var threadsMany = 0
+                            defer {
+                                if let profileOne {
+                                    phaseReports.append(PhaseProfile.report("\(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText)",
+                                                                            one: profileOne, many: profileMany, threadsN: threadsMany,
+                                                                            markdown: markdown))
+                                }
+                            }
                             for (ti, rt) in runtimes.enumerated() {
                                 done += 1
                                 fputs("  [\(done)/\(total)] \(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText) threads \(threadNames[ti])\n", stderr)
@@ -116,6 +130,10 @@ enum SpeedBench {
                                     same = "ref"
                                 }
                                 let nThreads = Int(must { try rt.stats() }.num_threads)
+                                if o.has("--phases") {
+                                    let record = PhaseProfile.record(layer, buffers, dtype: dtype.c, initial: initial)
+                                    if nThreads == 1 { profileOne = record } else { profileMany = record; threadsMany = nThreads }
+                                }
                                 if referenceThreads == 0 { referenceThreads = nThreads }
                                 // Amdahl's law fitted to the one-thread and N-thread steps.
                                 let serial = referenceThreads == 1 && nThreads > 1 && reference != nil && same != "ref"
@@ -155,6 +173,7 @@ enum SpeedBench {
                 }
             }
             print(table.render(markdown: markdown))
+            for r in phaseReports { print("\n" + r) }
             print("""
 
             GB/s = bytes the step must move (4, 6 or 10 B/weight) / median time. x probe = median / probe (1.00x = memory-bandwidth speed).

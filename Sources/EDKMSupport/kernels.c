@@ -20,12 +20,26 @@ static int cpu_has_avx2_f16c_fma(void) {
     return cached;
 }
 
+/* The (h, r) pair of a key as one 64-bit load. */
+static inline long long hr_pair(const float *hr, uint16_t key) {
+    long long v;
+    __builtin_memcpy(&v, hr + 2 * (size_t)key, 8);
+    return v;
+}
+
+/* g * h + r for 8 elements whose (h, r) pairs are hr[2 keys[i]], hr[2 keys[i] + 1]: the 8 pairs are read
+ * as 64-bit scalar loads (cheaper than two 8-lane float gathers, which are microcoded on several
+ * x86 cores) and split into h and r lanes by shuffles. */
 __attribute__((target("avx2,f16c,fma")))
 static inline __m256 fma_lookup8(const uint16_t *keys, __m256 g, const float *hr) {
-    __m256i idx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)keys));
-    __m256i idx2 = _mm256_slli_epi32(idx, 1);
-    __m256 h = _mm256_i32gather_ps(hr, idx2, 4);
-    __m256 r = _mm256_i32gather_ps(hr + 1, idx2, 4);
+    __m256 a = _mm256_castsi256_ps(_mm256_set_epi64x(hr_pair(hr, keys[3]), hr_pair(hr, keys[2]), hr_pair(hr, keys[1]),
+                                                     hr_pair(hr, keys[0])));
+    __m256 b = _mm256_castsi256_ps(_mm256_set_epi64x(hr_pair(hr, keys[7]), hr_pair(hr, keys[6]), hr_pair(hr, keys[5]),
+                                                     hr_pair(hr, keys[4])));
+    /* a = h0 r0 h1 r1 | h2 r2 h3 r3, b = h4 r4 h5 r5 | h6 r6 h7 r7 (per 128-bit lane) */
+    __m256 h = _mm256_shuffle_ps(a, b, 0x88), r = _mm256_shuffle_ps(a, b, 0xdd); /* h0 h1 h4 h5 | h2 h3 h6 h7 */
+    h = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0xd8));
+    r = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(r), 0xd8));
     return _mm256_fmadd_ps(g, h, r);
 }
 
@@ -70,6 +84,69 @@ static void gradients_avx2(int type, const uint16_t *keys, const void *grad, con
     }
 }
 
+/* One round of the content hash's lane mix (ContentHash.mix in the Swift core; must stay identical). */
+static inline uint64_t hash_mix(uint64_t h, uint64_t v) {
+    uint64_t x = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ull;
+    return x ^ (x >> 32);
+}
+
+/* The 16-byte block of 8 keys at keys as two little-endian 64-bit words (keys 0-3 in lo). */
+static inline void load_block(const uint16_t *keys, uint64_t *lo, uint64_t *hi) {
+    __builtin_memcpy(lo, keys, 8);
+    __builtin_memcpy(hi, keys + 4, 8);
+}
+
+/* Absorbs a block into the lanes a and b (ChunkHasher.absorb). The empty asm keeps the lanes in
+ * general registers: without it the compiler packs the two lanes into one vector register and
+ * emulates the 64-bit multiplies, doubling the chain's latency. */
+static inline void hash_absorb(uint64_t *a, uint64_t *b, uint64_t lo, uint64_t hi) {
+    uint64_t x = hash_mix(*a, lo), y = hash_mix(*b, hi);
+    __asm__("" : "+r"(x), "+r"(y));
+    *a = x;
+    *b = y;
+}
+
+/* Key j (0-7) of a block. */
+#define BLOCK_KEY(lo, hi, j) ((uint16_t)(((j) < 4 ? (lo) : (hi)) >> (16 * ((j) & 3))))
+
+__attribute__((target("avx2,f16c,fma")))
+static void count_keys_avx2(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *lanes) {
+    uint64_t a = lanes ? lanes[0] : 0, b = lanes ? lanes[1] : 0;
+    for (size_t e = 0; e < n; e += 8) {
+        uint64_t lo, hi;
+        load_block(keys + e, &lo, &hi);
+        if (lanes) hash_absorb(&a, &b, lo, hi);
+        for (int j = 0; j < 8; j++) counts[BLOCK_KEY(lo, hi, j)] += 1;
+    }
+    if (lanes) { lanes[0] = a; lanes[1] = b; }
+}
+
+/* The f16/bf16 gradients of 8 elements as float32 (exact). */
+__attribute__((target("avx2,f16c,fma")))
+static inline __m256 load_grad8(int type, const void *grad, size_t e) {
+    if (type == 0) return _mm256_loadu_ps((const float *)grad + e);
+    __m128i bits = _mm_loadu_si128((const __m128i *)((const uint16_t *)grad + e));
+    if (type == 1) return _mm256_cvtph_ps(bits);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+__attribute__((target("avx2,f16c,fma")))
+static void scatter_gradients_avx2(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
+                                   uint64_t *lanes) {
+    float g[8];
+    uint64_t a = lanes ? lanes[0] : 0, b = lanes ? lanes[1] : 0;
+    for (size_t e = 0; e < n; e += 8) {
+        uint64_t lo, hi;
+        load_block(keys + e, &lo, &hi);
+        if (lanes) hash_absorb(&a, &b, lo, hi);
+        _mm256_storeu_ps(g, load_grad8(type, grad, e));
+        for (int j = 0; j < 8; j++) sums[BLOCK_KEY(lo, hi, j)] += (double)g[j];
+    }
+    if (lanes) { lanes[0] = a; lanes[1] = b; }
+}
+
 __attribute__((target("avx2,f16c")))
 static void f16_to_f32_avx2(const uint16_t *in, float *out, size_t n) {
     size_t i = 0;
@@ -86,6 +163,29 @@ int edkm_kernel_gradients(int type, const uint16_t *keys, const void *grad, cons
     }
 #endif
     (void)type; (void)keys; (void)grad; (void)hr; (void)out; (void)n;
+    return 0;
+}
+
+int edkm_kernel_count_keys(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *lanes) {
+#ifdef EDKM_HAVE_X86_KERNELS
+    if (cpu_has_avx2_f16c_fma()) {
+        count_keys_avx2(keys, n, counts, lanes);
+        return 1;
+    }
+#endif
+    (void)keys; (void)n; (void)counts; (void)lanes;
+    return 0;
+}
+
+int edkm_kernel_scatter_gradients(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
+                                  uint64_t *lanes) {
+#ifdef EDKM_HAVE_X86_KERNELS
+    if (cpu_has_avx2_f16c_fma()) {
+        scatter_gradients_avx2(type, keys, grad, n, sums, lanes);
+        return 1;
+    }
+#endif
+    (void)type; (void)keys; (void)grad; (void)n; (void)sums; (void)lanes;
     return 0;
 }
 

@@ -57,6 +57,28 @@ enum KeyPasses {
                                        totalBytes: item.count * 2) : 0
     }
 
+    /// Runs an item's whole 8-key blocks through a C kernel (`kernel(lanes, n)`, lanes nil when not
+    /// hashing; it returns 0 when the CPU lacks its instructions) and the remaining keys through
+    /// body(e, key); returns the item's hash as forEachKey does, or nil when the kernel did not run
+    /// (nothing was touched; the caller runs forEachKey).
+    @inline(__always)
+    static func viaKernel(_ keys: UnsafePointer<UInt16>, _ item: Item, index: Int, hashing: Bool,
+                          _ kernel: (UnsafeMutablePointer<UInt64>?, Int) -> Int32,
+                          tail body: (Int, UInt16) -> Void) -> UInt64? {
+        var hasher = ContentHash.ChunkHasher(seed: UInt64(index))
+        let blocks = item.count & ~7
+        var lanes: (UInt64, UInt64) = (hasher.a, hasher.b)
+        let ran = withUnsafeMutablePointer(to: &lanes) { l in
+            l.withMemoryRebound(to: UInt64.self, capacity: 2) { kernel(hashing ? $0 : nil, blocks) }
+        }
+        if ran == 0 { return nil }
+        (hasher.a, hasher.b) = lanes
+        let base = keys + item.start
+        for e in blocks..<item.count { body(e, base[e]) }
+        return hashing ? hasher.finish(tail: UnsafeRawPointer(base + blocks), count: (item.count - blocks) * 2,
+                                       totalBytes: item.count * 2) : 0
+    }
+
     /// The histogram of every partition of `keys` (partitions of `elementsPerPartition`
     /// consecutive keys) and the hash of the keys (item hashes combined in item order).
     /// Memory: one 256 KiB table per running item, plus one per item of partitions that span
@@ -81,7 +103,10 @@ enum KeyPasses {
             let item = work[i]
             let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
             t.initialize(repeating: 0, count: 65536)
-            hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { _, key in t[Int(key)] &+= 1 }
+            hashes[i] = viaKernel(keys, item, index: i, hashing: hashing, { lanes, n in
+                edkm_kernel_count_keys(keys + item.start, n, t, lanes)
+            }, tail: { _, key in t[Int(key)] &+= 1 })
+                ?? forEachKey(keys, item, index: i, hashing: hashing) { _, key in t[Int(key)] &+= 1 }
             if singleChunk {
                 result[item.partition] = extract(t)
                 t.deallocate()
@@ -195,17 +220,24 @@ enum KeyPasses {
                 let mySlots = slots[item.partition]
                 let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
                 for key in mySlots { t[Int(key)] = 0 }
-                switch gradType {
-                case .f32:
-                    let g = grad.assumingMemoryBound(to: Float.self) + item.start
-                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(g[e]) }
-                case .f16:
-                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
-                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(f16[Int(g[e])]) }
-                case .bf16:
-                    let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
-                    hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in
-                        t[Int(key)] += Double(Float(bitPattern: UInt32(g[e]) << 16))
+                let g = grad + item.start * gradType.byteWidth
+                if let h = viaKernel(keys, item, index: i, hashing: hashing, { lanes, n in
+                    edkm_kernel_scatter_gradients(gradType.rawValue, keys + item.start, g, n, t, lanes)
+                }, tail: { e, key in t[Int(key)] += gradientValue(g, e, type: gradType, f16: f16) }) {
+                    hashes[i] = h
+                } else {
+                    switch gradType {
+                    case .f32:
+                        let g = grad.assumingMemoryBound(to: Float.self) + item.start
+                        hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(g[e]) }
+                    case .f16:
+                        let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                        hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in t[Int(key)] += Double(f16[Int(g[e])]) }
+                    case .bf16:
+                        let g = grad.assumingMemoryBound(to: UInt16.self) + item.start
+                        hashes[i] = forEachKey(keys, item, index: i, hashing: hashing) { e, key in
+                            t[Int(key)] += Double(Float(bitPattern: UInt32(g[e]) << 16))
+                        }
                     }
                 }
                 if singleChunk {
@@ -235,6 +267,16 @@ enum KeyPasses {
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
         return (sums, hash)
+    }
+
+    /// Element e of a gradient of dtype `type` as a Double (exact).
+    @inline(__always)
+    static func gradientValue(_ g: UnsafeRawPointer, _ e: Int, type: ElementType, f16: UnsafePointer<Float>) -> Double {
+        switch type {
+        case .f32: return Double(g.load(fromByteOffset: e * 4, as: Float.self))
+        case .f16: return Double(f16[Int(g.load(fromByteOffset: e * 2, as: UInt16.self))])
+        case .bf16: return Double(Float(bitPattern: UInt32(g.load(fromByteOffset: e * 2, as: UInt16.self)) << 16))
+        }
     }
 
     /// dL/dw for every element: out[e] = fma(g[e], h[key], r[key]) in float32, rounded once to

@@ -116,8 +116,14 @@ public final class ThreadPool: @unchecked Sendable {
         for t in threads { pthread_join(t, nil) }
     }
 
-    /// Runs body(i) for i in 0..<count, in parallel; returns when every item has run.
-    public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
+    /// Runs body(i) for i in 0..<count, in parallel; returns when every item has run. `file` and
+    /// `function` name the call site in a ParallelProfile record.
+    public func parallelFor(_ count: Int, file: StaticString = #fileID, function: StaticString = #function,
+                            _ body: (Int) -> Void) {
+        ParallelProfile.region("\(file) \(function)", items: count) { run(count, body) }
+    }
+
+    private func run(_ count: Int, _ body: (Int) -> Void) {
         if count <= 0 { return }
         if count == 1 || threads.isEmpty || !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             for i in 0..<count { body(i) }
