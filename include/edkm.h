@@ -308,6 +308,14 @@ typedef struct edkm_layer_config {
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
     int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE */
     uint32_t reserved;         /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
+    /* Since 0.4 (a caller's struct_size that ends before a field leaves it at its default). */
+    uint32_t enforce_zero;     /**< 1 = centroid 0 of every LUT is fixed at zero (coremltools'
+                                    enforce_zero): the initial centroid nearest zero becomes 0 and
+                                    moves to index 0, and every DKM iteration resets c_0 = 0 (no
+                                    gradient through it). With prune_threshold 0 (coremltools'
+                                    keep-sparsity rule) EDKM_ERR_INVALID_ARGUMENT: not implemented.
+                                    0 (default) = off; other values EDKM_ERR_INVALID_ARGUMENT */
+    uint32_t reserved2;        /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
 } edkm_layer_config;
 
 /** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */

@@ -95,7 +95,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("enable_per_channel_scale", True), ("enforce_zero", True), ("lut_dtype", "i8"), ("lut_dtype", "u8"),
+    ("enable_per_channel_scale", True), ("lut_dtype", "i8"), ("lut_dtype", "u8"),
     ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
@@ -284,6 +284,9 @@ def _coremltools_model(ctp, base, cfg, centroids, dtype):
     {"n_bits": 3, "weight_threshold": 0, "granularity": "per_grouped_channel", "group_size": 8,
      "palett_tau": 3e-4, "kmeans_max_iter": 2},
     {"n_bits": 3, "weight_threshold": 0, "cluster_dim": 2, "kmeans_init": "kmeans++"},
+    {"n_bits": 3, "weight_threshold": 0, "enforce_zero": True},
+    {"n_bits": 2, "weight_threshold": 0, "enforce_zero": True, "granularity": "per_grouped_channel", "group_size": 8},
+    {"n_bits": 1, "weight_threshold": 0, "enforce_zero": True},
 ])
 def test_parity_with_coremltools(global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
@@ -445,3 +448,18 @@ def test_vectors_on_a_square_weight_report_and_finalize():
     assert lut.shape == (1, 1, 8, 2) and int(final.get_buffer("0._COREML_/weight/vector_axis")) == 0
     assert torch.equal(lut[0, 0][_labels(w, lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
     assert torch.equal(m.eval()[0].weight, w)
+
+
+def test_enforce_zero_keep_sparsity_is_refused_naming_the_keys():
+    with pytest.raises(NotImplementedError, match="enforce_zero.*prune_threshold"):
+        DKMPalettizerConfig.from_dict({"global_config": {"enforce_zero": True, "prune_threshold": 0}})
+
+
+def test_enforce_zero_lut_holds_zero_first():
+    torch.manual_seed(0)
+    p = DKMPalettizer(nn.Sequential(nn.Linear(64, 32)), {"global_config": {"n_bits": 2, "weight_threshold": 0,
+                                                                           "enforce_zero": True}})
+    m = p.prepare()
+    m(torch.randn(2, 64)).sum().backward()
+    lut = p.finalize().get_buffer("0._COREML_/weight/lut")
+    assert lut.reshape(-1)[0] == 0 and lut.reshape(-1)[1:].abs().min() > 0

@@ -553,14 +553,17 @@ class Layer(_Handle):
     rounding; f32 weights take the dense path), 'f16' or 'bf16'.
     tau / temperature_mode: None keeps the library's default (scale-free, tau 0.1 = a factor of each
     group's k-means distortion). temperature_mode='absolute' gives coremltools' semantics, with
-    coremltools' default tau 1e-4 unless tau is given."""
+    coremltools' default tau 1e-4 unless tau is given.
+    enforce_zero=True fixes centroid 0 of every LUT at zero (coremltools' enforce_zero; needs
+    prune_threshold > 0)."""
 
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
 
     def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=None,
                  epsilon=1e-4, zero_threshold=1e-7, prune_threshold=1e-7, init=Init.AUTO,
-                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None):
+                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None,
+                 enforce_zero=False):
         super().__init__()
         if not isinstance(runtime, Runtime):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
@@ -582,6 +585,9 @@ class Layer(_Handle):
         cfg.algorithm = int(_enum_value(Algorithm, algorithm, "algorithm"))
         cfg.f32_key_dtype = int(_resolve_dtype(f32_key_dtype, "f32_key_dtype"))
         cfg.seed = _u64(seed, "seed")
+        if not isinstance(enforce_zero, (bool, np.bool_)):
+            raise TypeError(f"enforce_zero must be a bool, got {type(enforce_zero).__name__}")
+        cfg.enforce_zero = int(enforce_zero)
         if temperature_mode is not None:  # None keeps the library's default
             cfg.temperature_mode = int(_enum_value(TemperatureMode, temperature_mode, "temperature_mode"))
             if tau is None and cfg.temperature_mode == TemperatureMode.ABSOLUTE:

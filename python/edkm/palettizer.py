@@ -117,7 +117,8 @@ KEY_STATUS = {
     "palett_epsilon": (_IMPLEMENTED, "early stop when the inertia changes by at most this"),
     "zero_threshold": (_IMPLEMENTED, "lower clamp of the attention"),
     "enable_per_channel_scale": (_NOT_IMPLEMENTED, "False only (needs per-channel scales in the core)"),
-    "enforce_zero": (_NOT_IMPLEMENTED, "False only (needs a fixed zero centroid in the core)"),
+    "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero (needs prune_threshold > 0: coremltools' "
+                                   "keep-sparsity rule at prune_threshold 0 is not implemented)"),
     "lut_dtype": (_NOT_IMPLEMENTED, "'f32' only (LUT quantization i8/u8/f16 needs the core)"),
     "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
     "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
@@ -253,7 +254,6 @@ class ModuleDKMPalettizerConfig:
                              f"{self.per_channel_scaling_factor_scheme!r}")
         checks = {
             "enable_per_channel_scale": lambda v: v is False,
-            "enforce_zero": lambda v: v is False,
             "lut_dtype": lambda v: v in ("f32", "fp32", "float32"),
             "quantize_activations": lambda v: v is False,
             "cluster_permute": lambda v: v is None or tuple(v) == (),
@@ -265,6 +265,10 @@ class ModuleDKMPalettizerConfig:
         for key, ok in checks.items():
             if not ok(getattr(self, key)):
                 _not_implemented(key, getattr(self, key))
+        if self.enforce_zero and self.prune_threshold == 0:
+            raise NotImplementedError("edkm.torch.DKMPalettizer: enforce_zero=True with prune_threshold=0 "
+                                      "(coremltools' keep-sparsity rule: nonzero weights never attend to the "
+                                      "zero centroid) is not implemented in libedkm; use prune_threshold > 0")
 
     # ---- what a module gets ----
 
@@ -280,7 +284,7 @@ class ModuleDKMPalettizerConfig:
                     max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
                     zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
-                    algorithm=self.algorithm, seed=self.seed)
+                    algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero))
 
 
 def _not_implemented_init(v):

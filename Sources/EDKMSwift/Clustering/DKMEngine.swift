@@ -123,6 +123,7 @@ struct DKMEngine {
                 for j in 0..<k {
                     for e in 0..<d { next[j * d + e] = S[j] > 0 ? Psum[j * d + e] / S[j] : c[j * d + e] }
                 }
+                if config.enforceZero { for e in 0..<d { next[e] = 0 } }  // coremltools: c_0 reset to zero
                 traces[p].normalizers.append(S)
                 traces[p].centroids.append(next)
                 traces[p].inertia = inertia
@@ -303,6 +304,8 @@ struct DKMEngine {
         for step in 0..<maxT {
             // Partition p processes t = T_p - 1 - step when that is >= 0.
             let live = (0..<P).filter { traces[$0].iterations - 1 - step >= 0 }
+            // With enforceZero, c^{t+1}_0 = 0 is a constant: its adjoint goes nowhere.
+            if config.enforceZero { for p in live { for e in 0..<d { cbar[p][e] = 0 } } }
             let liveItems = blocks(rows, partitions: live)
             // Pbar_j = cbar_j / S^t_j (0 where S^t_j = 0: there c^{t+1}_j = c^t_j passes cbar through).
             var pbar = cbar
