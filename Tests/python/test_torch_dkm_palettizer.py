@@ -95,7 +95,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("enable_per_channel_scale", True), ("lut_dtype", "i8"), ("lut_dtype", "u8"),
+    ("lut_dtype", "i8"), ("lut_dtype", "u8"),
     ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
@@ -287,6 +287,10 @@ def _coremltools_model(ctp, base, cfg, centroids, dtype):
     {"n_bits": 3, "weight_threshold": 0, "enforce_zero": True},
     {"n_bits": 2, "weight_threshold": 0, "enforce_zero": True, "granularity": "per_grouped_channel", "group_size": 8},
     {"n_bits": 1, "weight_threshold": 0, "enforce_zero": True},
+    {"n_bits": 3, "weight_threshold": 0, "enable_per_channel_scale": True, "palett_tau": 1e-3},
+    {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "per_channel_scaling_factor_scheme": "abs",
+     "granularity": "per_grouped_channel", "group_size": 8, "enforce_zero": True},
+    {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "cluster_dim": 2, "kmeans_init": "kmeans++"},
 ])
 def test_parity_with_coremltools(global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
@@ -309,7 +313,9 @@ def test_parity_with_coremltools(global_config):
     ct32, m32 = _coremltools_model(ctp, base, cfg, list(dkm.centroids), torch.float32)
     soft = {}
     # cluster_dim > 1: the layer sees w.transpose(0, -1) (vectors along the output channels)
-    dkm.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", _as_weight(o.detach().double(), mo)))
+    # the whole parametrization chain: a per-channel scale and vectors along the output channels
+    # put the DKM layer between RowScale / AxisSwap parametrizations
+    mo[0].parametrizations.weight.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", o.detach().double()))
     m64[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("ref", o.detach()))
     m32[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("c32", o.detach().double()))
     g = torch.Generator().manual_seed(1)
@@ -343,24 +349,28 @@ def test_parity_with_coremltools(global_config):
     lut_o, lut_r = fo.get_buffer("0._COREML_/weight/lut"), f64.get_buffer("0._COREML_/weight/lut")
     assert lut_o.shape == lut_r.shape
     assert (lut_o.double() - lut_r).abs().max() / lut_r.abs().max() < 1e-4
-    assert torch.equal(_labels(fo[0].weight, lut_o), _labels(f64[0].weight, lut_r))
+    assert torch.equal(_labels(fo[0], lut_o), _labels(f64[0], lut_r))
+    scale = "0._COREML_/weight/palettization_scale"
+    assert (scale in fo.state_dict()) == (scale in f64.state_dict()) == ("enable_per_channel_scale" in global_config)
+    if "enable_per_channel_scale" in global_config:
+        s_o, s_r = fo.get_buffer(scale), f64.get_buffer(scale)
+        assert s_o.shape == s_r.shape and torch.allclose(s_o.double(), s_r.double(), rtol=1e-6, atol=0)
     vector_axis = "0._COREML_/weight/vector_axis"
     assert (vector_axis in fo.state_dict()) == (vector_axis in f64.state_dict()) == ("cluster_dim" in global_config)
     if "cluster_dim" in global_config:
         assert int(fo.get_buffer(vector_axis)) == int(f64.get_buffer(vector_axis)) == 0
 
 
-def _as_weight(soft, model):
-    shape = model[0].parametrizations.weight.original.shape
-    return soft if soft.shape == shape else soft.transpose(0, -1)
-
-
-def _labels(weight, lut):
-    """Nearest LUT entry of every weight (cluster_dim 1, a LUT per row group) or of every vector of
-    cluster_dim consecutive output channels (coremltools' vector axis 0, one LUT)."""
+def _labels(module, lut):
+    """Nearest LUT entry of every finalized weight (divided by its palettization_scale when there is
+    one) (cluster_dim 1, a LUT per row group) or of every vector of cluster_dim consecutive output
+    channels (coremltools' vector axis 0, one LUT)."""
     groups, k, d = lut.shape[0], lut.shape[-2], lut.shape[-1]
     table = lut.detach().double().reshape(groups, k, d)
-    w = weight.detach().double()
+    w = module.weight.detach().double()
+    buffers = dict(module.named_buffers())
+    if "_COREML_/weight/palettization_scale" in buffers:
+        w = w / buffers["_COREML_/weight/palettization_scale"].double()
     vectors = w.transpose(0, -1).reshape(1, -1, d) if d > 1 else w.reshape(groups, -1, 1)
     return torch.cdist(vectors, table).argmin(-1)
 
@@ -446,7 +456,7 @@ def test_vectors_on_a_square_weight_report_and_finalize():
     assert (w - w0).abs().max() < 0.1
     lut = final.get_buffer("0._COREML_/weight/lut")
     assert lut.shape == (1, 1, 8, 2) and int(final.get_buffer("0._COREML_/weight/vector_axis")) == 0
-    assert torch.equal(lut[0, 0][_labels(w, lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
+    assert torch.equal(lut[0, 0][_labels(final[0], lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
     assert torch.equal(m.eval()[0].weight, w)
 
 
