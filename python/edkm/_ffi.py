@@ -191,7 +191,7 @@ class edkm_layer_config(Structure):
         ("temperature_mode", c_int32),
         ("reserved", c_uint32),
         ("enforce_zero", c_uint32),  # since 0.4
-        ("reserved2", c_uint32),
+        ("lut_dtype", c_int32),  # since 0.4: an edkm_lut_dtype
     ]
 
 

@@ -53,6 +53,15 @@ public struct ClusteringConfig: Sendable, Equatable {
     /// With pruneThreshold 0 coremltools switches to its keep-sparsity rule (nonzero weights never
     /// attend to centroid 0), which is not implemented: `validate` refuses that combination.
     public var enforceZero: Bool = false
+    /// LUT quantization inside the iterations (`LUTQuantization`). Raw values equal the C ABI's `edkm_lut_dtype`.
+    public enum LUTType: Int32, Sendable {
+        case f32 = 0
+        /// Symmetric int8, one scale per LUT.
+        case int8 = 1
+        /// Affine uint8, one scale and zero point per LUT.
+        case uint8 = 2
+    }
+    public var lutType: LUTType = .f32
 
     /// Raw values equal the C ABI's `edkm_temperature_mode`.
     public enum TemperatureMode: Int32, Sendable {
