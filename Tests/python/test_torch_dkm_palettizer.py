@@ -4,6 +4,7 @@ import copy
 import logging
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -95,7 +96,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("lut_dtype", "i8"), ("lut_dtype", "u8"),
+    ("lut_dtype", "f16"), ("lut_dtype", "b16"),
     ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
@@ -473,3 +474,96 @@ def test_enforce_zero_lut_holds_zero_first():
     m(torch.randn(2, 64)).sum().backward()
     lut = p.finalize().get_buffer("0._COREML_/weight/lut")
     assert lut.reshape(-1)[0] == 0 and lut.reshape(-1)[1:].abs().min() > 0
+
+
+# ---------------------------------------------------------------- per-channel scale, LUT quantization
+
+
+def test_per_channel_scale_of_zero_and_constant_rows_is_documented():
+    """coremltools divides by a zero factor (NaN weights); libedkm gives a constant row max |w| and a
+    zero row 1, and palettizes the rest as usual."""
+    w = torch.randn(6, 64) * 0.05
+    w[1] = 0
+    w[4] = 0.3
+    s_minmax = pz.per_channel_scale(w, "min_max").reshape(-1)
+    s_abs = pz.per_channel_scale(w, "abs").reshape(-1)
+    assert s_minmax[1] == 1 and s_abs[1] == 1 and torch.isclose(s_minmax[4], torch.tensor(0.3))
+    assert torch.allclose(s_abs, torch.where(w.abs().amax(1) > 0, w.abs().amax(1), torch.ones(6)))
+    row = w[0]
+    assert torch.isclose(s_minmax[0], 0.5 * (row.max() - row.min()))
+    model = nn.Sequential(nn.Linear(64, 6))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    p = DKMPalettizer(model, {"global_config": {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True}})
+    m = p.prepare()
+    m(torch.randn(3, 64)).sum().backward()
+    assert torch.isfinite(m[0].parametrizations.weight.original.grad).all()
+    final = p.finalize()
+    fw = final[0].weight.detach()
+    assert torch.isfinite(fw).all() and torch.all(fw[1] == fw[1, 0])  # the zero row stays one LUT value
+    assert torch.equal(final.get_buffer("0._COREML_/weight/palettization_scale").reshape(-1), s_minmax)
+
+
+@pytest.mark.parametrize("options", [dict(n_bits=4, enable_per_channel_scale=True),
+                                     dict(n_bits=2, enable_per_channel_scale=True, enforce_zero=True,
+                                          granularity="per_grouped_channel", group_size=16)])
+def test_per_channel_scale_converts_to_coremltools_op_types(options):
+    ctp = coremltools_palettization()
+    from test_torch_coreml import _convert
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 64)
+    programs = {}
+    for label, api in (("coremltools", ctp), ("edkm", et)):
+        model = _documented_example(api, copy.deepcopy(base), x, **options)
+        programs[label] = [op.op_type for op in _convert(model, x)._mil_program.functions["main"].operations]
+    assert programs["edkm"].count("constexpr_blockwise_shift_scale") == 2
+    assert programs["edkm"] == programs["coremltools"]
+
+
+def test_coremltools_never_applies_its_lut_quantization():
+    """Why libedkm's lut_dtype i8 / u8 results differ from coremltools' in training: coremltools 9.0's
+    FakePalettize disables its LUT fake-quantizer and observer and nothing enables them, so its i8 run
+    is bit-identical to its f32 run (if a later coremltools changes that, this test says so)."""
+    ctp = coremltools_palettization()
+    runs = []
+    for lut_dtype in ("f32", "i8"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32))
+        cfg = ctp.DKMPalettizerConfig.from_dict({"global_config": {"n_bits": 3, "weight_threshold": 0,
+                                                                   "lut_dtype": lut_dtype}})
+        m = ctp.DKMPalettizer(model, cfg).prepare()
+        y = m(torch.randn(4, 64))
+        y.sum().backward()
+        runs.append((y.detach(), m[0].weight.grad, m[0].weight_fake_quant.centroids[0]))
+        assert not m[0].weight_fake_quant.fake_quant_enabled[0]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("lut_dtype,int_type", [("i8", "int8"), ("u8", "uint8")])
+def test_lut_quantization_trains_and_converts_to_an_integer_lut(lut_dtype, int_type):
+    from test_torch_coreml import _convert
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 64)
+    model = _documented_example(et, copy.deepcopy(base), x, n_bits=4, lut_dtype=lut_dtype,
+                                granularity="per_grouped_channel", group_size=32)
+    lut = model.get_buffer("0._COREML_/weight/lut")
+    scale = model.get_buffer("0._COREML_/weight/quantization_scale")
+    assert lut.shape[0] == 3 and scale.shape == (3, 1, 1, 1)
+    assert model.get_buffer("0._COREML_/weight/compression_type").tolist() == [2, 3]
+    zp = model.get_buffer("0._COREML_/weight/zero_point") if lut_dtype == "u8" else torch.zeros_like(scale)
+    q = lut.double() / scale.double() + zp.double()
+    assert (q - q.round()).abs().max() < 1e-3  # every LUT on its own 8-bit grid
+    ops = _convert(model, x)._mil_program.functions["main"].operations
+    # each LUT is stored as 8-bit integers: constexpr_blockwise_shift_scale(int LUT, scale) feeds
+    # constexpr_lut_to_dense
+    luts = [op for op in ops if op.op_type == "constexpr_lut_to_dense"]
+    assert len(luts) == 2
+    for op in luts:
+        dequant = op.lut.op
+        assert dequant.op_type == "constexpr_blockwise_shift_scale"
+        assert dequant.data.val.dtype == np.dtype(int_type)

@@ -93,6 +93,9 @@ COREMLTOOLS_DEFAULTS = {
 #: libedkm's own module options (edkm.Layer), beside coremltools' keys.
 EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": "f32", "algorithm": "auto", "seed": 0x5EED}
 
+#: coremltools' lut_dtype names -> libedkm's (edkm.Layer lut_dtype).
+_LUT_DTYPES = {"f32": "f32", "fp32": "f32", "float32": "f32", "i8": "i8", "int8": "i8", "u8": "u8", "uint8": "u8"}
+
 _DEPRECATED = {"partition_size": "group_size", "cluster_dtype": "lut_dtype"}
 
 _IMPLEMENTED = "implemented"
@@ -121,7 +124,10 @@ KEY_STATUS = {
                                                "(in edkm.torch, around the core's layer)"),
     "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero (needs prune_threshold > 0: coremltools' "
                                    "keep-sparsity rule at prune_threshold 0 is not implemented)"),
-    "lut_dtype": (_NOT_IMPLEMENTED, "'f32' only (LUT quantization i8/u8/f16 needs the core)"),
+    "lut_dtype": (_IMPLEMENTED, "f32; i8 / u8: each LUT fake-quantized after every DKM iteration (one scale per "
+                                "LUT, a zero point for u8; straight-through backward) and exported as Core ML's "
+                                "joint palettization + quantization; f16 / b16 not implemented. coremltools 9.0 "
+                                "itself never applies i8 / u8 (its LUT fake-quantizer stays disabled)"),
     "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
     "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
     "percentage_palett_enable": (_NOT_IMPLEMENTED, "1.0 only (every LUT group trains)"),
@@ -129,9 +135,12 @@ KEY_STATUS = {
     "add_extra_centroid": (_NOT_IMPLEMENTED, "False only"),
     "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only; coremltools splits exactly coinciding "
                                              "centroids before each training forward, libedkm does not"),
-    "quant_min": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
-    "quant_max": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
-    "dtype": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
+    "quant_min": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
+    "quant_max": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
+    "dtype": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
     "per_channel_scaling_factor_scheme": (_IMPLEMENTED, "min_max (0.5 (max - min) per channel) or abs (max |w|); "
                                                         "a channel whose factor is 0 gets max |w|, or 1 if all zero"),
     "palett_lambda": (_ACCEPTED, "stored but never read by coremltools 9.0's FakePalettize"),
@@ -256,7 +265,7 @@ class ModuleDKMPalettizerConfig:
             raise ValueError(f"per_channel_scaling_factor_scheme: 'min_max' or 'abs', got "
                              f"{self.per_channel_scaling_factor_scheme!r}")
         checks = {
-            "lut_dtype": lambda v: v in ("f32", "fp32", "float32"),
+            "lut_dtype": lambda v: v in _LUT_DTYPES,
             "quantize_activations": lambda v: v is False,
             "cluster_permute": lambda v: v is None or tuple(v) == (),
             "percentage_palett_enable": lambda v: _is_number(v) and v == 1,
@@ -286,7 +295,8 @@ class ModuleDKMPalettizerConfig:
                     max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
                     zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
-                    algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero))
+                    algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero),
+                    lut_dtype=_LUT_DTYPES[self.lut_dtype])
 
 
 def _not_implemented_init(v):
@@ -500,6 +510,26 @@ def _finalize_chain(module):
     dkm.close()
 
 
+def _register_lut_quantization(module, lut_dtype):
+    """Core ML's joint palettization + quantization metadata for a finalized module whose LUTs were
+    quantized in training: compression_type [palettization, quantization], quantization_n_bits 8,
+    quantization_scale (and zero_point for u8) per LUT, shaped like the LUT with its last two axes 1
+    (coremltools.convert then stores each LUT as 8-bit integers: constexpr_lut_to_dense on an int8 /
+    uint8 LUT, then constexpr_blockwise_shift_scale)."""
+    et = _et()
+    base = f"{et.COREML_PREFIX}/weight/"
+    lut = module.get_buffer(base + "lut")
+    groups = lut.shape[0]
+    params = [et._core.lut_quantization(lut[g].detach().cpu().numpy(), lut_dtype) for g in range(groups)]
+    shape = (groups,) + (1,) * (lut.dim() - 1)
+    module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION, 3]))
+    module.register_buffer(base + "quantization_n_bits", torch.tensor(8))
+    module.register_buffer(base + "quantization_scale",
+                           torch.tensor([p[0] for p in params], dtype=torch.float32).reshape(shape))
+    if lut_dtype == "u8":
+        module.register_buffer(base + "zero_point", torch.tensor([p[1] for p in params], dtype=torch.float32).reshape(shape))
+
+
 class PalettizationReport(dict):
     """{module name: {figure: value}}; str() is a table. `runtime` holds the runtime's arena figures."""
 
@@ -627,7 +657,13 @@ class DKMPalettizer:
         for module in list(model.modules()):
             if _chain(module) is not None:
                 _finalize_chain(module)
-        return _et().finalize(model)
+        lut_types = {name: cfg.layer_options(mtype)["lut_dtype"] for name, (cfg, mtype) in self._plan.items()
+                     if name in self._started}
+        model = _et().finalize(model)
+        for name, lut_dtype in lut_types.items():
+            if lut_dtype != "f32":
+                _register_lut_quantization(model.get_submodule(name), lut_dtype)
+        return model
 
     def report(self):
         """PalettizationReport: per selected module its shape, bits, group size, started or not,
