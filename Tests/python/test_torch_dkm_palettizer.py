@@ -96,7 +96,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("lut_dtype", "f16"), ("lut_dtype", "b16"),
+    ("lut_dtype", "f8"),
     ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
@@ -292,6 +292,7 @@ def _coremltools_model(ctp, base, cfg, centroids, dtype):
     {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "per_channel_scaling_factor_scheme": "abs",
      "granularity": "per_grouped_channel", "group_size": 8, "enforce_zero": True},
     {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "cluster_dim": 2, "kmeans_init": "kmeans++"},
+    {"n_bits": 3, "weight_threshold": 0, "lut_dtype": "f16"},
 ])
 def test_parity_with_coremltools(global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial

@@ -94,7 +94,10 @@ COREMLTOOLS_DEFAULTS = {
 EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": "f32", "algorithm": "auto", "seed": 0x5EED}
 
 #: coremltools' lut_dtype names -> libedkm's (edkm.Layer lut_dtype).
-_LUT_DTYPES = {"f32": "f32", "fp32": "f32", "float32": "f32", "i8": "i8", "int8": "i8", "u8": "u8", "uint8": "u8"}
+_LUT_DTYPES = {"f32": "f32", "fp32": "f32", "float32": "f32", "i8": "i8", "int8": "i8", "u8": "u8", "uint8": "u8",
+               "f16": "f16", "float16": "f16", "b16": "b16"}
+#: lut_dtype -> the type coremltools rounds the palettized weights to after each forward.
+_ROUNDING_TYPES = {"f16": torch.float16, "b16": torch.bfloat16}
 
 _DEPRECATED = {"partition_size": "group_size", "cluster_dtype": "lut_dtype"}
 
@@ -126,15 +129,16 @@ KEY_STATUS = {
                                    "keep-sparsity rule at prune_threshold 0 is not implemented)"),
     "lut_dtype": (_IMPLEMENTED, "f32; i8 / u8: each LUT fake-quantized after every DKM iteration (one scale per "
                                 "LUT, a zero point for u8; straight-through backward) and exported as Core ML's "
-                                "joint palettization + quantization; f16 / b16 not implemented. coremltools 9.0 "
-                                "itself never applies i8 / u8 (its LUT fake-quantizer stays disabled)"),
+                                "joint palettization + quantization (coremltools 9.0 itself never applies i8 / u8: "
+                                "its LUT fake-quantizer stays disabled); f16 / b16: the palettized weights rounded "
+                                "to that type after each forward, as coremltools"),
     "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
     "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
     "percentage_palett_enable": (_NOT_IMPLEMENTED, "1.0 only (every LUT group trains)"),
     "palett_mode": (_NOT_IMPLEMENTED, "'dkm' only (gsm / hard / topk attention not in the core)"),
     "add_extra_centroid": (_NOT_IMPLEMENTED, "False only"),
-    "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only; coremltools splits exactly coinciding "
-                                             "centroids before each training forward, libedkm does not"),
+    "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only (the default: coinciding centroids are re-spread to "
+                                             "midpoints before each training forward, in libedkm's core too)"),
     "quant_min": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
                          "uint8 0..255) with a scale from each LUT's own range"),
     "quant_max": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
@@ -296,7 +300,7 @@ class ModuleDKMPalettizerConfig:
                     zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
                     algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero),
-                    lut_dtype=_LUT_DTYPES[self.lut_dtype])
+                    lut_dtype=_LUT_DTYPES[self.lut_dtype] if _LUT_DTYPES[self.lut_dtype] in ("i8", "u8") else "f32")
 
 
 def _not_implemented_init(v):
@@ -418,6 +422,18 @@ class RowScale(nn.Module):
         return (rows / s if self.divide else rows * s).view(w.size())
 
 
+class CastRound(nn.Module):
+    """Parametrization w -> w.to(dtype).to(w.dtype): coremltools' lut_dtype f16 / b16 rounding of the
+    palettized weights (autograd rounds the gradient the same way, as in coremltools)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, w):
+        return w.to(self.dtype).to(w.dtype)
+
+
 def per_channel_scale(weight, scheme="min_max"):
     """coremltools' per_channel_scaling_factor of a weight (rows = output channels), shape (out, 1):
     scheme 'min_max' 0.5 (max - min) of each row, 'abs' max |w| of each row. A row whose factor is 0
@@ -441,7 +457,7 @@ def _chain(module):
     if not torch.nn.utils.parametrize.is_parametrized(module, "weight"):
         return None
     items = list(module.parametrizations["weight"])
-    if not isinstance(items[0], (AxisSwap, RowScale)):
+    if isinstance(items[0], _et().DKMWeight) and len(items) == 1:
         return None
     i = next(i for i, p in enumerate(items) if isinstance(p, _et().DKMWeight))
     return items[:i], items[i], items[i + 1:]
@@ -462,7 +478,7 @@ def _clustered(module):
     return plist.original if chain is None else _through(chain[0], plist.original)
 
 
-def _palettize_chain(module, runtime, opts, scale=None):
+def _palettize_chain(module, runtime, opts, scale=None, rounding=None):
     """Palettization as coremltools does it where libedkm's layer needs help around it: with a
     per-channel scale (RowScale dividing before and multiplying after the DKM layer) and/or vectors of
     cluster_dim consecutive OUTPUT channels (coremltools' vectorize: w.transpose(0, -1).reshape(-1, d);
@@ -476,6 +492,8 @@ def _palettize_chain(module, runtime, opts, scale=None):
     post = [RowScale(scale, divide=False)] if scale is not None else []
     if opts["cluster_dim"] > 1:
         pre, post = pre + [AxisSwap()], [AxisSwap()] + post
+    if rounding is not None:
+        post = post + [CastRound(rounding)]
     with torch.no_grad():
         t = _through(pre, w.detach())
     dkm = et.DKMWeight(runtime, t.shape, w.dtype, opts, weight=t.contiguous())
@@ -630,10 +648,11 @@ class DKMPalettizer:
         cfg, mtype = self._plan[name]
         opts = cfg.layer_options(mtype)
         scale = self._scales.get(name)
-        if opts["cluster_dim"] == 1 and scale is None:
+        rounding = _ROUNDING_TYPES.get(_LUT_DTYPES[cfg.lut_dtype])
+        if opts["cluster_dim"] == 1 and scale is None and rounding is None:
             _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
         else:
-            _palettize_chain(self._model.get_submodule(name), self._runtime, opts, scale)
+            _palettize_chain(self._model.get_submodule(name), self._runtime, opts, scale, rounding)
         self._started.add(name)
 
     def step(self):
