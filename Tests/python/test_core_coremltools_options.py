@@ -181,3 +181,25 @@ def test_lut_quantization_of_a_wide_lut_does_not_overflow():
             assert np.abs(c).max() > 127  # far outside the integer range itself
         with pytest.raises(ValueError, match="lut_dtype"):
             edkm.Layer(rt, w.shape, lut_dtype="f16")
+
+
+@pytest.mark.parametrize("saved_mode", ["histogram", "dkm", "marshal", "dedup", "uniquify", "shard"])
+def test_new_options_in_every_saved_mode(saved_mode):
+    """enforce_zero + u8 LUT quantization through each saved-state mode (the raw updates travel in
+    the saved trace): same gradients as the autograd reference."""
+    rng = np.random.default_rng(21)
+    w = (rng.standard_normal((32, 40)) * 0.02 + 0.003).astype(np.float16)
+    w64 = w.astype(np.float64)
+    c0 = np.sort(rng.choice(np.unique(w64.ravel()), 8, replace=False)).astype(np.float32)
+    c0[0] = 0
+    g = rng.standard_normal(w.shape).astype(np.float32)
+    with edkm.Runtime(saved_mode=saved_mode) as rt:
+        layer = edkm.Layer(rt, w.shape, bits=3, tau=1e-4, temperature_mode="absolute", enforce_zero=True,
+                           lut_dtype="u8")
+        layer.centroids = c0.reshape(1, -1, 1)
+        out, state = layer.forward(w, out_dtype="f32")
+        grad = state.backward(g, weights=w)
+    y, gx, _ = dkm_reference(w64.reshape(-1, 1), c0.astype(np.float64).reshape(-1, 1), 1e-4, g.reshape(-1, 1),
+                             enforce_zero=True, lut_dtype="u8")
+    assert rel(out.reshape(-1), y.reshape(-1)) < 1e-6
+    assert rel(grad.reshape(-1), gx.reshape(-1)) < 1e-6
