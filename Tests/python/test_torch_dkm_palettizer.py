@@ -395,7 +395,12 @@ def _documented_example(api, model, x, **options):
     return palettizer.finalize(inplace=True)
 
 
-@pytest.mark.parametrize("options", [dict(n_bits=4), dict(n_bits=2, cluster_dim=2)])
+@pytest.mark.parametrize("options", [
+    dict(n_bits=4), dict(n_bits=2, cluster_dim=2),
+    # the per-channel scale adds constexpr_blockwise_shift_scale after each constexpr_lut_to_dense
+    dict(n_bits=4, enable_per_channel_scale=True),
+    dict(n_bits=2, enable_per_channel_scale=True, enforce_zero=True, granularity="per_grouped_channel", group_size=16),
+])
 def test_documented_coremltools_example_with_the_import_changed_converts_alike(options):
     ctp = coremltools_palettization()
     from test_torch_coreml import _convert
@@ -409,6 +414,8 @@ def test_documented_coremltools_example_with_the_import_changed_converts_alike(o
         ops = _convert(model, x)._mil_program.functions["main"].operations
         programs[label] = [op.op_type for op in ops]
     assert programs["edkm"].count("constexpr_lut_to_dense") == 2  # 64x96 and 96x32 pass 2048; 32x8 does not
+    scaled = 2 if options.get("enable_per_channel_scale") else 0
+    assert programs["edkm"].count("constexpr_blockwise_shift_scale") == scaled
     assert programs["edkm"] == programs["coremltools"]
 
 
@@ -503,24 +510,6 @@ def test_per_channel_scale_of_zero_and_constant_rows_is_documented():
     fw = final[0].weight.detach()
     assert torch.isfinite(fw).all() and torch.all(fw[1] == fw[1, 0])  # the zero row stays one LUT value
     assert torch.equal(final.get_buffer("0._COREML_/weight/palettization_scale").reshape(-1), s_minmax)
-
-
-@pytest.mark.parametrize("options", [dict(n_bits=4, enable_per_channel_scale=True),
-                                     dict(n_bits=2, enable_per_channel_scale=True, enforce_zero=True,
-                                          granularity="per_grouped_channel", group_size=16)])
-def test_per_channel_scale_converts_to_coremltools_op_types(options):
-    ctp = coremltools_palettization()
-    from test_torch_coreml import _convert
-
-    torch.manual_seed(0)
-    base = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 8))
-    x = torch.randn(4, 64)
-    programs = {}
-    for label, api in (("coremltools", ctp), ("edkm", et)):
-        model = _documented_example(api, copy.deepcopy(base), x, **options)
-        programs[label] = [op.op_type for op in _convert(model, x)._mil_program.functions["main"].operations]
-    assert programs["edkm"].count("constexpr_blockwise_shift_scale") == 2
-    assert programs["edkm"] == programs["coremltools"]
 
 
 def test_coremltools_never_applies_its_lut_quantization():
