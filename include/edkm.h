@@ -308,7 +308,36 @@ typedef struct edkm_layer_config {
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
     int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE */
     uint32_t reserved;         /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
+    /* Since 0.4 (a caller's struct_size that ends before a field leaves it at its default). */
+    uint32_t enforce_zero;     /**< 1 = centroid 0 of every LUT is fixed at zero (coremltools'
+                                    enforce_zero): the initial centroid nearest zero becomes 0 and
+                                    moves to index 0, and every DKM iteration resets c_0 = 0 (no
+                                    gradient through it). With prune_threshold 0 (coremltools'
+                                    keep-sparsity rule) EDKM_ERR_INVALID_ARGUMENT: not implemented.
+                                    0 (default) = off; other values EDKM_ERR_INVALID_ARGUMENT */
+    int32_t lut_dtype;         /**< an edkm_lut_dtype: EDKM_LUT_F32 (default) keeps the centroids
+                                    float; EDKM_LUT_INT8 / EDKM_LUT_UINT8 fake-quantize each LUT after
+                                    every DKM iteration (forward) with one scale per LUT, the
+                                    straight-through estimator in the backward (see edkm_lut_dtype) */
 } edkm_layer_config;
+
+/**
+ * LUT quantization inside the DKM iterations (edkm_layer_config.lut_dtype, since 0.4). After each
+ * centroid update every LUT (a group's k x d centroids c) is replaced by its fake-quantized values,
+ * with one scale per LUT derived from the LUT's own range (so no value overflows the type):
+ *   INT8:  symmetric, s = max|c| / 127, q = clamp(round(c / s), -128, 127), c <- q s;
+ *   UINT8: affine, lo = min(min c, 0), hi = max(max c, 0), s = (hi - lo) / 255,
+ *          z = clamp(round(-lo / s), 0, 255), q = clamp(round(c / s) + z, 0, 255), c <- (q - z) s;
+ * (round = to nearest even; s = 1 when the range is 0). The backward treats the quantizer as the
+ * identity (straight-through, as torch's FakeQuantize inside its range). With enforce_zero, c_0 is
+ * set to zero before the quantization (zero is exact in both types), so the final LUT lies on the
+ * grid of its own scale and zero point (what a Core ML export quantizes it with).
+ */
+typedef enum edkm_lut_dtype {
+    EDKM_LUT_F32 = 0,
+    EDKM_LUT_INT8 = 1,
+    EDKM_LUT_UINT8 = 2
+} edkm_lut_dtype;
 
 /** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */
 EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);

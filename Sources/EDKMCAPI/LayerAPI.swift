@@ -8,7 +8,8 @@ func defaultLayerConfig() -> edkm_layer_config {
         group_size: UInt32(d.groupSize), max_iterations: UInt32(d.maxIterations), init: d.initialization.rawValue,
         tau: d.tau, epsilon: d.epsilon, zero_threshold: d.zeroThreshold, prune_threshold: d.pruneThreshold,
         algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed,
-        temperature_mode: d.temperatureMode.rawValue, reserved: 0)
+        temperature_mode: d.temperatureMode.rawValue, reserved: 0,
+        enforce_zero: d.enforceZero ? 1 : 0, lut_dtype: d.lutType.rawValue)
 }
 
 func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringConfig {
@@ -39,6 +40,12 @@ func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringCon
         throw EDKMError(.invalidArgument, "temperature_mode \(c.temperature_mode) is not an edkm_temperature_mode (0...1)")
     }
     config.temperatureMode = mode
+    guard c.enforce_zero <= 1 else { throw EDKMError(.invalidArgument, "enforce_zero must be 0 or 1, got \(c.enforce_zero)") }
+    guard let lutType = ClusteringConfig.LUTType(rawValue: c.lut_dtype) else {
+        throw EDKMError(.invalidArgument, "lut_dtype \(c.lut_dtype) is not an edkm_lut_dtype (0...2)")
+    }
+    config.lutType = lutType
+    config.enforceZero = c.enforce_zero == 1
     try config.validate()
     return config
 }

@@ -27,7 +27,8 @@ extension edkm_communicator: SizedStruct {
 extension edkm_layer_config: SizedStruct {
     static let fieldOffsets: [Int] = offsets(of: edkm_layer_config.self, [\.bits, \.cluster_dim, \.group_size, \.max_iterations, \.`init`,
                                       \.tau, \.epsilon, \.zero_threshold, \.prune_threshold, \.algorithm,
-                                      \.f32_key_dtype, \.seed, \.temperature_mode, \.reserved])
+                                      \.f32_key_dtype, \.seed, \.temperature_mode, \.reserved,
+                                      \.enforce_zero, \.lut_dtype])
 }
 
 extension edkm_runtime_stats: SizedStruct {

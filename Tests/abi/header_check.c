@@ -185,7 +185,8 @@ int main(void) {
               lcfg.max_iterations == 3 && lcfg.init == EDKM_INIT_AUTO && lcfg.tau == 0.1 && lcfg.epsilon == 1e-4 &&
               lcfg.zero_threshold == 1e-7 && lcfg.prune_threshold == 1e-7 && lcfg.algorithm == EDKM_ALGORITHM_AUTO &&
               lcfg.f32_key_dtype == EDKM_DTYPE_F32 && lcfg.seed == 0x5eed &&
-              lcfg.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE,
+              lcfg.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE && lcfg.enforce_zero == 0 &&
+              lcfg.lut_dtype == EDKM_LUT_F32,
           "edkm_layer_config_init defaults");
 
     /* ============ destroy(NULL) ============ */
@@ -375,6 +376,8 @@ int main(void) {
     BAD_LAYER_CFG(prune_threshold, -1e-7, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create prune_threshold < 0");
     BAD_LAYER_CFG(algorithm, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create algorithm 3");
     BAD_LAYER_CFG(f32_key_dtype, 7, EDKM_ERR_DTYPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create f32_key_dtype 7");
+    BAD_LAYER_CFG(enforce_zero, 2, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create enforce_zero 2");
+    BAD_LAYER_CFG(lut_dtype, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create lut_dtype 3");
     check(layer == sentinel_layer, "layer_create failures leave *out unwritten");
     /* an older, shorter struct: fields from tau on are garbage and must be defaulted */
     memset(&lcfg, 0xff, sizeof lcfg);
@@ -385,6 +388,13 @@ int main(void) {
     lcfg.max_iterations = 3;
     lcfg.init = EDKM_INIT_AUTO;
     expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create with struct_size = offsetof(tau), garbage beyond");
+    if (layer != sentinel_layer) edkm_layer_destroy(layer);
+    /* a 0.3 caller: the struct ends before enforce_zero; the 0.4 fields (garbage here) default off */
+    edkm_layer_config_init(&lcfg);
+    memset((char *)&lcfg + offsetof(edkm_layer_config, enforce_zero), 0xff,
+           sizeof lcfg - offsetof(edkm_layer_config, enforce_zero));
+    lcfg.struct_size = (uint32_t)offsetof(edkm_layer_config, enforce_zero);
+    expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create with a 0.3 struct_size, garbage beyond");
     if (layer != sentinel_layer) edkm_layer_destroy(layer);
     expect(edkm_layer_create(rt, NULL, shape, 2, &layer), EDKM_OK, "layer_create(NULL cfg) = defaults");
     if (layer == sentinel_layer || layer == NULL) {

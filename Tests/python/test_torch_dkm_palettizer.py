@@ -4,6 +4,7 @@ import copy
 import logging
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -95,7 +96,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 
 @pytest.mark.parametrize("key,value", [
-    ("enable_per_channel_scale", True), ("enforce_zero", True), ("lut_dtype", "i8"), ("lut_dtype", "u8"),
+    ("lut_dtype", "f8"),
     ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
@@ -284,6 +285,14 @@ def _coremltools_model(ctp, base, cfg, centroids, dtype):
     {"n_bits": 3, "weight_threshold": 0, "granularity": "per_grouped_channel", "group_size": 8,
      "palett_tau": 3e-4, "kmeans_max_iter": 2},
     {"n_bits": 3, "weight_threshold": 0, "cluster_dim": 2, "kmeans_init": "kmeans++"},
+    {"n_bits": 3, "weight_threshold": 0, "enforce_zero": True},
+    {"n_bits": 2, "weight_threshold": 0, "enforce_zero": True, "granularity": "per_grouped_channel", "group_size": 8},
+    {"n_bits": 1, "weight_threshold": 0, "enforce_zero": True},
+    {"n_bits": 3, "weight_threshold": 0, "enable_per_channel_scale": True, "palett_tau": 1e-3},
+    {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "per_channel_scaling_factor_scheme": "abs",
+     "granularity": "per_grouped_channel", "group_size": 8, "enforce_zero": True},
+    {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True, "cluster_dim": 2, "kmeans_init": "kmeans++"},
+    {"n_bits": 3, "weight_threshold": 0, "lut_dtype": "f16"},
 ])
 def test_parity_with_coremltools(global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
@@ -306,7 +315,9 @@ def test_parity_with_coremltools(global_config):
     ct32, m32 = _coremltools_model(ctp, base, cfg, list(dkm.centroids), torch.float32)
     soft = {}
     # cluster_dim > 1: the layer sees w.transpose(0, -1) (vectors along the output channels)
-    dkm.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", _as_weight(o.detach().double(), mo)))
+    # the whole parametrization chain: a per-channel scale and vectors along the output channels
+    # put the DKM layer between RowScale / AxisSwap parametrizations
+    mo[0].parametrizations.weight.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", o.detach().double()))
     m64[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("ref", o.detach()))
     m32[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("c32", o.detach().double()))
     g = torch.Generator().manual_seed(1)
@@ -340,24 +351,28 @@ def test_parity_with_coremltools(global_config):
     lut_o, lut_r = fo.get_buffer("0._COREML_/weight/lut"), f64.get_buffer("0._COREML_/weight/lut")
     assert lut_o.shape == lut_r.shape
     assert (lut_o.double() - lut_r).abs().max() / lut_r.abs().max() < 1e-4
-    assert torch.equal(_labels(fo[0].weight, lut_o), _labels(f64[0].weight, lut_r))
+    assert torch.equal(_labels(fo[0], lut_o), _labels(f64[0], lut_r))
+    scale = "0._COREML_/weight/palettization_scale"
+    assert (scale in fo.state_dict()) == (scale in f64.state_dict()) == ("enable_per_channel_scale" in global_config)
+    if "enable_per_channel_scale" in global_config:
+        s_o, s_r = fo.get_buffer(scale), f64.get_buffer(scale)
+        assert s_o.shape == s_r.shape and torch.allclose(s_o.double(), s_r.double(), rtol=1e-6, atol=0)
     vector_axis = "0._COREML_/weight/vector_axis"
     assert (vector_axis in fo.state_dict()) == (vector_axis in f64.state_dict()) == ("cluster_dim" in global_config)
     if "cluster_dim" in global_config:
         assert int(fo.get_buffer(vector_axis)) == int(f64.get_buffer(vector_axis)) == 0
 
 
-def _as_weight(soft, model):
-    shape = model[0].parametrizations.weight.original.shape
-    return soft if soft.shape == shape else soft.transpose(0, -1)
-
-
-def _labels(weight, lut):
-    """Nearest LUT entry of every weight (cluster_dim 1, a LUT per row group) or of every vector of
-    cluster_dim consecutive output channels (coremltools' vector axis 0, one LUT)."""
+def _labels(module, lut):
+    """Nearest LUT entry of every finalized weight (divided by its palettization_scale when there is
+    one) (cluster_dim 1, a LUT per row group) or of every vector of cluster_dim consecutive output
+    channels (coremltools' vector axis 0, one LUT)."""
     groups, k, d = lut.shape[0], lut.shape[-2], lut.shape[-1]
     table = lut.detach().double().reshape(groups, k, d)
-    w = weight.detach().double()
+    w = module.weight.detach().double()
+    buffers = dict(module.named_buffers())
+    if "_COREML_/weight/palettization_scale" in buffers:
+        w = w / buffers["_COREML_/weight/palettization_scale"].double()
     vectors = w.transpose(0, -1).reshape(1, -1, d) if d > 1 else w.reshape(groups, -1, 1)
     return torch.cdist(vectors, table).argmin(-1)
 
@@ -380,7 +395,12 @@ def _documented_example(api, model, x, **options):
     return palettizer.finalize(inplace=True)
 
 
-@pytest.mark.parametrize("options", [dict(n_bits=4), dict(n_bits=2, cluster_dim=2)])
+@pytest.mark.parametrize("options", [
+    dict(n_bits=4), dict(n_bits=2, cluster_dim=2),
+    # the per-channel scale adds constexpr_blockwise_shift_scale after each constexpr_lut_to_dense
+    dict(n_bits=4, enable_per_channel_scale=True),
+    dict(n_bits=2, enable_per_channel_scale=True, enforce_zero=True, granularity="per_grouped_channel", group_size=16),
+])
 def test_documented_coremltools_example_with_the_import_changed_converts_alike(options):
     ctp = coremltools_palettization()
     from test_torch_coreml import _convert
@@ -394,6 +414,8 @@ def test_documented_coremltools_example_with_the_import_changed_converts_alike(o
         ops = _convert(model, x)._mil_program.functions["main"].operations
         programs[label] = [op.op_type for op in ops]
     assert programs["edkm"].count("constexpr_lut_to_dense") == 2  # 64x96 and 96x32 pass 2048; 32x8 does not
+    scaled = 2 if options.get("enable_per_channel_scale") else 0
+    assert programs["edkm"].count("constexpr_blockwise_shift_scale") == scaled
     assert programs["edkm"] == programs["coremltools"]
 
 
@@ -443,5 +465,95 @@ def test_vectors_on_a_square_weight_report_and_finalize():
     assert (w - w0).abs().max() < 0.1
     lut = final.get_buffer("0._COREML_/weight/lut")
     assert lut.shape == (1, 1, 8, 2) and int(final.get_buffer("0._COREML_/weight/vector_axis")) == 0
-    assert torch.equal(lut[0, 0][_labels(w, lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
+    assert torch.equal(lut[0, 0][_labels(final[0], lut)[0]].reshape(64, 64).T, w)  # vectors down the columns
     assert torch.equal(m.eval()[0].weight, w)
+
+
+def test_enforce_zero_keep_sparsity_is_refused_naming_the_keys():
+    with pytest.raises(NotImplementedError, match="enforce_zero.*prune_threshold"):
+        DKMPalettizerConfig.from_dict({"global_config": {"enforce_zero": True, "prune_threshold": 0}})
+
+
+def test_enforce_zero_lut_holds_zero_first():
+    torch.manual_seed(0)
+    p = DKMPalettizer(nn.Sequential(nn.Linear(64, 32)), {"global_config": {"n_bits": 2, "weight_threshold": 0,
+                                                                           "enforce_zero": True}})
+    m = p.prepare()
+    m(torch.randn(2, 64)).sum().backward()
+    lut = p.finalize().get_buffer("0._COREML_/weight/lut")
+    assert lut.reshape(-1)[0] == 0 and lut.reshape(-1)[1:].abs().min() > 0
+
+
+# ---------------------------------------------------------------- per-channel scale, LUT quantization
+
+
+def test_per_channel_scale_of_zero_and_constant_rows_is_documented():
+    """coremltools divides by a zero factor (NaN weights); libedkm gives a constant row max |w| and a
+    zero row 1, and palettizes the rest as usual."""
+    w = torch.randn(6, 64) * 0.05
+    w[1] = 0
+    w[4] = 0.3
+    s_minmax = pz.per_channel_scale(w, "min_max").reshape(-1)
+    s_abs = pz.per_channel_scale(w, "abs").reshape(-1)
+    assert s_minmax[1] == 1 and s_abs[1] == 1 and torch.isclose(s_minmax[4], torch.tensor(0.3))
+    assert torch.allclose(s_abs, torch.where(w.abs().amax(1) > 0, w.abs().amax(1), torch.ones(6)))
+    row = w[0]
+    assert torch.isclose(s_minmax[0], 0.5 * (row.max() - row.min()))
+    model = nn.Sequential(nn.Linear(64, 6))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    p = DKMPalettizer(model, {"global_config": {"n_bits": 2, "weight_threshold": 0, "enable_per_channel_scale": True}})
+    m = p.prepare()
+    m(torch.randn(3, 64)).sum().backward()
+    assert torch.isfinite(m[0].parametrizations.weight.original.grad).all()
+    final = p.finalize()
+    fw = final[0].weight.detach()
+    assert torch.isfinite(fw).all() and torch.all(fw[1] == fw[1, 0])  # the zero row stays one LUT value
+    assert torch.equal(final.get_buffer("0._COREML_/weight/palettization_scale").reshape(-1), s_minmax)
+
+
+def test_coremltools_never_applies_its_lut_quantization():
+    """Why libedkm's lut_dtype i8 / u8 results differ from coremltools' in training: coremltools 9.0's
+    FakePalettize disables its LUT fake-quantizer and observer and nothing enables them, so its i8 run
+    is bit-identical to its f32 run (if a later coremltools changes that, this test says so)."""
+    ctp = coremltools_palettization()
+    runs = []
+    for lut_dtype in ("f32", "i8"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 32))
+        cfg = ctp.DKMPalettizerConfig.from_dict({"global_config": {"n_bits": 3, "weight_threshold": 0,
+                                                                   "lut_dtype": lut_dtype}})
+        m = ctp.DKMPalettizer(model, cfg).prepare()
+        y = m(torch.randn(4, 64))
+        y.sum().backward()
+        runs.append((y.detach(), m[0].weight.grad, m[0].weight_fake_quant.centroids[0]))
+        assert not m[0].weight_fake_quant.fake_quant_enabled[0]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("lut_dtype,int_type", [("i8", "int8"), ("u8", "uint8")])
+def test_lut_quantization_trains_and_converts_to_an_integer_lut(lut_dtype, int_type):
+    from test_torch_coreml import _convert
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 64)
+    model = _documented_example(et, copy.deepcopy(base), x, n_bits=4, lut_dtype=lut_dtype,
+                                granularity="per_grouped_channel", group_size=32)
+    lut = model.get_buffer("0._COREML_/weight/lut")
+    scale = model.get_buffer("0._COREML_/weight/quantization_scale")
+    assert lut.shape[0] == 3 and scale.shape == (3, 1, 1, 1)
+    assert model.get_buffer("0._COREML_/weight/compression_type").tolist() == [2, 3]
+    zp = model.get_buffer("0._COREML_/weight/zero_point") if lut_dtype == "u8" else torch.zeros_like(scale)
+    q = lut.double() / scale.double() + zp.double()
+    assert (q - q.round()).abs().max() < 1e-3  # every LUT on its own 8-bit grid
+    ops = _convert(model, x)._mil_program.functions["main"].operations
+    # each LUT is stored as 8-bit integers: constexpr_blockwise_shift_scale(int LUT, scale) feeds
+    # constexpr_lut_to_dense
+    luts = [op for op in ops if op.op_type == "constexpr_lut_to_dense"]
+    assert len(luts) == 2
+    for op in luts:
+        dequant = op.lut.op
+        assert dequant.op_type == "constexpr_blockwise_shift_scale"
+        assert dequant.data.val.dtype == np.dtype(int_type)

@@ -8,25 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import edkm  # noqa: E402
+from test_core_coremltools_options import dkm_reference as options_reference  # noqa: E402
 
 
 def dkm_reference(w, c0, tau, g, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4):
     """Soft output and dL/dw of DKM by torch autograd; w: (n, d) float64, c0: (k, d)."""
-    x = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    c = torch.tensor(c0, dtype=torch.float64)
-    last = None
-    for _ in range(iterations):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-        dist = torch.cat([dist[:, :1] - pt, dist[:, 1:]], 1)
-        attention = torch.softmax(-dist / tau, 1).clamp(min=zt)
-        c = (attention.T @ x) / attention.sum(0)[:, None]
-        inertia = dist.min(1).values.sum()
-        if last is not None and last != 0 and abs(last - inertia) <= eps:
-            break
-        last = inertia
-    y = attention @ c
-    y.backward(torch.tensor(g, dtype=torch.float64))
-    return y.detach().numpy(), x.grad.numpy()
+    y, grad, _ = options_reference(w, c0, tau, g, iterations=iterations, zt=zt, pt=pt, eps=eps)
+    return y, grad
 
 
 def rel(a, b):

@@ -33,6 +33,7 @@ from .core import (
     f32_to_bf16,
     library_path,
     library_version,
+    lut_quantization,
     unpack_labels,
 )
 
@@ -65,5 +66,6 @@ __all__ = [
     "f32_to_bf16",
     "library_path",
     "library_version",
+    "lut_quantization",
     "unpack_labels",
 ]

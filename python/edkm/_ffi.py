@@ -190,6 +190,8 @@ class edkm_layer_config(Structure):
         ("seed", c_uint64),
         ("temperature_mode", c_int32),
         ("reserved", c_uint32),
+        ("enforce_zero", c_uint32),  # since 0.4
+        ("lut_dtype", c_int32),  # since 0.4: an edkm_lut_dtype
     ]
 
 

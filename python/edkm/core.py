@@ -545,6 +545,25 @@ def unpack_labels(packed, bits, groups, labels_per_group):
     return (stream << np.arange(bits, dtype=np.uint16)).sum(axis=-1, dtype=np.uint16)
 
 
+#: lut_dtype names -> edkm_lut_dtype.
+LUT_DTYPES = {"f32": 0, "i8": 1, "u8": 2}
+
+
+def lut_quantization(lut, lut_dtype):
+    """(scale, zero_point) of one LUT (any array of its values) for lut_dtype 'i8' (symmetric, zero
+    point 0) or 'u8' (affine): the library's per-LUT quantization parameters (edkm_lut_dtype), in
+    float64. Dequantized values are (q - zero_point) * scale."""
+    c = np.asarray(lut, dtype=np.float64).ravel()
+    if lut_dtype == "i8":
+        peak = np.abs(c).max() if c.size else 0.0
+        return (peak / 127 if peak > 0 else 1.0), 0.0
+    if lut_dtype == "u8":
+        lo, hi = min(c.min(), 0.0), max(c.max(), 0.0)
+        scale = (hi - lo) / 255 if hi > lo else 1.0
+        return scale, float(np.clip(np.round(-lo / scale), 0, 255))
+    raise ValueError(f"lut_quantization: lut_dtype 'i8' or 'u8', got {lut_dtype!r}")
+
+
 class Layer(_Handle):
     """One weight tensor's clustering: config + centroids.
 
@@ -553,14 +572,19 @@ class Layer(_Handle):
     rounding; f32 weights take the dense path), 'f16' or 'bf16'.
     tau / temperature_mode: None keeps the library's default (scale-free, tau 0.1 = a factor of each
     group's k-means distortion). temperature_mode='absolute' gives coremltools' semantics, with
-    coremltools' default tau 1e-4 unless tau is given."""
+    coremltools' default tau 1e-4 unless tau is given.
+    enforce_zero=True fixes centroid 0 of every LUT at zero (coremltools' enforce_zero; needs
+    prune_threshold > 0). lut_dtype 'f32' (default), 'i8' or 'u8': each LUT fake-quantized after
+    every DKM iteration with one scale per LUT (and a zero point for u8), straight-through in the
+    backward (edkm_lut_dtype in edkm.h; `lut_quantization` gives the scale and zero point)."""
 
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
 
     def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=None,
                  epsilon=1e-4, zero_threshold=1e-7, prune_threshold=1e-7, init=Init.AUTO,
-                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None):
+                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None,
+                 enforce_zero=False, lut_dtype="f32"):
         super().__init__()
         if not isinstance(runtime, Runtime):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
@@ -582,6 +606,12 @@ class Layer(_Handle):
         cfg.algorithm = int(_enum_value(Algorithm, algorithm, "algorithm"))
         cfg.f32_key_dtype = int(_resolve_dtype(f32_key_dtype, "f32_key_dtype"))
         cfg.seed = _u64(seed, "seed")
+        if not isinstance(enforce_zero, (bool, np.bool_)):
+            raise TypeError(f"enforce_zero must be a bool, got {type(enforce_zero).__name__}")
+        cfg.enforce_zero = int(enforce_zero)
+        if lut_dtype not in LUT_DTYPES:
+            raise ValueError(f"lut_dtype must be one of {', '.join(LUT_DTYPES)}, got {lut_dtype!r}")
+        cfg.lut_dtype = LUT_DTYPES[lut_dtype]
         if temperature_mode is not None:  # None keeps the library's default
             cfg.temperature_mode = int(_enum_value(TemperatureMode, temperature_mode, "temperature_mode"))
             if tau is None and cfg.temperature_mode == TemperatureMode.ABSOLUTE:

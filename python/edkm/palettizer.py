@@ -93,6 +93,12 @@ COREMLTOOLS_DEFAULTS = {
 #: libedkm's own module options (edkm.Layer), beside coremltools' keys.
 EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": "f32", "algorithm": "auto", "seed": 0x5EED}
 
+#: coremltools' lut_dtype names -> libedkm's (edkm.Layer lut_dtype).
+_LUT_DTYPES = {"f32": "f32", "fp32": "f32", "float32": "f32", "i8": "i8", "int8": "i8", "u8": "u8", "uint8": "u8",
+               "f16": "f16", "float16": "f16", "b16": "b16"}
+#: lut_dtype -> the type coremltools rounds the palettized weights to after each forward.
+_ROUNDING_TYPES = {"f16": torch.float16, "b16": torch.bfloat16}
+
 _DEPRECATED = {"partition_size": "group_size", "cluster_dtype": "lut_dtype"}
 
 _IMPLEMENTED = "implemented"
@@ -116,20 +122,31 @@ KEY_STATUS = {
     "palett_tau": (_IMPLEMENTED, "absolute softmax temperature"),
     "palett_epsilon": (_IMPLEMENTED, "early stop when the inertia changes by at most this"),
     "zero_threshold": (_IMPLEMENTED, "lower clamp of the attention"),
-    "enable_per_channel_scale": (_NOT_IMPLEMENTED, "False only (needs per-channel scales in the core)"),
-    "enforce_zero": (_NOT_IMPLEMENTED, "False only (needs a fixed zero centroid in the core)"),
-    "lut_dtype": (_NOT_IMPLEMENTED, "'f32' only (LUT quantization i8/u8/f16 needs the core)"),
+    "enable_per_channel_scale": (_IMPLEMENTED, "each output channel divided by its scale before clustering and "
+                                               "multiplied after; the scale is finalize's palettization_scale "
+                                               "(in edkm.torch, around the core's layer)"),
+    "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero (needs prune_threshold > 0: coremltools' "
+                                   "keep-sparsity rule at prune_threshold 0 is not implemented)"),
+    "lut_dtype": (_IMPLEMENTED, "f32; i8 / u8: each LUT fake-quantized after every DKM iteration (one scale per "
+                                "LUT, a zero point for u8; straight-through backward) and exported as Core ML's "
+                                "joint palettization + quantization (coremltools 9.0 itself never applies i8 / u8: "
+                                "its LUT fake-quantizer stays disabled); f16 / b16: the palettized weights rounded "
+                                "to that type after each forward, as coremltools"),
     "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
     "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
     "percentage_palett_enable": (_NOT_IMPLEMENTED, "1.0 only (every LUT group trains)"),
     "palett_mode": (_NOT_IMPLEMENTED, "'dkm' only (gsm / hard / topk attention not in the core)"),
     "add_extra_centroid": (_NOT_IMPLEMENTED, "False only"),
-    "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only; coremltools splits exactly coinciding "
-                                             "centroids before each training forward, libedkm does not"),
-    "quant_min": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
-    "quant_max": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
-    "dtype": (_ACCEPTED, "used only by LUT / activation quantization (not implemented)"),
-    "per_channel_scaling_factor_scheme": (_ACCEPTED, "used only with enable_per_channel_scale"),
+    "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only (the default: coinciding centroids are re-spread to "
+                                             "midpoints before each training forward, in libedkm's core too)"),
+    "quant_min": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
+    "quant_max": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
+    "dtype": (_ACCEPTED, "libedkm's LUT quantization uses the whole range of lut_dtype (int8 -128..127, "
+                         "uint8 0..255) with a scale from each LUT's own range"),
+    "per_channel_scaling_factor_scheme": (_IMPLEMENTED, "min_max (0.5 (max - min) per channel) or abs (max |w|); "
+                                                        "a channel whose factor is 0 gets max |w|, or 1 if all zero"),
     "palett_lambda": (_ACCEPTED, "stored but never read by coremltools 9.0's FakePalettize"),
     "palett_max_mem": (_ACCEPTED, "coremltools' GPU memory for saved tensors (lossless pack hooks); "
                                   "libedkm's memory is its runtime's saved_mode / budget"),
@@ -252,9 +269,7 @@ class ModuleDKMPalettizerConfig:
             raise ValueError(f"per_channel_scaling_factor_scheme: 'min_max' or 'abs', got "
                              f"{self.per_channel_scaling_factor_scheme!r}")
         checks = {
-            "enable_per_channel_scale": lambda v: v is False,
-            "enforce_zero": lambda v: v is False,
-            "lut_dtype": lambda v: v in ("f32", "fp32", "float32"),
+            "lut_dtype": lambda v: v in _LUT_DTYPES,
             "quantize_activations": lambda v: v is False,
             "cluster_permute": lambda v: v is None or tuple(v) == (),
             "percentage_palett_enable": lambda v: _is_number(v) and v == 1,
@@ -265,6 +280,10 @@ class ModuleDKMPalettizerConfig:
         for key, ok in checks.items():
             if not ok(getattr(self, key)):
                 _not_implemented(key, getattr(self, key))
+        if self.enforce_zero and self.prune_threshold == 0:
+            raise NotImplementedError("edkm.torch.DKMPalettizer: enforce_zero=True with prune_threshold=0 "
+                                      "(coremltools' keep-sparsity rule: nonzero weights never attend to the "
+                                      "zero centroid) is not implemented in libedkm; use prune_threshold > 0")
 
     # ---- what a module gets ----
 
@@ -280,7 +299,8 @@ class ModuleDKMPalettizerConfig:
                     max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
                     zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
-                    algorithm=self.algorithm, seed=self.seed)
+                    algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero),
+                    lut_dtype=_LUT_DTYPES[self.lut_dtype] if _LUT_DTYPES[self.lut_dtype] in ("i8", "u8") else "f32")
 
 
 def _not_implemented_init(v):
@@ -387,39 +407,111 @@ class AxisSwap(nn.Module):
         return w.transpose(0, -1)
 
 
+class RowScale(nn.Module):
+    """Parametrization w -> w / s (divide=True) or w * s: s (the buffer `scale`, shape (out, 1)) is one
+    factor per output channel, applied to w.flatten(1) as coremltools' FakePalettize does."""
+
+    def __init__(self, scale, divide):
+        super().__init__()
+        self.divide = bool(divide)
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, w):
+        s = self.scale.to(device=w.device, dtype=w.dtype)
+        rows = w.flatten(1)
+        return (rows / s if self.divide else rows * s).view(w.size())
+
+
+class CastRound(nn.Module):
+    """Parametrization w -> w.to(dtype).to(w.dtype): coremltools' lut_dtype f16 / b16 rounding of the
+    palettized weights (autograd rounds the gradient the same way, as in coremltools)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, w):
+        return w.to(self.dtype).to(w.dtype)
+
+
+def per_channel_scale(weight, scheme="min_max"):
+    """coremltools' per_channel_scaling_factor of a weight (rows = output channels), shape (out, 1):
+    scheme 'min_max' 0.5 (max - min) of each row, 'abs' max |w| of each row. A row whose factor is 0
+    (a constant row with min_max, a zero row) makes coremltools divide by zero (NaN weights); here it
+    gets max |w| of the row instead, or 1 for a zero row, so that it is clustered like the others."""
+    rows = weight.detach().flatten(1)
+    peak = rows.abs().max(1).values
+    if scheme == "min_max":
+        s = 0.5 * (rows.max(1).values - rows.min(1).values)
+    elif scheme == "abs":
+        s = peak
+    else:
+        raise ValueError(f"per_channel_scaling_factor_scheme: 'min_max' or 'abs', got {scheme!r}")
+    fallback = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return torch.where(s > 0, s, fallback).view(-1, 1)
+
+
+def _chain(module):
+    """(pre, DKMWeight, post) of a weight palettized through a chain of parametrizations
+    ([RowScale], [AxisSwap], DKMWeight, [AxisSwap], [RowScale]), or None for a plain DKMWeight."""
+    if not torch.nn.utils.parametrize.is_parametrized(module, "weight"):
+        return None
+    items = list(module.parametrizations["weight"])
+    if isinstance(items[0], _et().DKMWeight) and len(items) == 1:
+        return None
+    i = next(i for i, p in enumerate(items) if isinstance(p, _et().DKMWeight))
+    return items[:i], items[i], items[i + 1:]
+
+
+def _through(parametrizations, w):
+    for p in parametrizations:
+        w = p(w)
+    return w
+
+
 def _clustered(module):
-    """The tensor the DKM layer of module.weight clusters: the weight, or its transpose(0, -1) for
-    vectors along the output channels (parametrizations AxisSwap, DKMWeight, AxisSwap)."""
+    """The tensor the DKM layer of module.weight clusters: the weight, or it after the chain's
+    parametrizations before the DKM layer (divided by the per-channel scale, transposed for vectors
+    along the output channels)."""
     plist = module.parametrizations["weight"]
-    return plist.original.transpose(0, -1) if isinstance(plist[0], AxisSwap) else plist.original
+    chain = _chain(module)
+    return plist.original if chain is None else _through(chain[0], plist.original)
 
 
-def _palettize_along_output_channels(module, runtime, opts):
-    """Vector palettization as coremltools does it: vectors of cluster_dim consecutive output channels
-    (coremltools' vectorize: w.transpose(0, -1).reshape(-1, d)). libedkm's vectors run along the last
-    axis, so the DKM layer works on w.transpose(0, -1): the parametrizations AxisSwap, DKMWeight (of
-    the transposed shape), AxisSwap. The centroids start from the weights now."""
+def _palettize_chain(module, runtime, opts, scale=None, rounding=None):
+    """Palettization as coremltools does it where libedkm's layer needs help around it: with a
+    per-channel scale (RowScale dividing before and multiplying after the DKM layer) and/or vectors of
+    cluster_dim consecutive OUTPUT channels (coremltools' vectorize: w.transpose(0, -1).reshape(-1, d);
+    libedkm's vectors run along the last axis, so AxisSwap before and after). The centroids start
+    from the (scaled, transposed) weights now."""
     et = _et()
     w = module.weight
     if not isinstance(w, nn.Parameter):
         raise TypeError(f"edkm.torch.DKMPalettizer: {type(module).__name__}.weight is not a Parameter")
-    t = w.detach().transpose(0, -1)
+    pre = [RowScale(scale, divide=True)] if scale is not None else []
+    post = [RowScale(scale, divide=False)] if scale is not None else []
+    if opts["cluster_dim"] > 1:
+        pre, post = pre + [AxisSwap()], [AxisSwap()] + post
+    if rounding is not None:
+        post = post + [CastRound(rounding)]
+    with torch.no_grad():
+        t = _through(pre, w.detach())
     dkm = et.DKMWeight(runtime, t.shape, w.dtype, opts, weight=t.contiguous())
     dkm.train(module.training)
-    for p in (AxisSwap(), dkm, AxisSwap()):
+    for p in pre + [dkm] + post:
         torch.nn.utils.parametrize.register_parametrization(module, "weight", p, unsafe=True)
 
 
-def _finalize_along_output_channels(module):
-    """finalize for _palettize_along_output_channels: the hard weights into the Parameter, and the
-    buffers coremltools' finalize registers (compression_type, lut (1, ..., 1, 2^bits, d),
-    vector_axis 0)."""
+def _finalize_chain(module):
+    """finalize for _palettize_chain: the hard weights into the Parameter, and the buffers
+    coremltools' finalize registers: compression_type, lut (1, ..., 1, 2^bits, d) in the scaled
+    units, vector_axis 0 for vectors, palettization_scale (out, 1, ..., 1) with a per-channel scale."""
     et = _et()
-    plist = module.parametrizations["weight"]
-    dkm = plist[1]
-    original = plist.original
-    pt = dkm.export(original.detach().transpose(0, -1))
-    hard = pt.dense().transpose(0, -1)
+    pre, dkm, post = _chain(module)
+    original = module.parametrizations["weight"].original.detach()
+    pt = dkm.export(_through(pre, original))
+    with torch.no_grad():
+        hard = _through(post, pt.dense().to(original.device))
     et._own_class(module)
     torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     with torch.no_grad():
@@ -427,8 +519,33 @@ def _finalize_along_output_channels(module):
     base = f"{et.COREML_PREFIX}/weight/"
     module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION]))
     module.register_buffer(base + "lut", pt.coreml_lut(original.dim()))
-    module.register_buffer(base + "vector_axis", torch.tensor(0))
+    if any(isinstance(p, AxisSwap) for p in pre):
+        module.register_buffer(base + "vector_axis", torch.tensor(0))
+    scales = [p.scale for p in post if isinstance(p, RowScale)]
+    if scales:
+        module.register_buffer(base + "palettization_scale",
+                               scales[0].detach().float().reshape((-1,) + (1,) * (original.dim() - 1)).clone())
     dkm.close()
+
+
+def _register_lut_quantization(module, lut_dtype):
+    """Core ML's joint palettization + quantization metadata for a finalized module whose LUTs were
+    quantized in training: compression_type [palettization, quantization], quantization_n_bits 8,
+    quantization_scale (and zero_point for u8) per LUT, shaped like the LUT with its last two axes 1
+    (coremltools.convert then stores each LUT as 8-bit integers: constexpr_lut_to_dense on an int8 /
+    uint8 LUT, then constexpr_blockwise_shift_scale)."""
+    et = _et()
+    base = f"{et.COREML_PREFIX}/weight/"
+    lut = module.get_buffer(base + "lut")
+    groups = lut.shape[0]
+    params = [et._core.lut_quantization(lut[g].detach().cpu().numpy(), lut_dtype) for g in range(groups)]
+    shape = (groups,) + (1,) * (lut.dim() - 1)
+    module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION, 3]))
+    module.register_buffer(base + "quantization_n_bits", torch.tensor(8))
+    module.register_buffer(base + "quantization_scale",
+                           torch.tensor([p[0] for p in params], dtype=torch.float32).reshape(shape))
+    if lut_dtype == "u8":
+        module.register_buffer(base + "zero_point", torch.tensor([p[1] for p in params], dtype=torch.float32).reshape(shape))
 
 
 class PalettizationReport(dict):
@@ -483,6 +600,7 @@ class DKMPalettizer:
         self._started = set()
         self._step_count = 0
         self._prepared = False
+        self._scales = {}  # name -> per-channel scale (out, 1) of modules with enable_per_channel_scale
 
     @property
     def runtime(self):
@@ -516,6 +634,10 @@ class DKMPalettizer:
         if self._runtime is None:
             self._runtime = _et()._runtime_from(self._runtime_spec)
         self._model, self._plan, self._started, self._step_count = model, plan, set(), 0
+        # coremltools computes the per-channel scale at the module's first forward, before any
+        # optimizer step (also before its milestone): from the weights as they are now
+        self._scales = {name: per_channel_scale(model.get_submodule(name).weight, cfg.per_channel_scaling_factor_scheme)
+                        for name, (cfg, _) in plan.items() if cfg.enable_per_channel_scale}
         self._prepared = True
         for name, (cfg, _) in plan.items():
             if cfg.milestone == 0:
@@ -525,10 +647,12 @@ class DKMPalettizer:
     def _start(self, name):
         cfg, mtype = self._plan[name]
         opts = cfg.layer_options(mtype)
-        if opts["cluster_dim"] == 1:
+        scale = self._scales.get(name)
+        rounding = _ROUNDING_TYPES.get(_LUT_DTYPES[cfg.lut_dtype])
+        if opts["cluster_dim"] == 1 and scale is None and rounding is None:
             _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
         else:
-            _palettize_along_output_channels(self._model.get_submodule(name), self._runtime, opts)
+            _palettize_chain(self._model.get_submodule(name), self._runtime, opts, scale, rounding)
         self._started.add(name)
 
     def step(self):
@@ -549,11 +673,16 @@ class DKMPalettizer:
         model.eval()
         if not inplace:
             model = copy.deepcopy(model)
-        for module in model.modules():
-            if (torch.nn.utils.parametrize.is_parametrized(module, "weight")
-                    and isinstance(module.parametrizations["weight"][0], AxisSwap)):
-                _finalize_along_output_channels(module)
-        return _et().finalize(model)
+        for module in list(model.modules()):
+            if _chain(module) is not None:
+                _finalize_chain(module)
+        lut_types = {name: cfg.layer_options(mtype)["lut_dtype"] for name, (cfg, mtype) in self._plan.items()
+                     if name in self._started}
+        model = _et().finalize(model)
+        for name, lut_dtype in lut_types.items():
+            if lut_dtype != "f32":
+                _register_lut_quantization(model.get_submodule(name), lut_dtype)
+        return model
 
     def report(self):
         """PalettizationReport: per selected module its shape, bits, group size, started or not,
@@ -573,8 +702,9 @@ class DKMPalettizer:
                 with torch.no_grad():
                     pt = p.export(_clustered(m))
                     hard = pt.dense()
-                    if isinstance(m.parametrizations.weight[0], AxisSwap):
-                        hard = hard.transpose(0, -1)
+                    chain = _chain(m)
+                    if chain is not None:
+                        hard = _through(chain[2], hard.to(w.device))
                     wf = w.detach().float()
                     stats = p.layer.stats()
                     fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()},

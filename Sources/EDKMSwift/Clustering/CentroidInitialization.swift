@@ -168,6 +168,22 @@ public enum CentroidInitialization {
         return centroids
     }
 
+    /// coremltools' enforce_zero placement: the centroid nearest the origin (smallest ||c_j||^2,
+    /// the first on ties) takes the value of centroid 0, and centroid 0 becomes the zero vector.
+    public static func placeZeroFirst(_ c: inout [Float], k: Int, d: Int) {
+        var nearest = 0
+        var best = Double.infinity
+        for j in 0..<k {
+            var norm = 0.0
+            for e in 0..<d { norm += Double(c[j * d + e]) * Double(c[j * d + e]) }
+            if norm < best { best = norm; nearest = j }
+        }
+        for e in 0..<d {
+            c[nearest * d + e] = c[e]
+            c[e] = 0
+        }
+    }
+
     /// coremltools' re-spread of collapsed centroids (scalar or vector): with the distinct
     /// centroids sorted (lexicographically), for every distinct centroid that occurs more than
     /// once, its first occurrence moves to the midpoint between it and the next distinct centroid

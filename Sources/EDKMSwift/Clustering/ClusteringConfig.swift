@@ -47,6 +47,21 @@ public struct ClusteringConfig: Sendable, Equatable {
     public var seed: UInt64 = 0x5eed
     /// How `tau` (and the prune threshold and epsilon) are read.
     public var temperatureMode: TemperatureMode = .scaleFree
+    /// coremltools' enforce_zero: centroid 0 of every partition is fixed at 0. The initial
+    /// centroid nearest 0 is replaced by 0 and swapped to index 0 (`CentroidInitialization.placeZeroFirst`),
+    /// and every iteration sets c^{t+1}_0 = 0, a constant (its adjoint is dropped in the backward).
+    /// With pruneThreshold 0 coremltools switches to its keep-sparsity rule (nonzero weights never
+    /// attend to centroid 0), which is not implemented: `validate` refuses that combination.
+    public var enforceZero: Bool = false
+    /// LUT quantization inside the iterations (`LUTQuantization`). Raw values equal the C ABI's `edkm_lut_dtype`.
+    public enum LUTType: Int32, Sendable {
+        case f32 = 0
+        /// Symmetric int8, one scale per LUT.
+        case int8 = 1
+        /// Affine uint8, one scale and zero point per LUT.
+        case uint8 = 2
+    }
+    public var lutType: LUTType = .f32
 
     /// Raw values equal the C ABI's `edkm_temperature_mode`.
     public enum TemperatureMode: Int32, Sendable {
@@ -91,6 +106,9 @@ public struct ClusteringConfig: Sendable, Equatable {
         }
         guard temperatureMode == .absolute || temperatureMode == .scaleFree else {
             throw EDKMError(.invalidArgument, "unknown temperature mode")
+        }
+        if enforceZero && pruneThreshold == 0 {
+            throw EDKMError(.invalidArgument, "enforce_zero with prune_threshold 0 (coremltools' keep-sparsity rule: nonzero weights never attend to the zero centroid) is not implemented; use a prune_threshold > 0")
         }
         if clusterDim > 1 && algorithm == .uniquified {
             throw EDKMError(.invalidArgument, "the uniquified algorithm clusters scalars only (cluster_dim 1), got cluster_dim \(clusterDim)")

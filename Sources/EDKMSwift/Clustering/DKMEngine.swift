@@ -16,6 +16,9 @@ public struct PartitionTrace: Sendable, Equatable {
     public var centroids: [[Double]]
     /// S^0 ... S^{T-1}, each k: S^t_j = sum_m n_m A^t_mj.
     public var normalizers: [[Double]]
+    /// With LUT quantization: P^t / S^t before the quantization (index 0 = c^0), each k x d, which
+    /// the backward differentiates (the quantizer is straight-through); empty otherwise.
+    public var rawCentroids: [[Double]] = []
     /// I^{T-1} = sum_m n_m min_j D_mj at the last iteration.
     public var inertia: Double
     /// The temperature, prune bias and stop tolerance this partition ran with.
@@ -25,7 +28,9 @@ public struct PartitionTrace: Sendable, Equatable {
     /// T, the iterations run.
     public var iterations: Int { normalizers.count }
     /// Bytes this trace occupies when saved.
-    public var byteCount: Int { (centroids.reduce(0) { $0 + $1.count } + normalizers.reduce(0) { $0 + $1.count } + 4) * 8 }
+    public var byteCount: Int {
+        ((centroids + rawCentroids).reduce(0) { $0 + $1.count } + normalizers.reduce(0) { $0 + $1.count } + 4) * 8
+    }
 }
 
 /// The DKM forward iterations and the reverse-mode backward over every partition of a tensor,
@@ -76,6 +81,7 @@ struct DKMEngine {
         let k = config.k, d = config.clusterDim
         let P = rows.count
         var traces = (0..<P).map { PartitionTrace(centroids: [initial[$0]], normalizers: [], inertia: 0, parameters: parameters[$0]) }
+        if config.lutType != .f32 { for p in 0..<P { traces[p].rawCentroids = [initial[p]] } }
         var active = Array(0..<P)
         var lastInertia = [Double](repeating: 0, count: P)
         let stride = k + k * d + 1  // S, P, inertia
@@ -123,6 +129,11 @@ struct DKMEngine {
                 for j in 0..<k {
                     for e in 0..<d { next[j * d + e] = S[j] > 0 ? Psum[j * d + e] / S[j] : c[j * d + e] }
                 }
+                if config.lutType != .f32 { traces[p].rawCentroids.append(next) }
+                if config.enforceZero { for e in 0..<d { next[e] = 0 } }  // coremltools: c_0 reset to zero
+                // after the zero: the LUT's scale (and zero point) then hold for the LUT as it stays,
+                // and zero is exact in both types
+                LUTQuantization.apply(config.lutType, to: &next)  // straight-through in the backward
                 traces[p].normalizers.append(S)
                 traces[p].centroids.append(next)
                 traces[p].inertia = inertia
@@ -303,6 +314,8 @@ struct DKMEngine {
         for step in 0..<maxT {
             // Partition p processes t = T_p - 1 - step when that is >= 0.
             let live = (0..<P).filter { traces[$0].iterations - 1 - step >= 0 }
+            // With enforceZero, c^{t+1}_0 = 0 is a constant: its adjoint goes nowhere.
+            if config.enforceZero { for p in live { for e in 0..<d { cbar[p][e] = 0 } } }
             let liveItems = blocks(rows, partitions: live)
             // Pbar_j = cbar_j / S^t_j (0 where S^t_j = 0: there c^{t+1}_j = c^t_j passes cbar through).
             var pbar = cbar
@@ -326,7 +339,8 @@ struct DKMEngine {
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let saved = savedSoftmax?(item.partition, t, item.start, item.count)
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
-                                trace.centroids[t + 1].withUnsafeBufferPointer { cnB in
+                                // the update P/S itself (before any LUT quantization: straight-through)
+                                (trace.rawCentroids.isEmpty ? trace.centroids : trace.rawCentroids)[t + 1].withUnsafeBufferPointer { cnB in
                                     pbar[item.partition].withUnsafeBufferPointer { pbB in
                                         kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
                                                                       pbB.baseAddress!, saved: saved, r, acc, accumulate: t > 0)

@@ -142,8 +142,10 @@ extension Layer {
         let hists = input.histograms
         return try exclusive { () throws(EDKMError) -> SavedState? in
             var initial = centroids ?? hists.map { h in
-                CentroidInitialization.optimal1D(values: h.keys.map { ElementIO.keyValue($0, type: keyType) },
-                                                 counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }
+                var c = CentroidInitialization.optimal1D(values: h.keys.map { ElementIO.keyValue($0, type: keyType) },
+                                                         counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }
+                if config.enforceZero { CentroidInitialization.placeZeroFirst(&c, k: config.k, d: 1) }
+                return c
             }
             for p in 0..<initial.count { CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: 1) }
             let builder = save ? SavedStateBuilder(layer: self, input: .callerHistograms(keyType: keyType),

@@ -32,8 +32,12 @@ extension Layer {
                                              hashing: false).0[0]
             let global = try allReduceHistogram(local, weights: weights, type: type, keyType: keys.keyType, count: count)
             let values = global.keys.map { ElementIO.keyValue($0, type: keys.keyType) }
-            var initial = centroids?[0] ?? CentroidInitialization.optimal1D(
-                values: values, counts: global.counts.map { Double($0) }, k: config.k).map { Float($0) }
+            var initial: [Float]
+            if let current = centroids?[0] { initial = current } else {
+                initial = CentroidInitialization.optimal1D(values: values, counts: global.counts.map { Double($0) },
+                                                           k: config.k).map { Float($0) }
+                if config.enforceZero { CentroidInitialization.placeZeroFirst(&initial, k: config.k, d: 1) }
+            }
             CentroidInitialization.respreadDuplicates(&initial, k: config.k, d: 1)
             let held = global.counts.reduce(0) { $0 + Int($1) }  // the weights all ranks' slices hold
             let run = try uniquifiedRun(keys, [global], elementsPerPartition: count, initial: [initial.map { Double($0) }],

@@ -100,7 +100,16 @@ public final class Layer: @unchecked Sendable {
         }
     }
 
+    /// The configured initialisation from the weights, with the zero centroid placed first under enforceZero.
     func computeInitialCentroids(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [[Float]] {
+        var result = try initialCentroidsFromWeights(weights, type: type)
+        if config.enforceZero {
+            for p in result.indices { CentroidInitialization.placeZeroFirst(&result[p], k: config.k, d: config.clusterDim) }
+        }
+        return result
+    }
+
+    private func initialCentroidsFromWeights(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [[Float]] {
         let k = config.k, d = config.clusterDim
         let E = geometry.elementsPerPartition
         let useOptimal = d == 1 && config.initialization != .kMeansPlusPlus

@@ -62,13 +62,13 @@ public final class SavedState: @unchecked Sendable {
 
     // MARK: trace encoding
 
-    /// [P, then per partition: T, c^0..c^T (k d each), S^0..S^{T-1} (k each), inertia, tau,
-    /// prune, epsilon].
+    /// [P, then per partition: T, c^0..c^T (k d each), (with LUT quantization: the raw c^0..c^T,
+    /// k d each), S^0..S^{T-1} (k each), inertia, tau, prune, epsilon].
     static func encodeTraces(_ traces: [PartitionTrace]) -> [Double] {
         var out: [Double] = [Double(traces.count)]
         for t in traces {
             out.append(Double(t.iterations))
-            for c in t.centroids { out += c }
+            for c in t.centroids + t.rawCentroids { out += c }
             for s in t.normalizers { out += s }
             out += [t.inertia, t.parameters.tau, t.parameters.prune, t.parameters.epsilon]
         }
@@ -88,10 +88,13 @@ public final class SavedState: @unchecked Sendable {
         for _ in 0..<P {
             let T = Int(take(1)[0])
             let cs = (0...T).map { _ in take(kd) }
+            let raw = config.lutType == .f32 ? [] : (0...T).map { _ in take(kd) }
             let ss = (0..<T).map { _ in take(k) }
             let tail = take(4)
-            result.append(PartitionTrace(centroids: cs, normalizers: ss, inertia: tail[0],
-                                         parameters: EffectiveParameters(tau: tail[1], prune: tail[2], epsilon: tail[3])))
+            var trace = PartitionTrace(centroids: cs, normalizers: ss, inertia: tail[0],
+                                       parameters: EffectiveParameters(tau: tail[1], prune: tail[2], epsilon: tail[3]))
+            trace.rawCentroids = raw
+            result.append(trace)
         }
         return result
     }
