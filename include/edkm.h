@@ -33,8 +33,8 @@
  *   layers on one runtime may run concurrently.
  * - The library never prints, never exits, never aborts on bad input.
  * - Each function's comment ends with "Returns:", the statuses it can give besides EDKM_OK
- *   (EDKM_ERR_INTERNAL, a bug, is possible everywhere and not listed). A status not listed there
- *   is a bug too.
+ *   (EDKM_ERR_INTERNAL, a bug, is possible everywhere and not listed). A NULL handle gives
+ *   EDKM_ERR_NULL_POINTER, like any NULL pointer argument; a status not listed is a bug too.
  * - "(since 0.x)" marks what was added after 0.1: a program that uses it needs a library of that
  *   version or later (check edkm_version_number() at run time when it matters).
  *
@@ -226,7 +226,7 @@ EDKM_API edkm_status edkm_runtime_create(const edkm_runtime_config *cfg, edkm_ru
 EDKM_API void edkm_runtime_destroy(edkm_runtime *runtime);
 
 /** Changes the byte budget (0 = unlimited). Bytes already held are not affected.
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_runtime_set_budget(edkm_runtime *runtime, uint64_t budget_bytes);
 
 /** Arena statistics, read from jemalloc's own per-arena counters (bytes) and the library's. */
@@ -247,10 +247,10 @@ typedef struct edkm_runtime_stats {
 } edkm_runtime_stats;
 
 /** Writes the statistics. out->struct_size must be set by the caller.
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE. */
 EDKM_API edkm_status edkm_runtime_get_stats(const edkm_runtime *runtime, edkm_runtime_stats *out);
 /** Sets arena_peak to arena_allocated and heap_saved_peak to heap_saved.
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_runtime_reset_peak(edkm_runtime *runtime);
 
 /* ============================ Layer ============================ */
@@ -331,7 +331,7 @@ EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
  * cfg may be NULL (defaults). The layer has no centroids until
  * edkm_layer_init_centroids, edkm_layer_set_centroids or its first forward (which initialises
  * them from the weights with cfg->init).
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE (runtime), EDKM_ERR_STRUCT_SIZE,
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE (runtime), EDKM_ERR_STRUCT_SIZE,
  * EDKM_ERR_INVALID_ARGUMENT (a config field out of range, or an enum value unknown),
  * EDKM_ERR_DTYPE (f32_key_dtype not an edkm_dtype), EDKM_ERR_SHAPE (ndim, an extent, the
  * element count, or a geometry the config does not fit).
@@ -345,26 +345,26 @@ EDKM_API void edkm_layer_destroy(edkm_layer *layer);
  * The configuration the layer runs with (since 0.4), every default resolved: unset thresholds
  * hold the values the temperature mode gave them (e.g. tau = 0.1 scale-free, 1e-4 absolute).
  * out->struct_size must be set by the caller (edkm_layer_config_init sets it); only the fields it
- * covers are written. Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE.
+ * covers are written. Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE.
  */
 EDKM_API edkm_status edkm_layer_get_config(const edkm_layer *layer, edkm_layer_config *out);
 
 /**
  * Number of floats in the layer's centroids: groups * 2^bits * cluster_dim, where groups =
  * shape[0] / group_size (1 when group_size is 0). Layout [group][centroid][dim].
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE.
  */
 EDKM_API edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
 /** Copies the current centroids (layout above) into out[count].
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count), EDKM_ERR_STATE
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count), EDKM_ERR_STATE
  *  (no centroids yet), EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
 /** Replaces the centroids (layout above), e.g. to restore a checkpoint. Must be finite.
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count), EDKM_ERR_NON_FINITE,
- *  EDKM_ERR_BUSY. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count),
+ *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);
 /** (Re)initialises the centroids from weights[count] (count = the tensor's element count).
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
  *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY, EDKM_ERR_OUT_OF_MEMORY. */
 EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *weights,
                                                edkm_dtype dtype, size_t count);
@@ -377,11 +377,11 @@ EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *we
  * The layer's centroids become c^T (the warm start of the next forward).
  * saved: NULL = nothing is kept (no backward possible); otherwise *saved receives a new saved state
  * (release with edkm_saved_state_destroy), stored as the runtime's saved_mode says.
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE,
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
  * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; EDKM_ALGORITHM_UNIQUIFIED
- * without 16-bit keys), EDKM_ERR_SHAPE (count), EDKM_ERR_NON_FINITE (weights), EDKM_ERR_INVALID_ARGUMENT
- * (a scale-free temperature too small for these weights), EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
- * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
+ * without 16-bit keys), EDKM_ERR_SHAPE (count), EDKM_ERR_NON_FINITE (weights),
+ * EDKM_ERR_INVALID_ARGUMENT (a scale-free temperature too small for these weights), EDKM_ERR_BUSY,
+ * EDKM_ERR_BUDGET_EXCEEDED, EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                         size_t count, void *out, edkm_dtype out_dtype,
@@ -398,13 +398,13 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * makes every rank fail with EDKM_ERR_NON_FINITE. The saved state's backward takes this rank's
  * slice of grad_output, grad_input and weights (count elements); such a state keeps only the
  * histogram whatever the saved_mode, so its backward needs the weights unless keep_weights was
- * set (NULL weights give EDKM_ERR_STATE). Since 0.2.
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE,
- * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; EDKM_ALGORITHM_UNIQUIFIED
- * without 16-bit keys), EDKM_ERR_SHAPE (count), EDKM_ERR_NON_FINITE (weights), EDKM_ERR_INVALID_ARGUMENT
- * (a scale-free temperature too small for these weights), EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
- * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR, EDKM_ERR_COMMUNICATOR, EDKM_ERR_INVALID_ARGUMENT also for a slice outside the
- * tensor or a layer the sharded form does not support.
+ * set (NULL weights give EDKM_ERR_STATE). (since 0.2)
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
+ * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; no 16-bit keys or cluster_dim > 1),
+ * EDKM_ERR_SHAPE (a slice outside the tensor; every slice empty), EDKM_ERR_NON_FINITE (weights of
+ * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a scale-free temperature too small for
+ * these weights), EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
+ * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                               size_t offset, size_t count, void *out, edkm_dtype out_dtype,
@@ -430,7 +430,7 @@ typedef struct edkm_layer_stats {
 } edkm_layer_stats;
 
 /** Writes the statistics of the last forward. out->struct_size must be set by the caller.
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE, EDKM_ERR_BUSY. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE, EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_stats *out);
 
 /* ============================ Saved state ============================ */
@@ -440,14 +440,14 @@ EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_st
  * (count elements of grad_dtype) through every DKM iteration (no gradient to the initial
  * centroids). weights: the weights given to the forward (same dtype), needed in
  * EDKM_SAVED_HISTOGRAM mode (and for a state of edkm_layer_forward_shard in every mode) unless
- * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
- * weights that differ from the forward's give EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
+ * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL
+ * weights where they are needed give EDKM_ERR_STATE; weights that differ from the forward's give
+ * EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
  * Gradients are computed in float64 and rounded to grad_dtype: a value beyond its range becomes
- * +-Inf (an f16 gradient above 65,504, say), as in PyTorch, where a loss scaler detects it.
- * A non-finite grad_output is rejected with EDKM_ERR_NON_FINITE (nothing written; the state stays
- * usable).
- * Its memory is released by edkm_saved_state_destroy (not by backward).
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
+ * +-Inf (an f16 gradient above 65,504, say), as in PyTorch, where a loss scaler detects it. A
+ * non-finite grad_output is rejected with EDKM_ERR_NON_FINITE (nothing written; the state stays
+ * usable). Its memory is released by edkm_saved_state_destroy (not by backward).
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
  * EDKM_ERR_NON_FINITE (grad_output), EDKM_ERR_STATE, EDKM_ERR_WEIGHTS_CHANGED, EDKM_ERR_BUSY,
  * EDKM_ERR_COMMUNICATOR (EDKM_SAVED_SHARD, and states of edkm_layer_forward_shard),
  * EDKM_ERR_OUT_OF_MEMORY.
@@ -456,7 +456,7 @@ EDKM_API edkm_status edkm_saved_state_backward(edkm_saved_state *state, const vo
                                                void *grad_input, edkm_dtype grad_dtype,
                                                size_t count, const void *weights);
 /** Bytes this saved state holds (arena or heap; a deduplicated tensor counts fully in each).
- *  Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE. */
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_saved_state_bytes(const edkm_saved_state *state, uint64_t *bytes);
 /** Releases the saved state and its memory. NULL is a no-op. */
 EDKM_API void edkm_saved_state_destroy(edkm_saved_state *state);
@@ -467,7 +467,7 @@ EDKM_API void edkm_saved_state_destroy(edkm_saved_state *state);
  * Sizes of the hard-palettized export of the layer: lut_count = groups * 2^bits * cluster_dim
  * values; packed_bytes = groups * ceil(n_per_group / cluster_dim * bits / 8), where each group's
  * indices start on a byte boundary.
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE.
  */
 EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lut_count,
                                              size_t *packed_bytes);
@@ -481,9 +481,10 @@ EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lu
  * An F16 LUT needs every centroid within the f16 range (|c| <= 65504 after rounding): otherwise
  * EDKM_ERR_INVALID_ARGUMENT and nothing is written (export with an F32 LUT).
  * edkm_layer_export_sized is the same with the LUT's size given (and checked).
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE (dtype; lut_dtype neither F32
- * nor F16), EDKM_ERR_SHAPE (count, packed_bytes), EDKM_ERR_STATE (no centroids yet),
- * EDKM_ERR_INVALID_ARGUMENT (a centroid beyond the F16 range), EDKM_ERR_BUSY.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
+ * EDKM_ERR_DTYPE (dtype; lut_dtype neither F32 nor F16), EDKM_ERR_SHAPE (count, packed_bytes),
+ * EDKM_ERR_NON_FINITE (weights), EDKM_ERR_STATE (no centroids yet), EDKM_ERR_INVALID_ARGUMENT (a
+ * centroid beyond the F16 range), EDKM_ERR_BUSY.
  */
 EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                        size_t count, void *lut, edkm_dtype lut_dtype,
@@ -502,7 +503,7 @@ EDKM_API edkm_status edkm_layer_export_sized(const edkm_layer *layer, const void
  * nothing written); lut_count, packed_bytes and count must be exactly the layer's
  * (edkm_layer_export_sizes, the tensor's element count). Arguments in the order of
  * edkm_layer_export_sized: each buffer, its dtype, its size.
- * Returns: EDKM_ERR_NULL_POINTER (a NULL handle or pointer), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE (lut_dtype, out_dtype),
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE (lut_dtype, out_dtype),
  * EDKM_ERR_SHAPE (lut_count, packed_bytes, count), EDKM_ERR_NON_FINITE (a LUT entry).
  */
 EDKM_API edkm_status edkm_layer_unpack_sized(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
