@@ -181,7 +181,7 @@ import Testing
         c.tau = 0
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
         c = layerConfig()
-        c.tau = .nan
+        c.tau = .infinity  // (NaN is "unset": the mode's default)
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
         c = layerConfig(group: 5)
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_SHAPE)  // 5 does not divide 16
