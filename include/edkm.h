@@ -32,6 +32,24 @@
  *   state while another call on it is running gets EDKM_ERR_BUSY (nothing is corrupted). Different
  *   layers on one runtime may run concurrently.
  * - The library never prints, never exits, never aborts on bad input.
+ * - Each function's comment ends with "Returns:", the statuses it can give besides EDKM_OK
+ *   (EDKM_ERR_INTERNAL, a bug, is possible everywhere and not listed). A NULL handle gives
+ *   EDKM_ERR_NULL_POINTER, like any NULL pointer argument; a status not listed is a bug too.
+ * - "(since 0.x)" marks what was added after 0.1: a program that uses it needs a library of that
+ *   version or later (check edkm_version_number() at run time when it matters).
+ *
+ * Two tiers
+ * ---------
+ * The stable tier is everything above the "Experimental tier" fence near the end of this file:
+ * create a runtime and layers, forward, backward, export, the histogram form for device-resident
+ * weights, statistics. Its defaults (edkm_runtime_config_init, edkm_layer_config_init) are the
+ * recommended settings; a binding passes them on rather than restating them, in particular the
+ * temperature thresholds, which are "unset" (NaN) until the caller sets them and then follow the
+ * temperature mode (see edkm_layer_config).
+ * The experimental tier (below the fence) holds the knobs of the eDKM ablation and of tuning: the
+ * saved modes other than the default, the forward's algorithm, f32_key_dtype. They stay ABI
+ * (values and fields are never renumbered or reused), but their behaviour and figures may change
+ * in a minor version; production code should leave them at their defaults.
  *
  * ABI rule
  * --------
@@ -65,18 +83,25 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 3
+#define EDKM_VERSION_MINOR 4
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 300 for 0.3.0.
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 400 for 0.4.0.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
  *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
  *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
- *  trainers whose weights live on a device; nothing else changed. */
+ *  trainers whose weights live on a device; nothing else changed.
+ *  0.4: tau, epsilon and prune_threshold of edkm_layer_config may be unset (NaN, what
+ *  edkm_layer_config_init now writes): the layer then uses its temperature mode's default, so an
+ *  absolute-mode layer without a tau gets 1e-4 (coremltools') instead of the scale-free 0.1.
+ *  f32 partitions of over 65,536 weights are initialised on keys of the weights scaled by a power
+ *  of two when their RMS is tiny or huge. New: edkm_layer_get_config, edkm_layer_export_sized,
+ *  edkm_layer_unpack_sized (edkm_layer_unpack is deprecated: its LUT has no size). */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
-/** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's. */
+/** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.
+ *  Returns: cannot fail. */
 EDKM_API uint32_t edkm_version_number(void);
-/** "MAJOR.MINOR.PATCH", static storage. */
+/** "MAJOR.MINOR.PATCH", static storage. Returns: cannot fail. */
 EDKM_API const char *edkm_version_string(void);
 
 /* ============================ Status ============================ */
@@ -103,13 +128,14 @@ typedef enum edkm_status {
     EDKM_ERR_INTERNAL = 99          /**< a bug in libedkm; please report it */
 } edkm_status;
 
-/** A static, human-readable name for a status ("EDKM_ERR_SHAPE"); "EDKM_UNKNOWN_STATUS" otherwise. */
+/** A static, human-readable name for a status ("EDKM_ERR_SHAPE"); "EDKM_UNKNOWN_STATUS" otherwise.
+ *  Returns: cannot fail. */
 EDKM_API const char *edkm_status_name(edkm_status status);
 
 /**
  * The detail of the last failed call on the calling thread ("" when none). Thread-local; valid
  * until the next edkm_ call on this thread. Owned by the library: do not free. Successful calls
- * leave it unchanged.
+ * leave it unchanged. Returns: cannot fail.
  */
 EDKM_API const char *edkm_last_error(void);
 
@@ -168,32 +194,6 @@ typedef struct edkm_communicator {
 
 /* ============================ Runtime ============================ */
 
-/** What a forward keeps for its backward: the rows of the eDKM ablation. Values are ABI. */
-typedef enum edkm_saved_mode {
-    /** Ours (default): only the k-sized centroid/normaliser vectors of every iteration and the
-     *  U-sized value table; the weights are handed back to backward and checked by hash. */
-    EDKM_SAVED_HISTOGRAM = 0,
-    /** The DKM baseline: every iteration's N x k distance and attention maps and its copy of the
-     *  weights, as autograd keeps them, on the ordinary heap (not the arena, so budget_bytes does
-     *  not apply: heap_saved reports it; a failed heap allocation gives EDKM_ERR_OUT_OF_MEMORY).
-     *  This mode and the
-     *  next two keep N x k maps, so their forwards run EDKM_ALGORITHM_DENSE whatever the layer's
-     *  algorithm (f32_key_dtype does not apply); edkm_layer_stats reports the algorithm run. */
-    EDKM_SAVED_DKM = 1,
-    /** DKM + marshal: the same tensors, in the offload arena. */
-    EDKM_SAVED_MARSHAL = 2,
-    /** + dedup: a tensor whose content is already in the arena is referenced, not copied. */
-    EDKM_SAVED_DEDUP = 3,
-    /** + uniquify: U x k attention tables and an N-entry 16-bit index list instead of N x k maps. */
-    EDKM_SAVED_UNIQUIFY = 4,
-    /** + shard: each rank keeps 1/world_size of the index list; backward all-gathers it.
-     *  UNIQUIFY and SHARD need the uniquified algorithm (16-bit keys: f16/bf16 weights, or f32 with
-     *  f32_key_dtype set; cluster_dim 1). A layer that runs EDKM_ALGORITHM_DENSE under them keeps
-     *  one deduplicated copy of its weights instead (N x dtype bytes, not sharded);
-     *  edkm_layer_stats.algorithm tells which ran. */
-    EDKM_SAVED_SHARD = 5
-} edkm_saved_mode;
-
 typedef struct edkm_runtime_config {
     uint32_t struct_size;      /**< sizeof(edkm_runtime_config); set by edkm_runtime_config_init */
     uint32_t num_threads;      /**< worker threads for the O(N) passes; 0 = the cores available;
@@ -201,13 +201,15 @@ typedef struct edkm_runtime_config {
                                     runs with those it started (edkm_runtime_stats.num_threads) */
     uint64_t budget_bytes;     /**< cap on the arena's allocated bytes (not EDKM_SAVED_DKM's heap);
                                     0 = unlimited */
-    int32_t saved_mode;        /**< an edkm_saved_mode; default EDKM_SAVED_HISTOGRAM */
+    int32_t saved_mode;        /**< experimental tier: an edkm_saved_mode (see the end of this
+                                    file); default EDKM_SAVED_HISTOGRAM (0), the stable choice */
     uint32_t keep_weights;     /**< HISTOGRAM mode: 1 = also keep the weights' 16-bit keys (2 bytes
                                     per weight) so backward may be given weights = NULL; default 0 */
     const edkm_communicator *communicator; /**< NULL = one process (default); copied at create */
 } edkm_runtime_config;
 
-/** Fills cfg with the defaults above and struct_size = sizeof(edkm_runtime_config). */
+/** Fills cfg with the defaults above and struct_size = sizeof(edkm_runtime_config). NULL is a
+ *  no-op. Returns: cannot fail. */
 EDKM_API void edkm_runtime_config_init(edkm_runtime_config *cfg);
 
 /**
@@ -215,12 +217,16 @@ EDKM_API void edkm_runtime_config_init(edkm_runtime_config *cfg);
  * cfg may be NULL (defaults). *out receives the handle; release it with edkm_runtime_destroy.
  * Layers and saved states keep their runtime alive: destroying the runtime handle while they live
  * is allowed; the arena goes when the last of them is destroyed.
+ * Returns: EDKM_ERR_NULL_POINTER (out NULL, or a communicator without both callbacks),
+ * EDKM_ERR_STRUCT_SIZE (cfg or the communicator), EDKM_ERR_INVALID_ARGUMENT (num_threads,
+ * saved_mode, keep_weights, rank / world_size or reserved out of range), EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_runtime_create(const edkm_runtime_config *cfg, edkm_runtime **out);
 /** Releases the runtime handle. NULL is a no-op. */
 EDKM_API void edkm_runtime_destroy(edkm_runtime *runtime);
 
-/** Changes the byte budget (0 = unlimited). Bytes already held are not affected. */
+/** Changes the byte budget (0 = unlimited). Bytes already held are not affected.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_runtime_set_budget(edkm_runtime *runtime, uint64_t budget_bytes);
 
 /** Arena statistics, read from jemalloc's own per-arena counters (bytes) and the library's. */
@@ -240,9 +246,11 @@ typedef struct edkm_runtime_stats {
     uint64_t communicator_bytes;   /**< bytes this rank sent through the communicator */
 } edkm_runtime_stats;
 
-/** Writes the statistics. out->struct_size must be set by the caller. */
+/** Writes the statistics. out->struct_size must be set by the caller.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE. */
 EDKM_API edkm_status edkm_runtime_get_stats(const edkm_runtime *runtime, edkm_runtime_stats *out);
-/** Sets arena_peak to arena_allocated and heap_saved_peak to heap_saved. */
+/** Sets arena_peak to arena_allocated and heap_saved_peak to heap_saved.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_runtime_reset_peak(edkm_runtime *runtime);
 
 /* ============================ Layer ============================ */
@@ -257,14 +265,7 @@ typedef enum edkm_init {
     EDKM_INIT_KMEANS_PP = 2     /**< seeded k-means++ followed by Lloyd iterations */
 } edkm_init;
 
-/** Implementation of the forward and backward. Values are ABI. */
-typedef enum edkm_algorithm {
-    EDKM_ALGORITHM_AUTO = 0,        /**< UNIQUIFIED where possible (cluster_dim 1 and 16-bit keys) */
-    EDKM_ALGORITHM_DENSE = 1,       /**< N x k maps, computed in bounded chunks */
-    EDKM_ALGORITHM_UNIQUIFIED = 2   /**< on the value histogram: O(N) + O(U k T) */
-} edkm_algorithm;
-
-/** How tau, prune_threshold and epsilon are read. Values are ABI. */
+/** How tau, prune_threshold and epsilon are read (since 0.2). Values are ABI. */
 typedef enum edkm_temperature_mode {
     /** Absolute values, compared with squared weight distances (coremltools' semantics). */
     EDKM_TEMPERATURE_ABSOLUTE = 0,
@@ -290,24 +291,32 @@ typedef struct edkm_layer_config {
                                     g consecutive rows (shape[0] must be divisible by g) */
     uint32_t max_iterations;   /**< DKM iterations per forward, 1..64; default 3 */
     int32_t init;              /**< an edkm_init; default EDKM_INIT_AUTO */
-    double tau;                /**< softmax temperature (> 0, finite): in the default scale-free
-                                    mode a factor of each group's k-means distortion, default 0.1
-                                    (chosen by the temperature study, README); in the absolute
-                                    mode squared weight units (coremltools' default is 1e-4). A tau
-                                    whose reciprocal overflows (absolute below ~5.6e-309, or a
+    double tau;                /**< softmax temperature (> 0, finite), or NaN = unset: the
+                                    temperature mode's default (since 0.4; what
+                                    edkm_layer_config_init writes). Scale-free mode: a factor of
+                                    each group's k-means distortion, default 0.1 (chosen by the
+                                    temperature study, docs/temperature.md). Absolute mode: squared
+                                    weight units, default 1e-4 (coremltools'). A tau whose
+                                    reciprocal overflows (absolute below ~5.6e-309, or a
                                     scale-free factor times a distortion that small) gives
                                     EDKM_ERR_INVALID_ARGUMENT (at create, or at the forward) */
     double epsilon;            /**< early stop when |inertia change| <= epsilon (>= 0; scale-free:
-                                    times the distortion and the group's vectors); default 1e-4 */
+                                    times the distortion and the group's vectors), or NaN = unset
+                                    (since 0.4): default 1e-4 in both modes */
     double zero_threshold;     /**< attention clamped from below at this value (>= 0); default 1e-7 */
-    double prune_threshold;    /**< subtracted from the distance to centroid 0 (>= 0); default 1e-7 */
-    int32_t algorithm;         /**< an edkm_algorithm; default EDKM_ALGORITHM_AUTO */
-    int32_t f32_key_dtype;     /**< f32 weights on the UNIQUIFIED path are keyed by rounding to this
+    double prune_threshold;    /**< subtracted from the distance to centroid 0 (>= 0; scale-free:
+                                    times the distortion), or NaN = unset (since 0.4): default 1e-7
+                                    in both modes */
+    int32_t algorithm;         /**< experimental tier: an edkm_algorithm (see the end of this
+                                    file); default EDKM_ALGORITHM_AUTO (0) */
+    int32_t f32_key_dtype;     /**< experimental tier: f32 weights on the UNIQUIFIED path are keyed
+                                    by rounding to this
                                     16-bit dtype (EDKM_DTYPE_F16 or BF16); EDKM_DTYPE_F32 (default)
                                     = no rounding, f32 weights take the DENSE path */
     uint64_t seed;             /**< seed of k-means++; default 0x5eed */
-    int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE */
-    uint32_t reserved;         /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) */
+    int32_t temperature_mode;  /**< an edkm_temperature_mode; default EDKM_TEMPERATURE_SCALE_FREE
+                                    (since 0.2) */
+    uint32_t reserved;         /**< must be 0 (else EDKM_ERR_INVALID_ARGUMENT) (since 0.2) */
     /* Since 0.4 (a caller's struct_size that ends before a field leaves it at its default). */
     uint32_t enforce_zero;     /**< 1 = centroid 0 of every LUT is fixed at zero (coremltools'
                                     enforce_zero): the initial centroid nearest zero becomes 0 and
@@ -339,7 +348,9 @@ typedef enum edkm_lut_dtype {
     EDKM_LUT_UINT8 = 2
 } edkm_lut_dtype;
 
-/** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config). */
+/** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config); tau, epsilon and
+ *  prune_threshold unset (NaN) since 0.4, so they follow whatever temperature_mode the caller
+ *  sets. NULL is a no-op. Returns: cannot fail. */
 EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
 
 /**
@@ -349,6 +360,10 @@ EDKM_API void edkm_layer_config_init(edkm_layer_config *cfg);
  * cfg may be NULL (defaults). The layer has no centroids until
  * edkm_layer_init_centroids, edkm_layer_set_centroids or its first forward (which initialises
  * them from the weights with cfg->init).
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE (runtime), EDKM_ERR_STRUCT_SIZE,
+ * EDKM_ERR_INVALID_ARGUMENT (a config field out of range, or an enum value unknown),
+ * EDKM_ERR_DTYPE (f32_key_dtype not an edkm_dtype), EDKM_ERR_SHAPE (ndim, an extent, the
+ * element count, or a geometry the config does not fit).
  */
 EDKM_API edkm_status edkm_layer_create(edkm_runtime *runtime, const edkm_layer_config *cfg,
                                        const int64_t *shape, size_t ndim, edkm_layer **out);
@@ -356,15 +371,30 @@ EDKM_API edkm_status edkm_layer_create(edkm_runtime *runtime, const edkm_layer_c
 EDKM_API void edkm_layer_destroy(edkm_layer *layer);
 
 /**
+ * The configuration the layer runs with (since 0.4), every default resolved: unset thresholds
+ * hold the values the temperature mode gave them (e.g. tau = 0.1 scale-free, 1e-4 absolute).
+ * out->struct_size must be set by the caller (edkm_layer_config_init sets it); only the fields it
+ * covers are written. Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE.
+ */
+EDKM_API edkm_status edkm_layer_get_config(const edkm_layer *layer, edkm_layer_config *out);
+
+/**
  * Number of floats in the layer's centroids: groups * 2^bits * cluster_dim, where groups =
  * shape[0] / group_size (1 when group_size is 0). Layout [group][centroid][dim].
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE.
  */
 EDKM_API edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
-/** Copies the current centroids (layout above) into out[count]. EDKM_ERR_STATE if none yet. */
+/** Copies the current centroids (layout above) into out[count].
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count), EDKM_ERR_STATE
+ *  (no centroids yet), EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
-/** Replaces the centroids (layout above), e.g. to restore a checkpoint. Must be finite. */
+/** Replaces the centroids (layout above), e.g. to restore a checkpoint. Must be finite.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count),
+ *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);
-/** (Re)initialises the centroids from weights[count] (count = the tensor's element count). */
+/** (Re)initialises the centroids from weights[count] (count = the tensor's element count).
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
+ *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY, EDKM_ERR_OUT_OF_MEMORY. */
 EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *weights,
                                                edkm_dtype dtype, size_t count);
 
@@ -376,6 +406,11 @@ EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *we
  * The layer's centroids become c^T (the warm start of the next forward).
  * saved: NULL = nothing is kept (no backward possible); otherwise *saved receives a new saved state
  * (release with edkm_saved_state_destroy), stored as the runtime's saved_mode says.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
+ * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; EDKM_ALGORITHM_UNIQUIFIED
+ * without 16-bit keys), EDKM_ERR_SHAPE (count), EDKM_ERR_NON_FINITE (weights),
+ * EDKM_ERR_INVALID_ARGUMENT (a scale-free temperature too small for these weights), EDKM_ERR_BUSY,
+ * EDKM_ERR_BUDGET_EXCEEDED, EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                         size_t count, void *out, edkm_dtype out_dtype,
@@ -392,7 +427,13 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * makes every rank fail with EDKM_ERR_NON_FINITE. The saved state's backward takes this rank's
  * slice of grad_output, grad_input and weights (count elements); such a state keeps only the
  * histogram whatever the saved_mode, so its backward needs the weights unless keep_weights was
- * set (NULL weights give EDKM_ERR_STATE).
+ * set (NULL weights give EDKM_ERR_STATE). (since 0.2)
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
+ * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; no 16-bit keys or cluster_dim > 1),
+ * EDKM_ERR_SHAPE (a slice outside the tensor; every slice empty), EDKM_ERR_NON_FINITE (weights of
+ * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a scale-free temperature too small for
+ * these weights), EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
+ * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                               size_t offset, size_t count, void *out, edkm_dtype out_dtype,
@@ -409,12 +450,16 @@ typedef struct edkm_layer_stats {
     int32_t reserved;
     double inertia;               /**< sum over weights of the squared distance to the nearest
                                        centroid, at the last iteration (sum over groups) */
-    double effective_tau;         /**< the temperature the last forward used (mean over groups) */
+    double effective_tau;         /**< the temperature the last forward used (mean over groups)
+                                       (since 0.2) */
     double attention_entropy;     /**< mean over weights (vectors) of the entropy, in nats, of the
                                        last forward's final softmax row: 0 = hard assignment,
-                                       ln(2^bits) = uniform; near ln(2^bits) means too soft */
+                                       ln(2^bits) = uniform; near ln(2^bits) means too soft
+                                       (since 0.2) */
 } edkm_layer_stats;
 
+/** Writes the statistics of the last forward. out->struct_size must be set by the caller.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_STRUCT_SIZE, EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_stats *out);
 
 /* ============================ Saved state ============================ */
@@ -424,18 +469,23 @@ EDKM_API edkm_status edkm_layer_get_stats(const edkm_layer *layer, edkm_layer_st
  * (count elements of grad_dtype) through every DKM iteration (no gradient to the initial
  * centroids). weights: the weights given to the forward (same dtype), needed in
  * EDKM_SAVED_HISTOGRAM mode (and for a state of edkm_layer_forward_shard in every mode) unless
- * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL weights where they are needed give EDKM_ERR_STATE;
- * weights that differ from the forward's give EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
+ * keep_weights was set (then, and otherwise, it may be NULL; when given it is checked). NULL
+ * weights where they are needed give EDKM_ERR_STATE; weights that differ from the forward's give
+ * EDKM_ERR_WEIGHTS_CHANGED. A saved state supports one backward; a second gives EDKM_ERR_STATE.
  * Gradients are computed in float64 and rounded to grad_dtype: a value beyond its range becomes
- * +-Inf (an f16 gradient above 65,504, say), as in PyTorch, where a loss scaler detects it.
- * A non-finite grad_output is rejected with EDKM_ERR_NON_FINITE (nothing written; the state stays
- * usable).
- * Its memory is released by edkm_saved_state_destroy (not by backward).
+ * +-Inf (an f16 gradient above 65,504, say), as in PyTorch, where a loss scaler detects it. A
+ * non-finite grad_output is rejected with EDKM_ERR_NON_FINITE (nothing written; the state stays
+ * usable). Its memory is released by edkm_saved_state_destroy (not by backward).
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
+ * EDKM_ERR_NON_FINITE (grad_output), EDKM_ERR_STATE, EDKM_ERR_WEIGHTS_CHANGED, EDKM_ERR_BUSY,
+ * EDKM_ERR_COMMUNICATOR (EDKM_SAVED_SHARD, and states of edkm_layer_forward_shard),
+ * EDKM_ERR_OUT_OF_MEMORY.
  */
 EDKM_API edkm_status edkm_saved_state_backward(edkm_saved_state *state, const void *grad_output,
                                                void *grad_input, edkm_dtype grad_dtype,
                                                size_t count, const void *weights);
-/** Bytes this saved state holds (arena or heap; a deduplicated tensor counts fully in each). */
+/** Bytes this saved state holds (arena or heap; a deduplicated tensor counts fully in each).
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE. */
 EDKM_API edkm_status edkm_saved_state_bytes(const edkm_saved_state *state, uint64_t *bytes);
 /** Releases the saved state and its memory. NULL is a no-op. */
 EDKM_API void edkm_saved_state_destroy(edkm_saved_state *state);
@@ -446,6 +496,7 @@ EDKM_API void edkm_saved_state_destroy(edkm_saved_state *state);
  * Sizes of the hard-palettized export of the layer: lut_count = groups * 2^bits * cluster_dim
  * values; packed_bytes = groups * ceil(n_per_group / cluster_dim * bits / 8), where each group's
  * indices start on a byte boundary.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE.
  */
 EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lut_count,
                                              size_t *packed_bytes);
@@ -458,14 +509,39 @@ EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lu
  * stream bit b being bit (b % 8) of byte b / 8 of that group's slice.
  * An F16 LUT needs every centroid within the f16 range (|c| <= 65504 after rounding): otherwise
  * EDKM_ERR_INVALID_ARGUMENT and nothing is written (export with an F32 LUT).
+ * edkm_layer_export_sized is the same with the LUT's size given (and checked).
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
+ * EDKM_ERR_DTYPE (dtype; lut_dtype neither F32 nor F16), EDKM_ERR_SHAPE (count, packed_bytes),
+ * EDKM_ERR_NON_FINITE (weights), EDKM_ERR_STATE (no centroids yet), EDKM_ERR_INVALID_ARGUMENT (a
+ * centroid beyond the F16 range), EDKM_ERR_BUSY.
  */
 EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                        size_t count, void *lut, edkm_dtype lut_dtype,
                                        uint8_t *packed, size_t packed_bytes);
 
-/** The inverse of export: out[count] (F32, F16 or BF16) = lut[label] for every weight. lut must
- *  hold lut_count values of lut_dtype (edkm_layer_export_sizes), all finite (else
- *  EDKM_ERR_NON_FINITE, nothing written); packed_bytes must be exact. */
+/** edkm_layer_export with every buffer sized (since 0.4): lut holds lut_count values of lut_dtype
+ *  and lut_count must equal edkm_layer_export_sizes' (else EDKM_ERR_SHAPE, nothing written).
+ *  Returns: those of edkm_layer_export. */
+EDKM_API edkm_status edkm_layer_export_sized(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
+                                             size_t count, void *lut, edkm_dtype lut_dtype, size_t lut_count,
+                                             uint8_t *packed, size_t packed_bytes);
+
+/**
+ * The inverse of export (since 0.4): out[count] (F32, F16 or BF16) = lut[label] for every weight.
+ * lut holds lut_count values of lut_dtype (F32 or F16), all finite (else EDKM_ERR_NON_FINITE,
+ * nothing written); lut_count, packed_bytes and count must be exactly the layer's
+ * (edkm_layer_export_sizes, the tensor's element count). Arguments in the order of
+ * edkm_layer_export_sized: each buffer, its dtype, its size.
+ * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE (lut_dtype, out_dtype),
+ * EDKM_ERR_SHAPE (lut_count, packed_bytes, count), EDKM_ERR_NON_FINITE (a LUT entry).
+ */
+EDKM_API edkm_status edkm_layer_unpack_sized(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
+                                             size_t lut_count, const uint8_t *packed, size_t packed_bytes,
+                                             void *out, edkm_dtype out_dtype, size_t count);
+
+/** Deprecated since 0.4 (kept for programs built against 0.1-0.3): edkm_layer_unpack_sized
+ *  without lut_count; lut must hold edkm_layer_export_sizes' lut_count values, which this call
+ *  cannot check. Returns: those of edkm_layer_unpack_sized. */
 EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
                                        const uint8_t *packed, size_t packed_bytes,
                                        void *out, edkm_dtype out_dtype, size_t count);
@@ -532,10 +608,11 @@ EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut,
  * on the histogram (whatever cfg->init says; set or init the centroids first for another start).
  * The layer's centroids become c^T and edkm_layer_get_stats reports the forward as the buffer
  * form does (distinct_values = total U, algorithm = EDKM_ALGORITHM_UNIQUIFIED).
- * Other statuses: EDKM_ERR_NULL_POINTER (layer, keys, counts, partition_offsets or soft_values
- * NULL), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
- * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR. On any failure nothing is written, the layer is
- * unchanged and the arena holds what it held before.
+ * On any failure nothing is written, the layer is unchanged and the arena holds what it held
+ * before. Returns: EDKM_ERR_NULL_POINTER (layer, keys, counts, partition_offsets or soft_values
+ * NULL), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE,
+ * EDKM_ERR_SHAPE (all as above), EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED, EDKM_ERR_OUT_OF_MEMORY,
+ * EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype key_dtype,
                                                   const uint16_t *keys, const double *counts,
@@ -550,7 +627,7 @@ EDKM_API edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype 
  *     dL/dw_i = g_i * h[m_i] + r[m_i]       (g_i = dL/dw~_i, m_i = the slot of w_i's key)
  *
  * through every DKM iteration (no gradient to the initial centroids); h does not depend on G.
- * Statuses: EDKM_ERR_NULL_POINTER (a NULL argument), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_BUSY,
+ * Returns: EDKM_ERR_NULL_POINTER (a NULL argument), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_BUSY,
  * EDKM_ERR_SHAPE (count is not the forward's total U), EDKM_ERR_NON_FINITE (a NaN/Inf sum: the
  * state stays usable), EDKM_ERR_STATE (backward already ran, or the state came from a buffer
  * forward). On failure nothing is written. edkm_saved_state_backward on a state of this form
@@ -558,6 +635,51 @@ EDKM_API edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype 
  */
 EDKM_API edkm_status edkm_saved_state_backward_histogram(edkm_saved_state *state, const double *grad_sums,
                                                          size_t count, double *h, double *r);
+
+/* ==================================================================================== */
+/* ============================ Experimental tier ===================================== */
+/* ==================================================================================== */
+
+/*
+ * The knobs of the eDKM memory ablation and of tuning. Values are ABI, like everything in this
+ * header (never renumbered or reused), but what they do and what they cost may change in a minor
+ * version, and some combinations only make sense for measurements (EDKM_SAVED_DKM keeps N x k maps
+ * on the heap on purpose). Leave runtime_config.saved_mode, layer_config.algorithm and
+ * layer_config.f32_key_dtype at the defaults *_config_init writes unless you are measuring.
+ */
+
+/** What a forward keeps for its backward: the rows of the eDKM ablation. Values are ABI. */
+typedef enum edkm_saved_mode {
+    /** Ours (default): only the k-sized centroid/normaliser vectors of every iteration and the
+     *  U-sized value table; the weights are handed back to backward and checked by hash. */
+    EDKM_SAVED_HISTOGRAM = 0,
+    /** The DKM baseline: every iteration's N x k distance and attention maps and its copy of the
+     *  weights, as autograd keeps them, on the ordinary heap (not the arena, so budget_bytes does
+     *  not apply: heap_saved reports it; a failed heap allocation gives EDKM_ERR_OUT_OF_MEMORY).
+     *  This mode and the
+     *  next two keep N x k maps, so their forwards run EDKM_ALGORITHM_DENSE whatever the layer's
+     *  algorithm (f32_key_dtype does not apply); edkm_layer_stats reports the algorithm run. */
+    EDKM_SAVED_DKM = 1,
+    /** DKM + marshal: the same tensors, in the offload arena. */
+    EDKM_SAVED_MARSHAL = 2,
+    /** + dedup: a tensor whose content is already in the arena is referenced, not copied. */
+    EDKM_SAVED_DEDUP = 3,
+    /** + uniquify: U x k attention tables and an N-entry 16-bit index list instead of N x k maps. */
+    EDKM_SAVED_UNIQUIFY = 4,
+    /** + shard: each rank keeps 1/world_size of the index list; backward all-gathers it.
+     *  UNIQUIFY and SHARD need the uniquified algorithm (16-bit keys: f16/bf16 weights, or f32 with
+     *  f32_key_dtype set; cluster_dim 1). A layer that runs EDKM_ALGORITHM_DENSE under them keeps
+     *  one deduplicated copy of its weights instead (N x dtype bytes, not sharded);
+     *  edkm_layer_stats.algorithm tells which ran. */
+    EDKM_SAVED_SHARD = 5
+} edkm_saved_mode;
+
+/** Implementation of the forward and backward. Values are ABI. */
+typedef enum edkm_algorithm {
+    EDKM_ALGORITHM_AUTO = 0,        /**< UNIQUIFIED where possible (cluster_dim 1 and 16-bit keys) */
+    EDKM_ALGORITHM_DENSE = 1,       /**< N x k maps, computed in bounded chunks */
+    EDKM_ALGORITHM_UNIQUIFIED = 2   /**< on the value histogram: O(N) + O(U k T) */
+} edkm_algorithm;
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,16 +1,27 @@
 import CEDKM
 import EDKMSwift
 
-func defaultLayerConfig() -> edkm_layer_config {
-    let d = ClusteringConfig()
+/// The C form of a config. Thresholds not given (nil) are written as NaN, the ABI's "unset";
+/// `resolved` writes what the layer reads instead (the mode's defaults filled in).
+func cLayerConfig(_ d: ClusteringConfig, resolved: Bool) -> edkm_layer_config {
+    let tau = resolved ? d.tau : d.givenTau ?? .nan
+    let epsilon = resolved ? d.epsilon : d.givenEpsilon ?? .nan
+    let prune = resolved ? d.pruneThreshold : d.givenPruneThreshold ?? .nan
     return edkm_layer_config(
         struct_size: UInt32(MemoryLayout<edkm_layer_config>.size), bits: UInt32(d.bits), cluster_dim: UInt32(d.clusterDim),
         group_size: UInt32(d.groupSize), max_iterations: UInt32(d.maxIterations), init: d.initialization.rawValue,
-        tau: d.tau, epsilon: d.epsilon, zero_threshold: d.zeroThreshold, prune_threshold: d.pruneThreshold,
+        tau: tau, epsilon: epsilon, zero_threshold: d.zeroThreshold, prune_threshold: prune,
         algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed,
         temperature_mode: d.temperatureMode.rawValue, reserved: 0,
         enforce_zero: d.enforceZero ? 1 : 0, lut_dtype: d.lutType.rawValue)
 }
+
+/// What edkm_layer_config_init writes: the thresholds unset (NaN), so they follow the mode.
+func defaultLayerConfig() -> edkm_layer_config { cLayerConfig(ClusteringConfig(), resolved: false) }
+
+/// A threshold field of edkm_layer_config: NaN = unset (the mode's default); anything else is
+/// the value (checked by ClusteringConfig.validate).
+private func given(_ value: Double) -> Double? { value.isNaN ? nil : value }
 
 func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringConfig {
     guard c.reserved == 0 else { throw EDKMError(.invalidArgument, "edkm_layer_config.reserved must be 0, got \(c.reserved)") }
@@ -23,10 +34,10 @@ func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringCon
         throw EDKMError(.invalidArgument, "init \(c.`init`) is not an edkm_init (0...2)")
     }
     config.initialization = initialization
-    config.tau = c.tau
-    config.epsilon = c.epsilon
+    config.givenTau = given(c.tau)
+    config.givenEpsilon = given(c.epsilon)
     config.zeroThreshold = c.zero_threshold
-    config.pruneThreshold = c.prune_threshold
+    config.givenPruneThreshold = given(c.prune_threshold)
     guard let algorithm = ClusteringConfig.Algorithm(rawValue: c.algorithm) else {
         throw EDKMError(.invalidArgument, "algorithm \(c.algorithm) is not an edkm_algorithm (0...2)")
     }
@@ -162,6 +173,14 @@ public func edkm_layer_forward_shard(_ layer: OpaquePointer!, _ weights: UnsafeR
 }
 
 @c @implementation
+public func edkm_layer_get_config(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<edkm_layer_config>!) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try writeSized(cLayerConfig(l.config, resolved: true), to: try require(out, "out"), name: "edkm_layer_config")
+    }
+}
+
+@c @implementation
 public func edkm_layer_get_stats(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<edkm_layer_stats>!) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
@@ -206,6 +225,30 @@ public func edkm_layer_unpack(_ layer: OpaquePointer!, _ lut: UnsafeRawPointer!,
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
         try l.unpack(lut: try require(lut, "lut"), lutType: try elementType(lut_dtype, "lut_dtype"),
+                     packed: try require(packed, "packed"), packedBytes: packed_bytes,
+                     output: try require(out, "out"), outputType: try elementType(out_dtype, "out_dtype"), count: count)
+    }
+}
+
+@c @implementation
+public func edkm_layer_export_sized(_ layer: OpaquePointer!, _ weights: UnsafeRawPointer!, _ dtype: edkm_dtype, _ count: Int,
+                                    _ lut: UnsafeMutableRawPointer!, _ lut_dtype: edkm_dtype, _ lut_count: Int,
+                                    _ packed: UnsafeMutablePointer<UInt8>!, _ packed_bytes: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try l.exportPalette(weights: try require(weights, "weights"), type: try elementType(dtype, "dtype"), count: count,
+                            lut: try require(lut, "lut"), lutType: try elementType(lut_dtype, "lut_dtype"), lutCount: lut_count,
+                            packed: try require(packed, "packed"), packedBytes: packed_bytes)
+    }
+}
+
+@c @implementation
+public func edkm_layer_unpack_sized(_ layer: OpaquePointer!, _ lut: UnsafeRawPointer!, _ lut_dtype: edkm_dtype, _ lut_count: Int,
+                                    _ packed: UnsafePointer<UInt8>!, _ packed_bytes: Int,
+                                    _ out: UnsafeMutableRawPointer!, _ out_dtype: edkm_dtype, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        try l.unpack(lut: try require(lut, "lut"), lutType: try elementType(lut_dtype, "lut_dtype"), lutCount: lut_count,
                      packed: try require(packed, "packed"), packedBytes: packed_bytes,
                      output: try require(out, "out"), outputType: try elementType(out_dtype, "out_dtype"), count: count)
     }

@@ -109,13 +109,10 @@ struct Palettizer {
 
     /// Palettizes one tensor: layer, optimal 1-D k-means, export, statistics.
     ///
-    /// prune_threshold is 0 here: the DKM training default (1e-7, an absolute squared distance
-    /// subtracted for centroid 0) would send every weight of a tensor whose values are ~1e-4 or
-    /// smaller to centroid 0; post-training palettization wants the plain nearest centroid.
-    /// F32 tensors are first scaled by a power of two (exact) to an RMS near 1: libedkm keys F32
-    /// partitions of over 65,536 weights by their f16 rounding for the 1-D k-means, which loses
-    /// precision for tiny weights and overflows for huge ones; BF16 keys are used when even the
-    /// scaled weights exceed the f16 range.
+    /// prune_threshold is 0 here: post-training palettization wants the plain nearest centroid,
+    /// not DKM training's bias towards centroid 0. Every other setting is the library's default;
+    /// F32 tensors are handed over as they are (the library keys tiny or huge F32 weights for its
+    /// 1-D k-means on a power-of-two scaled copy, and by bf16 when f16 overflows).
     func palettize(_ t: TensorInfo, _ r: PalettizedTensor, runtime: EDKMRuntime, keepPacked: Bool) throws -> PalettizedResult {
         let start = Date()
         let q = JSON.quote(t.name)
@@ -127,22 +124,20 @@ struct Palettizer {
         cfg.cluster_dim = UInt32(r.clusterDim)
         cfg.prune_threshold = 0
         cfg.`init` = Int32(EDKM_INIT_AUTO.rawValue)
-        let prepared = F32Scaling(original, dtype: t.dtype, count: t.elementCount)
-        if prepared.needsBF16Keys { cfg.f32_key_dtype = Int32(EDKM_DTYPE_BF16.rawValue) }
         do {
             let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
-            try layer.initCentroids(prepared.pointer, dtype)
+            try layer.initCentroids(original.pointer, dtype)
             let sizes = try layer.exportSizes()
             guard sizes.lutCount == r.lutShape.reduce(1, *), sizes.packedBytes == r.packedBytes else {
                 throw CLIError("edkm_layer_export_sizes gave \(sizes) but the format expects (\(r.lutShape.reduce(1, *)), \(r.packedBytes))")
             }
-            let centroids = try layer.centroids().map { $0 * prepared.scale }
+            let centroids = try layer.centroids()
             guard centroids.allSatisfy(\.isFinite) else {
                 throw CLIError("libedkm produced non-finite centroids (weights out of the range it keys them in); try --group-size")
             }
             let lutDtype = chooseLUT(for: t.dtype, centroids: centroids)
             var packed = [UInt8](repeating: 0, count: sizes.packedBytes)
-            let lut = try export(layer, prepared, lutDtype: lutDtype, lutCount: sizes.lutCount, packed: &packed)
+            let lut = try export(layer, original, dtype: t.dtype, lutDtype: lutDtype, lutCount: sizes.lutCount, packed: &packed)
             // The error of what unpack will restore: lut[label] rounded to the tensor's dtype.
             var unpacked = [UInt8](repeating: 0, count: t.byteCount)
             try unpacked.withUnsafeMutableBytes { o in
@@ -166,27 +161,17 @@ struct Palettizer {
         }
     }
 
-    /// edkm_layer_export of the (scaled) weights; returns the LUT bytes (scaled back) in lutDtype.
-    private func export(_ layer: EDKMLayer, _ w: F32Scaling, lutDtype: DType, lutCount: Int, packed: inout [UInt8]) throws -> [UInt8] {
-        let direct = w.scale == 1
-        let exportType: DType = direct ? lutDtype : .f32
-        var lut = [UInt8](repeating: 0, count: lutCount * exportType.alignment)
+    /// edkm_layer_export of the weights; returns the LUT bytes in lutDtype.
+    private func export(_ layer: EDKMLayer, _ w: AlignedTensor, dtype: DType, lutDtype: DType, lutCount: Int,
+                        packed: inout [UInt8]) throws -> [UInt8] {
+        var lut = [UInt8](repeating: 0, count: lutCount * lutDtype.alignment)
         try lut.withUnsafeMutableBytes { l in
             try packed.withUnsafeMutableBufferPointer { p in
-                try layer.export(w.pointer, w.dtype.edkm!, lut: l.baseAddress!, lutDtype: exportType.edkm!,
+                try layer.export(w.pointer, dtype.edkm!, lut: l.baseAddress!, lutDtype: lutDtype.edkm!,
                                  packed: p.baseAddress!, packedBytes: p.count)
             }
         }
-        if direct { return lut }
-        let values = lut.withUnsafeBytes { b in (0..<lutCount).map { FloatBits.load(b.baseAddress!, .f32, $0) * w.scale } }
-        switch lutDtype {
-        case .f16:
-            if let v = values.first(where: { !FloatBits.f16ToFloat(FloatBits.floatToF16($0)).isFinite }) {
-                throw CLIError("centroid \(v) does not fit an f16 LUT (largest finite f16: 65504); use --lut-dtype f32 or auto")
-            }
-            return values.flatMap { v -> [UInt8] in let h = FloatBits.floatToF16(v); return [UInt8(h & 0xff), UInt8(h >> 8)] }
-        default: return values.flatMap { v -> [UInt8] in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
-        }
+        return lut
     }
 
     /// F16 LUTs for 16-bit tensors (F32 for BF16 tensors whose centroids F16 cannot hold
@@ -210,60 +195,13 @@ struct Palettizer {
     func packedIndices(_ result: PalettizedResult, _ t: TensorInfo) throws -> [UInt8] {
         if let p = result.packed { return p }
         let original = AlignedTensor(file.data(t), alignment: t.dtype.alignment)
-        let prepared = F32Scaling(original, dtype: t.dtype, count: t.elementCount)
         var packed = [UInt8](repeating: 0, count: result.record.packedBytes)
-        let lut = try export(result.layer, prepared, lutDtype: result.lutDtype, lutCount: result.record.lutShape.reduce(1, *),
-                             packed: &packed)
+        let lut = try export(result.layer, original, dtype: t.dtype, lutDtype: result.lutDtype,
+                             lutCount: result.record.lutShape.reduce(1, *), packed: &packed)
         guard lut == result.lutBytes else { throw CLIError("tensor \(JSON.quote(t.name)): the second export gave a different LUT") }
         file.release(t)
         return packed
     }
-}
-
-/// The weights handed to libedkm: as they are for F16/BF16, and for F32 scaled by a power of two
-/// (exactly) to an RMS in [1, 2) when the RMS is outside [2^-12, 2^9) (where f16 keys lose
-/// precision or range); usual weights (RMS ~0.02) are handed over as they are.
-final class F32Scaling {
-    let pointer: UnsafeRawPointer
-    let dtype: DType
-    /// original = handed * scale
-    let scale: Float
-    let needsBF16Keys: Bool
-    private let owned: UnsafeMutableBufferPointer<Float>?
-    private let original: AlignedTensor
-
-    init(_ w: AlignedTensor, dtype: DType, count: Int) {
-        original = w
-        self.dtype = dtype
-        guard dtype == .f32, count > 0 else {
-            pointer = w.pointer; scale = 1; needsBF16Keys = false; owned = nil
-            return
-        }
-        let f = w.pointer.assumingMemoryBound(to: Float.self)
-        var sum = 0.0
-        var maxAbs: Float = 0
-        for i in 0..<count { sum += Double(f[i]) * Double(f[i]); maxAbs = max(maxAbs, abs(f[i])) }
-        let rms = (sum / Double(count)).squareRoot()
-        var e = 0
-        if rms.isFinite && rms > 0 {
-            let l = Int(log2(rms).rounded(.down))
-            if l < -12 || l > 8 { e = l }
-        }
-        if e == 0 {
-            pointer = w.pointer; scale = 1; owned = nil
-            needsBF16Keys = maxAbs.isFinite && maxAbs > 60000
-            return
-        }
-        let inverse = Float(sign: .plus, exponent: -e, significand: 1)
-        let buf = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
-        for i in 0..<count { buf[i] = f[i] * inverse }
-        owned = buf
-        pointer = UnsafeRawPointer(buf.baseAddress!)
-        scale = Float(sign: .plus, exponent: e, significand: 1)
-        needsBF16Keys = maxAbs * inverse > 60000
-    }
-
-    deinit { owned?.deallocate() }
 }
 
 /// Entries of an output file in data order: largest element size first (so every tensor is

@@ -19,7 +19,8 @@ import Testing
         edkm_layer_config_init(&c)
         #expect(c.struct_size == UInt32(MemoryLayout<edkm_layer_config>.size))
         #expect(c.bits == 4 && c.cluster_dim == 1 && c.max_iterations == 3 && c.group_size == 0)
-        #expect(c.tau == 0.1 && c.epsilon == 1e-4 && c.zero_threshold == 1e-7 && c.prune_threshold == 1e-7)
+        // the temperature thresholds are unset (NaN): the layer takes its mode's defaults
+        #expect(c.tau.isNaN && c.epsilon.isNaN && c.zero_threshold == 1e-7 && c.prune_threshold.isNaN)
         #expect(c.temperature_mode == Int32(EDKM_TEMPERATURE_SCALE_FREE.rawValue))
         var r = edkm_runtime_config()
         edkm_runtime_config_init(&r)
@@ -181,7 +182,7 @@ import Testing
         c.tau = 0
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
         c = layerConfig()
-        c.tau = .nan
+        c.tau = .infinity  // (NaN is "unset": the mode's default)
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_INVALID_ARGUMENT)
         c = layerConfig(group: 5)
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_SHAPE)  // 5 does not divide 16

@@ -182,12 +182,12 @@ int main(void) {
     memset(&lcfg, 0xab, sizeof lcfg);
     edkm_layer_config_init(&lcfg);
     check(lcfg.struct_size == sizeof lcfg && lcfg.bits == 4 && lcfg.cluster_dim == 1 && lcfg.group_size == 0 &&
-              lcfg.max_iterations == 3 && lcfg.init == EDKM_INIT_AUTO && lcfg.tau == 0.1 && lcfg.epsilon == 1e-4 &&
-              lcfg.zero_threshold == 1e-7 && lcfg.prune_threshold == 1e-7 && lcfg.algorithm == EDKM_ALGORITHM_AUTO &&
+              lcfg.max_iterations == 3 && lcfg.init == EDKM_INIT_AUTO && isnan(lcfg.tau) && isnan(lcfg.epsilon) &&
+              lcfg.zero_threshold == 1e-7 && isnan(lcfg.prune_threshold) && lcfg.algorithm == EDKM_ALGORITHM_AUTO &&
               lcfg.f32_key_dtype == EDKM_DTYPE_F32 && lcfg.seed == 0x5eed &&
               lcfg.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE && lcfg.enforce_zero == 0 &&
               lcfg.lut_dtype == EDKM_LUT_F32,
-          "edkm_layer_config_init defaults");
+          "edkm_layer_config_init defaults (temperature thresholds unset: NaN)");
 
     /* ============ destroy(NULL) ============ */
     edkm_runtime_destroy(NULL);
@@ -368,10 +368,9 @@ int main(void) {
     BAD_LAYER_CFG(init, -1, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create init -1");
     BAD_LAYER_CFG(tau, 0.0, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create tau 0");
     BAD_LAYER_CFG(tau, -1.0, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create tau -1");
-    BAD_LAYER_CFG(tau, NAN, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE, "layer_create tau NaN");
     BAD_LAYER_CFG(tau, INFINITY, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE, "layer_create tau +Inf");
     BAD_LAYER_CFG(epsilon, -1.0, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create epsilon -1");
-    BAD_LAYER_CFG(epsilon, NAN, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE, "layer_create epsilon NaN");
+    BAD_LAYER_CFG(epsilon, INFINITY, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE, "layer_create epsilon +Inf");
     BAD_LAYER_CFG(zero_threshold, -1e-7, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create zero_threshold < 0");
     BAD_LAYER_CFG(prune_threshold, -1e-7, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create prune_threshold < 0");
     BAD_LAYER_CFG(algorithm, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create algorithm 3");
@@ -396,10 +395,35 @@ int main(void) {
     lcfg.struct_size = (uint32_t)offsetof(edkm_layer_config, enforce_zero);
     expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create with a 0.3 struct_size, garbage beyond");
     if (layer != sentinel_layer) edkm_layer_destroy(layer);
+    /* unset thresholds (NaN) resolve per temperature mode: absolute tau 1e-4, scale-free 0.1 */
+    edkm_layer_config_init(&lcfg);
+    lcfg.temperature_mode = EDKM_TEMPERATURE_ABSOLUTE;
+    expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create absolute, thresholds unset");
+    if (layer != sentinel_layer) {
+        edkm_layer_config got;
+        edkm_layer_config_init(&got);
+        expect(edkm_layer_get_config(layer, &got), EDKM_OK, "layer_get_config");
+        check(got.tau == 1e-4 && got.epsilon == 1e-4 && got.prune_threshold == 1e-7 &&
+                  got.temperature_mode == EDKM_TEMPERATURE_ABSOLUTE && got.bits == 4,
+              "absolute mode: unset tau / epsilon / prune_threshold resolve to 1e-4 / 1e-4 / 1e-7");
+        got.struct_size = 3;
+        expect(edkm_layer_get_config(layer, &got), EDKM_ERR_STRUCT_SIZE, "layer_get_config struct_size 3");
+        expect(edkm_layer_get_config(layer, NULL), EDKM_ERR_NULL_POINTER, "layer_get_config(NULL)");
+        edkm_layer_destroy(layer);
+        layer = sentinel_layer;
+    }
     expect(edkm_layer_create(rt, NULL, shape, 2, &layer), EDKM_OK, "layer_create(NULL cfg) = defaults");
     if (layer == sentinel_layer || layer == NULL) {
         printf("FAIL cannot continue without a layer\n");
         return 1;
+    }
+    {
+        edkm_layer_config got;
+        edkm_layer_config_init(&got);
+        expect(edkm_layer_get_config(layer, &got), EDKM_OK, "layer_get_config (defaults)");
+        check(got.tau == 0.1 && got.epsilon == 1e-4 && got.prune_threshold == 1e-7 &&
+                  got.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE,
+              "scale-free mode: unset tau / epsilon / prune_threshold resolve to 0.1 / 1e-4 / 1e-7");
     }
     expect(edkm_runtime_get_stats((const edkm_runtime *)(void *)layer, &rstats), EDKM_ERR_INVALID_HANDLE,
            "runtime_get_stats(a layer handle)");
@@ -649,6 +673,26 @@ int main(void) {
         uint16_t obf[N];
         expect(edkm_layer_unpack(layer, lut16, EDKM_DTYPE_F16, packed, 32, obf, EDKM_DTYPE_BF16, N), EDKM_OK,
                "layer_unpack (f16 LUT -> bf16)");
+    }
+    /* the sized forms (since 0.4): every buffer with its size, checked */
+    {
+        uint16_t lut_sized[16], o2[N];
+        uint8_t packed2[33];
+        int same = 1;
+        memset(packed2, 0x5a, sizeof packed2);
+        expect(edkm_layer_export_sized(layer, w16, EDKM_DTYPE_F16, N, lut_sized, EDKM_DTYPE_F16, 15, packed2, 32),
+               EDKM_ERR_SHAPE, "layer_export_sized lut_count 15 (needs 16)");
+        check(packed2[0] == 0x5a, "a failed export_sized leaves packed unwritten");
+        expect(edkm_layer_export_sized(layer, w16, EDKM_DTYPE_F16, N, lut_sized, EDKM_DTYPE_F16, 16, packed2, 32),
+               EDKM_OK, "layer_export_sized");
+        expect(edkm_layer_unpack_sized(layer, lut_sized, EDKM_DTYPE_F16, 17, packed2, 32, o2, EDKM_DTYPE_F16, N),
+               EDKM_ERR_SHAPE, "layer_unpack_sized lut_count 17 (needs 16)");
+        expect(edkm_layer_unpack_sized(layer, lut_sized, EDKM_DTYPE_F16, 16, packed2, 32, o2, EDKM_DTYPE_F16, N),
+               EDKM_OK, "layer_unpack_sized");
+        for (i = 0; i < 16; ++i) same &= lut_sized[i] == lut16[i];
+        for (i = 0; i < 32; ++i) same &= packed2[i] == packed[i];
+        for (i = 0; i < N; ++i) same &= o2[i] == out16[i];
+        check(same && packed2[32] == 0x5a, "the sized export / unpack give the unsized ones' LUT, labels and values");
     }
 
     /* ============ keep_weights: backward with weights = NULL ============ */

@@ -9,6 +9,7 @@ dtypes, export/unpack, lifetimes.
 
 import ctypes
 import gc
+import math
 import os
 import re
 import shutil
@@ -312,17 +313,16 @@ def test_config_init_defaults_and_python_defaults(lib):
     ctypes.memset(ctypes.byref(lc), 0xAB, ctypes.sizeof(lc))
     ffi.edkm_layer_config_init(ctypes.byref(lc))
     assert lc.struct_size == ctypes.sizeof(ffi.edkm_layer_config)
-    want = dict(bits=4, cluster_dim=1, group_size=0, max_iterations=3, init=0, tau=0.1, epsilon=1e-4,
-                zero_threshold=1e-7, prune_threshold=1e-7, algorithm=0, f32_key_dtype=0, seed=0x5EED,
+    want = dict(bits=4, cluster_dim=1, group_size=0, max_iterations=3, init=0,
+                zero_threshold=1e-7, algorithm=0, f32_key_dtype=0, seed=0x5EED,
                 temperature_mode=ffi.EDKM_TEMPERATURE_SCALE_FREE)
     assert {k: getattr(lc, k) for k in want} == want
-    # the Python layer's keyword defaults are the library's defaults (None: left as the library sets them)
+    # the temperature thresholds are unset (NaN): the layer resolves them from its mode
+    assert math.isnan(lc.tau) and math.isnan(lc.epsilon) and math.isnan(lc.prune_threshold)
+    # the Python layer restates no default: every keyword is None (left as the library sets it)
     sig = inspect.signature(lib.Layer.__init__).parameters
-    for k, v in want.items():
-        if sig[k].default is None:
-            assert k in ("tau", "temperature_mode"), k
-            continue
-        assert int(sig[k].default) == v if isinstance(v, int) else sig[k].default == v, k
+    for k in list(want) + ["tau", "epsilon", "prune_threshold"]:
+        assert sig[k].default is None, k
     rsig = inspect.signature(lib.Runtime.__init__).parameters
     assert rsig["num_threads"].default == 0 and rsig["budget_bytes"].default == 0
     assert rsig["saved_mode"].default == ffi.EDKM_SAVED_HISTOGRAM and rsig["keep_weights"].default is False
@@ -349,7 +349,7 @@ def test_bad_bits_raise_edkm_error(lib, rt, bits):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(tau=0.0), dict(tau=float("nan")), dict(tau=float("inf")), dict(max_iterations=0),
+    [dict(tau=0.0), dict(tau=-1.0), dict(tau=float("inf")), dict(max_iterations=0),
      dict(max_iterations=65), dict(cluster_dim=0), dict(cluster_dim=65), dict(epsilon=-1.0),
      dict(zero_threshold=-1.0), dict(prune_threshold=-1.0), dict(init=7), dict(algorithm=7),
      dict(temperature_mode=2), dict(temperature_mode=-1), dict(temperature_mode="hot")],
@@ -762,8 +762,9 @@ def test_unpack_validates_sizes(lib, rt):
     with lib.Layer(rt, w.shape, bits=2) as layer:
         layer.forward(w, save=False)
         lut, packed = layer.export(w)
-        with pytest.raises(ValueError):
+        with pytest.raises(lib.EdkmError) as ei:  # the library checks the LUT's size (unpack_sized)
             layer.unpack(lut.reshape(-1)[:-1].copy(), packed)
+        assert ei.value.status == lib._ffi.EDKM_ERR_SHAPE
         with pytest.raises(lib.EdkmError) as ei:
             layer.unpack(lut, packed[:-1].copy())
         assert ei.value.status in (lib._ffi.EDKM_ERR_SHAPE, lib._ffi.EDKM_ERR_INVALID_ARGUMENT)

@@ -538,10 +538,11 @@ static unsigned layer_config_faults(const edkm_layer_config *c) {
     if (c->cluster_dim < 1 || c->cluster_dim > 64) f |= F_ARG;
     if (c->max_iterations < 1 || c->max_iterations > 64) f |= F_ARG;
     if (c->init < 0 || c->init > 2) f |= F_ARG;
-    if (!(isfinite(c->tau) && c->tau > 0)) f |= F_ARG;
-    if (!(isfinite(c->epsilon) && c->epsilon >= 0)) f |= F_ARG;
+    /* tau, epsilon, prune_threshold: NaN = unset (the temperature mode's default, valid) */
+    if (!isnan(c->tau) && !(isfinite(c->tau) && c->tau > 0)) f |= F_ARG;
+    if (!isnan(c->epsilon) && !(isfinite(c->epsilon) && c->epsilon >= 0)) f |= F_ARG;
     if (!(isfinite(c->zero_threshold) && c->zero_threshold >= 0 && c->zero_threshold < 1)) f |= F_ARG;
-    if (!(isfinite(c->prune_threshold) && c->prune_threshold >= 0)) f |= F_ARG;
+    if (!isnan(c->prune_threshold) && !(isfinite(c->prune_threshold) && c->prune_threshold >= 0)) f |= F_ARG;
     if (c->algorithm < 0 || c->algorithm > 2) f |= F_ARG;
     if (c->f32_key_dtype < 0 || c->f32_key_dtype > 2) f |= F_DTYPE;
     if (c->temperature_mode < 0 || c->temperature_mode > 1) f |= F_ARG;

@@ -287,7 +287,10 @@ static edkm_layer *make_layer(edkm_runtime *rt, const options *o, unsigned bits,
     if (o->max_iterations > 0) cfg.max_iterations = (uint32_t)o->max_iterations;
     cfg.f32_key_dtype = o->key_dtype;
     EDKM_CHECK(edkm_layer_create(rt, &cfg, shape, 2, &layer));
-    if (cfg_out) *cfg_out = cfg;
+    if (cfg_out) { /* what the layer runs with: unset thresholds resolved by the library */
+        *cfg_out = cfg;
+        EDKM_CHECK(edkm_layer_get_config(layer, cfg_out));
+    }
     return layer;
 }
 

@@ -42,9 +42,9 @@ from pathlib import Path
 
 # ============================ Version ============================
 
-# #define EDKM_VERSION_MAJOR 0 / MINOR 3 / PATCH 0: the header this binding mirrors.
+# #define EDKM_VERSION_MAJOR 0 / MINOR 4 / PATCH 0: the header this binding mirrors.
 EDKM_VERSION_MAJOR = 0
-EDKM_VERSION_MINOR = 3
+EDKM_VERSION_MINOR = 4
 EDKM_VERSION_PATCH = 0
 EDKM_VERSION_NUMBER = EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH
 
@@ -251,6 +251,9 @@ PROTOTYPES = {
     ),
     # void edkm_layer_destroy(edkm_layer *layer);
     "edkm_layer_destroy": (None, [edkm_layer_p]),
+    # (since 0.4)
+    # edkm_status edkm_layer_get_config(const edkm_layer *layer, edkm_layer_config *out);
+    "edkm_layer_get_config": (edkm_status, [edkm_layer_p, POINTER(edkm_layer_config)]),
     # edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
     "edkm_layer_centroid_count": (edkm_status, [edkm_layer_p, POINTER(c_size_t)]),
     # edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
@@ -297,6 +300,23 @@ PROTOTYPES = {
         edkm_status,
         [edkm_layer_p, c_void_p, edkm_dtype, c_size_t, c_void_p, edkm_dtype, POINTER(c_uint8), c_size_t],
     ),
+    # (since 0.4)
+    # edkm_status edkm_layer_export_sized(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
+    #                                     size_t count, void *lut, edkm_dtype lut_dtype, size_t lut_count,
+    #                                     uint8_t *packed, size_t packed_bytes);
+    "edkm_layer_export_sized": (
+        edkm_status,
+        [edkm_layer_p, c_void_p, edkm_dtype, c_size_t, c_void_p, edkm_dtype, c_size_t, POINTER(c_uint8), c_size_t],
+    ),
+    # (since 0.4)
+    # edkm_status edkm_layer_unpack_sized(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
+    #                                     size_t lut_count, const uint8_t *packed, size_t packed_bytes,
+    #                                     void *out, edkm_dtype out_dtype, size_t count);
+    "edkm_layer_unpack_sized": (
+        edkm_status,
+        [edkm_layer_p, c_void_p, edkm_dtype, c_size_t, POINTER(c_uint8), c_size_t, c_void_p, edkm_dtype, c_size_t],
+    ),
+    # (deprecated since 0.4)
     # edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut, edkm_dtype lut_dtype,
     #                               const uint8_t *packed, size_t packed_bytes,
     #                               void *out, edkm_dtype out_dtype, size_t count);

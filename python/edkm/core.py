@@ -75,8 +75,6 @@ class Init(enum.IntEnum):
     KMEANS_PP = _ffi.EDKM_INIT_KMEANS_PP
 
 
-#: tau of temperature_mode='absolute' when none is given: coremltools' default.
-ABSOLUTE_DEFAULT_TAU = 1e-4
 
 
 class TemperatureMode(enum.IntEnum):
@@ -570,9 +568,11 @@ class Layer(_Handle):
     shape: the weight tensor's shape (shape[0] = output rows). Parameters mirror edkm_layer_config;
     init / algorithm / temperature_mode accept the enums or their names; f32_key_dtype is 'f32' (no
     rounding; f32 weights take the dense path), 'f16' or 'bf16'.
-    tau / temperature_mode: None keeps the library's default (scale-free, tau 0.1 = a factor of each
-    group's k-means distortion). temperature_mode='absolute' gives coremltools' semantics, with
-    coremltools' default tau 1e-4 unless tau is given.
+    Every keyword defaults to None, which keeps the library's default (edkm_layer_config_init):
+    the binding restates none of them. tau, epsilon and prune_threshold left None follow the
+    temperature mode inside the library: scale-free (the default) tau 0.1 = a factor of each
+    group's k-means distortion; temperature_mode='absolute' gives coremltools' semantics and its
+    default tau 1e-4. `config` holds the values the layer runs with (edkm_layer_get_config).
     enforce_zero=True fixes centroid 0 of every LUT at zero (coremltools' enforce_zero; needs
     prune_threshold > 0). lut_dtype 'f32' (default), 'i8' or 'u8': each LUT fake-quantized after
     every DKM iteration with one scale per LUT (and a zero point for u8), straight-through in the
@@ -581,10 +581,10 @@ class Layer(_Handle):
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
 
-    def __init__(self, runtime, shape, bits=4, cluster_dim=1, group_size=0, max_iterations=3, tau=None,
-                 epsilon=1e-4, zero_threshold=1e-7, prune_threshold=1e-7, init=Init.AUTO,
-                 algorithm=Algorithm.AUTO, f32_key_dtype=DType.F32, seed=0x5EED, temperature_mode=None,
-                 enforce_zero=False, lut_dtype="f32"):
+    def __init__(self, runtime, shape, bits=None, cluster_dim=None, group_size=None, max_iterations=None, tau=None,
+                 epsilon=None, zero_threshold=None, prune_threshold=None, init=None,
+                 algorithm=None, f32_key_dtype=None, seed=None, temperature_mode=None,
+                 enforce_zero=None, lut_dtype=None):
         super().__init__()
         if not isinstance(runtime, Runtime):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
@@ -593,29 +593,29 @@ class Layer(_Handle):
         shape = tuple(_i64(s, f"shape[{i}]") for i, s in enumerate(shape))
         cfg = _ffi.edkm_layer_config()
         _ffi.edkm_layer_config_init(byref(cfg))
-        cfg.bits = _u32(bits, "bits")
-        cfg.cluster_dim = _u32(cluster_dim, "cluster_dim")
-        cfg.group_size = _u32(group_size, "group_size")
-        cfg.max_iterations = _u32(max_iterations, "max_iterations")
-        cfg.init = int(_enum_value(Init, init, "init"))
-        if tau is not None:  # None keeps the library's default (for its default mode)
-            cfg.tau = float(tau)
-        cfg.epsilon = float(epsilon)
-        cfg.zero_threshold = float(zero_threshold)
-        cfg.prune_threshold = float(prune_threshold)
-        cfg.algorithm = int(_enum_value(Algorithm, algorithm, "algorithm"))
-        cfg.f32_key_dtype = int(_resolve_dtype(f32_key_dtype, "f32_key_dtype"))
-        cfg.seed = _u64(seed, "seed")
-        if not isinstance(enforce_zero, (bool, np.bool_)):
-            raise TypeError(f"enforce_zero must be a bool, got {type(enforce_zero).__name__}")
-        cfg.enforce_zero = int(enforce_zero)
-        if lut_dtype not in LUT_DTYPES:
-            raise ValueError(f"lut_dtype must be one of {', '.join(LUT_DTYPES)}, got {lut_dtype!r}")
-        cfg.lut_dtype = LUT_DTYPES[lut_dtype]
-        if temperature_mode is not None:  # None keeps the library's default
-            cfg.temperature_mode = int(_enum_value(TemperatureMode, temperature_mode, "temperature_mode"))
-            if tau is None and cfg.temperature_mode == TemperatureMode.ABSOLUTE:
-                cfg.tau = ABSOLUTE_DEFAULT_TAU  # the library's 0.1 is a scale-free factor
+        given = dict(
+            bits=(bits, lambda v: _u32(v, "bits")),
+            cluster_dim=(cluster_dim, lambda v: _u32(v, "cluster_dim")),
+            group_size=(group_size, lambda v: _u32(v, "group_size")),
+            max_iterations=(max_iterations, lambda v: _u32(v, "max_iterations")),
+            init=(init, lambda v: int(_enum_value(Init, v, "init"))),
+            tau=(tau, float), epsilon=(epsilon, float), zero_threshold=(zero_threshold, float),
+            prune_threshold=(prune_threshold, float),
+            algorithm=(algorithm, lambda v: int(_enum_value(Algorithm, v, "algorithm"))),
+            f32_key_dtype=(f32_key_dtype, lambda v: int(_resolve_dtype(v, "f32_key_dtype"))),
+            seed=(seed, lambda v: _u64(v, "seed")),
+            temperature_mode=(temperature_mode, lambda v: int(_enum_value(TemperatureMode, v, "temperature_mode"))))
+        for name, (value, convert) in given.items():
+            if value is not None:  # None keeps what edkm_layer_config_init wrote
+                setattr(cfg, name, convert(value))
+        if enforce_zero is not None:
+            if not isinstance(enforce_zero, (bool, np.bool_)):
+                raise TypeError(f"enforce_zero must be a bool, got {type(enforce_zero).__name__}")
+            cfg.enforce_zero = int(enforce_zero)
+        if lut_dtype is not None:
+            if lut_dtype not in LUT_DTYPES:
+                raise ValueError(f"lut_dtype must be one of {', '.join(LUT_DTYPES)}, got {lut_dtype!r}")
+            cfg.lut_dtype = LUT_DTYPES[lut_dtype]
         self._runtime = runtime  # keeps the communicator (and its callbacks) alive
         c_shape = (ctypes.c_int64 * max(len(shape), 1))(*shape)
         h = _ffi.edkm_layer_p()
@@ -628,7 +628,10 @@ class Layer(_Handle):
         self.k = 1 << cfg.bits
         self.cluster_dim = cfg.cluster_dim
         self.group_size = cfg.group_size
-        self.config = {name: getattr(cfg, name) for name, _ in _ffi.edkm_layer_config._fields_
+        resolved = _ffi.edkm_layer_config()
+        _ffi.edkm_layer_config_init(byref(resolved))
+        _check(_ffi.edkm_layer_get_config(h, byref(resolved)), "edkm_layer_get_config")
+        self.config = {name: getattr(resolved, name) for name, _ in _ffi.edkm_layer_config._fields_
                        if name != "struct_size"}
         n = c_size_t()
         _check(_ffi.edkm_layer_centroid_count(h, byref(n)), "edkm_layer_centroid_count")
@@ -811,10 +814,10 @@ class Layer(_Handle):
         if lut.size != lut_count:  # groups * k * d disagrees with the library: trust the library
             lut = np.empty(lut_count, lut.dtype)
         packed = np.empty(packed_bytes, np.uint8)
-        status = _ffi.edkm_layer_export(self._handle(), weights.ctypes.data, code, weights.size,
-                                        lut.ctypes.data, lcode,
-                                        packed.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), packed.size)
-        _check(status, "edkm_layer_export")
+        status = _ffi.edkm_layer_export_sized(self._handle(), weights.ctypes.data, code, weights.size,
+                                              lut.ctypes.data, lcode, lut.size,
+                                              packed.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), packed.size)
+        _check(status, "edkm_layer_export_sized")
         return lut, packed
 
     def unpack(self, lut, packed, out_dtype=None, *, lut_dtype=None, out=None):
@@ -823,9 +826,6 @@ class Layer(_Handle):
         out_dtype: 'f32' (default), 'f16' or 'bf16'; or pass out= (any shape with numel elements)."""
         lcode = _array_dtype(lut, lut_dtype, "lut")
         _check_layout(lut, "lut")
-        lut_count, _ = self.export_sizes()
-        if lut.size != lut_count:  # the C call takes no LUT size: guard the read here
-            raise ValueError(f"lut has {lut.size} values, the layer's LUT has {lut_count}")
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
             raise TypeError("packed must be a numpy uint8 array (as returned by export)")
         _check_layout(packed, "packed")
@@ -837,10 +837,10 @@ class Layer(_Handle):
             _check_layout(out, "out", writable=True)
             if out.size != self.numel:
                 raise ValueError(f"out has {out.size} elements, the layer {self.numel}")
-        status = _ffi.edkm_layer_unpack(self._handle(), lut.ctypes.data, lcode,
-                                        packed.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), packed.size,
-                                        out.ctypes.data, ocode, out.size)
-        _check(status, "edkm_layer_unpack")
+        status = _ffi.edkm_layer_unpack_sized(self._handle(), lut.ctypes.data, lcode, lut.size,
+                                              packed.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), packed.size,
+                                              out.ctypes.data, ocode, out.size)
+        _check(status, "edkm_layer_unpack_sized")
         return out
 
     def labels(self, packed):

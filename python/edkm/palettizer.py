@@ -27,8 +27,9 @@ Semantics (coremltools 9.0, read from its palettization_config.py, palettizer.py
   that does not divide the output channels skips the module (coremltools logs and skips too).
 - temperature: coremltools' palett_tau is absolute (softmax(-d / tau) over squared distances), so a
   coremltools config runs with temperature_mode='absolute' and tau = palett_tau (default 1e-4).
-  temperature_mode='scale_free' beside it reads palett_tau as libedkm's scale-free factor (the
-  library's default 0.1 when palett_tau is not given).
+  temperature_mode='scale_free' beside it reads palett_tau as libedkm's scale-free factor. A
+  palett_tau, palett_epsilon or prune_threshold not given is passed unset, and the library uses its
+  mode's default (absolute: coremltools' numbers above; scale-free: tau 0.1).
 - milestone: coremltools enables a module's palettization in prepare() when milestone is 0, else in
   the step() call made when its step counter (calls before this one) equals milestone. Until then the
   weights are plain. The centroids are initialised from the weights when palettization starts
@@ -91,7 +92,8 @@ COREMLTOOLS_DEFAULTS = {
 }
 
 #: libedkm's own module options (edkm.Layer), beside coremltools' keys.
-EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": "f32", "algorithm": "auto", "seed": 0x5EED}
+#: None = the library's own default (edkm_layer_config_init), so none is restated here.
+EDKM_DEFAULTS = {"temperature_mode": None, "f32_key_dtype": None, "algorithm": None, "seed": None}
 
 #: coremltools' lut_dtype names -> libedkm's (edkm.Layer lut_dtype).
 _LUT_DTYPES = {"f32": "f32", "fp32": "f32", "float32": "f32", "i8": "i8", "int8": "i8", "u8": "u8", "uint8": "u8",
@@ -291,13 +293,16 @@ class ModuleDKMPalettizerConfig:
         """edkm.torch.palettize keyword arguments for a module of this type."""
         bits = self.n_bits if self.n_bits is not None else SUPPORTED_MODULES.get(module_type, 4)
         mode = self.temperature_mode
-        if mode is None or str(getattr(mode, "name", mode)).lower() == "absolute":
-            mode, tau = "absolute", float(self.palett_tau)
-        else:  # libedkm's own temperature mode: palett_tau only when given
-            tau = float(self.palett_tau) if "palett_tau" in self.given else None
-        return dict(bits=bits, group_size=self.group_size or 0, cluster_dim=self.cluster_dim or 1, tau=tau, temperature_mode=mode,
-                    max_iterations=self.kmeans_max_iter, epsilon=float(self.palett_epsilon),
-                    zero_threshold=float(self.zero_threshold), prune_threshold=float(self.prune_threshold),
+        if mode is None:  # a coremltools config: its absolute temperature
+            mode = "absolute"
+        # Thresholds not given stay unset: the library fills its mode's defaults (absolute mode:
+        # coremltools' palett_tau, palett_epsilon and prune_threshold, the numbers above).
+        given = {key: float(getattr(self, key)) if key in self.given else None
+                 for key in ("palett_tau", "palett_epsilon", "prune_threshold")}
+        return dict(bits=bits, group_size=self.group_size or 0, cluster_dim=self.cluster_dim or 1,
+                    tau=given["palett_tau"], temperature_mode=mode,
+                    max_iterations=self.kmeans_max_iter, epsilon=given["palett_epsilon"],
+                    zero_threshold=float(self.zero_threshold), prune_threshold=given["prune_threshold"],
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
                     algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero),
                     lut_dtype=_LUT_DTYPES[self.lut_dtype] if _LUT_DTYPES[self.lut_dtype] in ("i8", "u8") else "f32")

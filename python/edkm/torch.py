@@ -442,16 +442,18 @@ def palettized(model):
     return found
 
 
-def palettize(model, bits=4, group_size=0, cluster_dim=1, tau=None, modules=_DEFAULT_MODULES, runtime=None,
+def palettize(model, bits=None, group_size=None, cluster_dim=None, tau=None, modules=_DEFAULT_MODULES, runtime=None,
               min_numel=0, tensor_name="weight", device_split=None, **layer_options):
     """Puts DKM on the weights of the chosen modules (torch.nn.utils.parametrize), in place.
 
     bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
     other edkm.Layer option (temperature_mode, max_iterations, epsilon, zero_threshold,
-    prune_threshold, init, algorithm, f32_key_dtype, seed) configure each weight's layer. tau=None
-    keeps the library's default temperature (scale-free: 0.1 x each tensor's k-means distortion);
-    temperature_mode='absolute' gives coremltools' semantics (tau default 1e-4 there). f32 weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much
-    faster: the histogram path on the rounded keys).
+    prune_threshold, init, algorithm, f32_key_dtype, seed) configure each weight's layer; None (the
+    default of each) keeps the library's default (bits 4, one LUT per tensor, scalars; the
+    temperature thresholds follow temperature_mode: scale-free tau 0.1 x each tensor's k-means
+    distortion, or with temperature_mode='absolute' coremltools' semantics and tau 1e-4). f32
+    weights take the library's dense path unless f32_key_dtype='f16' or 'bf16' (much faster: the
+    histogram path on the rounded keys).
     modules: module types (default Linear, Embedding, Conv2d), qualified names, a regex string
     matched against the qualified module name, or a callable (name, module) -> bool.
     runtime: None (a new edkm.Runtime shared by these weights), an edkm.Runtime, or a dict of

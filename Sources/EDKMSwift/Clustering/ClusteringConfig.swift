@@ -29,17 +29,33 @@ public struct ClusteringConfig: Sendable, Equatable {
     /// DKM iterations per forward; 1...64.
     public var maxIterations: Int = 3
     public var initialization: Initialization = .automatic
+    /// The thresholds as given; nil = the temperature mode's default (`TemperatureMode.defaultTau`,
+    /// `.defaultEpsilon`, `.defaultPruneThreshold`), resolved when read through `tau`, `epsilon`
+    /// and `pruneThreshold`, so the default follows the mode whenever it is set.
+    public var givenTau: Double? = nil
+    public var givenEpsilon: Double? = nil
+    public var givenPruneThreshold: Double? = nil
     /// Softmax temperature tau (> 0): a factor of each partition's k-means distortion in the
-    /// (default) scale-free mode, squared weight units in the absolute mode. The default 0.1 was
-    /// chosen by the README's temperature study (benchmarks/temperature_study.py, minilm_temperature.py).
-    public var tau: Double = 0.1
+    /// (default) scale-free mode, squared weight units in the absolute mode. Reads the given
+    /// value, else the mode's default (scale-free 0.1, absolute 1e-4).
+    public var tau: Double {
+        get { givenTau ?? temperatureMode.defaultTau }
+        set { givenTau = newValue }
+    }
     /// Early stop when |I^{t-1} - I^t| <= epsilon (on the inertia summed over weights; in the
-    /// scale-free mode a factor of the distortion times the number of vectors).
-    public var epsilon: Double = 1e-4
+    /// scale-free mode a factor of the distortion times the number of vectors). Default 1e-4.
+    public var epsilon: Double {
+        get { givenEpsilon ?? temperatureMode.defaultEpsilon }
+        set { givenEpsilon = newValue }
+    }
     /// Attention clamped from below at this value.
     public var zeroThreshold: Double = 1e-7
-    /// Subtracted from the squared distance to centroid 0.
-    public var pruneThreshold: Double = 1e-7
+    /// Subtracted from the squared distance to centroid 0 (scale-free: a factor of the
+    /// distortion). Default 1e-7.
+    public var pruneThreshold: Double {
+        get { givenPruneThreshold ?? temperatureMode.defaultPruneThreshold }
+        set { givenPruneThreshold = newValue }
+    }
     public var algorithm: Algorithm = .automatic
     /// f32 weights on the uniquified path are keyed by rounding to this 16-bit type; `.f32` = never.
     public var f32KeyType: ElementType = .f32

@@ -15,13 +15,15 @@ extension Layer {
     /// Writes the LUT (the current centroids, as `lutType`: f32 or f16) and the packed labels
     /// argmin_j (||w - c_j||^2 - prune [j = 0]) (in the scale-free temperature mode prune is
     /// relative to the distortion of these weights under the layer's centroids).
+    /// lutCount: the LUT buffer's size in values, checked when given (it must be `exportSizes.lutCount`).
     public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
-                              lut: UnsafeMutableRawPointer, lutType: ElementType,
+                              lut: UnsafeMutableRawPointer, lutType: ElementType, lutCount: Int? = nil,
                               packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
         guard lutType == .f32 || lutType == .f16 else {
             throw EDKMError(.dtype, "the LUT dtype must be f32 or f16, got \(lutType.name)")
         }
         let sizes = exportSizes
+        try checkLUTCount(lutCount, sizes.lutCount)
         guard packedBytes == sizes.packedBytes else {
             throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
         }
@@ -75,12 +77,14 @@ extension Layer {
     }
 
     /// out[element] = lut[label] for every element, from an export of this layer's geometry.
-    public func unpack(lut: UnsafeRawPointer, lutType: ElementType, packed: UnsafePointer<UInt8>, packedBytes: Int,
-                       output: UnsafeMutableRawPointer, outputType: ElementType, count: Int) throws(EDKMError) {
+    /// lutCount: the LUT buffer's size in values, checked when given (it must be `exportSizes.lutCount`).
+    public func unpack(lut: UnsafeRawPointer, lutType: ElementType, lutCount: Int? = nil, packed: UnsafePointer<UInt8>,
+                       packedBytes: Int, output: UnsafeMutableRawPointer, outputType: ElementType, count: Int) throws(EDKMError) {
         guard lutType == .f32 || lutType == .f16 else {
             throw EDKMError(.dtype, "the LUT dtype must be f32 or f16, got \(lutType.name)")
         }
         let sizes = exportSizes
+        try checkLUTCount(lutCount, sizes.lutCount)
         guard packedBytes == sizes.packedBytes else {
             throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
         }
@@ -107,5 +111,10 @@ extension Layer {
                 }
             }
         }
+    }
+
+    private func checkLUTCount(_ given: Int?, _ expected: Int) throws(EDKMError) {
+        guard let given, given != expected else { return }
+        throw EDKMError(.shape, "the LUT must hold \(expected) values (partitions x 2^bits x cluster_dim), got \(sizeText(given))")
     }
 }

@@ -149,9 +149,11 @@ public final class Layer: @unchecked Sendable {
 
     /// Distinct scalar values and counts per partition, for the 1-D initialisation: exact for
     /// 16-bit weights and for f32 partitions of at most 65,536 elements; larger f32 partitions
-    /// are keyed by rounding to f32_key_dtype when set, else to f16 when all weights are within
-    /// its range, else to bf16 (so the initialisation is exact on the rounded values); an f16 key
-    /// that would overflow falls back to bf16 too.
+    /// are keyed by rounding to f32_key_dtype when set (the forward's keys), else to f16 of the
+    /// weights scaled by `InitKeyScale` (a power of two bringing a tiny or huge RMS near 1, so
+    /// the keys keep f16's relative precision), else to bf16 when even those overflow f16; an f16
+    /// key that would overflow falls back to bf16 too. The values are the keys' times the inverse
+    /// scale, so the initialisation is exact on the rounded values.
     func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [(values: [Double], counts: [Double])] {
         let E = geometry.elementsPerPartition
         if type == .f32 && E <= 65536 {
@@ -168,15 +170,18 @@ public final class Layer: @unchecked Sendable {
         // f32 keys: bf16 when configured; else (f16 configured, or none) f16 when every weight
         // rounds to a finite f16 (|w| < 65520), else bf16: an initialisation never sees Inf keys.
         var keyType = config.f32KeyType
+        let scale = type == .f32 && keyType == .f32
+            ? InitKeyScale(weights.assumingMemoryBound(to: Float.self), count: geometry.count) : InitKeyScale.one
         if type == .f32 && keyType != .bf16 {
             let f = weights.assumingMemoryBound(to: Float.self)
-            keyType = (0..<geometry.count).allSatisfy { abs(f[$0]) < 65520 } ? .f16 : .bf16
+            keyType = (0..<geometry.count).allSatisfy { abs(f[$0] * scale.factor) < 65520 } ? .f16 : .bf16
         }
-        let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: keyType, pool: runtime.pool)
+        let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: keyType, f32Scale: scale.factor,
+                                  pool: runtime.pool)
         let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,
                                          pool: runtime.pool).histograms
         return hists.map { h in
-            (h.keys.map { ElementIO.keyValue($0, type: keys.keyType) }, h.counts.map { Double($0) })
+            (h.keys.map { ElementIO.keyValue($0, type: keys.keyType) * scale.inverse }, h.counts.map { Double($0) })
         }
     }
 }
