@@ -142,7 +142,7 @@ struct Palettizer {
             var unpacked = [UInt8](repeating: 0, count: t.byteCount)
             try unpacked.withUnsafeMutableBytes { o in
                 try lut.withUnsafeBytes { l in
-                    try layer.unpack(lut: l.baseAddress!, lutDtype: lutDtype.edkm!, packed: packed, packedBytes: packed.count,
+                    try layer.unpack(lut: l.baseAddress!, lutDtype: lutDtype.edkm!, lutCount: sizes.lutCount, packed: packed, packedBytes: packed.count,
                                      out: o.baseAddress!, outDtype: dtype)
                 }
             }
@@ -168,7 +168,7 @@ struct Palettizer {
         try lut.withUnsafeMutableBytes { l in
             try packed.withUnsafeMutableBufferPointer { p in
                 try layer.export(w.pointer, dtype.edkm!, lut: l.baseAddress!, lutDtype: lutDtype.edkm!,
-                                 packed: p.baseAddress!, packedBytes: p.count)
+                                 lutCount: lutCount, packed: p.baseAddress!, packedBytes: p.count)
             }
         }
         return lut

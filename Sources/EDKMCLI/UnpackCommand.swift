@@ -101,7 +101,7 @@ struct UnpackCommand: ParsableCommand {
             var out = [UInt8](repeating: 0, count: r.elementCount * r.dtype.alignment)
             func unpack(_ lut: UnsafeRawPointer, _ lutDtype: DType) throws {
                 try out.withUnsafeMutableBytes { o in
-                    try layer.unpack(lut: lut, lutDtype: lutDtype.edkm!,
+                    try layer.unpack(lut: lut, lutDtype: lutDtype.edkm!, lutCount: lutInfo.elementCount,
                                      packed: packed.baseAddress!.assumingMemoryBound(to: UInt8.self), packedBytes: packed.count,
                                      out: o.baseAddress!, outDtype: r.dtype.edkm!)
                 }

@@ -53,16 +53,18 @@ public final class EDKMLayer {
         return (lut, packed)
     }
 
-    /// Writes the LUT (lutDtype F32 or F16) and the packed indices of a hard export.
+    /// Writes the LUT (lutCount entries of lutDtype, F32 or F16) and the packed indices of a hard export.
     public func export(_ weights: UnsafeRawPointer, _ dtype: edkm_dtype, lut: UnsafeMutableRawPointer, lutDtype: edkm_dtype,
-                       packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws {
-        try edkmCheck(edkm_layer_export(handle, weights, dtype, count, lut, lutDtype, packed, packedBytes), "edkm_layer_export")
+                       lutCount: Int, packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws {
+        try edkmCheck(edkm_layer_export_sized(handle, weights, dtype, count, lut, lutDtype, lutCount, packed, packedBytes),
+                      "edkm_layer_export_sized")
     }
 
-    /// Weights (outDtype) from a LUT and packed indices.
-    public func unpack(lut: UnsafeRawPointer, lutDtype: edkm_dtype, packed: UnsafePointer<UInt8>, packedBytes: Int,
+    /// Weights (outDtype) from a LUT (lutCount entries of lutDtype) and packed indices.
+    public func unpack(lut: UnsafeRawPointer, lutDtype: edkm_dtype, lutCount: Int, packed: UnsafePointer<UInt8>, packedBytes: Int,
                        out: UnsafeMutableRawPointer, outDtype: edkm_dtype) throws {
-        try edkmCheck(edkm_layer_unpack(handle, lut, lutDtype, packed, packedBytes, out, outDtype, count), "edkm_layer_unpack")
+        try edkmCheck(edkm_layer_unpack_sized(handle, lut, lutDtype, lutCount, packed, packedBytes, out, outDtype, count),
+                      "edkm_layer_unpack_sized")
     }
 
     /// Training forward: writes w~ (outDtype) and returns the saved state (when `save`).

@@ -31,9 +31,9 @@ func hardPalettize(_ layer: EDKMLayer, _ weights: [Float]) throws -> (weights: [
         try lut.withUnsafeMutableBytes { l in
             try packed.withUnsafeMutableBufferPointer { p in
                 try layer.export(w.baseAddress!, EDKM_DTYPE_F32, lut: l.baseAddress!, lutDtype: EDKM_DTYPE_F16,
-                                 packed: p.baseAddress!, packedBytes: p.count)
+                                 lutCount: sizes.lutCount, packed: p.baseAddress!, packedBytes: p.count)
                 try out.withUnsafeMutableBytes { o in
-                    try layer.unpack(lut: l.baseAddress!, lutDtype: EDKM_DTYPE_F16, packed: p.baseAddress!, packedBytes: p.count,
+                    try layer.unpack(lut: l.baseAddress!, lutDtype: EDKM_DTYPE_F16, lutCount: sizes.lutCount, packed: p.baseAddress!, packedBytes: p.count,
                                      out: o.baseAddress!, outDtype: EDKM_DTYPE_F32)
                 }
             }
