@@ -96,6 +96,11 @@ EDKM_ALGORITHM_UNIQUIFIED = 2
 EDKM_TEMPERATURE_ABSOLUTE = 0
 EDKM_TEMPERATURE_SCALE_FREE = 1
 
+# typedef enum edkm_lut_dtype (since 0.4)
+EDKM_LUT_F32 = 0
+EDKM_LUT_INT8 = 1
+EDKM_LUT_UINT8 = 2
+
 # C enums (edkm_status, edkm_dtype) are passed and returned as int.
 edkm_status = c_int
 edkm_dtype = c_int

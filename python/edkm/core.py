@@ -544,7 +544,7 @@ def unpack_labels(packed, bits, groups, labels_per_group):
 
 
 #: lut_dtype names -> edkm_lut_dtype.
-LUT_DTYPES = {"f32": 0, "i8": 1, "u8": 2}
+LUT_DTYPES = {"f32": _ffi.EDKM_LUT_F32, "i8": _ffi.EDKM_LUT_INT8, "u8": _ffi.EDKM_LUT_UINT8}
 
 
 def lut_quantization(lut, lut_dtype):
