@@ -529,6 +529,10 @@ static void random_layer_config(edkm_layer_config *c) {
     r = (int)RN(100);
     c->temperature_mode = r < 97 ? (int32_t)RN(2) : (CH(50) ? 2 : -7);
     c->reserved = CH(95) ? 0u : (uint32_t)R64();
+    r = (int)RN(100);
+    c->enforce_zero = r < 85 ? 0u : r < 98 ? 1u : (uint32_t)RR(2, 1000);
+    r = (int)RN(100);
+    c->lut_dtype = r < 80 ? EDKM_LUT_F32 : r < 98 ? (int32_t)RR(1, 2) : (CH(50) ? 3 : -1);
 }
 
 /* Faults of an effective layer config (header: ranges of every field). */
@@ -549,6 +553,9 @@ static unsigned layer_config_faults(const edkm_layer_config *c) {
     if (c->cluster_dim > 1 && c->algorithm == EDKM_ALGORITHM_UNIQUIFIED) f |= F_ARG;
     if (c->cluster_dim > 1 && c->init == EDKM_INIT_OPTIMAL_1D) f |= F_ARG;
     if (c->reserved != 0) f |= F_ARG;
+    if (c->enforce_zero > 1) f |= F_ARG;
+    if (c->enforce_zero == 1 && c->prune_threshold == 0) f |= F_ARG;  /* keep-sparsity: not implemented */
+    if (c->lut_dtype < 0 || c->lut_dtype > 2) f |= F_ARG;
     if (isfinite(c->tau) && c->tau > 0 && !isfinite(1.0 / c->tau)) f |= F_ARG;  /* its reciprocal overflows */
     return f;
 }
@@ -572,7 +579,8 @@ FIELD_OFFSETS(LAYER_CONFIG_FIELDS, edkm_layer_config, OFF(edkm_layer_config, bit
               OFF(edkm_layer_config, tau), OFF(edkm_layer_config, epsilon), OFF(edkm_layer_config, zero_threshold),
               OFF(edkm_layer_config, prune_threshold), OFF(edkm_layer_config, algorithm),
               OFF(edkm_layer_config, f32_key_dtype), OFF(edkm_layer_config, seed),
-              OFF(edkm_layer_config, temperature_mode), OFF(edkm_layer_config, reserved));
+              OFF(edkm_layer_config, temperature_mode), OFF(edkm_layer_config, reserved),
+              OFF(edkm_layer_config, enforce_zero), OFF(edkm_layer_config, lut_dtype));
 FIELD_OFFSETS(LAYER_STATS_FIELDS, edkm_layer_stats, OFF(edkm_layer_stats, iterations), OFF(edkm_layer_stats, forwards),
               OFF(edkm_layer_stats, distinct_values), OFF(edkm_layer_stats, algorithm), OFF(edkm_layer_stats, reserved),
               OFF(edkm_layer_stats, inertia), OFF(edkm_layer_stats, effective_tau), OFF(edkm_layer_stats, attention_entropy));
@@ -1367,7 +1375,7 @@ static void op_forward_histogram(void) {
             case 4: counts[i] = -counts[i]; fault |= F_ARG | F_SHAPE; break;
             case 5: counts[i] += 0.5; fault |= F_ARG | F_SHAPE; break;
             case 6: counts[i] = CH(50) ? NAN : INFINITY; fault |= F_NONFINITE; break;
-            case 7: counts[i] += 1; fault |= F_SHAPE | (E == 1 ? F_ARG : 0); break;
+            case 7: counts[i] += 1; fault |= F_SHAPE | (counts[i] > (double)E ? F_ARG : 0); break;
             case 8:
                 partitions = CH(50) ? P + 1 : P - 1;
                 fault |= F_SHAPE;
