@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's speed benchmark: the default (uniquified) path against the dense path and a memcpy
+# The speed benchmark: the default (uniquified) path against the dense path and a memcpy
 # bandwidth probe, 4096x4096 and 11008x4096, f16/bf16, 3/4 bits, per-tensor/grouped, 1 and all
 # threads, and one LLaMA-7B decoder layer (bf16, 3 bits). Arguments go to `edkm-bench speed`
 # (--help lists them; --quick is the CI-sized smoke run). Takes ~15 min in full on 2 cores.
