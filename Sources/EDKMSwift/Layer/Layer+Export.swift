@@ -19,14 +19,7 @@ extension Layer {
     public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
                               lut: UnsafeMutableRawPointer, lutType: ElementType, lutCount: Int? = nil,
                               packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
-        guard lutType == .f32 || lutType == .f16 else {
-            throw EDKMError(.dtype, "the LUT dtype must be f32 or f16, got \(lutType.name)")
-        }
-        let sizes = exportSizes
-        try checkLUTCount(lutCount, sizes.lutCount)
-        guard packedBytes == sizes.packedBytes else {
-            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
-        }
+        let sizes = try checkExportBuffers(lutType: lutType, lutCount: lutCount, packedBytes: packedBytes)
         try validateWeights(weights, type: type, count: count)
         let c = try getCentroids()
         if lutType == .f16, let bad = c.firstIndex(where: { !HalfConversion.f16ToFloat(HalfConversion.floatToF16($0)).isFinite }) {
@@ -80,14 +73,7 @@ extension Layer {
     /// lutCount: the LUT buffer's size in values, checked when given (it must be `exportSizes.lutCount`).
     public func unpack(lut: UnsafeRawPointer, lutType: ElementType, lutCount: Int? = nil, packed: UnsafePointer<UInt8>,
                        packedBytes: Int, output: UnsafeMutableRawPointer, outputType: ElementType, count: Int) throws(EDKMError) {
-        guard lutType == .f32 || lutType == .f16 else {
-            throw EDKMError(.dtype, "the LUT dtype must be f32 or f16, got \(lutType.name)")
-        }
-        let sizes = exportSizes
-        try checkLUTCount(lutCount, sizes.lutCount)
-        guard packedBytes == sizes.packedBytes else {
-            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
-        }
+        let sizes = try checkExportBuffers(lutType: lutType, lutCount: lutCount, packedBytes: packedBytes)
         guard count == geometry.count else {
             throw EDKMError(.shape, "expected \(geometry.count) output elements, got \(sizeText(count))")
         }
@@ -113,8 +99,20 @@ extension Layer {
         }
     }
 
-    private func checkLUTCount(_ given: Int?, _ expected: Int) throws(EDKMError) {
-        guard let given, given != expected else { return }
-        throw EDKMError(.shape, "the LUT must hold \(expected) values (partitions x 2^bits x cluster_dim), got \(sizeText(given))")
+    /// The export's sizes, after checking the buffers a caller passes for a LUT and packed labels:
+    /// the LUT dtype (f32 or f16), the LUT's value count when given, the packed byte count.
+    private func checkExportBuffers(lutType: ElementType, lutCount: Int?, packedBytes: Int) throws(EDKMError)
+        -> (lutCount: Int, packedBytes: Int) {
+        guard lutType == .f32 || lutType == .f16 else {
+            throw EDKMError(.dtype, "the LUT dtype must be f32 or f16, got \(lutType.name)")
+        }
+        let sizes = exportSizes
+        if let lutCount, lutCount != sizes.lutCount {
+            throw EDKMError(.shape, "the LUT must hold \(sizes.lutCount) values (partitions x 2^bits x cluster_dim), got \(sizeText(lutCount))")
+        }
+        guard packedBytes == sizes.packedBytes else {
+            throw EDKMError(.shape, "packed buffer must be \(sizes.packedBytes) bytes, got \(sizeText(packedBytes))")
+        }
+        return sizes
     }
 }
