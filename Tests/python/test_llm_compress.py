@@ -99,3 +99,14 @@ def test_lloyd_reference_of_the_kmeans_check():
     x = np.array([0.0, 0.0, 1.0, 1.0, 10.0, 10.0])
     assert diagnose.lloyd_mse(x, 3) == 0.0  # three distinct values, three centroids
     assert abs(diagnose.lloyd_mse(x, 2) - 4 * 0.25 / 6) < 1e-12  # {0, 0, 1, 1} -> 0.5, {10, 10} -> 10
+
+
+def test_cosine_learning_rate_decays_from_base_to_zero():
+    import math
+    assert compress.learning_rate(3e-4, "constant", 0.7) == 3e-4
+    assert compress.learning_rate(3e-4, "cosine", 0.0) == 3e-4
+    assert math.isclose(compress.learning_rate(3e-4, "cosine", 0.5), 1.5e-4, rel_tol=1e-12)
+    assert compress.learning_rate(3e-4, "cosine", 1.0) == 0.0
+    assert compress.learning_rate(3e-4, "cosine", 2.0) == 0.0  # past the budget: stays at 0
+    rates = [compress.learning_rate(1.0, "cosine", p / 10) for p in range(11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))

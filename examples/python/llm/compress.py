@@ -26,6 +26,7 @@ import argparse
 import copy
 import gzip
 import json
+import math
 import os
 import random
 import re
@@ -111,7 +112,8 @@ class StopRequest:
     exports and scores the model as it is, so a long run can be stopped and still be scored."""
 
     def __init__(self, minutes=0.0):
-        self.deadline = time.time() + 60 * minutes if minutes else None
+        self.start = time.time()
+        self.deadline = self.start + 60 * minutes if minutes else None
         self.signalled = False
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._on_signal)
@@ -121,6 +123,20 @@ class StopRequest:
 
     def __call__(self):
         return self.signalled or (self.deadline is not None and time.time() >= self.deadline)
+
+    def elapsed_fraction(self):
+        """Fraction of the wall-time budget used (0 without a time limit)."""
+        if self.deadline is None:
+            return 0.0
+        return min(1.0, (time.time() - self.start) / (self.deadline - self.start))
+
+
+def learning_rate(base, schedule, progress):
+    """The learning rate at `progress` in [0, 1] of the run: constant, or cosine decay
+    base * (1 + cos(pi * progress)) / 2, from base at the start to 0 at the end."""
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
@@ -135,6 +151,10 @@ def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
     data = batches(tok, eos_id, a.batch, a.seq_len, a.seed)
     t0 = time.time()
     for step in range(1, a.steps + 1):
+        # progress: the larger of the steps done and the wall-time budget used (--train-minutes)
+        progress = max((step - 1) / a.steps, stop.elapsed_fraction() if stop is not None else 0.0)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(a.lr, a.lr_schedule, progress)
         ids = next(data)
         with torch.no_grad():
             tl = teacher(ids)
@@ -187,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: decay to 0 over --steps or the --train-minutes budget, whichever ends first")
     ap.add_argument("--temperature", type=float, default=1.0, help="distillation softmax temperature")
     ap.add_argument("--tau", type=float, help="libedkm's DKM temperature (scale-free factor; default: the library's)")
     ap.add_argument("--train-minutes", type=float, default=0.0,
@@ -214,7 +236,7 @@ def main(argv=None):
     student = copy.deepcopy(teacher)
     res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "down_group_size": a.down_group_size,
            "embedding_bits": a.embedding_bits,
-           "layers": sorted(layers) if layers else "all", "lr": a.lr, "tau": a.tau,
+           "layers": sorted(layers) if layers else "all", "lr": a.lr, "lr_schedule": a.lr_schedule, "tau": a.tau,
            "steps": 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
     stop = StopRequest(a.train_minutes)
 
