@@ -97,7 +97,7 @@ def test_layer_options_absolute_temperature_by_default():
 
 @pytest.mark.parametrize("key,value", [
     ("lut_dtype", "f8"),
-    ("cluster_permute", (1, 0)), ("percentage_palett_enable", 0.5), ("quantize_activations", True),
+    ("quantize_activations", True),
     ("palett_mode", "gsm"), ("add_extra_centroid", True), ("palett_cluster_tol", 0.1),
     ("kmeans_init", "nf"),
 ])
@@ -431,10 +431,10 @@ def test_palettizer_module_imports_on_its_own():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_vectors_with_grouped_channels_are_refused_and_indivisible_channels_skipped():
-    with pytest.raises(NotImplementedError, match="cluster_dim"):
-        DKMPalettizerConfig.from_dict({"global_config": {"cluster_dim": 2, "granularity": "per_grouped_channel",
-                                                         "group_size": 8}})
+def test_vectors_crossing_a_group_are_refused_and_indivisible_channels_skipped():
+    with pytest.raises(NotImplementedError, match="cluster_dim=4 with group_size=6"):
+        DKMPalettizerConfig.from_dict({"global_config": {"cluster_dim": 4, "granularity": "per_grouped_channel",
+                                                         "group_size": 6}})
     # cluster_dim 3 divides no output channel count of Net but emb's 100? no: skipped like coremltools
     assert selected({"global_config": {"cluster_dim": 3, "weight_threshold": 0}}) == {}
     got = selected({"module_type_configs": {"Linear": {"cluster_dim": 4, "weight_threshold": 0}}})

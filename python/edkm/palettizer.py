@@ -116,7 +116,8 @@ KEY_STATUS = {
     "channel_axis": (_IMPLEMENTED, "0 only (as coremltools' DKM)"),
     "milestone": (_IMPLEMENTED, "step() count at which palettization starts"),
     "cluster_dim": (_IMPLEMENTED, "vector palettization along the output channels (coremltools' vector "
-                                  "axis 0), per_tensor granularity"),
+                                  "axis 0), per_tensor or per_grouped_channel (group_size a multiple of "
+                                  "cluster_dim)"),
     "kmeans_max_iter": (_IMPLEMENTED, "differentiable k-means iterations per forward"),
     "prune_threshold": (_IMPLEMENTED, "subtracted from every distance to centroid 0"),
     "kmeans_init": (_IMPLEMENTED, "auto / opt1d: libedkm's exact 1-D k-means (auto: k-means++ for "
@@ -135,8 +136,12 @@ KEY_STATUS = {
                                 "its LUT fake-quantizer stays disabled); f16 / b16: the palettized weights rounded "
                                 "to that type after each forward, as coremltools"),
     "quantize_activations": (_NOT_IMPLEMENTED, "False only (activation quantization is out of scope)"),
-    "cluster_permute": (_NOT_IMPLEMENTED, "None only"),
-    "percentage_palett_enable": (_NOT_IMPLEMENTED, "1.0 only (every LUT group trains)"),
+    "cluster_permute": (_IMPLEMENTED, "the weight's axes permuted before clustering and back after (groups, "
+                                      "per-channel scale and vectors along the permuted axis 0); the Core ML "
+                                      "metadata is given in the weight's own axes"),
+    "percentage_palett_enable": (_IMPLEMENTED, "the first max(1, int(p x groups)) LUT groups train; the others "
+                                               "are hard-palettized once with their initial centroids and stay "
+                                               "frozen (no gradient)"),
     "palett_mode": (_NOT_IMPLEMENTED, "'dkm' only (gsm / hard / topk attention not in the core)"),
     "add_extra_centroid": (_NOT_IMPLEMENTED, "False only"),
     "palett_cluster_tol": (_NOT_IMPLEMENTED, "0.0 only (the default: coinciding centroids are re-spread to "
@@ -253,15 +258,20 @@ class ModuleDKMPalettizerConfig:
             if not _is_number(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{key}: expected a finite number >= 0, got {v!r}")
         self.granularity = _granularity_name(self.granularity)
-        if (self.cluster_dim or 1) > 1 and self.granularity != "per_tensor":
-            raise NotImplementedError(f"edkm.torch.DKMPalettizer: cluster_dim={self.cluster_dim} with "
-                                      f"granularity={self.granularity!r} is not implemented in libedkm "
-                                      f"(vector palettization is per_tensor)")
         if self.granularity == "per_grouped_channel":
             if self.group_size is None:
                 raise ValueError("group_size has to be specified along with per_grouped_channel granularity")
+            if self.group_size % (self.cluster_dim or 1):
+                raise NotImplementedError(
+                    f"edkm.torch.DKMPalettizer: cluster_dim={self.cluster_dim} with group_size={self.group_size} is "
+                    f"not implemented: a group's vectors of cluster_dim output channels would cross its columns, "
+                    f"which Core ML's vector palettization cannot describe (use a group_size that cluster_dim divides)")
         elif self.group_size is not None:
             raise ValueError("group_size can't be specified along with per_tensor granularity")
+        self.cluster_permute = _permutation(self.cluster_permute)
+        p = self.percentage_palett_enable
+        if not _is_number(p) or not math.isfinite(p) or p < 0:
+            raise ValueError(f"percentage_palett_enable: expected a finite number >= 0, got {p!r}")
         if self.channel_axis != 0:
             raise ValueError(f"channel_axis: only 0 (the output channels) is supported, as in coremltools' DKM; "
                              f"got {self.channel_axis!r}")
@@ -273,8 +283,6 @@ class ModuleDKMPalettizerConfig:
         checks = {
             "lut_dtype": lambda v: v in _LUT_DTYPES,
             "quantize_activations": lambda v: v is False,
-            "cluster_permute": lambda v: v is None or tuple(v) == (),
-            "percentage_palett_enable": lambda v: _is_number(v) and v == 1,
             "palett_mode": lambda v: v == "dkm",
             "add_extra_centroid": lambda v: v is False,
             "palett_cluster_tol": lambda v: _is_number(v) and v == 0,
@@ -306,6 +314,18 @@ class ModuleDKMPalettizerConfig:
                     init=_INIT_NAMES[self.kmeans_init], f32_key_dtype=self.f32_key_dtype,
                     algorithm=self.algorithm, seed=self.seed, enforce_zero=bool(self.enforce_zero),
                     lut_dtype=_LUT_DTYPES[self.lut_dtype] if _LUT_DTYPES[self.lut_dtype] in ("i8", "u8") else "f32")
+
+
+def _permutation(v):
+    """cluster_permute as a tuple of axes, or None (None or () in the config). coremltools takes a
+    tuple; a list is accepted too. Whether it fits a weight's rank is checked at prepare()."""
+    if v is None or (isinstance(v, (tuple, list)) and len(v) == 0):
+        return None
+    if not isinstance(v, (tuple, list)) or not all(isinstance(a, int) and not isinstance(a, bool) for a in v) \
+            or sorted(v) != list(range(len(v))):
+        raise ValueError(f"cluster_permute: expected None or a permutation of the weight's axes (0, 1, ...), "
+                         f"got {v!r}")
+    return tuple(v)
 
 
 def _not_implemented_init(v):
@@ -397,12 +417,29 @@ def _choose(configs, module):
         weights = _palettizable_weights(module)
         if not all(w is not None and w.numel() > cfg.weight_threshold for _, w in weights):
             continue
-        if cfg.granularity == "per_grouped_channel" and any(w.shape[0] % cfg.group_size for _, w in weights):
+        if cfg.granularity == "per_grouped_channel" and any(_permuted_shape(w, cfg)[0] % cfg.group_size
+                                                            for _, w in weights):
             continue  # coremltools logs "axis_length ... is not divisible by group_size" and skips
         if any(w.shape[0] % (cfg.cluster_dim or 1) for _, w in weights):
             continue  # coremltools logs "... is not divisible by cluster_dim" and skips
         chosen = cfg
     return chosen
+
+
+def _permuted_shape(w, cfg):
+    """The weight's shape after cfg.cluster_permute (coremltools groups the rows of the permuted
+    weight); a permutation of another rank is refused naming the key."""
+    perm = cfg.cluster_permute
+    if perm is None:
+        return tuple(w.shape)
+    if len(perm) != w.dim():
+        raise ValueError(f"cluster_permute={perm} does not permute the axes of a weight of shape {tuple(w.shape)} "
+                         f"(coremltools fails at the forward there)")
+    return tuple(w.shape[a] for a in perm)
+
+
+def _permuted(w, cfg):
+    return w if cfg.cluster_permute is None else w.permute(cfg.cluster_permute)
 
 
 class AxisSwap(nn.Module):
@@ -425,6 +462,70 @@ class RowScale(nn.Module):
         s = self.scale.to(device=w.device, dtype=w.dtype)
         rows = w.flatten(1)
         return (rows / s if self.divide else rows * s).view(w.size())
+
+
+class Permute(nn.Module):
+    """Parametrization w -> w.permute(dims): coremltools' cluster_permute before clustering
+    (`inverse()` is the permutation that undoes it, applied after)."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = tuple(int(a) for a in dims)
+
+    def inverse(self):
+        return Permute(sorted(range(len(self.dims)), key=self.dims.__getitem__))
+
+    def forward(self, w):
+        return w.permute(self.dims)
+
+
+class GroupVectors(nn.Module):
+    """Parametrization laying out the rows of a weight of `shape` (n, r_2, ..., r_N) as libedkm's
+    vectors with a LUT per group of `group_size` rows: w -> (n / g, g r_2 ... r_N), row p being
+    w[p g : (p + 1) g].transpose(0, -1) flattened, which is coremltools' vectorize of partition p, so
+    that the layer's d-vectors of consecutive row elements (group_size 1: a LUT per row) are d
+    consecutive output channels of one group. inverse=True maps such rows back to `shape`."""
+
+    def __init__(self, shape, group_size, inverse=False):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.group_size = int(group_size)
+        self.inverse = bool(inverse)
+
+    def forward(self, w):
+        n, rest = self.shape[0], self.shape[1:]
+        g = self.group_size
+        groups = n // g
+        if not self.inverse:
+            return w.reshape((groups, g) + rest).transpose(1, -1).reshape(groups, -1)
+        swapped = (groups,) + ((rest[-1],) + rest[:-1] if rest else ()) + (g,)
+        return w.reshape(swapped).transpose(1, -1).reshape(self.shape)
+
+
+class FirstRows(nn.Module):
+    """Parametrization w -> w[:rows]: the rows of the LUT groups that train (percentage_palett_enable)."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = int(rows)
+
+    def forward(self, w):
+        return w[:self.rows]
+
+
+class FrozenRows(nn.Module):
+    """Parametrization w -> cat([w, rows]): appends the rows of the LUT groups that do not train
+    (coremltools' percentage_palett_enable < 1), hard-palettized once with their initial centroids.
+    Buffers: `rows` (their values; no gradient reaches their weights, as in coremltools) and `lut`
+    (their LUTs, (groups, 2^bits, cluster_dim), exported after the trained groups' LUTs)."""
+
+    def __init__(self, rows, lut):
+        super().__init__()
+        self.register_buffer("rows", rows.detach().clone())
+        self.register_buffer("lut", lut.detach().clone())
+
+    def forward(self, w):
+        return torch.cat([w, self.rows.to(device=w.device, dtype=w.dtype)], 0)
 
 
 class CastRound(nn.Module):
@@ -483,74 +584,101 @@ def _clustered(module):
     return plist.original if chain is None else _through(chain[0], plist.original)
 
 
-def _palettize_chain(module, runtime, opts, scale=None, rounding=None):
-    """Palettization as coremltools does it where libedkm's layer needs help around it: with a
-    per-channel scale (RowScale dividing before and multiplying after the DKM layer) and/or vectors of
-    cluster_dim consecutive OUTPUT channels (coremltools' vectorize: w.transpose(0, -1).reshape(-1, d);
-    libedkm's vectors run along the last axis, so AxisSwap before and after). The centroids start
-    from the (scaled, transposed) weights now."""
+def _vector_layout(shape, opts):
+    """(pre, post) parametrizations putting vectors of cluster_dim consecutive OUTPUT channels
+    (coremltools' vectorize, vector axis 0) where libedkm's vectors run (along the rows): AxisSwap
+    (w.transpose(0, -1)) for one LUT, GroupVectors with LUT groups. Also the layer options that
+    then apply (group_size 1: a LUT per row of GroupVectors)."""
+    if opts["cluster_dim"] == 1:
+        return [], [], opts
+    if not opts["group_size"] or opts["group_size"] == shape[0]:
+        return [AxisSwap()], [AxisSwap()], dict(opts, group_size=0)
+    g = opts["group_size"]
+    return [GroupVectors(shape, g)], [GroupVectors(shape, g, inverse=True)], dict(opts, group_size=1)
+
+
+def _frozen_rows(runtime, t, opts, dtype):
+    """FrozenRows for the rows t (in the clustered frame) of the LUT groups that do not train:
+    their centroids initialised as the trained groups' (per group), fake-quantized for lut_dtype
+    i8 / u8, then every weight (vector) replaced by its nearest centroid (coremltools' palettize of a
+    disabled partition: labels argmin of the distances with prune_threshold off centroid 0)."""
+    et = _et()
+    pre, post, layer_opts = _vector_layout(tuple(t.shape), opts)
+    with torch.no_grad():
+        tv = _through(pre, t).contiguous()
+    dkm = et.DKMWeight(runtime, tv.shape, dtype, layer_opts, weight=tv)
+    try:
+        et._quantize_centroids(dkm)
+        pt = dkm.export(tv)
+        with torch.no_grad():
+            rows = _through(post, pt.dense(dkm.layer))
+        return FrozenRows(rows, pt.lut.float())
+    finally:
+        dkm.close()
+
+
+def _palettize_chain(module, runtime, opts, scale=None, rounding=None, permute=None, trained_groups=None):
+    """Palettization as coremltools does it where libedkm's layer needs help around it, as a chain of
+    parametrizations around the DKM layer: [Permute] (cluster_permute), [RowScale] (per-channel
+    scale: divide before, multiply after), [FirstRows ... FrozenRows] (only the first trained_groups
+    LUT groups train: percentage_palett_enable), [AxisSwap or GroupVectors] (vectors of cluster_dim
+    consecutive output channels: coremltools' vectorize), DKMWeight, then the inverses in reverse
+    order, [CastRound] (lut_dtype f16 / b16). The centroids start from the transformed weights now."""
     et = _et()
     w = module.weight
     if not isinstance(w, nn.Parameter):
         raise TypeError(f"edkm.torch.DKMPalettizer: {type(module).__name__}.weight is not a Parameter")
-    pre = [RowScale(scale, divide=True)] if scale is not None else []
-    post = [RowScale(scale, divide=False)] if scale is not None else []
-    if opts["cluster_dim"] > 1:
-        pre, post = pre + [AxisSwap()], [AxisSwap()] + post
+    pre, post = [], []
+    if permute is not None:
+        pre, post = [Permute(permute)], [Permute(permute).inverse()]
+    if scale is not None:
+        pre, post = pre + [RowScale(scale, divide=True)], [RowScale(scale, divide=False)] + post
+    with torch.no_grad():
+        t = _through(pre, w.detach())
+    g = opts["group_size"] or t.shape[0]
+    if trained_groups is not None and trained_groups * g < t.shape[0]:
+        rows = trained_groups * g
+        post = [_frozen_rows(runtime, t[rows:], opts, w.dtype)] + post
+        pre = pre + [FirstRows(rows)]
+        t = t[:rows]
+    vpre, vpost, opts = _vector_layout(tuple(t.shape), opts)
+    pre, post = pre + vpre, vpost + post
     if rounding is not None:
         post = post + [CastRound(rounding)]
     with torch.no_grad():
-        t = _through(pre, w.detach())
+        t = _through(vpre, t)
     dkm = et.DKMWeight(runtime, t.shape, w.dtype, opts, weight=t.contiguous())
     dkm.train(module.training)
     for p in pre + [dkm] + post:
         torch.nn.utils.parametrize.register_parametrization(module, "weight", p, unsafe=True)
 
 
-def _finalize_chain(module):
-    """finalize for _palettize_chain: the hard weights into the Parameter, and the buffers
-    coremltools' finalize registers: compression_type, lut (1, ..., 1, 2^bits, d) in the scaled
-    units, vector_axis 0 for vectors, palettization_scale (out, 1, ..., 1) with a per-channel scale."""
-    et = _et()
-    pre, dkm, post = _chain(module)
-    original = module.parametrizations["weight"].original.detach()
-    pt = dkm.export(_through(pre, original))
-    with torch.no_grad():
-        hard = _through(post, pt.dense().to(original.device))
-    et._own_class(module)
-    torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-    with torch.no_grad():
-        module.weight.copy_(hard)
-    base = f"{et.COREML_PREFIX}/weight/"
-    module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION]))
-    module.register_buffer(base + "lut", pt.coreml_lut(original.dim()))
-    if any(isinstance(p, AxisSwap) for p in pre):
-        module.register_buffer(base + "vector_axis", torch.tensor(0))
+def _chain_coreml_metadata(pt, pre, post, ndim):
+    """Core ML metadata (coremltools' CompressionMetadata fields) of a weight of rank ndim palettized
+    through the chain pre -> DKM layer -> post (_palettize_chain), in the weight's own axes:
+    {'lut': (blocks..., 2^bits, cluster_dim), 'vector_axis': int (vectors only),
+    'palettization_scale': (per-channel scale only)}. In the clustered frame every LUT group and
+    every scale runs along axis 0 and vectors along axis 0 (AxisSwap / GroupVectors); the frozen
+    groups' LUTs follow the trained ones'; a cluster_permute then moves axis 0 to the weight's axis
+    cluster_permute[0] (coremltools' own finalize leaves them on axis 0, where they describe another
+    weight: Core ML then decodes wrong weights, or fails for the scale)."""
+    lut = torch.cat([pt.lut.float()] + [p.lut for p in post if isinstance(p, FrozenRows)], 0)
+    k, d = lut.shape[-2], lut.shape[-1]
+    meta = {"lut": lut.reshape((lut.shape[0],) + (1,) * (ndim - 1) + (k, d)).to(pt.lut.dtype)}
+    if any(isinstance(p, (AxisSwap, GroupVectors)) for p in pre):
+        meta["vector_axis"] = 0
     scales = [p.scale for p in post if isinstance(p, RowScale)]
     if scales:
-        module.register_buffer(base + "palettization_scale",
-                               scales[0].detach().float().reshape((-1,) + (1,) * (original.dim() - 1)).clone())
-    dkm.close()
-
-
-def _register_lut_quantization(module, lut_dtype):
-    """Core ML's joint palettization + quantization metadata for a finalized module whose LUTs were
-    quantized in training: compression_type [palettization, quantization], quantization_n_bits 8,
-    quantization_scale (and zero_point for u8) per LUT, shaped like the LUT with its last two axes 1
-    (coremltools.convert then stores each LUT as 8-bit integers: constexpr_lut_to_dense on an int8 /
-    uint8 LUT, then constexpr_blockwise_shift_scale)."""
-    et = _et()
-    base = f"{et.COREML_PREFIX}/weight/"
-    lut = module.get_buffer(base + "lut")
-    groups = lut.shape[0]
-    params = [et._core.lut_quantization(lut[g].detach().cpu().numpy(), lut_dtype) for g in range(groups)]
-    shape = (groups,) + (1,) * (lut.dim() - 1)
-    module.register_buffer(base + "compression_type", torch.tensor([et.COREML_PALETTIZATION, 3]))
-    module.register_buffer(base + "quantization_n_bits", torch.tensor(8))
-    module.register_buffer(base + "quantization_scale",
-                           torch.tensor([p[0] for p in params], dtype=torch.float32).reshape(shape))
-    if lut_dtype == "u8":
-        module.register_buffer(base + "zero_point", torch.tensor([p[1] for p in params], dtype=torch.float32).reshape(shape))
+        meta["palettization_scale"] = scales[0].detach().float().reshape((-1,) + (1,) * (ndim - 1))
+    perms = [p.dims for p in pre if isinstance(p, Permute)]
+    if perms:
+        back = Permute(perms[0]).inverse().dims  # axis a of the weight is axis back[a] of the clustered frame
+        meta["lut"] = meta["lut"].permute(back + (ndim, ndim + 1))
+        if "vector_axis" in meta:
+            meta["vector_axis"] = perms[0][0]
+        if scales:
+            meta["palettization_scale"] = meta["palettization_scale"].permute(back)
+    return {key: v.contiguous().clone() if isinstance(v, torch.Tensor) else v for key, v in meta.items()}
 
 
 class PalettizationReport(dict):
@@ -627,6 +755,12 @@ class DKMPalettizer:
                     f"edkm.torch.DKMPalettizer: {name} is a MultiheadAttention; palettizing its projection "
                     f"weights is not implemented (skip it with module_type_configs={{'MultiheadAttention': None}} "
                     f"or module_name_configs={{{name!r}: None}})")
+            shape = _permuted_shape(module.weight, cfg) if isinstance(module.weight, torch.Tensor) else None
+            if shape and (cfg.cluster_dim or 1) > 1 and shape[0] % cfg.cluster_dim:
+                raise NotImplementedError(
+                    f"edkm.torch.DKMPalettizer: {name}: cluster_permute={cfg.cluster_permute} puts an axis of "
+                    f"{shape[0]} first, which cluster_dim={cfg.cluster_dim} does not divide: the vectors would "
+                    f"cross it (coremltools' vectorize), which Core ML's vector palettization cannot describe")
             plan[name] = (cfg, type(module))
         return plan
 
@@ -641,7 +775,9 @@ class DKMPalettizer:
         self._model, self._plan, self._started, self._step_count = model, plan, set(), 0
         # coremltools computes the per-channel scale at the module's first forward, before any
         # optimizer step (also before its milestone): from the weights as they are now
-        self._scales = {name: per_channel_scale(model.get_submodule(name).weight, cfg.per_channel_scaling_factor_scheme)
+        # (of the weight's rows after cluster_permute, as coremltools)
+        self._scales = {name: per_channel_scale(_permuted(model.get_submodule(name).weight, cfg),
+                                                cfg.per_channel_scaling_factor_scheme)
                         for name, (cfg, _) in plan.items() if cfg.enable_per_channel_scale}
         self._prepared = True
         for name, (cfg, _) in plan.items():
@@ -654,10 +790,15 @@ class DKMPalettizer:
         opts = cfg.layer_options(mtype)
         scale = self._scales.get(name)
         rounding = _ROUNDING_TYPES.get(_LUT_DTYPES[cfg.lut_dtype])
-        if opts["cluster_dim"] == 1 and scale is None and rounding is None:
+        module = self._model.get_submodule(name)
+        permute = cfg.cluster_permute if cfg.cluster_permute != tuple(range(module.weight.dim())) else None
+        groups = _permuted_shape(module.weight, cfg)[0] // opts["group_size"] if opts["group_size"] else 1
+        # coremltools' _Partitioner: the first max(1, int(p * groups)) partitions train
+        trained = min(groups, max(1, int(cfg.percentage_palett_enable * groups)))
+        if opts["cluster_dim"] == 1 and scale is None and rounding is None and permute is None and trained == groups:
             _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
         else:
-            _palettize_chain(self._model.get_submodule(name), self._runtime, opts, scale, rounding)
+            _palettize_chain(module, self._runtime, opts, scale, rounding, permute, trained)
         self._started.add(name)
 
     def step(self):
@@ -678,16 +819,7 @@ class DKMPalettizer:
         model.eval()
         if not inplace:
             model = copy.deepcopy(model)
-        for module in list(model.modules()):
-            if _chain(module) is not None:
-                _finalize_chain(module)
-        lut_types = {name: cfg.layer_options(mtype)["lut_dtype"] for name, (cfg, mtype) in self._plan.items()
-                     if name in self._started}
-        model = _et().finalize(model)
-        for name, lut_dtype in lut_types.items():
-            if lut_dtype != "f32":
-                _register_lut_quantization(model.get_submodule(name), lut_dtype)
-        return model
+        return _et().finalize(model)
 
     def report(self):
         """PalettizationReport: per selected module its shape, bits, group size, started or not,

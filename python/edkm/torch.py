@@ -67,6 +67,7 @@ COREML_PREFIX = "_COREML_"
 COREML_METADATA_VERSION_BUFFER = COREML_PREFIX + "/metadata_version"
 COREML_METADATA_VERSION = 1
 COREML_PALETTIZATION = 2
+COREML_QUANTIZATION = 3
 
 SAFETENSORS_FORMAT = _pf.FORMAT_VALUE  # include/edkm-palettized-format.md, shared with the CLI
 
@@ -493,24 +494,99 @@ def palettize(model, bits=None, group_size=None, cluster_dim=None, tau=None, mod
     return model
 
 
-def _register_coreml_metadata(module, pname, pt):
+def _coreml_metadata(pt):
+    """Core ML metadata of a weight palettized by its DKM layer alone: lut (groups, 1, ..., 2^bits,
+    cluster_dim) with the groups along axis 0, and vector_axis (the last axis: libedkm's d-vectors
+    are consecutive elements of a row) for cluster_dim > 1."""
+    meta = {"lut": pt.coreml_lut()}
+    if pt.cluster_dim > 1:
+        if pt.shape[-1] % pt.cluster_dim:
+            warnings.warn(f"edkm: {pt.shape}: cluster_dim {pt.cluster_dim} does not divide the last axis, so the "
+                          f"vectors cross axes and Core ML's vector_axis cannot describe them", stacklevel=4)
+        meta["vector_axis"] = len(pt.shape) - 1
+    return meta
+
+
+def _register_coreml_metadata(module, pname, meta, lut_dtype="f32"):
     """The buffers coremltools' finalize registers for one palettized parameter
-    (CompressionMetadata(param_name).register(module)): compression_type (appended to an existing
-    one), lut, and vector_axis for vector palettization."""
+    (CompressionMetadata(param_name).register(module)): compression_type (palettization appended to
+    an existing one), lut, vector_axis and palettization_scale where `meta` has them. lut_dtype 'i8'
+    / 'u8' (LUTs quantized in training) adds Core ML's joint palettization + quantization metadata:
+    compression_type ... 3, quantization_n_bits 8, quantization_scale (and zero_point for u8), one
+    per LUT, shaped like the LUT with its last two axes 1 (coremltools.convert then stores each LUT
+    as 8-bit integers: constexpr_blockwise_shift_scale on an int8 / uint8 LUT feeding
+    constexpr_lut_to_dense)."""
     base = f"{COREML_PREFIX}/{pname}/"
     ctype = [COREML_PALETTIZATION]
     try:
         ctype = module.get_buffer(base + "compression_type").tolist() + ctype
     except AttributeError:
         pass
+    lut = meta["lut"]
+    if lut_dtype in ("i8", "u8"):
+        ctype.append(COREML_QUANTIZATION)
+        blocks = lut.reshape((-1,) + tuple(lut.shape[-2:])).detach().cpu().numpy()
+        params = [_core.lut_quantization(b, lut_dtype) for b in blocks]
+        shape = tuple(lut.shape[:-2]) + (1, 1)
+        module.register_buffer(base + "quantization_n_bits", torch.tensor(8))
+        module.register_buffer(base + "quantization_scale",
+                               torch.tensor([q[0] for q in params], dtype=torch.float32).reshape(shape))
+        if lut_dtype == "u8":
+            module.register_buffer(base + "zero_point",
+                                   torch.tensor([q[1] for q in params], dtype=torch.float32).reshape(shape))
     module.register_buffer(base + "compression_type", torch.tensor(ctype))
-    module.register_buffer(base + "lut", pt.coreml_lut())
-    if pt.cluster_dim > 1:
-        # libedkm's d-vectors are consecutive elements of a row: along the last axis when d divides it.
-        if pt.shape[-1] % pt.cluster_dim:
-            warnings.warn(f"edkm: {pname} {pt.shape}: cluster_dim {pt.cluster_dim} does not divide the last axis, "
-                          f"so the vectors cross axes and Core ML's vector_axis cannot describe them", stacklevel=3)
-        module.register_buffer(base + "vector_axis", torch.tensor(len(pt.shape) - 1))
+    for key, value in meta.items():
+        module.register_buffer(base + key, value if isinstance(value, torch.Tensor) else torch.tensor(value))
+
+
+def _quantize_centroids(p):
+    """For lut_dtype i8 / u8: puts every LUT of DKMWeight p on its own 8-bit grid (the layer's
+    fake quantization, edkm_lut_dtype; a no-op for LUTs a training forward left there), so that
+    the exported LUT is the one Core ML stores. Other lut_dtypes: nothing."""
+    lut_dtype = p.layer_options.get("lut_dtype")
+    if lut_dtype not in ("i8", "u8"):
+        return
+    lo, hi = (-128, 127) if lut_dtype == "i8" else (0, 255)
+    c = np.array(p.layer.centroids, dtype=np.float64).reshape(p.layer.groups, -1)
+    moved = False
+    for g in range(c.shape[0]):
+        scale, zero = _core.lut_quantization(c[g], lut_dtype)
+        q = c[g] / scale + zero
+        if np.abs(q - np.round(q)).max() > 1e-3:  # not on its grid yet (no training forward since init)
+            c[g] = (np.clip(np.round(q), lo, hi) - zero) * scale
+            moved = True
+    if moved:
+        p.layer.set_centroids(np.ascontiguousarray(c.reshape(p.centroids.shape), dtype=np.float32))
+        p._pull_centroids()
+
+
+def _finalize_weight(m, pname, p, coreml_metadata):
+    """finalize for one DKM parametrization p of m.<pname>, alone or in a chain of
+    parametrizations (edkm.palettizer: cluster_permute, per-channel scale, frozen groups, vectors
+    along the output channels, f16 rounding): the hard weights into the Parameter, the Core ML
+    metadata in the weight's own axes."""
+    plist = m.parametrizations[pname]
+    items = list(plist)
+    i = next(j for j, q in enumerate(items) if q is p)
+    pre, post = items[:i], items[i + 1:]
+    original = plist.original
+    _quantize_centroids(p)
+    with torch.no_grad():
+        clustered = _through(pre, original.detach())
+        pt = p.export(clustered)
+        hard = _through(post, pt.dense(p.layer).to(original.device))
+    _own_class(m)
+    _parametrize.remove_parametrizations(m, pname, leave_parametrized=False)
+    with torch.no_grad():
+        getattr(m, pname).copy_(hard)
+    if not pre and not post:  # the export describes the weight itself (export_safetensors)
+        if not hasattr(m, "_edkm_palettized"):
+            m._edkm_palettized = {}
+        m._edkm_palettized[pname] = pt
+    if coreml_metadata:
+        meta = _chain_coreml_metadata(pt, pre, post, original.dim()) if pre or post else _coreml_metadata(pt)
+        _register_coreml_metadata(m, pname, meta, p.layer_options.get("lut_dtype") or "f32")
+    p.close()
 
 
 def _own_class(module):
@@ -535,23 +611,8 @@ def finalize(model, coreml_metadata=True):
     cluster_dim > 1, and `_COREML_/metadata_version` (1) on the model, so that coremltools.convert
     emits constexpr_lut_to_dense. The palettization is also kept as `module._edkm_palettized[name]`
     (a PalettizedTensor) for export_safetensors. Returns the model."""
-    for name, pname, m, p in palettized(model):
-        plist = m.parametrizations[pname]
-        if len(plist) != 1:
-            raise NotImplementedError(f"edkm: {name}.{pname} has other parametrizations stacked with DKM")
-        original = plist.original
-        pt = p.export(original)
-        hard = pt.dense(p.layer)
-        _own_class(m)
-        _parametrize.remove_parametrizations(m, pname, leave_parametrized=False)
-        with torch.no_grad():
-            getattr(m, pname).copy_(hard)
-        if not hasattr(m, "_edkm_palettized"):
-            m._edkm_palettized = {}
-        m._edkm_palettized[pname] = pt
-        if coreml_metadata:
-            _register_coreml_metadata(m, pname, pt)
-        p.close()
+    for _, pname, m, p in palettized(model):
+        _finalize_weight(m, pname, p, coreml_metadata)
     if coreml_metadata:
         model.register_buffer(COREML_METADATA_VERSION_BUFFER, torch.tensor(COREML_METADATA_VERSION))
     return model
@@ -736,3 +797,4 @@ def communicator(group=None):
     return _core.Communicator(rank, world, all_gather, all_reduce_sum)
 
 from .palettizer import DKMPalettizer, DKMPalettizerConfig, ModuleDKMPalettizerConfig  # noqa: E402,F401  coremltools' interface
+from .palettizer import _chain_coreml_metadata, _through  # noqa: E402  finalize of a weight in a chain of parametrizations
