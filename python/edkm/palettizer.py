@@ -172,6 +172,14 @@ KEY_STATUS = {
     "kmeans_error_bnd": (_ACCEPTED, "stopping rule of coremltools' initialiser"),
 }
 
+def key_table():
+    """KEY_STATUS and COREMLTOOLS_DEFAULTS as the markdown table of docs/coremltools-options.md."""
+    lines = ["| key | coremltools default | status | meaning here |", "|---|---|---|---|"]
+    for key, (status, meaning) in KEY_STATUS.items():
+        lines.append(f"| `{key}` | `{COREMLTOOLS_DEFAULTS[key]!r}` | {status} | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
+
+
 def _et():
     """edkm.torch, imported on use: edkm.torch re-exports this module's classes, so a module-level
     import would be circular whichever of the two is imported first."""
