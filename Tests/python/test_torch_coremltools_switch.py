@@ -122,6 +122,8 @@ def test_only_the_first_groups_train_and_the_others_stay_frozen(percentage, trai
             assert soft[8 * g:8 * (g + 1)].unique().numel() <= 4
         opt.step()
         p.step()
+    fig = p.report()["0"]
+    assert fig["frozen_groups"] == 4 - trained and fig["palettized_bytes"] == 4 * (4 * 4 + 8 * 64 * 2 // 8)
     final = p.finalize()
     lut = final.get_buffer("0._COREML_/weight/lut")
     assert lut.shape == (4, 1, 4, 1)

@@ -619,7 +619,7 @@ def _frozen_rows(runtime, t, opts, dtype):
         et._quantize_centroids(dkm)
         pt = dkm.export(tv)
         with torch.no_grad():
-            rows = _through(post, pt.dense(dkm.layer))
+            rows = _through(post, pt.dense(dkm.layer)).to(t.device)
         return FrozenRows(rows, pt.lut.float())
     finally:
         dkm.close()
@@ -831,9 +831,10 @@ class DKMPalettizer:
 
     def report(self):
         """PalettizationReport: per selected module its shape, bits, group size, started or not,
-        distinct values of the hard weights, centroid range, error (RMSE weights vs hard weights, as
-        coremltools), the last forward's effective temperature, attention entropy and iterations, the
-        palettized size in bytes; `.runtime` the runtime's arena figures."""
+        distinct values of the hard weights, centroid range (of the trained groups), error (RMSE
+        weights vs hard weights, as coremltools), the last forward's effective temperature, attention
+        entropy and iterations, the palettized size in bytes, the LUT groups that do not train
+        (percentage_palett_enable); `.runtime` the runtime's arena figures."""
         rep = PalettizationReport()
         by_name = {name: (m, p) for name, pname, m, p in _et().palettized(self._model) if pname == "weight"}
         for name, (cfg, mtype) in self._plan.items():
@@ -852,6 +853,10 @@ class DKMPalettizer:
                         hard = _through(chain[2], hard.to(w.device))
                     wf = w.detach().float()
                     stats = p.layer.stats()
+                    # groups that do not train (percentage_palett_enable): their LUTs and labels
+                    frozen = [q for q in (chain[2] if chain else []) if isinstance(q, FrozenRows)]
+                    frozen_bytes = sum(q.lut.numel() * pt.lut.element_size() + q.lut.shape[0] * math.ceil(
+                        q.rows.numel() // q.lut.shape[0] // opts["cluster_dim"] * opts["bits"] / 8) for q in frozen)
                     fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()},
                                distinct_values=int(torch.unique(hard).numel()),
                                centroid_min=float(p.centroids.min()), centroid_max=float(p.centroids.max()),
@@ -859,7 +864,8 @@ class DKMPalettizer:
                                effective_tau=float(stats.effective_tau),
                                attention_entropy=float(stats.attention_entropy),
                                iterations=int(stats.iterations), inertia=float(stats.inertia),
-                               palettized_bytes=int(pt.nbytes), dense_bytes=w.numel() * w.element_size())
+                               palettized_bytes=int(pt.nbytes) + frozen_bytes, dense_bytes=w.numel() * w.element_size(),
+                               frozen_groups=sum(q.lut.shape[0] for q in frozen))
             else:
                 w = self._model.get_submodule(name).weight
                 fig.update(shape=tuple(w.shape), device=str(w.device), **{"#params": w.numel()})
