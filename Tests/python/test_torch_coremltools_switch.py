@@ -4,7 +4,6 @@ short form (edkm.torch.palettize / finalize) registering the same Core ML metada
 the key table of docs/coremltools-options.md against KEY_STATUS; coremltools' documented example
 run with only its import changed (examples/python/coremltools_documented_example.py)."""
 import copy
-import logging
 import pathlib
 import re
 import subprocess
@@ -26,14 +25,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def coremltools_or_skip():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            ct = pytest.importorskip("coremltools")
-            ctp = pytest.importorskip("coremltools.optimize.torch.palettization")
-        finally:
-            logging.disable(logging.NOTSET)
+    """(coremltools, coremltools.optimize.torch.palettization); skips the test when absent."""
+    from test_torch_dkm_palettizer import coremltools_palettization
+
+    ctp = coremltools_palettization()
+    import coremltools as ct
+
     return ct, ctp
 
 

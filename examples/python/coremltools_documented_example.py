@@ -11,7 +11,7 @@ example has run (prepare, the training loop with palettizer.step(), finalize), t
 traced and converted with coremltools.convert, as coremltools' documentation continues.
 
 Run from the repository root (needs torch and coremltools):
-    PYTHONPATH=python python3 examples/python/coremltools_documented_example.py [--compare] [--out m.mlpackage]
+    python3 examples/python/coremltools_documented_example.py [--compare] [--show] [--out m.mlpackage]
 --compare runs coremltools' original text too, on the same model and data, and checks that the two
 Core ML programs hold the same op types. --show prints the example as it runs.
 """
@@ -19,6 +19,7 @@ import argparse
 import difflib
 import inspect
 import logging
+import os
 import sys
 import textwrap
 import warnings
@@ -26,6 +27,11 @@ from collections import Counter
 
 import torch
 from torch import nn
+
+try:
+    import edkm  # noqa: F401  (the example's changed import: from edkm.torch import ...)
+except ImportError:  # the checkout's binding
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
 COREMLTOOLS_IMPORT = "from coremltools.optimize.torch.palettization import"
 EDKM_IMPORT = "from edkm.torch import"
