@@ -609,8 +609,13 @@ def finalize(model, coreml_metadata=True):
     `<module>._COREML_/weight/compression_type` ([2] = palettization), `..._COREML_/weight/lut`
     (shape (groups, 1, ..., 2^bits, cluster_dim): weight rank + 2), `vector_axis` for
     cluster_dim > 1, and `_COREML_/metadata_version` (1) on the model, so that coremltools.convert
-    emits constexpr_lut_to_dense. The palettization is also kept as `module._edkm_palettized[name]`
-    (a PalettizedTensor) for export_safetensors. Returns the model."""
+    emits constexpr_lut_to_dense. A layer with lut_dtype 'i8' / 'u8' adds Core ML's LUT quantization
+    metadata (its LUTs first put on their 8-bit grid if no training forward has). A weight that
+    DKMPalettizer palettized through a chain of parametrizations (cluster_permute, per-channel scale,
+    frozen LUT groups, vectors along the output channels, f16 rounding) is finalized through it, with
+    the metadata in the weight's own axes (palettization_scale included): the same code serves
+    DKMPalettizer.finalize. The palettization of a weight palettized alone is also kept as
+    `module._edkm_palettized[name]` (a PalettizedTensor) for export_safetensors. Returns the model."""
     for _, pname, m, p in palettized(model):
         _finalize_weight(m, pname, p, coreml_metadata)
     if coreml_metadata:
