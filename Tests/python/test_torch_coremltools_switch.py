@@ -302,6 +302,11 @@ def test_short_form_finalize_of_a_long_form_model_is_the_long_forms(options):
         assert torch.equal(_metadata(short)[k], v), k
     for i in (0, 2):
         assert torch.equal(short[i].weight, long_form[i].weight)
+    if options.get("lut_dtype") == "u8":  # every LUT on its grid, the frozen groups' too
+        meta = _metadata(long_form)
+        lut = meta["0._COREML_/weight/lut"].double()
+        q = lut / meta["0._COREML_/weight/quantization_scale"].double() + meta["0._COREML_/weight/zero_point"].double()
+        assert lut.shape == (1, 4, 4, 1) and (q - q.round()).abs().max() < 1e-3
 
 
 @pytest.mark.parametrize("lut_dtype", ["i8", "u8"])
