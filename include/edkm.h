@@ -328,6 +328,11 @@ typedef struct edkm_layer_config {
                                     float; EDKM_LUT_INT8 / EDKM_LUT_UINT8 fake-quantize each LUT after
                                     every DKM iteration (forward) with one scale per LUT, the
                                     straight-through estimator in the backward (see edkm_lut_dtype) */
+    /* Since 0.5. */
+    int32_t channel_scale;     /**< an edkm_channel_scale: EDKM_CHANNEL_SCALE_NONE (default) or a
+                                    per-output-channel scale (coremltools' enable_per_channel_scale
+                                    with its per_channel_scaling_factor_scheme; see
+                                    edkm_channel_scale); other values EDKM_ERR_INVALID_ARGUMENT */
 } edkm_layer_config;
 
 /**
@@ -347,6 +352,29 @@ typedef enum edkm_lut_dtype {
     EDKM_LUT_INT8 = 1,
     EDKM_LUT_UINT8 = 2
 } edkm_lut_dtype;
+
+/**
+ * Per-output-channel scale (edkm_layer_config.channel_scale, since 0.5; coremltools'
+ * enable_per_channel_scale). Row r of the weights (shape[0] rows, channel axis 0) has one factor
+ * s_r > 0; the layer clusters w / s (rounded to the weights' dtype) and returns
+ * w~ = s_r f(w / s), f the clustering. The factors are constants (as coremltools, which computes
+ * them once): the backward is dL/dw = (1 / s_r) J_f^T (s_r dL/dw~), with no gradient to s. They are
+ * fixed from the first weights the layer sees (edkm_layer_forward, edkm_layer_init_centroids or
+ * edkm_layer_export), unless edkm_layer_set_channel_scale set them before:
+ *   MIN_MAX: s_r = (max_r w - min_r w) / 2 (coremltools' "min_max", its default);
+ *   ABS_MAX: s_r = max_r |w| (coremltools' "abs").
+ * A factor that would be 0 (a zero row; a constant row under MIN_MAX) is the row's largest
+ * magnitude instead, or 1 for a zero row (coremltools divides by zero there). The centroids, the
+ * LUT of edkm_layer_export and the output of edkm_layer_unpack are in the scaled units: multiply
+ * row r by s_r (edkm_layer_get_channel_scale) for the weights. Works with every group_size,
+ * cluster_dim, algorithm and saved_mode; edkm_layer_forward_shard and
+ * edkm_layer_forward_histogram give EDKM_ERR_INVALID_ARGUMENT for such a layer.
+ */
+typedef enum edkm_channel_scale {
+    EDKM_CHANNEL_SCALE_NONE = 0,
+    EDKM_CHANNEL_SCALE_MIN_MAX = 1,
+    EDKM_CHANNEL_SCALE_ABS_MAX = 2
+} edkm_channel_scale;
 
 /** Fills cfg with the defaults above and struct_size = sizeof(edkm_layer_config); tau, epsilon and
  *  prune_threshold unset (NaN) since 0.4, so they follow whatever temperature_mode the caller
@@ -392,6 +420,17 @@ EDKM_API edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *ou
  *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count),
  *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY. */
 EDKM_API edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);
+/** Copies the channel scale factors (see edkm_channel_scale; since 0.5) into out[count], count =
+ *  shape[0]. Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count),
+ *  EDKM_ERR_INVALID_ARGUMENT (a layer with channel_scale NONE), EDKM_ERR_STATE (not fixed yet: no
+ *  forward, init_centroids or export so far), EDKM_ERR_BUSY. */
+EDKM_API edkm_status edkm_layer_get_channel_scale(const edkm_layer *layer, float *out, size_t count);
+/** Replaces the channel scale factors (since 0.5), e.g. to restore a checkpoint or to fix them
+ *  from weights the layer has not seen: count = shape[0] factors, each finite and > 0.
+ *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_SHAPE (count),
+ *  EDKM_ERR_INVALID_ARGUMENT (a factor not finite or <= 0; a layer with channel_scale NONE),
+ *  EDKM_ERR_BUSY. */
+EDKM_API edkm_status edkm_layer_set_channel_scale(edkm_layer *layer, const float *scale, size_t count);
 /** (Re)initialises the centroids from weights[count] (count = the tensor's element count).
  *  Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_SHAPE (count),
  *  EDKM_ERR_NON_FINITE, EDKM_ERR_BUSY, EDKM_ERR_OUT_OF_MEMORY. */
@@ -431,8 +470,8 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
  * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; no 16-bit keys or cluster_dim > 1),
  * EDKM_ERR_SHAPE (a slice outside the tensor; every slice empty), EDKM_ERR_NON_FINITE (weights of
- * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a scale-free temperature too small for
- * these weights), EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
+ * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a channel scale (since 0.5); a scale-free
+ * temperature too small for these weights), EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
  * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,
@@ -603,8 +642,8 @@ EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut,
  *   normalisers, the keys and counts (6 bytes per key), and under EDKM_SAVED_UNIQUIFY/SHARD the
  *   U x k softmax and distance tables (8 k bytes per key per iteration) as the buffer form keeps
  *   them; edkm_saved_state_bytes reports the total.
- * The layer must have cluster_dim 1 and an algorithm other than EDKM_ALGORITHM_DENSE
- * (EDKM_ERR_INVALID_ARGUMENT). A layer without centroids is initialised by optimal 1-D k-means
+ * The layer must have cluster_dim 1, an algorithm other than EDKM_ALGORITHM_DENSE and no
+ * channel scale (EDKM_ERR_INVALID_ARGUMENT). A layer without centroids is initialised by optimal 1-D k-means
  * on the histogram (whatever cfg->init says; set or init the centroids first for another start).
  * The layer's centroids become c^T and edkm_layer_get_stats reports the forward as the buffer
  * form does (distinct_values = total U, algorithm = EDKM_ALGORITHM_UNIQUIFIED).

@@ -13,7 +13,7 @@ func cLayerConfig(_ d: ClusteringConfig, resolved: Bool) -> edkm_layer_config {
         tau: tau, epsilon: epsilon, zero_threshold: d.zeroThreshold, prune_threshold: prune,
         algorithm: d.algorithm.rawValue, f32_key_dtype: d.f32KeyType.rawValue, seed: d.seed,
         temperature_mode: d.temperatureMode.rawValue, reserved: 0,
-        enforce_zero: d.enforceZero ? 1 : 0, lut_dtype: d.lutType.rawValue)
+        enforce_zero: d.enforceZero ? 1 : 0, lut_dtype: d.lutType.rawValue, channel_scale: d.channelScale.rawValue)
 }
 
 /// What edkm_layer_config_init writes: the thresholds unset (NaN), so they follow the mode.
@@ -56,6 +56,10 @@ func clusteringConfig(_ c: edkm_layer_config) throws(EDKMError) -> ClusteringCon
         throw EDKMError(.invalidArgument, "lut_dtype \(c.lut_dtype) is not an edkm_lut_dtype (0...2)")
     }
     config.lutType = lutType
+    guard let channelScale = ClusteringConfig.ChannelScale(rawValue: c.channel_scale) else {
+        throw EDKMError(.invalidArgument, "channel_scale \(c.channel_scale) is not an edkm_channel_scale (0...2)")
+    }
+    config.channelScale = channelScale
     config.enforceZero = c.enforce_zero == 1
     try config.validate()
     return config
@@ -131,6 +135,31 @@ public func edkm_layer_set_centroids(_ layer: OpaquePointer!, _ centroids: Unsaf
             throw EDKMError(.shape, "expected \(l.centroidCount) centroid values (partitions x k x d), got \(UInt(bitPattern: count))")
         }
         try l.setCentroids(UnsafeBufferPointer(start: c, count: count))
+    }
+}
+
+@c @implementation
+public func edkm_layer_get_channel_scale(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<Float>!, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let out = try require(out, "out")
+        guard count == l.geometry.rows else {
+            throw EDKMError(.shape, "expected room for \(l.geometry.rows) channel scale factors (shape[0]), got \(sizeText(count))")
+        }
+        let factors = try l.getChannelScale()
+        out.update(from: factors, count: factors.count)
+    }
+}
+
+@c @implementation
+public func edkm_layer_set_channel_scale(_ layer: OpaquePointer!, _ scale: UnsafePointer<Float>!, _ count: Int) -> edkm_status {
+    guarded { () throws(EDKMError) in
+        let l = try layerObject(layer)
+        let s = try require(scale, "scale")
+        guard count == l.geometry.rows else {  // before forming a buffer (count comes from size_t)
+            throw EDKMError(.shape, "expected \(l.geometry.rows) channel scale factors (shape[0]), got \(sizeText(count))")
+        }
+        try l.setChannelScale(UnsafeBufferPointer(start: s, count: count))
     }
 }
 

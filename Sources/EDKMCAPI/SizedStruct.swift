@@ -28,7 +28,7 @@ extension edkm_layer_config: SizedStruct {
     static let fieldOffsets: [Int] = offsets(of: edkm_layer_config.self, [\.bits, \.cluster_dim, \.group_size, \.max_iterations, \.`init`,
                                       \.tau, \.epsilon, \.zero_threshold, \.prune_threshold, \.algorithm,
                                       \.f32_key_dtype, \.seed, \.temperature_mode, \.reserved,
-                                      \.enforce_zero, \.lut_dtype])
+                                      \.enforce_zero, \.lut_dtype, \.channel_scale])
 }
 
 extension edkm_runtime_stats: SizedStruct {

@@ -101,6 +101,11 @@ EDKM_LUT_F32 = 0
 EDKM_LUT_INT8 = 1
 EDKM_LUT_UINT8 = 2
 
+# typedef enum edkm_channel_scale (since 0.5)
+EDKM_CHANNEL_SCALE_NONE = 0
+EDKM_CHANNEL_SCALE_MIN_MAX = 1
+EDKM_CHANNEL_SCALE_ABS_MAX = 2
+
 # C enums (edkm_status, edkm_dtype) are passed and returned as int.
 edkm_status = c_int
 edkm_dtype = c_int
@@ -197,6 +202,7 @@ class edkm_layer_config(Structure):
         ("reserved", c_uint32),
         ("enforce_zero", c_uint32),  # since 0.4
         ("lut_dtype", c_int32),  # since 0.4: an edkm_lut_dtype
+        ("channel_scale", c_int32),  # since 0.5: an edkm_channel_scale
     ]
 
 
@@ -261,6 +267,10 @@ PROTOTYPES = {
     "edkm_layer_get_config": (edkm_status, [edkm_layer_p, POINTER(edkm_layer_config)]),
     # edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
     "edkm_layer_centroid_count": (edkm_status, [edkm_layer_p, POINTER(c_size_t)]),
+    # edkm_status edkm_layer_get_channel_scale(const edkm_layer *layer, float *out, size_t count);
+    "edkm_layer_get_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
+    # edkm_status edkm_layer_set_channel_scale(edkm_layer *layer, const float *scale, size_t count);
+    "edkm_layer_set_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
     # edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
     "edkm_layer_get_centroids": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
     # edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);

@@ -545,6 +545,8 @@ def unpack_labels(packed, bits, groups, labels_per_group):
 
 #: lut_dtype names -> edkm_lut_dtype.
 LUT_DTYPES = {"f32": _ffi.EDKM_LUT_F32, "i8": _ffi.EDKM_LUT_INT8, "u8": _ffi.EDKM_LUT_UINT8}
+CHANNEL_SCALES = {"none": _ffi.EDKM_CHANNEL_SCALE_NONE, "min_max": _ffi.EDKM_CHANNEL_SCALE_MIN_MAX,
+                  "abs": _ffi.EDKM_CHANNEL_SCALE_ABS_MAX}
 
 
 def lut_quantization(lut, lut_dtype):
@@ -576,7 +578,11 @@ class Layer(_Handle):
     enforce_zero=True fixes centroid 0 of every LUT at zero (coremltools' enforce_zero; needs
     prune_threshold > 0). lut_dtype 'f32' (default), 'i8' or 'u8': each LUT fake-quantized after
     every DKM iteration with one scale per LUT (and a zero point for u8), straight-through in the
-    backward (edkm_lut_dtype in edkm.h; `lut_quantization` gives the scale and zero point)."""
+    backward (edkm_lut_dtype in edkm.h; `lut_quantization` gives the scale and zero point).
+    channel_scale None / 'none', 'min_max' or 'abs' (coremltools' per_channel_scaling_factor_scheme
+    names): each output row divided by its factor before clustering and multiplied back after
+    (edkm_channel_scale in edkm.h); `channel_scale_factors` gets / sets the factors (one per row),
+    and the centroids, an export's LUT and `unpack`'s output are in the scaled units."""
 
     _destroy_name = "edkm_layer_destroy"
     _kind = "Layer"
@@ -584,7 +590,7 @@ class Layer(_Handle):
     def __init__(self, runtime, shape, bits=None, cluster_dim=None, group_size=None, max_iterations=None, tau=None,
                  epsilon=None, zero_threshold=None, prune_threshold=None, init=None,
                  algorithm=None, f32_key_dtype=None, seed=None, temperature_mode=None,
-                 enforce_zero=None, lut_dtype=None):
+                 enforce_zero=None, lut_dtype=None, channel_scale=None):
         super().__init__()
         if not isinstance(runtime, Runtime):
             raise TypeError(f"runtime must be an edkm.Runtime, got {type(runtime).__name__}")
@@ -616,6 +622,10 @@ class Layer(_Handle):
             if lut_dtype not in LUT_DTYPES:
                 raise ValueError(f"lut_dtype must be one of {', '.join(LUT_DTYPES)}, got {lut_dtype!r}")
             cfg.lut_dtype = LUT_DTYPES[lut_dtype]
+        if channel_scale is not None:
+            if channel_scale not in CHANNEL_SCALES:
+                raise ValueError(f"channel_scale must be one of {', '.join(CHANNEL_SCALES)}, got {channel_scale!r}")
+            cfg.channel_scale = CHANNEL_SCALES[channel_scale]
         self._runtime = runtime  # keeps the communicator (and its callbacks) alive
         c_shape = (ctypes.c_int64 * max(len(shape), 1))(*shape)
         h = _ffi.edkm_layer_p()
@@ -671,6 +681,23 @@ class Layer(_Handle):
             raise ValueError(f"centroids must have shape {want} (or ({self.centroid_count},)), got {value.shape}")
         _check(_ffi.edkm_layer_set_centroids(self._handle(), value.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
                                              value.size), "edkm_layer_set_centroids")
+
+    @property
+    def channel_scale_factors(self):
+        """A float32 copy of the channel scale factors, shape (shape[0],) (edkm_layer_get_channel_scale)."""
+        out = np.empty(self.shape[0], np.float32)
+        _check(_ffi.edkm_layer_get_channel_scale(self._handle(), out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                                 out.size), "edkm_layer_get_channel_scale")
+        return out
+
+    @channel_scale_factors.setter
+    def channel_scale_factors(self, value):
+        """Replaces the factors: float32, C-contiguous, shape[0] values, each finite and > 0."""
+        if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+            raise TypeError("channel scale factors must be a numpy.ndarray of float32 (no implicit conversion is done)")
+        _check_layout(value, "channel scale factors")
+        _check(_ffi.edkm_layer_set_channel_scale(self._handle(), value.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                                 value.size), "edkm_layer_set_channel_scale")
 
     def init_centroids(self, weights, *, dtype=None):
         """(Re)initialises the centroids from the weights with the layer's init method."""

@@ -78,6 +78,18 @@ public struct ClusteringConfig: Sendable, Equatable {
         case uint8 = 2
     }
     public var lutType: LUTType = .f32
+    /// coremltools' enable_per_channel_scale with its per_channel_scaling_factor_scheme. Raw values
+    /// equal the C ABI's `edkm_channel_scale`. Each output row r (channel axis 0) is divided by its
+    /// factor s_r before clustering and the clustered values multiplied by s_r after
+    /// (`ChannelScaling`); s is a constant of the layer, fixed from the first weights it sees.
+    public enum ChannelScale: Int32, Sendable {
+        case none = 0
+        /// s_r = (max_r - min_r) / 2 (coremltools' "min_max").
+        case minMax = 1
+        /// s_r = max_r |w| (coremltools' "abs").
+        case absMax = 2
+    }
+    public var channelScale: ChannelScale = .none
 
     /// Raw values equal the C ABI's `edkm_temperature_mode`.
     public enum TemperatureMode: Int32, Sendable {

@@ -84,6 +84,9 @@ extension Layer {
         guard config.clusterDim == 1 else {
             throw EDKMError(.invalidArgument, "the histogram form clusters scalars: cluster_dim must be 1, the layer has \(config.clusterDim) (vectors stay on the buffer form)")
         }
+        guard config.channelScale == .none else {
+            throw EDKMError(.invalidArgument, "the histogram form does not support a channel scale (the caller's keys would have to be those of the weights divided by it); use the buffer forward")
+        }
         guard config.algorithm != .dense else {
             throw EDKMError(.invalidArgument, "the histogram form is the uniquified algorithm; the layer is configured with the dense one")
         }

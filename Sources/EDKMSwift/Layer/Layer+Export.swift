@@ -16,7 +16,8 @@ extension Layer {
     /// argmin_j (||w - c_j||^2 - prune [j = 0]) (in the scale-free temperature mode prune is
     /// relative to the distortion of these weights under the layer's centroids).
     /// lutCount: the LUT buffer's size in values, checked when given (it must be `exportSizes.lutCount`).
-    public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
+    /// (`exportPalette` without the channel scale: the weights as clustered.)
+    func exportClustering(weights: UnsafeRawPointer, type: ElementType, count: Int,
                               lut: UnsafeMutableRawPointer, lutType: ElementType, lutCount: Int? = nil,
                               packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
         let sizes = try checkExportBuffers(lutType: lutType, lutCount: lutCount, packedBytes: packedBytes)

@@ -20,10 +20,11 @@ extension Layer {
         return algorithm
     }
 
-    /// Training forward: writes w~ = A^{T-1} c^T to `output` (count elements of `outputType`,
-    /// which is f32 or the weights' type), makes c^T the layer's centroids and, with `save`,
-    /// returns what the backward needs. On error nothing is written and the layer is unchanged.
-    public func forward(weights: UnsafeRawPointer, type: ElementType, count: Int,
+    /// The forward of the clustering itself (`forward` without the channel scale): writes
+    /// w~ = A^{T-1} c^T to `output` (count elements of `outputType`, which is f32 or the weights'
+    /// type), makes c^T the layer's centroids and, with `save`, returns what the backward needs.
+    /// On error nothing is written and the layer is unchanged.
+    func forwardClustering(weights: UnsafeRawPointer, type: ElementType, count: Int,
                         output: UnsafeMutableRawPointer, outputType: ElementType,
                         save: Bool) throws(EDKMError) -> SavedState? {
         guard outputType == .f32 || outputType == type else {

@@ -16,6 +16,9 @@ extension Layer {
         guard geometry.partitions == 1 else {
             throw EDKMError(.invalidArgument, "sharded weights need per-tensor granularity (group_size 0)")
         }
+        guard config.channelScale == .none else {
+            throw EDKMError(.invalidArgument, "sharded weights do not support a channel scale (its factors need whole rows); use the buffer forward")
+        }
         guard config.clusterDim == 1 && (type.is16Bit || config.f32KeyType != .f32) && config.algorithm != .dense else {
             throw EDKMError(.dtype, "sharded weights need the uniquified algorithm: cluster_dim 1 and 16-bit keys")
         }

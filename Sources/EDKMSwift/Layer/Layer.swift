@@ -12,6 +12,9 @@ public final class Layer: @unchecked Sendable {
 
     /// Per partition, k x d centroids; nil until initialised or set.
     var centroids: [[Float]]?
+    /// With a channel scale: one factor per row (`ChannelScaling`); nil until fixed from the
+    /// first weights the layer sees (forward, init_centroids, export) or set.
+    var channelScale: [Float]?
     var stats = Statistics()
     private let busy = Atomic<Bool>(false)
 
@@ -80,9 +83,15 @@ public final class Layer: @unchecked Sendable {
     }
 
     /// (Re)initialises the centroids from the weights with the configured method.
+    /// With a channel scale, from the weights divided by it (the layer's, else fixed from these weights).
     public func initializeCentroids(weights: UnsafeRawPointer, type: ElementType, count: Int) throws(EDKMError) {
         try validateWeights(weights, type: type, count: count)
-        try exclusive { () throws(EDKMError) in centroids = try computeInitialCentroids(weights, type: type) }
+        try withChannelScaling(weights, type: type) { (source, scale) throws(EDKMError) in
+            try exclusive { () throws(EDKMError) in
+                centroids = try computeInitialCentroids(source, type: type)
+                if let scale { channelScale = scale.factors }
+            }
+        }
     }
 
     /// Checks element count and (with `scan`) finiteness of weights. The uniquified forward of

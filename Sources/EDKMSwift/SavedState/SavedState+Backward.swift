@@ -1,10 +1,11 @@
 import Glibc
 
 extension SavedState {
-    /// dL/dw from dL/dw~ through every DKM iteration (docs/design.md, part 1 (the math)). `weights`: the forward's
-    /// weights (checked by hash), required when the state kept neither the weights nor an index
-    /// list. On error nothing is written; a state supports one backward.
-    public func backward(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,
+    /// The backward of the clustering itself (`backward` without the channel scale): dL/dw from
+    /// dL/dw~ through every DKM iteration (docs/design.md, part 1 (the math)). `weights`: the
+    /// forward's weights (checked by hash), required when the state kept neither the weights nor an
+    /// index list. On error nothing is written; a state supports one backward.
+    func backwardClustering(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,
                          count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
         try exclusive { () throws(EDKMError) in
             guard !isConsumed else { throw EDKMError(.state, "backward already ran on this saved state") }

@@ -18,6 +18,9 @@ public final class SavedState: @unchecked Sendable {
     /// Per partition: T, c^0..c^T and S^0..S^{T-1} as doubles (see `encodeTraces`).
     let traces: SavedTensor
     let contents: SavedContents
+    /// The channel scale factors of the forward (one per row), nil without a channel scale: the
+    /// backward multiplies the gradient by them before the clustering's backward and divides after.
+    var channelScale: [Float]?
 
     private var consumed = false
     private let busy = Atomic<Bool>(false)

@@ -1,0 +1,94 @@
+import Glibc
+
+/// The per-output-channel scale of a layer (coremltools' per_channel_scaling_factor, channel axis
+/// 0): row r of a tensor of shape [rows, ...] (its rowLength consecutive elements) is clustered as
+/// w / s_r, and the clustered values are multiplied back by s_r. The factors are constants (no
+/// gradient flows into them), so for the clustering map f:
+///   forward   w~_i = s_r f(w / s)_i
+///   backward  dL/dw_i = (1 / s_r) [J_f(w / s)^T (s . dL/dw~)]_i
+/// where `s .` multiplies each row's gradient by its factor.
+struct ChannelScaling {
+    /// One factor per row, each finite and > 0.
+    let factors: [Float]
+    let rowLength: Int
+
+    /// The factors of `scheme` for the weights (count = factors x rowLength elements of `type`):
+    /// minMax s_r = (max_r - min_r) / 2, absMax s_r = max_r |w|. A factor of 0 (a constant row
+    /// under minMax, a zero row) becomes the row's largest magnitude, or 1 for a zero row, so that
+    /// every row is clustered and nothing is divided by zero. Weights must be finite.
+    static func factors(of weights: UnsafeRawPointer, type: ElementType, rows: Int, rowLength: Int,
+                        scheme: ClusteringConfig.ChannelScale, pool: ThreadPool) -> [Float] {
+        var result = [Float](repeating: 1, count: rows)
+        result.withUnsafeMutableBufferPointer { out in
+            let res = out.baseAddress!
+            pool.parallelFor(rows) { r in
+                var lo = Float.infinity, hi = -Float.infinity, peak: Float = 0
+                for i in (r * rowLength)..<((r + 1) * rowLength) {
+                    let w = ElementIO.load(weights, type: type, at: i)
+                    lo = Swift.min(lo, w)
+                    hi = Swift.max(hi, w)
+                    peak = Swift.max(peak, abs(w))
+                }
+                let s = scheme == .minMax ? 0.5 * (hi - lo) : peak
+                res[r] = s > 0 && s.isFinite ? s : (peak > 0 ? peak : 1)
+            }
+        }
+        return result
+    }
+
+    /// Checks factors a caller sets: one per row, each finite and > 0.
+    static func validate(_ factors: UnsafeBufferPointer<Float>, rows: Int) throws(EDKMError) {
+        guard factors.count == rows else {
+            throw EDKMError(.shape, "expected \(rows) channel scale factors (one per row, shape[0]), got \(sizeText(factors.count))")
+        }
+        if let bad = factors.firstIndex(where: { !($0.isFinite && $0 > 0) }) {
+            throw EDKMError(.invalidArgument, "channel scale factor \(bad) is \(factors[bad]); each must be finite and > 0")
+        }
+    }
+
+    @inline(__always) func factor(ofElement i: Int) -> Float { factors[i / rowLength] }
+
+    /// A heap copy (release with `free`) of `count` elements of `type`, each w_i / s_r rounded to
+    /// `type` (as torch divides a tensor of that dtype).
+    func divided(_ weights: UnsafeRawPointer, type: ElementType, count: Int, pool: ThreadPool) throws(EDKMError)
+        -> UnsafeMutableRawPointer {
+        let out = try HeapAllocation.allocateBytes(
+            HeapAllocation.byteCount(of: UInt8.self, count: count * type.byteWidth, for: "the channel-scaled weights"),
+            for: "the channel-scaled weights")
+        rowWise(count, pool: pool) { r, lo, hi in
+            let s = factors[r]
+            for i in lo..<hi { ElementIO.store(ElementIO.load(weights, type: type, at: i) / s, out, type: type, at: i) }
+        }
+        return out
+    }
+
+    /// out_i = source_i x s_r (multiply) or source_i / s_r, stored as `type`; source holds count floats.
+    func apply(_ source: UnsafePointer<Float>, into out: UnsafeMutableRawPointer, type: ElementType, count: Int,
+               multiply: Bool, pool: ThreadPool) {
+        rowWise(count, pool: pool) { r, lo, hi in
+            let s = factors[r]
+            for i in lo..<hi { ElementIO.store(multiply ? source[i] * s : source[i] / s, out, type: type, at: i) }
+        }
+    }
+
+    /// out_i = g_i x s_r as floats (the gradient with respect to the clustered, scaled weights).
+    func multiplied(_ source: UnsafeRawPointer, type: ElementType, count: Int, into out: UnsafeMutablePointer<Float>,
+                    pool: ThreadPool) {
+        rowWise(count, pool: pool) { r, lo, hi in
+            let s = factors[r]
+            for i in lo..<hi { out[i] = ElementIO.load(source, type: type, at: i) * s }
+        }
+    }
+
+    /// body(row, first element, end element) for every row, rows in parallel blocks.
+    private func rowWise(_ count: Int, pool: ThreadPool, _ body: (Int, Int, Int) -> Void) {
+        let rows = factors.count
+        let rowsPerItem = Swift.max(1, 65536 / Swift.max(1, rowLength))
+        let items = (rows + rowsPerItem - 1) / rowsPerItem
+        pool.parallelFor(items) { item in
+            for r in (item * rowsPerItem)..<Swift.min(rows, (item + 1) * rowsPerItem) {
+                body(r, r * rowLength, (r + 1) * rowLength)
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import Glibc
+
+/// The per-output-channel scale around the clustering (`ClusteringConfig.channelScale`,
+/// `ChannelScaling`): the layer clusters w / s and returns s f(w / s). The factors s are fixed
+/// the first time the layer sees weights (forward, init_centroids or export: coremltools computes
+/// them once, at the first forward) and stay constants, unless `setChannelScale` replaces them.
+/// The centroids, the LUT of an export and `unpack`'s output are in the scaled units (multiply
+/// row r by s_r for the weights). The buffer forms only: sharded weights and the histogram form
+/// refuse a channel scale (their keys would have to be those of the scaled weights).
+extension Layer {
+    /// The scaling for these weights (count and finiteness checked by the caller): the layer's
+    /// factors, else the factors of these weights, which the caller stores once its call has
+    /// succeeded. nil without a channel scale.
+    func channelScaling(for weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> ChannelScaling? {
+        guard config.channelScale != .none else { return nil }
+        let stored = try exclusive { channelScale }
+        let factors = stored ?? ChannelScaling.factors(of: weights, type: type, rows: geometry.rows,
+                                                       rowLength: geometry.rowLength, scheme: config.channelScale,
+                                                       pool: runtime.pool)
+        return ChannelScaling(factors: factors, rowLength: geometry.rowLength)
+    }
+
+    /// body(the weights to cluster, the scaling): the weights themselves and nil without a
+    /// channel scale, else a copy divided row-wise by the factors (freed when body returns).
+    func withChannelScaling<R>(_ weights: UnsafeRawPointer, type: ElementType,
+                               _ body: (UnsafeRawPointer, ChannelScaling?) throws(EDKMError) -> R) throws(EDKMError) -> R {
+        guard let scaling = try channelScaling(for: weights, type: type) else { return try body(weights, nil) }
+        let divided = try scaling.divided(weights, type: type, count: geometry.count, pool: runtime.pool)
+        defer { free(divided) }
+        return try body(UnsafeRawPointer(divided), scaling)
+    }
+
+    /// Stores the factors a call used when the layer had none yet.
+    private func keepChannelScale(_ scaling: ChannelScaling?) throws(EDKMError) {
+        guard let scaling else { return }
+        try exclusive { if channelScale == nil { channelScale = scaling.factors } }
+    }
+
+    /// Training forward: writes w~ = s_r f(w / s) (f: the clustering, `forwardClustering`; without
+    /// a channel scale w~ = f(w)) to `output` (count elements of `outputType`, which is f32 or the
+    /// weights' type), makes the final centroids the layer's and, with `save`, returns what the
+    /// backward needs. With a channel scale the forward holds a divided copy of the weights (count
+    /// elements of their type) and, for a 16-bit output, count floats of clustered values. On
+    /// error nothing is written and the layer is unchanged.
+    public func forward(weights: UnsafeRawPointer, type: ElementType, count: Int,
+                        output: UnsafeMutableRawPointer, outputType: ElementType,
+                        save: Bool) throws(EDKMError) -> SavedState? {
+        guard config.channelScale != .none else {
+            return try forwardClustering(weights: weights, type: type, count: count, output: output,
+                                         outputType: outputType, save: save)
+        }
+        guard outputType == .f32 || outputType == type else {
+            throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
+        }
+        try validateWeights(weights, type: type, count: count)
+        return try withChannelScaling(weights, type: type) { (source, scaling) throws(EDKMError) -> SavedState? in
+            let scaling = scaling!
+            let values = outputType == .f32 ? output.assumingMemoryBound(to: Float.self)
+                : try HeapAllocation.allocate(Float.self, count: count, for: "the clustered scaled weights")
+            defer { if outputType != .f32 { free(values) } }
+            let state = try forwardClustering(weights: source, type: type, count: count, output: UnsafeMutableRawPointer(values),
+                                              outputType: .f32, save: save)
+            try keepChannelScale(scaling)
+            state?.channelScale = scaling.factors
+            scaling.apply(values, into: output, type: outputType, count: count, multiply: true, pool: runtime.pool)
+            return state
+        }
+    }
+
+    /// Writes the LUT (the current centroids, as `lutType`: f32 or f16) and the packed labels
+    /// argmin_j (||w / s - c_j||^2 - prune [j = 0]) (without a channel scale, of w; in the
+    /// scale-free temperature mode prune is relative to the distortion of these weights under the
+    /// layer's centroids). lutCount: the LUT buffer's size in values, checked when given (it must
+    /// be `exportSizes.lutCount`).
+    public func exportPalette(weights: UnsafeRawPointer, type: ElementType, count: Int,
+                              lut: UnsafeMutableRawPointer, lutType: ElementType, lutCount: Int? = nil,
+                              packed: UnsafeMutablePointer<UInt8>, packedBytes: Int) throws(EDKMError) {
+        guard config.channelScale != .none else {
+            return try exportClustering(weights: weights, type: type, count: count, lut: lut, lutType: lutType,
+                                        lutCount: lutCount, packed: packed, packedBytes: packedBytes)
+        }
+        try validateWeights(weights, type: type, count: count)
+        try withChannelScaling(weights, type: type) { (source, scaling) throws(EDKMError) in
+            try exportClustering(weights: source, type: type, count: count, lut: lut, lutType: lutType,
+                                 lutCount: lutCount, packed: packed, packedBytes: packedBytes)
+            try keepChannelScale(scaling)
+        }
+    }
+
+    /// The channel scale factors, one per row (shape[0]).
+    public func getChannelScale() throws(EDKMError) -> [Float] {
+        guard config.channelScale != .none else {
+            throw EDKMError(.invalidArgument, "the layer has no channel scale (created with channel_scale NONE)")
+        }
+        return try exclusive { () throws(EDKMError) -> [Float] in
+            guard let factors = channelScale else {
+                throw EDKMError(.state, "the layer has no channel scale yet: run a forward, init_centroids or export first, or set it")
+            }
+            return factors
+        }
+    }
+
+    /// Replaces the channel scale factors: one per row (shape[0]), each finite and > 0.
+    public func setChannelScale(_ values: UnsafeBufferPointer<Float>) throws(EDKMError) {
+        guard config.channelScale != .none else {
+            throw EDKMError(.invalidArgument, "the layer has no channel scale (created with channel_scale NONE)")
+        }
+        try ChannelScaling.validate(values, rows: geometry.rows)
+        let factors = Array(values)
+        try exclusive { channelScale = factors }
+    }
+}

@@ -1,0 +1,34 @@
+import Glibc
+
+extension SavedState {
+    /// dL/dw from dL/dw~ (docs/design.md, part 1 (the math)). With the forward's channel scale s
+    /// (constants): dL/dw_i = (1 / s_r) [J^T (s . dL/dw~)]_i, J the clustering's Jacobian at w / s
+    /// (`ChannelScaling`); the scaled gradient and the clustering's gradient are held as count
+    /// floats each, and given weights are divided by s again (a copy of their type) for the
+    /// clustering's checks. `weights`: the forward's weights (checked by hash), required when the
+    /// state kept neither the weights nor an index list. On error nothing is written; a state
+    /// supports one backward.
+    public func backward(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,
+                         count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
+        guard let factors = channelScale else {
+            return try backwardClustering(gradOutput: gradOutput, gradInput: gradInput, gradType: gradType, count: count,
+                                          weights: weights)
+        }
+        guard count == geometry.count else {
+            throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(sizeText(count))")
+        }
+        try rejectNonFiniteGradients(gradOutput, gradType)
+        let pool = runtime.pool
+        let scaling = ChannelScaling(factors: factors, rowLength: geometry.rowLength)
+        let scaledGrad = try HeapAllocation.allocate(Float.self, count: count, for: "the channel-scaled gradient")
+        defer { free(scaledGrad) }
+        scaling.multiplied(gradOutput, type: gradType, count: count, into: scaledGrad, pool: pool)
+        let source = try weights.map { (w) throws(EDKMError) in try scaling.divided(w, type: weightType, count: count, pool: pool) }
+        defer { if let source { free(source) } }
+        let clusteringGrad = try HeapAllocation.allocate(Float.self, count: count, for: "the clustering's gradient")
+        defer { free(clusteringGrad) }
+        try backwardClustering(gradOutput: scaledGrad, gradInput: clusteringGrad, gradType: .f32, count: count,
+                               weights: source.map { UnsafeRawPointer($0) })
+        scaling.apply(clusteringGrad, into: gradInput, type: gradType, count: count, multiply: false, pool: pool)
+    }
+}
