@@ -8,7 +8,10 @@ edkm.torch.export_safetensors / load_safetensors build on it; a numpy user can c
 A file holds, per palettized tensor W: `W.lut` (F32/F16/BF16, (groups, 2^bits, cluster_dim)),
 `W.indices` (U8, (groups, bytes_per_group), labels LSB first, each group byte-aligned), and the
 metadata entries "edkm.format": "palettized-1" and "edkm.tensor.W": {"dtype", "shape", "bits",
-"group_size", "cluster_dim", "lut", "indices"}.
+"group_size", "cluster_dim", "lut", "indices"}. Format version 2 adds the optional record field
+"scale": `W.scale` (F32, (shape[0],)), the channel scale factors, row r unpacked as lut[label] x
+scale[r]; a file is version 2 when one of its records has a scale (readers of version 1 refuse it
+instead of misreading it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from . import core as _core
 FORMAT_KEY = "edkm.format"
 FORMAT_VALUE = "palettized-1"
 FORMAT_MAJOR, FORMAT_MINOR = 1, 0
+SCALED_FORMAT_VALUE = "palettized-2"  # version 2.0: version 1.0 plus the record field "scale"
+SCALED_FORMAT_MAJOR = 2
+_MINORS = {FORMAT_MAJOR: FORMAT_MINOR, SCALED_FORMAT_MAJOR: 0}  # the newest minor read, per major
 VERSION_KEY = "edkm.version"
 TENSOR_PREFIX = "edkm.tensor."
 RESERVED_PREFIX = "edkm."
@@ -55,6 +61,7 @@ class Record:
     cluster_dim: int
     lut: str
     indices: str
+    scale: str | None = None
     layer: _core.Layer | None = None
 
     @property
@@ -62,9 +69,11 @@ class Record:
         return TENSOR_PREFIX + self.name
 
     def metadata_value(self):
-        return json.dumps({"dtype": self.dtype, "shape": list(self.shape), "bits": self.bits,
-                           "group_size": self.group_size, "cluster_dim": self.cluster_dim,
-                           "lut": self.lut, "indices": self.indices}, separators=(",", ":"))
+        obj = {"dtype": self.dtype, "shape": list(self.shape), "bits": self.bits, "group_size": self.group_size,
+               "cluster_dim": self.cluster_dim, "lut": self.lut, "indices": self.indices}
+        if self.scale is not None:
+            obj["scale"] = self.scale
+        return json.dumps(obj, separators=(",", ":"))
 
 
 def parse_version(text):
@@ -75,9 +84,10 @@ def parse_version(text):
         raise FormatError(f"unsupported {FORMAT_KEY} {text!r} (not 'palettized-<major>[.<minor>]'; "
                           f"this edkm reads {FORMAT_VALUE!r})")
     major, minor = int(m.group(1)), int(m.group(2) or 0)
-    if major != FORMAT_MAJOR:
+    if major not in _MINORS:
         raise FormatError(f"unsupported {FORMAT_KEY} {text!r}: format major version {major}, this edkm reads "
-                          f"major version {FORMAT_MAJOR} ({FORMAT_VALUE!r})")
+                          f"major versions {FORMAT_MAJOR} and {SCALED_FORMAT_MAJOR} ({FORMAT_VALUE!r}, "
+                          f"{SCALED_FORMAT_VALUE!r})")
     return major, minor
 
 
@@ -87,7 +97,7 @@ def is_palettized(metadata):
     return any(k.startswith(RESERVED_PREFIX) for k in metadata) or metadata.get(LEGACY_FORMAT_KEY) == LEGACY_FORMAT_VALUE
 
 
-def _parse(name, value, legacy, ignore_unknown):
+def _parse(name, value, legacy, ignore_unknown, major=FORMAT_MAJOR):
     def bad(why):
         return FormatError(f"palettized tensor {name!r}: {why}")
 
@@ -97,12 +107,12 @@ def _parse(name, value, legacy, ignore_unknown):
         raise bad(f"metadata is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise bad(f"metadata is {type(obj).__name__}, not an object")
-    known = _FIELDS[:5] if legacy else _FIELDS
+    known = _FIELDS[:5] if legacy else _FIELDS + (("scale",) if major >= SCALED_FORMAT_MAJOR else ())
     unknown = [k for k in obj if k not in known]
     if unknown and not ignore_unknown:
         raise bad(f"unknown metadata field {unknown[0]!r}")
     for f in known:
-        if f not in obj:
+        if f not in obj and f != "scale":
             raise bad(f"missing metadata field {f!r}")
 
     def integer(f, v):
@@ -125,8 +135,11 @@ def _parse(name, value, legacy, ignore_unknown):
     lut, indices = (name + ".lut", name + ".indices") if legacy else (string("lut"), string("indices"))
     if lut == indices:
         raise bad("lut and indices are the same tensor")
+    scale = string("scale") if "scale" in obj and "scale" in known else None
+    if scale is not None and scale in (lut, indices):
+        raise bad("scale is the same tensor as lut or indices")
     return Record(name, dtype, shape, integer("bits", obj["bits"]), integer("group_size", obj["group_size"]),
-                  integer("cluster_dim", obj["cluster_dim"]), lut, indices)
+                  integer("cluster_dim", obj["cluster_dim"]), lut, indices, scale)
 
 
 def _is_legacy(metadata):
@@ -134,16 +147,16 @@ def _is_legacy(metadata):
 
 
 def _entries(metadata, tensors):
-    """[(name, value, legacy, ignore_unknown)] of the records metadata holds."""
+    """[(name, value, legacy, ignore_unknown, major version)] of the records metadata holds."""
     if _is_legacy(metadata):
-        return [(k, v, True, False) for k, v in metadata.items() if k + ".lut" in tensors]
+        return [(k, v, True, False, FORMAT_MAJOR) for k, v in metadata.items() if k + ".lut" in tensors]
     entries = [(k[len(TENSOR_PREFIX):], v) for k, v in metadata.items() if k.startswith(TENSOR_PREFIX)]
     if FORMAT_KEY not in metadata:
         if entries:
             raise FormatError(f"metadata has {TENSOR_PREFIX}* entries but no {FORMAT_KEY}")
         return []
-    _, minor = parse_version(metadata[FORMAT_KEY])
-    return [(n, v, False, minor > FORMAT_MINOR) for n, v in entries]
+    major, minor = parse_version(metadata[FORMAT_KEY])
+    return [(n, v, False, minor > _MINORS[major], major) for n, v in entries]
 
 
 def records(metadata, tensors, runtime):
@@ -156,8 +169,8 @@ def records(metadata, tensors, runtime):
     collides with a tensor kept as it is."""
     metadata = metadata or {}
     out = []
-    for name, value, legacy, ignore_unknown in _entries(metadata, tensors):
-        r = _parse(name, value, legacy, ignore_unknown)  # legacy: indices stored flat, (packed_bytes,)
+    for name, value, legacy, ignore_unknown, major in _entries(metadata, tensors):
+        r = _parse(name, value, legacy, ignore_unknown, major)  # legacy: indices stored flat, (packed_bytes,)
         where = f"palettized tensor {name!r}"
         try:
             r.layer = _core.Layer(runtime, r.shape, bits=r.bits, group_size=r.group_size, cluster_dim=r.cluster_dim)
@@ -167,8 +180,10 @@ def records(metadata, tensors, runtime):
         groups = r.layer.groups
         expect = {r.lut: (("F32", "F16", "BF16"), (groups, r.layer.k, r.cluster_dim)),
                   r.indices: (("U8",), (groups, packed_bytes // groups))}
+        if r.scale is not None:
+            expect[r.scale] = (("F32",), (r.shape[0],))
         for t, (dtypes, shape) in expect.items():
-            what = "LUT" if t == r.lut else "indices"
+            what = {r.lut: "LUT", r.indices: "indices"}.get(t, "scale")
             if t not in tensors:
                 raise FormatError(f"{where}: its {what} tensor {t!r} is missing")
             dt, sh = tensors[t]
@@ -179,7 +194,7 @@ def records(metadata, tensors, runtime):
         out.append(r)
     claimed = set()
     for r in out:
-        for t in (r.lut, r.indices):
+        for t in (r.lut, r.indices) + ((r.scale,) if r.scale is not None else ()):
             if t in claimed:
                 raise FormatError(f"tensor {t!r} is claimed by two palettized tensors")
             claimed.add(t)
@@ -203,7 +218,9 @@ def plain_metadata(metadata, tensors):
 def file_metadata(recs, extra=None):
     """The metadata a writer stores: format, version, one entry per record, then extra (the
     model's own entries, whose keys must not start with "edkm.")."""
-    meta = {FORMAT_KEY: FORMAT_VALUE, VERSION_KEY: f"libedkm {_core.library_version()}"}
+    scaled = any(r.scale is not None for r in recs)
+    meta = {FORMAT_KEY: SCALED_FORMAT_VALUE if scaled else FORMAT_VALUE,
+            VERSION_KEY: f"libedkm {_core.library_version()}"}
     for r in recs:
         meta[r.metadata_key] = r.metadata_value()
     for k, v in (extra or {}).items():
@@ -213,11 +230,28 @@ def file_metadata(recs, extra=None):
     return meta
 
 
-def unpack(record, lut, packed, out=None):
-    """The dense tensor of a record (edkm_layer_unpack): lut[label] rounded to record.dtype.
+def unpack(record, lut, packed, out=None, scale=None):
+    """The dense tensor of a record (edkm_layer_unpack): lut[label] rounded to record.dtype; with a
+    scale (the record's scale tensor: float32, (shape[0],), finite and > 0) lut[label] x scale[row]
+    in float32, rounded once to record.dtype.
 
     lut: numpy float32 or float16 (a BF16 LUT widened to float32 first: exact); packed: numpy
     uint8. Returns out (or a new array of record.shape: float32, float16, or uint16 bfloat16 bit
     patterns)."""
-    return record.layer.unpack(np.ascontiguousarray(lut).reshape(-1), np.ascontiguousarray(packed).reshape(-1),
-                               record.dtype.lower(), out=out)
+    lut, packed = np.ascontiguousarray(lut).reshape(-1), np.ascontiguousarray(packed).reshape(-1)
+    if (scale is None) != (record.scale is None):
+        raise FormatError(f"palettized tensor {record.name!r}: " +
+                          ("its scale tensor is needed" if scale is None else "has no scale tensor"))
+    if scale is None:
+        return record.layer.unpack(lut, packed, record.dtype.lower(), out=out)
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    if scale.shape != (record.shape[0],) or not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise FormatError(f"palettized tensor {record.name!r}: its scale must hold {record.shape[0]} finite "
+                          f"factors > 0")
+    wide = record.layer.unpack(lut, packed, "f32").reshape(record.shape[0], -1) * scale[:, None]
+    dense = {"F32": lambda a: a, "F16": lambda a: a.astype(np.float16), "BF16": _core.f32_to_bf16}[record.dtype](
+        np.ascontiguousarray(wide, np.float32).reshape(record.shape))
+    if out is None:
+        return dense
+    np.copyto(out.reshape(record.shape), dense.reshape(record.shape))
+    return out

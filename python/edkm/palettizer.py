@@ -625,13 +625,18 @@ def _frozen_rows(runtime, t, opts, dtype):
         dkm.close()
 
 
-def _palettize_chain(module, runtime, opts, scale=None, rounding=None, permute=None, trained_groups=None):
+def _palettize_chain(module, runtime, opts, scale=None, rounding=None, permute=None, trained_groups=None,
+                     scheme="min_max"):
     """Palettization as coremltools does it where libedkm's layer needs help around it, as a chain of
     parametrizations around the DKM layer: [Permute] (cluster_permute), [RowScale] (per-channel
     scale: divide before, multiply after), [FirstRows ... FrozenRows] (only the first trained_groups
     LUT groups train: percentage_palett_enable), [AxisSwap or GroupVectors] (vectors of cluster_dim
     consecutive output channels: coremltools' vectorize), DKMWeight, then the inverses in reverse
-    order, [CastRound] (lut_dtype f16 / b16). The centroids start from the transformed weights now."""
+    order, [CastRound] (lut_dtype f16 / b16). The centroids start from the transformed weights now.
+    The per-channel scale (factors `scale`, (out, 1), of `scheme`) is the core's (the layer's
+    channel_scale with these factors) when the DKM layer's rows are the scaled rows: scalars with
+    every LUT group training; RowScale otherwise (vectors: the layer's rows are those of the
+    transposed tensor; frozen groups: the layer sees only the first rows)."""
     et = _et()
     w = module.weight
     if not isinstance(w, nn.Parameter):
@@ -639,11 +644,14 @@ def _palettize_chain(module, runtime, opts, scale=None, rounding=None, permute=N
     pre, post = [], []
     if permute is not None:
         pre, post = [Permute(permute)], [Permute(permute).inverse()]
-    if scale is not None:
+    rows_all = w.shape[permute[0] if permute is not None else 0]
+    g = opts["group_size"] or rows_all
+    in_core = scale is not None and opts["cluster_dim"] == 1 and not (
+        trained_groups is not None and trained_groups * g < rows_all)
+    if scale is not None and not in_core:
         pre, post = pre + [RowScale(scale, divide=True)], [RowScale(scale, divide=False)] + post
     with torch.no_grad():
         t = _through(pre, w.detach())
-    g = opts["group_size"] or t.shape[0]
     if trained_groups is not None and trained_groups * g < t.shape[0]:
         rows = trained_groups * g
         post = [_frozen_rows(runtime, t[rows:], opts, w.dtype)] + post
@@ -655,7 +663,8 @@ def _palettize_chain(module, runtime, opts, scale=None, rounding=None, permute=N
         post = post + [CastRound(rounding)]
     with torch.no_grad():
         t = _through(vpre, t)
-    dkm = et.DKMWeight(runtime, t.shape, w.dtype, opts, weight=t.contiguous())
+    dkm = et.DKMWeight(runtime, t.shape, w.dtype, dict(opts, channel_scale=scheme) if in_core else opts,
+                       weight=t.contiguous(), channel_scale_factors=scale if in_core else None)
     dkm.train(module.training)
     for p in pre + [dkm] + post:
         torch.nn.utils.parametrize.register_parametrization(module, "weight", p, unsafe=True)
@@ -675,7 +684,7 @@ def _chain_coreml_metadata(pt, pre, post, ndim):
     meta = {"lut": lut.reshape((lut.shape[0],) + (1,) * (ndim - 1) + (k, d)).to(pt.lut.dtype)}
     if any(isinstance(p, (AxisSwap, GroupVectors)) for p in pre):
         meta["vector_axis"] = 0
-    scales = [p.scale for p in post if isinstance(p, RowScale)]
+    scales = [p.scale for p in post if isinstance(p, RowScale)] + ([pt.scale] if pt.scale is not None else [])
     if scales:
         meta["palettization_scale"] = scales[0].detach().float().reshape((-1,) + (1,) * (ndim - 1))
     perms = [p.dims for p in pre if isinstance(p, Permute)]
@@ -806,7 +815,8 @@ class DKMPalettizer:
         if opts["cluster_dim"] == 1 and scale is None and rounding is None and permute is None and trained == groups:
             _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
         else:
-            _palettize_chain(module, self._runtime, opts, scale, rounding, permute, trained)
+            _palettize_chain(module, self._runtime, opts, scale, rounding, permute, trained,
+                             cfg.per_channel_scaling_factor_scheme)
         self._started.add(name)
 
     def step(self):

@@ -183,8 +183,10 @@ class PalettizedTensor:
     """The hard palettization of one tensor, in the library's export layout.
 
     lut: torch tensor (groups, 2^bits, cluster_dim) in the tensor's dtype (the values the dense
-    weights hold); packed: numpy uint8, each group's labels `bits` bits each, LSB first, every group
-    starting on a byte boundary."""
+    weights hold, in the scaled units with a channel scale); packed: numpy uint8, each group's labels
+    `bits` bits each, LSB first, every group starting on a byte boundary; scale: None, or the
+    channel scale factors (float32, (shape[0],)): then row r of the dense tensor is lut[label] x
+    scale[r]."""
 
     lut: torch.Tensor
     packed: np.ndarray
@@ -193,6 +195,7 @@ class PalettizedTensor:
     cluster_dim: int
     shape: tuple
     dtype: torch.dtype
+    scale: torch.Tensor = None
 
     @property
     def groups(self):
@@ -206,22 +209,27 @@ class PalettizedTensor:
         """The format's record of this tensor (palettized_file.Record), with a layer of its
         geometry made in runtime (default: a one-thread runtime of its own)."""
         r = _pf.Record(name, _DTYPE_NAMES[self.dtype], tuple(self.shape), self.bits, self.group_size,
-                       self.cluster_dim, name + ".lut", name + ".indices")
+                       self.cluster_dim, name + ".lut", name + ".indices",
+                       name + ".scale" if self.scale is not None else None)
         r.layer = Layer(runtime or Runtime(num_threads=1), self.shape, bits=self.bits, group_size=self.group_size,
                         cluster_dim=self.cluster_dim)
         return r
 
     def dense(self, layer=None):
         """The dense tensor lut[label] (shape, dtype), through edkm_layer_unpack (layer: one of
-        this tensor's geometry, else one is made)."""
+        this tensor's geometry, else one is made); with a channel scale lut[label] x scale[row],
+        rounded once to dtype."""
         layer = layer or self.record("tensor").layer
-        out = torch.empty(self.shape, dtype=self.dtype)
+        out = torch.empty(self.shape, dtype=self.dtype if self.scale is None else torch.float32)
         lut = self.lut.detach().cpu()
         lut = lut.float() if lut.dtype == torch.bfloat16 else lut  # the library reads f32/f16 LUTs; exact
         arr, code = tensor_as_numpy(out, "out")
         layer.unpack(lut.contiguous().numpy().reshape(-1), np.ascontiguousarray(self.packed).reshape(-1),
                      out=arr.reshape(-1), out_dtype=code)
-        return out
+        if self.scale is None:
+            return out
+        rows = out.reshape(out.shape[0], -1) * self.scale.detach().cpu().float().reshape(-1, 1)
+        return rows.reshape(self.shape).to(self.dtype)
 
     def coreml_lut(self, ndim=None):
         """The LUT in coremltools' metadata shape: (groups, 1, ..., 1, 2^bits, cluster_dim), rank
@@ -233,9 +241,18 @@ class PalettizedTensor:
             lut = lut.unsqueeze(-3)
         return lut.contiguous()
 
+    def coreml_scale(self, ndim=None):
+        """coremltools' palettization_scale: the channel scale factors as (shape[0], 1, ..., 1),
+        float32, rank ndim (default the tensor's); None without a channel scale."""
+        if self.scale is None:
+            return None
+        ndim = len(self.shape) if ndim is None else ndim
+        return self.scale.detach().float().reshape((-1,) + (1,) * (ndim - 1)).clone()
+
     @property
     def nbytes(self):
-        return self.lut.numel() * self.lut.element_size() + self.packed.nbytes
+        extra = 0 if self.scale is None else self.scale.numel() * 4
+        return self.lut.numel() * self.lut.element_size() + self.packed.nbytes + extra
 
 
 class DKMWeight(nn.Module):
@@ -245,7 +262,10 @@ class DKMWeight(nn.Module):
     eval mode: the hard palettized weights (each weight replaced by its nearest centroid).
     The centroids (float32, (groups, 2^bits, cluster_dim)) are the buffer `centroids`."""
 
-    def __init__(self, runtime, shape, dtype, layer_options, weight=None, device_split=None):
+    def __init__(self, runtime, shape, dtype, layer_options, weight=None, device_split=None, channel_scale_factors=None):
+        """channel_scale_factors: with layer_options' channel_scale, the factors to use (one per
+        row; default: fixed by the library from the first weights it sees); they are the buffer
+        `channel_scale`."""
         super().__init__()
         self.runtime = runtime
         self.device_split = device_split
@@ -255,6 +275,14 @@ class DKMWeight(nn.Module):
         self.layer_options = dict(layer_options)
         self.layer = Layer(runtime, self.shape, **self.layer_options)
         self.register_buffer("centroids", torch.zeros(self.layer.groups, self.layer.k, self.layer.cluster_dim))
+        self.has_channel_scale = self.layer.config["channel_scale"] != _core.CHANNEL_SCALES["none"]
+        if self.has_channel_scale:
+            self.register_buffer("channel_scale", torch.ones(self.shape[0]))
+            if channel_scale_factors is not None:
+                self.layer.channel_scale_factors = np.ascontiguousarray(
+                    torch.as_tensor(channel_scale_factors).detach().cpu().float().reshape(-1).numpy())
+        elif channel_scale_factors is not None:
+            raise ValueError("edkm: channel_scale_factors need a layer with a channel_scale")
         self._push_centroids = False
         self._hard_cache = None
         self._forwards = 0
@@ -291,12 +319,17 @@ class DKMWeight(nn.Module):
     def _pull_centroids(self):
         with torch.no_grad():
             self.centroids.copy_(torch.from_numpy(self.layer.centroids))
+            if self.has_channel_scale:
+                self.channel_scale.copy_(torch.from_numpy(self.layer.channel_scale_factors))
         self._forwards += 1
 
     def _sync_in(self):
         if self._push_centroids:
             c = np.ascontiguousarray(self.centroids.detach().cpu().numpy(), dtype=np.float32)
             self.layer.set_centroids(c)
+            if self.has_channel_scale:
+                self.layer.channel_scale_factors = np.ascontiguousarray(
+                    self.channel_scale.detach().cpu().numpy(), dtype=np.float32)
             self._push_centroids = False
             self._forwards += 1
 
@@ -348,8 +381,9 @@ class DKMWeight(nn.Module):
         lut, packed = self.layer.export(wn, "f32", dtype=code)
         lut_t = torch.from_numpy(np.ascontiguousarray(lut).reshape(self.layer.groups, self.layer.k,
                                                                   self.layer.cluster_dim)).to(self.dtype)
+        scale = torch.from_numpy(self.layer.channel_scale_factors) if self.has_channel_scale else None
         return PalettizedTensor(lut=lut_t, packed=packed, bits=self.bits, group_size=self.group_size,
-                                cluster_dim=self.cluster_dim, shape=self.shape, dtype=self.dtype)
+                                cluster_dim=self.cluster_dim, shape=self.shape, dtype=self.dtype, scale=scale)
 
     def hard(self, w):
         """The hard palettized weights (cached while the weights and centroids are unchanged)."""
@@ -381,6 +415,13 @@ class DKMWeight(nn.Module):
         new.layer = Layer(self.runtime, self.shape, **self.layer_options)
         new.register_buffer("centroids", self.centroids.detach().clone())
         new.layer.set_centroids(np.ascontiguousarray(new.centroids.numpy()))
+        new.has_channel_scale = self.has_channel_scale
+        if self.has_channel_scale:
+            new.register_buffer("channel_scale", self.channel_scale.detach().clone())
+            try:
+                new.layer.channel_scale_factors = self.layer.channel_scale_factors
+            except EdkmError:  # not fixed yet: the copy fixes its own from the first weights it sees
+                pass
         new._push_centroids = False
         new._hard_cache = None
         new._forwards = 0
@@ -497,13 +538,16 @@ def palettize(model, bits=None, group_size=None, cluster_dim=None, tau=None, mod
 def _coreml_metadata(pt):
     """Core ML metadata of a weight palettized by its DKM layer alone: lut (groups, 1, ..., 2^bits,
     cluster_dim) with the groups along axis 0, and vector_axis (the last axis: libedkm's d-vectors
-    are consecutive elements of a row) for cluster_dim > 1."""
+    are consecutive elements of a row) for cluster_dim > 1, and palettization_scale (out, 1, ...)
+    with a channel scale."""
     meta = {"lut": pt.coreml_lut()}
     if pt.cluster_dim > 1:
         if pt.shape[-1] % pt.cluster_dim:
             warnings.warn(f"edkm: {pt.shape}: cluster_dim {pt.cluster_dim} does not divide the last axis, so the "
                           f"vectors cross axes and Core ML's vector_axis cannot describe them", stacklevel=4)
         meta["vector_axis"] = len(pt.shape) - 1
+    if pt.scale is not None:
+        meta["palettization_scale"] = pt.coreml_scale()
     return meta
 
 
@@ -648,9 +692,16 @@ def _from_coreml_buffers(m, pname, w):
     layer = Layer(Runtime(num_threads=1), tuple(w.shape), bits=bits, group_size=group_size, cluster_dim=d,
                   prune_threshold=0.0)
     layer.set_centroids(lut3.float().numpy())
-    _, packed = layer.export(tensor_as_numpy(_contiguous(w.detach().cpu()), pname)[0], "f32")
+    try:  # a per-channel scale: the LUT is in the scaled units, the labels those of w / scale
+        scale = m.get_buffer(f"{COREML_PREFIX}/{pname}/palettization_scale").detach().cpu().float().reshape(-1)
+    except AttributeError:
+        scale = None
+    source = w.detach().cpu()
+    if scale is not None:
+        source = (source.float().reshape(w.shape[0], -1) / scale.reshape(-1, 1)).reshape(w.shape).to(w.dtype)
+    _, packed = layer.export(tensor_as_numpy(_contiguous(source), pname)[0], "f32")
     return PalettizedTensor(lut=lut3.contiguous(), packed=packed, bits=bits, group_size=group_size,
-                            cluster_dim=d, shape=tuple(w.shape), dtype=w.dtype)
+                            cluster_dim=d, shape=tuple(w.shape), dtype=w.dtype, scale=scale)
 
 
 def _collect(model):
@@ -711,6 +762,8 @@ def export_safetensors(model, path, include_other=True, metadata=None):
     tensors = {}
     for r, pt in zip(recs, pal.values()):
         tensors[r.lut] = pt.lut.contiguous()
+        if r.scale is not None:
+            tensors[r.scale] = pt.scale.detach().cpu().float().contiguous()
         tensors[r.indices] = torch.from_numpy(np.ascontiguousarray(pt.packed).reshape(r.layer.groups, -1))
     if include_other:
         for name, t in other.items():
@@ -746,18 +799,20 @@ def load_safetensors(path, palettized_only=False, return_palettized=False):
             raise _pf.FormatError(f"{path}: {e}") from None
         for r in recs:
             lut, packed = f.get_tensor(r.lut), f.get_tensor(r.indices).numpy()
+            scale = f.get_tensor(r.scale) if r.scale is not None else None
             dense = torch.empty(r.shape, dtype=_NAME_TO_DTYPE[r.dtype])
             wide = lut.float() if lut.dtype == torch.bfloat16 else lut  # the library reads f32/f16 LUTs; exact
             try:
-                _pf.unpack(r, wide.numpy(), packed, out=tensor_as_numpy(dense, r.name)[0])
+                _pf.unpack(r, wide.numpy(), packed, out=tensor_as_numpy(dense, r.name)[0],
+                           scale=None if scale is None else scale.numpy())
             except EdkmError as e:
                 raise _pf.FormatError(f"{path}: palettized tensor {r.name!r}: {e}") from None
             pals[r.name] = PalettizedTensor(lut=lut.to(dense.dtype), packed=packed.reshape(-1), bits=r.bits,
                                             group_size=r.group_size, cluster_dim=r.cluster_dim, shape=r.shape,
-                                            dtype=dense.dtype)
+                                            dtype=dense.dtype, scale=scale)
             out[r.name] = dense
         if not palettized_only:
-            taken = {t for r in recs for t in (r.lut, r.indices)}
+            taken = {t for r in recs for t in (r.lut, r.indices, r.scale) if t is not None}
             for k in keys:
                 if k not in taken:
                     out[k] = f.get_tensor(k)
