@@ -44,8 +44,7 @@ struct UnpackCommand: ParsableCommand {
         enum Source { case copy(TensorInfo), dense(PalettizedTensor) }
         var claimedBy: [String: PalettizedTensor] = [:]
         for r in records {
-            claimedBy[r.lutName] = r
-            claimedBy[r.indicesName] = r
+            for n in r.tensorNames { claimedBy[n] = r }
         }
         var entries: [(OutputTensor, Source)] = []
         var emitted = Set<String>()
@@ -87,7 +86,8 @@ struct UnpackCommand: ParsableCommand {
     }
 
     /// The dense bytes of one palettized tensor, through edkm_layer_unpack (a BF16 LUT widened to
-    /// F32 first, exactly: the library reads F32 and F16 LUTs).
+    /// F32 first, exactly: the library reads F32 and F16 LUTs); with a scale tensor, unpacked as F32,
+    /// each row multiplied by its factor and rounded once to the original dtype.
     static func restore(_ r: PalettizedTensor, file: SafetensorsFile, runtime: EDKMRuntime) throws -> [UInt8] {
         let lutInfo = file.header.tensor(named: r.lutName)!
         let idxInfo = file.header.tensor(named: r.indicesName)!
@@ -98,12 +98,14 @@ struct UnpackCommand: ParsableCommand {
         do {
             let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
             let packed = file.data(idxInfo)
-            var out = [UInt8](repeating: 0, count: r.elementCount * r.dtype.alignment)
+            let scale = try r.scaleName.map { try rowFactors(file, $0, rows: r.shape[0]) }
+            let outDtype: DType = scale == nil ? r.dtype : .f32
+            var out = [UInt8](repeating: 0, count: r.elementCount * outDtype.alignment)
             func unpack(_ lut: UnsafeRawPointer, _ lutDtype: DType) throws {
                 try out.withUnsafeMutableBytes { o in
                     try layer.unpack(lut: lut, lutDtype: lutDtype.edkm!, lutCount: lutInfo.elementCount,
                                      packed: packed.baseAddress!.assumingMemoryBound(to: UInt8.self), packedBytes: packed.count,
-                                     out: o.baseAddress!, outDtype: r.dtype.edkm!)
+                                     out: o.baseAddress!, outDtype: outDtype.edkm!)
                 }
             }
             if lutInfo.dtype == .bf16 {
@@ -115,11 +117,42 @@ struct UnpackCommand: ParsableCommand {
                 try withExtendedLifetime(lut) { try unpack(lut.pointer, lutInfo.dtype) }
             }
             file.release(idxInfo)
+            if let scale { return scaledRows(out, scale, dtype: r.dtype) }
             return out
         } catch let e as CLIError {
             throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e.message)")
         } catch let e as EDKMError {
             throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e)")
         }
+    }
+
+    /// The per-row factors of a scale tensor (F32 [rows], checked by the reader), each finite and > 0.
+    private static func rowFactors(_ file: SafetensorsFile, _ name: String, rows: Int) throws -> [Float] {
+        let info = file.header.tensor(named: name)!
+        let bytes = file.data(info)
+        let factors = (0..<rows).map { FloatBits.load(bytes.baseAddress!, .f32, $0) }
+        if let bad = factors.firstIndex(where: { !($0.isFinite && $0 > 0) }) {
+            throw CLIError("scale factor \(bad) is \(factors[bad]); each must be finite and > 0")
+        }
+        return factors
+    }
+
+    /// F32 rows (bytes) times their factors, as bytes of dtype (rounded once, to nearest even).
+    private static func scaledRows(_ f32: [UInt8], _ factors: [Float], dtype: DType) -> [UInt8] {
+        let count = f32.count / 4, rowLength = count / factors.count
+        var out = [UInt8](repeating: 0, count: count * dtype.alignment)
+        f32.withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in
+                for i in 0..<count {
+                    let v = FloatBits.load(src.baseAddress!, .f32, i) * factors[i / rowLength]
+                    switch dtype {
+                    case .f16: dst.storeBytes(of: FloatBits.floatToF16(v), toByteOffset: 2 * i, as: UInt16.self)
+                    case .bf16: dst.storeBytes(of: FloatBits.floatToBF16(v), toByteOffset: 2 * i, as: UInt16.self)
+                    default: dst.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self)
+                    }
+                }
+            }
+        }
+        return out
     }
 }

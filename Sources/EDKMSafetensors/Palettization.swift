@@ -16,13 +16,18 @@
 ///   "edkm.format": "palettized-1" (major version 1; "palettized-1.<minor>" for later compatible revisions)
 ///   "edkm.tensor.<W>": a JSON object as a string: {"dtype": "F16", "shape": [4096, 4096],
 ///       "bits": 3, "group_size": 0, "cluster_dim": 1, "lut": "<W>.lut", "indices": "<W>.indices"}
-/// and keeps the input's own metadata entries.
+/// and keeps the input's own metadata entries. Format version 2 ("palettized-2") adds the optional
+/// record field "scale": the name of an F32 tensor [S[0]] of per-row factors (a per-output-channel
+/// scale); W[element of row r] = lut[...] x scale[r], rounded once to the original dtype. A file
+/// is version 2 when a record has a scale, so that readers of version 1 refuse it.
 public struct PalettizedTensor: Equatable, Sendable {
     public static let formatKey = "edkm.format"
     public static let formatValue = "palettized-1"
-    /// The version this code reads and writes: files of another major version are refused; a newer
-    /// minor version may add record fields, which are then ignored.
-    public static let formatMajor = 1, formatMinor = 0
+    public static let scaledFormatValue = "palettized-2"
+    /// The versions this code reads and writes: majors 1 and 2 (2 = 1 with the record field
+    /// "scale"); files of another major version are refused; a newer minor version may add record
+    /// fields, which are then ignored.
+    public static let formatMajor = 1, formatMinor = 0, scaledFormatMajor = 2
     public static let tensorKeyPrefix = "edkm.tensor."
     public static let versionKey = "edkm.version"
 
@@ -34,10 +39,12 @@ public struct PalettizedTensor: Equatable, Sendable {
     public let clusterDim: Int
     public let lutName: String
     public let indicesName: String
+    /// The per-row scale tensor (format version 2), nil without one.
+    public let scaleName: String?
 
     /// Validates the geometry (the same rules as edkm_layer_create).
     public init(name: String, dtype: DType, shape: [Int], bits: Int, groupSize: Int, clusterDim: Int,
-                lutName: String? = nil, indicesName: String? = nil) throws(SafetensorsError) {
+                lutName: String? = nil, indicesName: String? = nil, scaleName: String? = nil) throws(SafetensorsError) {
         let q = JSON.quote(name)
         func bad(_ why: String) -> SafetensorsError { SafetensorsError(.invalidPalettization, "palettized tensor \(q): \(why)") }
         guard dtype.isPalettizable else { throw bad("original dtype \(dtype.rawValue) is not F32, F16 or BF16") }
@@ -69,6 +76,10 @@ public struct PalettizedTensor: Equatable, Sendable {
         self.lutName = lutName ?? name + ".lut"
         self.indicesName = indicesName ?? name + ".indices"
         guard self.lutName != self.indicesName else { throw bad("lut and indices are the same tensor") }
+        self.scaleName = scaleName
+        guard scaleName != self.lutName && scaleName != self.indicesName else {
+            throw bad("scale is the same tensor as lut or indices")
+        }
     }
 
     public var elementCount: Int { shape.reduce(1, *) }
@@ -79,6 +90,8 @@ public struct PalettizedTensor: Equatable, Sendable {
     public var lutShape: [Int] { [groups, centroids, clusterDim] }
     public var indicesShape: [Int] { [groups, bytesPerGroup] }
     public var packedBytes: Int { groups * bytesPerGroup }
+    /// The tensors the record claims: LUT, indices and, with a scale, the scale.
+    public var tensorNames: [String] { [lutName, indicesName] + (scaleName.map { [$0] } ?? []) }
 
     public var metadataKey: String { PalettizedTensor.tensorKeyPrefix + name }
 
@@ -92,18 +105,22 @@ public struct PalettizedTensor: Equatable, Sendable {
             JSONMember(key: "cluster_dim", value: .number(String(clusterDim))),
             JSONMember(key: "lut", value: .string(lutName)),
             JSONMember(key: "indices", value: .string(indicesName)),
-        ]))
+        ] + (scaleName.map { [JSONMember(key: "scale", value: .string($0))] } ?? [])))
     }
 
     /// Parses one "edkm.tensor.<name>" entry; `ignoringUnknownFields` for a file of a newer minor version.
-    public static func parse(key: String, value: String, ignoringUnknownFields: Bool = false) throws(SafetensorsError) -> PalettizedTensor {
-        try parse(name: String(key.dropFirst(tensorKeyPrefix.count)), value: value, ignoringUnknownFields: ignoringUnknownFields)
+    /// `major`: the file's format major version (2 knows the field "scale").
+    public static func parse(key: String, value: String, ignoringUnknownFields: Bool = false,
+                             major: Int = formatMajor) throws(SafetensorsError) -> PalettizedTensor {
+        try parse(name: String(key.dropFirst(tensorKeyPrefix.count)), value: value,
+                  ignoringUnknownFields: ignoringUnknownFields, major: major)
     }
 
     /// Parses a record's JSON object. `legacy`: the older edkm.torch form, {"bits", "group_size",
     /// "cluster_dim", "shape", "dtype": "float32" | "float16" | "bfloat16"}, its tensors <name>.lut
     /// and <name>.indices.
-    static func parse(name: String, value: String, legacy: Bool = false, ignoringUnknownFields: Bool = false) throws(SafetensorsError) -> PalettizedTensor {
+    static func parse(name: String, value: String, legacy: Bool = false, ignoringUnknownFields: Bool = false,
+                      major: Int = formatMajor) throws(SafetensorsError) -> PalettizedTensor {
         let q = JSON.quote(name)
         func bad(_ why: String) -> SafetensorsError { SafetensorsError(.invalidPalettization, "palettized tensor \(q): \(why)") }
         let v: JSONValue
@@ -111,7 +128,9 @@ public struct PalettizedTensor: Equatable, Sendable {
             throw bad("metadata is not valid JSON (byte \(error.offset): \(error.reason))")
         }
         guard case .object(let fields) = v else { throw bad("metadata is \(v.typeName), not an object") }
+        let scaled = !legacy && major >= scaledFormatMajor
         let known = ["dtype", "shape", "bits", "group_size", "cluster_dim"] + (legacy ? [] : ["lut", "indices"])
+            + (scaled ? ["scale"] : [])
         for f in fields where !known.contains(f.key) && !ignoringUnknownFields { throw bad("unknown metadata field \(JSON.quote(f.key))") }
         func integer(_ field: String) throws(SafetensorsError) -> Int {
             guard let x = v[field] else { throw bad("missing metadata field \"\(field)\"") }
@@ -135,7 +154,8 @@ public struct PalettizedTensor: Equatable, Sendable {
         }
         return try PalettizedTensor(name: name, dtype: dtype, shape: shape, bits: try integer("bits"),
                                     groupSize: try integer("group_size"), clusterDim: try integer("cluster_dim"),
-                                    lutName: legacy ? nil : try string("lut"), indicesName: legacy ? nil : try string("indices"))
+                                    lutName: legacy ? nil : try string("lut"), indicesName: legacy ? nil : try string("indices"),
+                                    scaleName: scaled && v["scale"] != nil ? try string("scale") : nil)
     }
 
     /// The metadata entries of a file that do not describe its palettization (the ones unpack keeps).
@@ -173,6 +193,13 @@ public struct PalettizedTensor: Equatable, Sendable {
         guard idx.shape == indicesShape || (flatIndices && idx.shape == [packedBytes]) else {
             throw bad("indices shape is \(idx.shapeDescription), expected \(TensorInfo.describe(indicesShape))")
         }
+        if let scaleName {
+            guard let scale = header.tensor(named: scaleName) else { throw bad("its scale tensor \(JSON.quote(scaleName)) is missing") }
+            guard scale.dtype == .f32 else { throw bad("scale dtype is \(scale.dtype.rawValue), not F32") }
+            guard scale.shape == [shape[0]] else {
+                throw bad("scale shape is \(scale.shapeDescription), expected \(TensorInfo.describe([shape[0]]))")
+            }
+        }
     }
 
     /// The palettized tensors a file's metadata describes (empty for an ordinary file), checked
@@ -192,14 +219,15 @@ public struct PalettizedTensor: Equatable, Sendable {
                     throw SafetensorsError(.invalidPalettization, "metadata has edkm.tensor.* entries but no \(formatKey)")
                 }
                 try version.check()
-                records.append(try parse(key: e.key, value: e.value, ignoringUnknownFields: version.minor ?? 0 > formatMinor))
+                records.append(try parse(key: e.key, value: e.value, ignoringUnknownFields: version.minor ?? 0 > formatMinor,
+                                         major: version.major ?? formatMajor))
             }
             if records.isEmpty { try version?.check() }
         }
         var claimed = Set<String>()
         for r in records {
             try r.validate(in: header, flatIndices: legacy)
-            for n in [r.lutName, r.indicesName] {
+            for n in r.tensorNames {
                 guard claimed.insert(n).inserted else {
                     throw SafetensorsError(.invalidPalettization, "tensor \(JSON.quote(n)) is claimed by two palettized tensors")
                 }
@@ -230,14 +258,14 @@ struct FormatVersion {
         minor = numbers.count == 2 ? numbers[1] : (numbers.count == 1 ? 0 : nil)
     }
 
-    /// Throws unless this is major version PalettizedTensor.formatMajor.
+    /// Throws unless this is major version PalettizedTensor.formatMajor or scaledFormatMajor.
     func check() throws(SafetensorsError) {
         let key = PalettizedTensor.formatKey, ours = JSON.quote(PalettizedTensor.formatValue)
         guard let major, minor != nil else {
             throw SafetensorsError(.invalidPalettization, "unsupported \(key) \(JSON.quote(text)) (not \"palettized-<major>[.<minor>]\"; this edkm reads \(ours))")
         }
-        guard major == PalettizedTensor.formatMajor else {
-            throw SafetensorsError(.invalidPalettization, "unsupported \(key) \(JSON.quote(text)): format major version \(major), this edkm reads major version \(PalettizedTensor.formatMajor) (\(ours))")
+        guard major == PalettizedTensor.formatMajor || major == PalettizedTensor.scaledFormatMajor else {
+            throw SafetensorsError(.invalidPalettization, "unsupported \(key) \(JSON.quote(text)): format major version \(major), this edkm reads major versions \(PalettizedTensor.formatMajor) and \(PalettizedTensor.scaledFormatMajor) (\(ours), \(JSON.quote(PalettizedTensor.scaledFormatValue)))")
         }
     }
 }

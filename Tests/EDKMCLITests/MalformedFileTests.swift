@@ -185,7 +185,7 @@ import Testing
 
     @Test(needsCLI, arguments: [
         ("unsupported format", [(PalettizedTensor.formatKey, "palettized-9"), record(good)], "unsupported edkm.format"),
-        ("next major version", [(PalettizedTensor.formatKey, "palettized-2.0"), record(good)], "format major version 2, this edkm reads major version 1"),
+        ("next major version", [(PalettizedTensor.formatKey, "palettized-3.0"), record(good)], "format major version 3, this edkm reads major versions 1 and 2"),
         ("not a version", [(PalettizedTensor.formatKey, "palettized-1.x"), record(good)], "not \"palettized-<major>[.<minor>]\""),
         ("unknown field, same minor", [format, record(good.replacingOccurrences(of: "}", with: ",\"note\":1}"))], "unknown metadata field \"note\""),
         ("record without format", [record(good)], "no edkm.format"),

@@ -190,7 +190,8 @@ def test_struct_fields_mirror_header(decls, header_text):
 
 def test_enum_constants_mirror_header(decls, header_text):
     enums = header_enums(header_text)
-    assert set(enums) == {"edkm_status", "edkm_dtype", "edkm_saved_mode", "edkm_init", "edkm_algorithm", "edkm_temperature_mode", "edkm_lut_dtype"}
+    assert set(enums) == {"edkm_status", "edkm_dtype", "edkm_saved_mode", "edkm_init", "edkm_algorithm", "edkm_temperature_mode", "edkm_lut_dtype",
+                          "edkm_channel_scale"}
     for ename, values in enums.items():
         for cname, value in values.items():
             assert getattr(decls, cname) == value, f"{ename}.{cname}"

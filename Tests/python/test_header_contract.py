@@ -159,6 +159,8 @@ def provocations(lib, rt):
     h_, r_ = np.empty(keys.size), np.empty(keys.size)
     c = np.empty(lc, np.float32)
     cnan = np.full(lc, np.nan, np.float32)
+    scaled = layer(channel_scale=1)
+    factors = np.ones(16, np.float32)
 
     calls = [
         ("edkm_runtime_create", "NULL_POINTER", lambda: ffi.edkm_runtime_create(None, None)),
@@ -190,6 +192,21 @@ def provocations(lib, rt):
         ("edkm_layer_get_centroids", "STATE", lambda: ffi.edkm_layer_get_centroids(fresh, f32p(c), lc)),
         ("edkm_layer_set_centroids", "SHAPE", lambda: ffi.edkm_layer_set_centroids(fresh, f32p(c), lc + 1)),
         ("edkm_layer_set_centroids", "NON_FINITE", lambda: ffi.edkm_layer_set_centroids(fresh, f32p(cnan), lc)),
+        ("edkm_layer_get_channel_scale", "NULL_POINTER", lambda: ffi.edkm_layer_get_channel_scale(scaled, None, 16)),
+        ("edkm_layer_get_channel_scale", "INVALID_HANDLE",
+         lambda: ffi.edkm_layer_get_channel_scale(bogus["layer"], f32p(factors), 16)),
+        ("edkm_layer_get_channel_scale", "SHAPE", lambda: ffi.edkm_layer_get_channel_scale(scaled, f32p(factors), 15)),
+        ("edkm_layer_get_channel_scale", "STATE", lambda: ffi.edkm_layer_get_channel_scale(scaled, f32p(factors), 16)),
+        ("edkm_layer_get_channel_scale", "INVALID_ARGUMENT",
+         lambda: ffi.edkm_layer_get_channel_scale(fresh, f32p(factors), 16)),
+        ("edkm_layer_set_channel_scale", "NULL_POINTER", lambda: ffi.edkm_layer_set_channel_scale(scaled, None, 16)),
+        ("edkm_layer_set_channel_scale", "INVALID_HANDLE",
+         lambda: ffi.edkm_layer_set_channel_scale(bogus["layer"], f32p(factors), 16)),
+        ("edkm_layer_set_channel_scale", "SHAPE", lambda: ffi.edkm_layer_set_channel_scale(scaled, f32p(factors), 17)),
+        ("edkm_layer_set_channel_scale", "INVALID_ARGUMENT",
+         lambda: ffi.edkm_layer_set_channel_scale(scaled, f32p(np.zeros(16, np.float32)), 16)),
+        ("edkm_layer_set_channel_scale", "INVALID_ARGUMENT",
+         lambda: ffi.edkm_layer_set_channel_scale(fresh, f32p(factors), 16)),
         ("edkm_layer_init_centroids", "DTYPE", lambda: ffi.edkm_layer_init_centroids(fresh, w.ctypes.data, BAD_DTYPE, n)),
         ("edkm_layer_init_centroids", "SHAPE", lambda: ffi.edkm_layer_init_centroids(fresh, w.ctypes.data, F16, n - 1)),
         ("edkm_layer_init_centroids", "NON_FINITE", lambda: ffi.edkm_layer_init_centroids(fresh, wnan.ctypes.data, F16, n)),

@@ -168,7 +168,7 @@ def _edit_record(name, **fields):
 
 
 @pytest.mark.parametrize("label, change, words", [
-    ("next major version", _set("edkm.format", "palettized-2"), "major version 2"),
+    ("next major version", _set("edkm.format", "palettized-3"), "major version 3"),
     ("not a version", _set("edkm.format", "palettized-one"), "unsupported edkm.format 'palettized-one'"),
     ("record without format", lambda m: m.pop("edkm.format"), "no edkm.format"),
     ("unknown field, same minor", _edit_record("fc1.weight", note="x"), "unknown metadata field 'note'"),

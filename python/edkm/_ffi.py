@@ -267,14 +267,14 @@ PROTOTYPES = {
     "edkm_layer_get_config": (edkm_status, [edkm_layer_p, POINTER(edkm_layer_config)]),
     # edkm_status edkm_layer_centroid_count(const edkm_layer *layer, size_t *count);
     "edkm_layer_centroid_count": (edkm_status, [edkm_layer_p, POINTER(c_size_t)]),
-    # edkm_status edkm_layer_get_channel_scale(const edkm_layer *layer, float *out, size_t count);
-    "edkm_layer_get_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
-    # edkm_status edkm_layer_set_channel_scale(edkm_layer *layer, const float *scale, size_t count);
-    "edkm_layer_set_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
     # edkm_status edkm_layer_get_centroids(const edkm_layer *layer, float *out, size_t count);
     "edkm_layer_get_centroids": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
     # edkm_status edkm_layer_set_centroids(edkm_layer *layer, const float *centroids, size_t count);
     "edkm_layer_set_centroids": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
+    # edkm_status edkm_layer_get_channel_scale(const edkm_layer *layer, float *out, size_t count);
+    "edkm_layer_get_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
+    # edkm_status edkm_layer_set_channel_scale(edkm_layer *layer, const float *scale, size_t count);
+    "edkm_layer_set_channel_scale": (edkm_status, [edkm_layer_p, POINTER(c_float), c_size_t]),
     # edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *weights,
     #                                       edkm_dtype dtype, size_t count);
     "edkm_layer_init_centroids": (edkm_status, [edkm_layer_p, c_void_p, edkm_dtype, c_size_t]),
