@@ -43,7 +43,8 @@ def rewrite(src, dst, change):
 
 def reference_dense(path):
     """{name: lut[label]} of every record, decoded with numpy (edkm.unpack_labels and indexing),
-    independently of edkm_layer_unpack; rounded to the original dtype."""
+    independently of edkm_layer_unpack; with a scale tensor (format version 2) each row times its
+    factor in float32; rounded to the original dtype."""
     meta, t = read_all(path)
     out = {}
     for key, value in meta.items():
@@ -54,6 +55,8 @@ def reference_dense(path):
             per_group = int(np.prod(r["shape"])) // r["cluster_dim"] // groups
             labels = torch.from_numpy(edkm.unpack_labels(packed, r["bits"], groups, per_group).astype(np.int64))
             dense = lut[torch.arange(groups)[:, None], labels].reshape(r["shape"])
+            if "scale" in r:
+                dense = (dense.reshape(r["shape"][0], -1) * t[r["scale"]].reshape(-1, 1)).reshape(r["shape"])
             out[key[len("edkm.tensor."):]] = dense.to({"F32": torch.float32, "F16": torch.float16,
                                                        "BF16": torch.bfloat16}[r["dtype"]])
     return out
@@ -222,3 +225,41 @@ def test_numpy_reader_without_torch_types(tmp_path):
     for name, arr in got.items():
         np.testing.assert_array_equal(arr, expected[name].numpy())
         assert arr.dtype == expected[name].numpy().dtype
+
+
+def test_channel_scale_file_is_version_2_and_unpacks_alike(tmp_path):
+    """A model with per-channel scales (the core's channel_scale) exports a version-2 file: each
+    scaled record names its F32 scale tensor; edkm.torch, the numpy reference and `edkm unpack`
+    restore the finalized weights bit-exactly; the same record under palettized-1 is refused."""
+    torch.manual_seed(4)
+    m = nn.ModuleDict({"fc1": nn.Linear(16, 48), "fc2": nn.Linear(48, 16).to(torch.float16),
+                       "fc3": nn.Linear(16, 16).to(torch.bfloat16)})
+    with torch.no_grad():
+        m["fc1"].weight.mul_(torch.logspace(-2, 1, 48)[:, None])  # rows of very different magnitudes
+    et.palettize(m, bits=3, modules=["fc1"], channel_scale="min_max")
+    et.palettize(m, bits=2, group_size=8, modules=["fc2"], channel_scale="abs")
+    et.palettize(m, bits=2, modules=["fc3"])
+    et.finalize(m)
+    state = {k: v for k, v in m.state_dict().items() if "_COREML_" not in k}
+    path = tmp_path / "scaled.safetensors"
+    pals = et.export_safetensors(m, path)
+    meta, tensors = read_all(path)
+    assert meta[pf.FORMAT_KEY] == pf.SCALED_FORMAT_VALUE
+    records = {k[len("edkm.tensor."):]: json.loads(v) for k, v in meta.items() if k.startswith("edkm.tensor.")}
+    assert records["fc1.weight"]["scale"] == "fc1.weight.scale" and "scale" not in records["fc3.weight"]
+    assert tensors["fc1.weight.scale"].dtype == torch.float32 and tuple(tensors["fc1.weight.scale"].shape) == (48,)
+    assert torch.equal(pals["fc1.weight"].scale, m["fc1"].get_buffer("_COREML_/weight/palettization_scale").reshape(-1))
+    reference = reference_dense(path)
+    assert_same({k: state[k] for k in reference}, reference)
+    assert_same(et.load_safetensors(path), state)
+    # the scale matters: without it the dense weights would be far off
+    assert not torch.allclose(pals["fc1.weight"].lut[0][0], state["fc1.weight"].unique()[0])
+    bad = rewrite(path, tmp_path / "v1.safetensors", lambda meta: meta.update({pf.FORMAT_KEY: pf.FORMAT_VALUE}))
+    with pytest.raises(ValueError, match="unknown metadata field 'scale'"):
+        et.load_safetensors(bad)
+    r = cli("unpack", path, "-o", tmp_path / "u.safetensors", "--plain")
+    assert r.returncode == 0, r.stderr
+    _, unpacked = read_all(tmp_path / "u.safetensors")
+    assert_same(unpacked, state)
+    r = cli("unpack", bad, "-o", tmp_path / "u1.safetensors", "--plain")
+    assert r.returncode != 0 and "unknown metadata field" in r.stderr

@@ -126,8 +126,8 @@ KEY_STATUS = {
     "palett_epsilon": (_IMPLEMENTED, "early stop when the inertia changes by at most this"),
     "zero_threshold": (_IMPLEMENTED, "lower clamp of the attention"),
     "enable_per_channel_scale": (_IMPLEMENTED, "each output channel divided by its scale before clustering and "
-                                               "multiplied after; the scale is finalize's palettization_scale "
-                                               "(in edkm.torch, around the core's layer)"),
+                                               "multiplied after (the core's channel_scale); the scale is "
+                                               "finalize's palettization_scale"),
     "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero (needs prune_threshold > 0: coremltools' "
                                    "keep-sparsity rule at prune_threshold 0 is not implemented)"),
     "lut_dtype": (_IMPLEMENTED, "f32; i8 / u8: each LUT fake-quantized after every DKM iteration (one scale per "
