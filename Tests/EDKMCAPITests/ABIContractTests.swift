@@ -82,7 +82,7 @@ import Testing
         #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_ERR_STRUCT_SIZE)
         let fields: [PartialKeyPath<edkm_layer_config>] = [\.bits, \.cluster_dim, \.group_size, \.max_iterations, \.`init`,
             \.tau, \.epsilon, \.zero_threshold, \.prune_threshold, \.algorithm, \.f32_key_dtype, \.seed, \.temperature_mode, \.reserved,
-            \.enforce_zero, \.lut_dtype]
+            \.enforce_zero, \.lut_dtype, \.channel_scale]
         for size in fields.map({ MemoryLayout<edkm_layer_config>.offset(of: $0)! }) + [MemoryLayout<edkm_layer_config>.size] {
             c.struct_size = UInt32(size)
             #expect(edkm_layer_create(rt, &c, [16, 16], 2, &layer) == EDKM_OK, "struct_size \(size)")

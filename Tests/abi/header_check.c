@@ -186,7 +186,7 @@ int main(void) {
               lcfg.zero_threshold == 1e-7 && isnan(lcfg.prune_threshold) && lcfg.algorithm == EDKM_ALGORITHM_AUTO &&
               lcfg.f32_key_dtype == EDKM_DTYPE_F32 && lcfg.seed == 0x5eed &&
               lcfg.temperature_mode == EDKM_TEMPERATURE_SCALE_FREE && lcfg.enforce_zero == 0 &&
-              lcfg.lut_dtype == EDKM_LUT_F32,
+              lcfg.lut_dtype == EDKM_LUT_F32 && lcfg.channel_scale == EDKM_CHANNEL_SCALE_NONE,
           "edkm_layer_config_init defaults (temperature thresholds unset: NaN)");
 
     /* ============ destroy(NULL) ============ */
@@ -377,6 +377,7 @@ int main(void) {
     BAD_LAYER_CFG(f32_key_dtype, 7, EDKM_ERR_DTYPE, EDKM_ERR_INVALID_ARGUMENT, "layer_create f32_key_dtype 7");
     BAD_LAYER_CFG(enforce_zero, 2, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create enforce_zero 2");
     BAD_LAYER_CFG(lut_dtype, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create lut_dtype 3");
+    BAD_LAYER_CFG(channel_scale, 3, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_INVALID_ARGUMENT, "layer_create channel_scale 3");
     check(layer == sentinel_layer, "layer_create failures leave *out unwritten");
     /* an older, shorter struct: fields from tau on are garbage and must be defaulted */
     memset(&lcfg, 0xff, sizeof lcfg);
@@ -395,6 +396,39 @@ int main(void) {
     lcfg.struct_size = (uint32_t)offsetof(edkm_layer_config, enforce_zero);
     expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create with a 0.3 struct_size, garbage beyond");
     if (layer != sentinel_layer) edkm_layer_destroy(layer);
+    /* a 0.4 caller: the struct ends before channel_scale; garbage there, the scale stays NONE */
+    edkm_layer_config_init(&lcfg);
+    memset((char *)&lcfg + offsetof(edkm_layer_config, channel_scale), 0x7f,
+           sizeof lcfg - offsetof(edkm_layer_config, channel_scale));
+    lcfg.struct_size = (uint32_t)offsetof(edkm_layer_config, channel_scale);
+    layer = sentinel_layer;
+    expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create with a 0.4 struct_size, garbage beyond");
+    if (layer != sentinel_layer) {
+        float factors[8];
+        expect(edkm_layer_get_channel_scale(layer, factors, 8), EDKM_ERR_INVALID_ARGUMENT,
+               "layer_get_channel_scale of a 0.4-configured layer (NONE)");
+        edkm_layer_destroy(layer);
+    }
+    /* a channel-scale layer: no factors before it sees weights; bad factors are refused */
+    edkm_layer_config_init(&lcfg);
+    lcfg.channel_scale = EDKM_CHANNEL_SCALE_MIN_MAX;
+    layer = sentinel_layer;
+    expect(edkm_layer_create(rt, &lcfg, shape, 2, &layer), EDKM_OK, "layer_create channel_scale MIN_MAX");
+    if (layer != sentinel_layer) {
+        float factors[8];
+        for (int i = 0; i < 8; i++) factors[i] = 1.0f + (float)i;
+        expect(edkm_layer_get_channel_scale(layer, factors, 8), EDKM_ERR_STATE, "layer_get_channel_scale before any weights");
+        expect(edkm_layer_get_channel_scale(layer, NULL, 8), EDKM_ERR_NULL_POINTER, "layer_get_channel_scale(NULL)");
+        expect(edkm_layer_set_channel_scale(layer, factors, 7), EDKM_ERR_SHAPE, "layer_set_channel_scale count 7");
+        factors[3] = 0.0f;
+        expect(edkm_layer_set_channel_scale(layer, factors, 8), EDKM_ERR_INVALID_ARGUMENT, "layer_set_channel_scale with a 0");
+        factors[3] = 4.0f;
+        expect(edkm_layer_set_channel_scale(layer, factors, 8), EDKM_OK, "layer_set_channel_scale");
+        float got[8];
+        expect(edkm_layer_get_channel_scale(layer, got, 8), EDKM_OK, "layer_get_channel_scale");
+        check(memcmp(got, factors, sizeof got) == 0, "layer_get_channel_scale returns the factors set");
+        edkm_layer_destroy(layer);
+    }
     /* unset thresholds (NaN) resolve per temperature mode: absolute tau 1e-4, scale-free 0.1 */
     edkm_layer_config_init(&lcfg);
     lcfg.temperature_mode = EDKM_TEMPERATURE_ABSOLUTE;

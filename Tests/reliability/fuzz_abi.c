@@ -533,6 +533,9 @@ static void random_layer_config(edkm_layer_config *c) {
     c->enforce_zero = r < 85 ? 0u : r < 98 ? 1u : (uint32_t)RR(2, 1000);
     r = (int)RN(100);
     c->lut_dtype = r < 80 ? EDKM_LUT_F32 : r < 98 ? (int32_t)RR(1, 2) : (CH(50) ? 3 : -1);
+    /* channel_scale: NONE, or an invalid value (the valid scales change what the histogram form and
+     * sharded weights accept; Tests/python/test_core_channel_scale.py covers them) */
+    c->channel_scale = CH(97) ? EDKM_CHANNEL_SCALE_NONE : (CH(50) ? 3 : -1);
 }
 
 /* Faults of an effective layer config (header: ranges of every field). */
@@ -556,6 +559,7 @@ static unsigned layer_config_faults(const edkm_layer_config *c) {
     if (c->enforce_zero > 1) f |= F_ARG;
     if (c->enforce_zero == 1 && c->prune_threshold == 0) f |= F_ARG;  /* keep-sparsity: not implemented */
     if (c->lut_dtype < 0 || c->lut_dtype > 2) f |= F_ARG;
+    if (c->channel_scale < 0 || c->channel_scale > 2) f |= F_ARG;
     if (isfinite(c->tau) && c->tau > 0 && !isfinite(1.0 / c->tau)) f |= F_ARG;  /* its reciprocal overflows */
     return f;
 }
@@ -580,7 +584,8 @@ FIELD_OFFSETS(LAYER_CONFIG_FIELDS, edkm_layer_config, OFF(edkm_layer_config, bit
               OFF(edkm_layer_config, prune_threshold), OFF(edkm_layer_config, algorithm),
               OFF(edkm_layer_config, f32_key_dtype), OFF(edkm_layer_config, seed),
               OFF(edkm_layer_config, temperature_mode), OFF(edkm_layer_config, reserved),
-              OFF(edkm_layer_config, enforce_zero), OFF(edkm_layer_config, lut_dtype));
+              OFF(edkm_layer_config, enforce_zero), OFF(edkm_layer_config, lut_dtype),
+              OFF(edkm_layer_config, channel_scale));
 FIELD_OFFSETS(LAYER_STATS_FIELDS, edkm_layer_stats, OFF(edkm_layer_stats, iterations), OFF(edkm_layer_stats, forwards),
               OFF(edkm_layer_stats, distinct_values), OFF(edkm_layer_stats, algorithm), OFF(edkm_layer_stats, reserved),
               OFF(edkm_layer_stats, inertia), OFF(edkm_layer_stats, effective_tau), OFF(edkm_layer_stats, attention_entropy));
