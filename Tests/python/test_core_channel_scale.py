@@ -280,3 +280,37 @@ def test_bad_input():
             layer.forward(bad)
         with pytest.raises(edkm.EdkmError, match="STATE"):
             layer.channel_scale_factors
+
+
+def test_torch_state_dict_keeps_the_factors_and_finalize_registers_them():
+    """edkm.torch: the factors are DKMWeight's `channel_scale` buffer, restored by load_state_dict
+    (a model whose weights changed since still uses the saved factors), and finalize registers
+    coremltools' palettization_scale (out, 1) with hard weights lut[label] x s."""
+    from torch import nn
+    import edkm.torch as et
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(24, 32))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-2, 0, 32)[:, None])
+    et.palettize(model, bits=2, channel_scale="abs", temperature_mode="absolute", tau=1e-3)
+    x = torch.randn(4, 24)
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # factors fixed at palettize (init)
+    expected = model(x)
+    key = "0.parametrizations.weight.0.channel_scale"
+    np.testing.assert_allclose(state[key].numpy(), factors(state["0.parametrizations.weight.original"].numpy(), "abs"),
+                               rtol=1e-6)
+    twin = nn.Sequential(nn.Linear(24, 32))
+    et.palettize(twin, bits=2, channel_scale="abs", temperature_mode="absolute", tau=1e-3)  # other weights, other factors
+    twin.load_state_dict(state)
+    assert torch.equal(twin(x), expected)
+    p = et.palettized(twin)[0][3]
+    assert np.array_equal(p.layer.channel_scale_factors, state[key].numpy())
+    et.finalize(model)
+    registered = model[0].get_buffer("_COREML_/weight/palettization_scale")
+    assert registered.shape == (32, 1) and torch.equal(registered.reshape(-1), state[key])
+    lut = model[0].get_buffer("_COREML_/weight/lut").reshape(-1)
+    w = model[0].weight.detach()
+    for r in range(32):  # every hard weight of row r is one of the LUT values times s_r
+        values = (lut * registered[r]).float()
+        assert torch.isclose(w[r][:, None], values[None, :], rtol=1e-6, atol=0).any(1).all()
