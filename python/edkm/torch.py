@@ -290,6 +290,9 @@ class DKMWeight(nn.Module):
             if weight.device.type != "cpu" and self.layer.cluster_dim > 1:
                 raise ValueError(f"edkm: cluster_dim {self.layer.cluster_dim} has no 16-bit value histogram, so it "
                                  f"cannot run on {weight.device}; palettize vectors on a CPU model")
+            if weight.device.type != "cpu" and self.has_channel_scale:
+                raise ValueError(f"edkm: a channel_scale runs on the buffer form only (the device split's histogram "
+                                 f"form has no per-row factors), not on {weight.device}; palettize it on a CPU model")
             # once, at palettize time: a host copy of a device weight to initialise the centroids
             w, code = tensor_as_numpy(_contiguous(weight.detach().cpu()), "weight")
             self.layer.init_centroids(w, dtype=code)
@@ -490,7 +493,8 @@ def palettize(model, bits=None, group_size=None, cluster_dim=None, tau=None, mod
 
     bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
     other edkm.Layer option (temperature_mode, max_iterations, epsilon, zero_threshold,
-    prune_threshold, init, algorithm, f32_key_dtype, seed) configure each weight's layer; None (the
+    prune_threshold, init, algorithm, f32_key_dtype, seed, enforce_zero, lut_dtype, channel_scale:
+    'min_max' / 'abs' = coremltools' per-channel scale, CPU weights only) configure each weight's layer; None (the
     default of each) keeps the library's default (bits 4, one LUT per tensor, scalars; the
     temperature thresholds follow temperature_mode: scale-free tau 0.1 x each tensor's k-means
     distortion, or with temperature_mode='absolute' coremltools' semantics and tau 1e-4). f32
