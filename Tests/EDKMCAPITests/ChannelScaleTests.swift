@@ -1,4 +1,5 @@
 import CEDKM
+import Glibc
 import Testing
 
 /// The per-channel scale (edkm_layer_config.channel_scale) through the C ABI, against the same
@@ -15,7 +16,7 @@ import Testing
         var g = Gaussian(seed: 11)
         var w = g.floats(rows * cols, std: 1)
         for r in 0..<rows {
-            let magnitude = Float(pow(10, Double(r % 4) - 2))
+            let magnitude = Float(pow(10.0, Double(r % 4) - 2))
             for c in 0..<cols { w[r * cols + c] *= magnitude }
         }
         for c in 0..<cols { w[2 * cols + c] = 0; w[5 * cols + c] = -0.25 }
