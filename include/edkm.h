@@ -440,7 +440,8 @@ EDKM_API edkm_status edkm_layer_init_centroids(edkm_layer *layer, const void *we
 /**
  * Training forward. weights: count elements of `dtype` (count = the tensor's element count);
  * out: count elements of out_dtype (EDKM_DTYPE_F32, or the weights' dtype), written with the
- * soft-clustered weights w~ = A^{T-1} c^T. Internal arithmetic is float64 on the uniquified path and
+ * soft-clustered weights w~ = A^{T-1} c^T (times the row's factor with a channel scale, see
+ * edkm_channel_scale). Internal arithmetic is float64 on the uniquified path and
  * float64 accumulation on the dense path, whatever the dtypes.
  * The layer's centroids become c^T (the warm start of the next forward).
  * saved: NULL = nothing is kept (no backward possible); otherwise *saved receives a new saved state
@@ -552,7 +553,8 @@ EDKM_API edkm_status edkm_layer_export_sizes(const edkm_layer *layer, size_t *lu
  * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
  * EDKM_ERR_DTYPE (dtype; lut_dtype neither F32 nor F16), EDKM_ERR_SHAPE (count, packed_bytes),
  * EDKM_ERR_NON_FINITE (weights), EDKM_ERR_STATE (no centroids yet), EDKM_ERR_INVALID_ARGUMENT (a
- * centroid beyond the F16 range), EDKM_ERR_BUSY.
+ * centroid beyond the F16 range), EDKM_ERR_BUSY, EDKM_ERR_OUT_OF_MEMORY (the divided copy of the
+ * weights of a layer with a channel scale, since 0.5).
  */
 EDKM_API edkm_status edkm_layer_export(const edkm_layer *layer, const void *weights, edkm_dtype dtype,
                                        size_t count, void *lut, edkm_dtype lut_dtype,
@@ -566,7 +568,8 @@ EDKM_API edkm_status edkm_layer_export_sized(const edkm_layer *layer, const void
                                              uint8_t *packed, size_t packed_bytes);
 
 /**
- * The inverse of export (since 0.4): out[count] (F32, F16 or BF16) = lut[label] for every weight.
+ * The inverse of export (since 0.4): out[count] (F32, F16 or BF16) = lut[label] for every weight
+ * (with a channel scale: in the scaled units, see edkm_channel_scale).
  * lut holds lut_count values of lut_dtype (F32 or F16), all finite (else EDKM_ERR_NON_FINITE,
  * nothing written); lut_count, packed_bytes and count must be exactly the layer's
  * (edkm_layer_export_sizes, the tensor's element count). Arguments in the order of

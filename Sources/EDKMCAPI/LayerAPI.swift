@@ -117,24 +117,34 @@ public func edkm_layer_centroid_count(_ layer: OpaquePointer!, _ count: UnsafeMu
 public func edkm_layer_get_centroids(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<Float>!, _ count: Int) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
-        let out = try require(out, "out")
-        guard count == l.centroidCount else {
-            throw EDKMError(.shape, "expected room for \(l.centroidCount) centroid values, got \(sizeText(count))")
-        }
-        let c = try l.getCentroids()
-        out.update(from: c, count: c.count)
+        try copyOut(out, count, expected: l.centroidCount, what: "centroid values") { () throws(EDKMError) in try l.getCentroids() }
     }
+}
+
+/// Copies a layer's floats to the caller's out[count] (count checked against `expected` first).
+private func copyOut(_ out: UnsafeMutablePointer<Float>?, _ count: Int, expected: Int, what: String,
+                     _ values: () throws(EDKMError) -> [Float]) throws(EDKMError) {
+    let out = try require(out, "out")
+    guard count == expected else { throw EDKMError(.shape, "expected room for \(expected) \(what), got \(sizeText(count))") }
+    let v = try values()
+    out.update(from: v, count: v.count)
+}
+
+/// The caller's input[count] as a buffer, count checked against `expected` before it is formed
+/// (count comes from size_t).
+private func callerFloats(_ input: UnsafePointer<Float>?, _ name: String, _ count: Int, expected: Int,
+                          what: String) throws(EDKMError) -> UnsafeBufferPointer<Float> {
+    let p = try require(input, name)
+    guard count == expected else { throw EDKMError(.shape, "expected \(expected) \(what), got \(UInt(bitPattern: count))") }
+    return UnsafeBufferPointer(start: p, count: count)
 }
 
 @c @implementation
 public func edkm_layer_set_centroids(_ layer: OpaquePointer!, _ centroids: UnsafePointer<Float>!, _ count: Int) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
-        let c = try require(centroids, "centroids")
-        guard count == l.centroidCount else {  // before forming a buffer (count comes from size_t)
-            throw EDKMError(.shape, "expected \(l.centroidCount) centroid values (partitions x k x d), got \(UInt(bitPattern: count))")
-        }
-        try l.setCentroids(UnsafeBufferPointer(start: c, count: count))
+        try l.setCentroids(try callerFloats(centroids, "centroids", count, expected: l.centroidCount,
+                                            what: "centroid values (partitions x k x d)"))
     }
 }
 
@@ -142,12 +152,9 @@ public func edkm_layer_set_centroids(_ layer: OpaquePointer!, _ centroids: Unsaf
 public func edkm_layer_get_channel_scale(_ layer: OpaquePointer!, _ out: UnsafeMutablePointer<Float>!, _ count: Int) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
-        let out = try require(out, "out")
-        guard count == l.geometry.rows else {
-            throw EDKMError(.shape, "expected room for \(l.geometry.rows) channel scale factors (shape[0]), got \(sizeText(count))")
+        try copyOut(out, count, expected: l.geometry.rows, what: "channel scale factors (shape[0])") { () throws(EDKMError) in
+            try l.getChannelScale()
         }
-        let factors = try l.getChannelScale()
-        out.update(from: factors, count: factors.count)
     }
 }
 
@@ -155,11 +162,8 @@ public func edkm_layer_get_channel_scale(_ layer: OpaquePointer!, _ out: UnsafeM
 public func edkm_layer_set_channel_scale(_ layer: OpaquePointer!, _ scale: UnsafePointer<Float>!, _ count: Int) -> edkm_status {
     guarded { () throws(EDKMError) in
         let l = try layerObject(layer)
-        let s = try require(scale, "scale")
-        guard count == l.geometry.rows else {  // before forming a buffer (count comes from size_t)
-            throw EDKMError(.shape, "expected \(l.geometry.rows) channel scale factors (shape[0]), got \(sizeText(count))")
-        }
-        try l.setChannelScale(UnsafeBufferPointer(start: s, count: count))
+        try l.setChannelScale(try callerFloats(scale, "scale", count, expected: l.geometry.rows,
+                                               what: "channel scale factors (shape[0])"))
     }
 }
 
