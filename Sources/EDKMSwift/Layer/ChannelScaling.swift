@@ -1,3 +1,4 @@
+import EDKMNumerics
 import Glibc
 
 /// The per-output-channel scale of a layer (coremltools' per_channel_scaling_factor, channel axis
@@ -57,7 +58,17 @@ struct ChannelScaling {
             for: "the channel-scaled weights")
         rowWise(count, pool: pool) { r, lo, hi in
             let s = factors[r]
-            for i in lo..<hi { ElementIO.store(ElementIO.load(weights, type: type, at: i) / s, out, type: type, at: i) }
+            switch type {
+            case .f32:
+                let src = weights.assumingMemoryBound(to: Float.self), dst = out.assumingMemoryBound(to: Float.self)
+                for i in lo..<hi { dst[i] = src[i] / s }
+            case .f16:
+                let src = weights.assumingMemoryBound(to: UInt16.self), dst = out.assumingMemoryBound(to: UInt16.self)
+                for i in lo..<hi { dst[i] = HalfConversion.floatToF16(HalfConversion.f16ToFloat(src[i]) / s) }
+            case .bf16:
+                let src = weights.assumingMemoryBound(to: UInt16.self), dst = out.assumingMemoryBound(to: UInt16.self)
+                for i in lo..<hi { dst[i] = HalfConversion.floatToBF16(HalfConversion.bf16ToFloat(src[i]) / s) }
+            }
         }
         return out
     }
@@ -67,7 +78,25 @@ struct ChannelScaling {
                multiply: Bool, pool: ThreadPool) {
         rowWise(count, pool: pool) { r, lo, hi in
             let s = factors[r]
-            for i in lo..<hi { ElementIO.store(multiply ? source[i] * s : source[i] / s, out, type: type, at: i) }
+            switch type {
+            case .f32:
+                let dst = out.assumingMemoryBound(to: Float.self)
+                if multiply { for i in lo..<hi { dst[i] = source[i] * s } } else { for i in lo..<hi { dst[i] = source[i] / s } }
+            case .f16:
+                let dst = out.assumingMemoryBound(to: UInt16.self)
+                if multiply {
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToF16(source[i] * s) }
+                } else {
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToF16(source[i] / s) }
+                }
+            case .bf16:
+                let dst = out.assumingMemoryBound(to: UInt16.self)
+                if multiply {
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToBF16(source[i] * s) }
+                } else {
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToBF16(source[i] / s) }
+                }
+            }
         }
     }
 
@@ -76,7 +105,17 @@ struct ChannelScaling {
                     pool: ThreadPool) {
         rowWise(count, pool: pool) { r, lo, hi in
             let s = factors[r]
-            for i in lo..<hi { out[i] = ElementIO.load(source, type: type, at: i) * s }
+            switch type {
+            case .f32:
+                let src = source.assumingMemoryBound(to: Float.self)
+                for i in lo..<hi { out[i] = src[i] * s }
+            case .f16:
+                let src = source.assumingMemoryBound(to: UInt16.self)
+                for i in lo..<hi { out[i] = HalfConversion.f16ToFloat(src[i]) * s }
+            case .bf16:
+                let src = source.assumingMemoryBound(to: UInt16.self)
+                for i in lo..<hi { out[i] = HalfConversion.bf16ToFloat(src[i]) * s }
+            }
         }
     }
 
