@@ -27,9 +27,11 @@ struct CallerHistograms {
 }
 
 extension Layer {
-    /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition.
-    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType) -> [any RowBlocks] {
-        hists.map { h in
+    /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition
+    /// (made in parallel over partitions).
+    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType, pool: ThreadPool) -> [any RowBlocks] {
+        pool.parallelMap(hists.count) { p -> any RowBlocks in
+            let h = hists[p]
             let values = DoubleBuffer(zeros: h.distinctCount)
             let counts = DoubleBuffer(zeros: h.distinctCount)
             for m in 0..<h.distinctCount {
@@ -45,7 +47,7 @@ extension Layer {
     /// what its mode keeps per iteration (UNIQUIFY/SHARD: the U x k tables).
     func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]], vectors: Int,
                        builder: SavedStateBuilder?) throws(EDKMError) -> HistogramCoreRun {
-        let rows = Layer.histogramRows(hists, keyType: keyType)
+        let rows = Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool)
         let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
                                         prepare: builder?.prepare, mapSink: builder?.mapSink)
@@ -169,7 +171,7 @@ extension SavedState {
     func histogramAdjoints(_ traces: [PartitionTrace], _ hists: [KeyHistogram], gradientSums G: [DoubleBuffer],
                            tables: IterationMaps?) throws(EDKMError) -> [DKMEngine.RowGradients] {
         try DKMEngine(config: config, pool: runtime.pool)
-            .backward(Layer.histogramRows(hists, keyType: keyType), traces: traces,
+            .backward(Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool), traces: traces,
                       gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) }, savedSoftmax: tables?.savedSoftmax)
     }
 
