@@ -43,9 +43,20 @@ struct DKMEngine {
     /// are tested against; both exact to rounding).
     var windowed = true
 
-    /// Rows per block: about 2048 values (a per-tensor layer's U of 5k-25k distinct values then
-    /// spreads over several threads; the blocking is fixed, so results do not depend on them).
-    var blockRows: Int { max(1, 2048 / config.clusterDim) }
+    /// Blocks a layer's rows should make at least: a per-tensor layer's U of 5k-25k distinct values
+    /// then spreads over 64 cores.
+    static let minimumBlocks = 64
+
+    /// Rows per block: about 2048 values; for d = 1 layers with fewer than 64 x 2048 rows in all
+    /// (per-tensor LUTs on the histogram path), total / 64 rows (a multiple of 4, at least 256).
+    /// Fixed by the rows (never by the thread count), so results do not depend on the threads.
+    func blockRows(_ rows: [any RowBlocks]) -> Int {
+        let base = max(1, 2048 / config.clusterDim)
+        if config.clusterDim != 1 { return base }
+        let total = rows.reduce(0) { $0 + $1.rowCount }
+        let share = (total + DKMEngine.minimumBlocks - 1) / DKMEngine.minimumBlocks
+        return min(base, max(256, (share + 3) & ~3))
+    }
 
     /// The row arithmetic of one partition, with its effective temperature and prune bias.
     func kernel(_ trace: PartitionTrace) -> SoftKMeansKernel {
@@ -67,6 +78,7 @@ struct DKMEngine {
     }
 
     private func blocks(_ rows: [any RowBlocks], partitions: [Int]) -> [BlockItem] {
+        let blockRows = blockRows(rows)
         var items: [BlockItem] = []
         for p in partitions {
             var start = 0

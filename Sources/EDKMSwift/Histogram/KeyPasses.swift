@@ -7,13 +7,16 @@ import EDKMSupport
 /// 65,536-entry tables. Inner loops are specialised per element type and read 16 bytes of keys at a
 /// time, absorbing them into the item's content hash in the same pass.
 enum KeyPasses {
-    /// Elements per work item.
-    static let chunk = 1 << 20
+    /// Elements per work item: a per-tensor 4096 x 4096 layer is 64 items, so its passes keep 64
+    /// cores busy. The items are fixed by the geometry (never by the thread count) and their
+    /// partial sums are added in item order, so results do not depend on the thread count.
+    static let chunk = 1 << 18
 
-    /// Elements one task covers when partitions are single items: a task runs consecutive items
+    /// Elements one task covers when partitions are single items (2^16: a task's table clear is
+    /// about a tenth of its counting): a task runs consecutive items
     /// (whole partitions) with one set of 65,536-entry tables, so grouped layers (hundreds or
     /// thousands of partitions) neither allocate nor clear a table per partition.
-    static let taskElements = 1 << 17
+    static let taskElements = 1 << 16
 
     struct Item { var partition: Int; var start: Int; var count: Int }
 
@@ -149,7 +152,7 @@ enum KeyPasses {
             // slice of 4096 keys): integer sums, so the order does not matter; no serial O(65,536
             // x items) section (a per-tensor layer is one partition).
             let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
-            let slices = 16, sliceKeys = 65536 / slices
+            let slices = 64, sliceKeys = 65536 / slices
             pool.parallelFor(partitions * slices) { i in
                 let mine = itemsOf[i / slices]
                 let first = tables[mine[0]]!
@@ -359,7 +362,7 @@ enum KeyPasses {
             // Per partition and slice of its slots, the items' tables added in item order (so the
             // sums do not depend on the thread count), in parallel over (partition, slice).
             let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
-            let slices = 16
+            let slices = 64
             pool.parallelFor(partitions * slices) { i in
                 let p = i / slices
                 let mySlots = slots[p]
