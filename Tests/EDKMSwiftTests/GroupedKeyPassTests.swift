@@ -11,8 +11,9 @@ import Testing
 /// count bit-identical.
 @Suite struct GroupedKeyPassTests {
     /// (partitions, elements per partition): per-row LUTs of short rows (many partitions per
-    /// task), a task boundary inside the partitions, the scan path, and a size that is one task.
-    static let shapes = [(257, 1000), (37, 4099), (5, 40_000), (2, KeyPasses.taskElements)]
+    /// task), a task boundary inside the partitions, the scan path, a size that is one task, and
+    /// partitions of two gather items each.
+    static let shapes = [(257, 1000), (37, 4099), (5, 40_000), (2, KeyPasses.taskElements), (2, KeyPasses.elementChunk + 4099)]
 
     @Test(arguments: shapes, KeyPassKernelTests.Keys.allCases)
     func histogramsSumsAndGathersMatchPlainLoops(shape: (Int, Int), kind: KeyPassKernelTests.Keys) {
