@@ -2,10 +2,11 @@ import EDKMNumerics
 import EDKMSupport
 
 /// The O(N) passes of the uniquified path over 16-bit keys (the weights' bit patterns or row
-/// indices), split into fixed work items of at most `chunk` elements of one partition (independent
-/// of the thread count) and run on the pool: histograms, scatter-adds of gradients, gathers through
-/// 65,536-entry tables. Inner loops are specialised per element type and read 16 bytes of keys at a
-/// time, absorbing them into the item's content hash in the same pass.
+/// indices), split into fixed work items of at most `chunk` (reducing passes) or `elementChunk`
+/// (read-only passes) elements of one partition, small partitions grouped into tasks (all
+/// independent of the thread count), and run on the pool: histograms, scatter-adds of gradients,
+/// gathers through 65,536-entry tables. Inner loops are specialised per element type and read 16
+/// bytes of keys at a time, absorbing them into the item's content hash in the same pass.
 enum KeyPasses {
     /// Elements per work item of the reducing passes (histograms, gradient sums), each with its
     /// own 65,536-entry table: 16 items for a per-tensor 4096 x 4096 layer. Smaller items would
