@@ -37,8 +37,10 @@ def test_distillation_steps_finalize_export_and_score(tmp_path, lib):
     student = copy.deepcopy(teacher)
     et.palettize(student, bits=3, group_size=64, modules=compress.linear_filter, f32_key_dtype="f16")
     assert len(et.palettized(student)) == 2 * 7
-    ids = next(compress.batches(tok, cfg.eos_id, batch=2, seq_len=32))
+    stream = compress.batches(tok, cfg.eos_id, batch=2, seq_len=32)
+    ids = next(stream)
     assert ids.shape == (2, 32)
+    assert not torch.equal(next(stream), ids)  # --skip-batches moves on to text not seen yet
     with torch.no_grad():
         target = teacher(ids)
     params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
@@ -66,6 +68,20 @@ def test_distillation_steps_finalize_export_and_score(tmp_path, lib):
     back.load_state_dict(et.load_safetensors(path))
     with torch.inference_mode():
         torch.testing.assert_close(back.eval()(ids), student.eval()(ids), rtol=0, atol=0)
+    # Continuing a run from the file (--init-checkpoint): a group holds at most 8 distinct values,
+    # so the exact k-means init recovers every LUT, up to the f16 keys (f32_key_dtype): a LUT value
+    # that is not an f16 number may come back as an f16 number, within half an f16 step (2^-11
+    # relative). Palettizing the loaded model and finalizing it without a step must give the file's
+    # weights back to that rounding, and everything else bit for bit.
+    again = compress.load_checkpoint(copy.deepcopy(teacher), path)
+    et.palettize(again, bits=3, group_size=64, modules=compress.linear_filter, f32_key_dtype="f16")
+    et.finalize(again, coreml_metadata=False)
+    expected = back.state_dict()
+    for name, value in again.state_dict().items():
+        if name.endswith("_proj.weight"):
+            assert ((value - expected[name]).abs() <= 2.0**-11 * expected[name].abs()).all(), name
+        else:
+            assert torch.equal(value, expected[name]), name
     res = T.evaluate(student, tok, ["piqa"], limit=3, prefix_id=cfg.eos_id, show_progress=False)
     assert res["piqa"]["n"] == 3
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import smollm  # noqa: E402
 import tasks as T  # noqa: E402
-from evaluate import peak_rss_mb  # noqa: E402
+from evaluate import load_checkpoint, peak_rss_mb  # noqa: E402
 
 LINEARS = r"\.(q|k|v|o|gate|up|down)_proj$"
 EMBEDDING = r"^model\.embed_tokens$"
@@ -149,6 +149,8 @@ def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
     student.train()
     log = []
     data = batches(tok, eos_id, a.batch, a.seq_len, a.seed)
+    for _ in range(a.skip_batches):
+        next(data)
     t0 = time.time()
     for step in range(1, a.steps + 1):
         # progress: the larger of the steps done and the wall-time budget used (--train-minutes)
@@ -215,6 +217,14 @@ def main(argv=None):
                     help="stop training once this much wall time has passed since the clustering began (k-means "
                          "init included; 0: run all --steps); SIGUSR1 also stops it")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-checkpoint",
+                    help="start the student from a palettized file written by compress.py (its decoded weights and "
+                         "RMSNorm gains) instead of the reference, to continue an earlier run: the exact k-means "
+                         "init recovers its LUTs (each group holds at most 2^bits distinct values); Adam's moments "
+                         "and the learning-rate schedule start afresh")
+    ap.add_argument("--skip-batches", type=int, default=0,
+                    help="distillation batches to skip before the first step (with --init-checkpoint: the steps "
+                         "of the run being continued, so that it goes on with text it has not seen)")
     ap.add_argument("--limit", type=int, default=100, help="documents per task in the evaluation (0: all)")
     ap.add_argument("--tasks", default=",".join(T.TASKS))
     ap.add_argument("--no-eval", action="store_true")
@@ -234,9 +244,12 @@ def main(argv=None):
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
+    if a.init_checkpoint:
+        load_checkpoint(student, a.init_checkpoint)
     res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "down_group_size": a.down_group_size,
            "embedding_bits": a.embedding_bits,
            "layers": sorted(layers) if layers else "all", "lr": a.lr, "lr_schedule": a.lr_schedule, "tau": a.tau,
+           "init_checkpoint": a.init_checkpoint, "skip_batches": a.skip_batches,
            "steps": 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
     stop = StopRequest(a.train_minutes)
 
