@@ -321,8 +321,12 @@ typedef struct edkm_layer_config {
     uint32_t enforce_zero;     /**< 1 = centroid 0 of every LUT is fixed at zero (coremltools'
                                     enforce_zero): the initial centroid nearest zero becomes 0 and
                                     moves to index 0, and every DKM iteration resets c_0 = 0 (no
-                                    gradient through it). With prune_threshold 0 (coremltools'
-                                    keep-sparsity rule) EDKM_ERR_INVALID_ARGUMENT: not implemented.
+                                    gradient through it). With prune_threshold 0, coremltools'
+                                    keep-sparsity rule (since 0.6): in the soft k-means every vector
+                                    with a nonzero element has the constant distance 1/zero_threshold
+                                    to centroid 0 (scale-free mode: in units of the distortion; no
+                                    gradient through it), exact zeros their ordinary distance;
+                                    export labels stay the plain argmin (docs/keep-sparsity.md).
                                     0 (default) = off; other values EDKM_ERR_INVALID_ARGUMENT */
     int32_t lut_dtype;         /**< an edkm_lut_dtype: EDKM_LUT_F32 (default) keeps the centroids
                                     float; EDKM_LUT_INT8 / EDKM_LUT_UINT8 fake-quantize each LUT after

@@ -557,7 +557,6 @@ static unsigned layer_config_faults(const edkm_layer_config *c) {
     if (c->cluster_dim > 1 && c->init == EDKM_INIT_OPTIMAL_1D) f |= F_ARG;
     if (c->reserved != 0) f |= F_ARG;
     if (c->enforce_zero > 1) f |= F_ARG;
-    if (c->enforce_zero == 1 && c->prune_threshold == 0) f |= F_ARG;  /* keep-sparsity: not implemented */
     if (c->lut_dtype < 0 || c->lut_dtype > 2) f |= F_ARG;
     if (c->channel_scale < 0 || c->channel_scale > 2) f |= F_ARG;
     if (isfinite(c->tau) && c->tau > 0 && !isfinite(1.0 / c->tau)) f |= F_ARG;  /* its reciprocal overflows */

@@ -128,8 +128,9 @@ KEY_STATUS = {
     "enable_per_channel_scale": (_IMPLEMENTED, "each output channel divided by its scale before clustering and "
                                                "multiplied after (the core's channel_scale); the scale is "
                                                "finalize's palettization_scale"),
-    "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero (needs prune_threshold > 0: coremltools' "
-                                   "keep-sparsity rule at prune_threshold 0 is not implemented)"),
+    "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero; with prune_threshold 0 coremltools' "
+                                   "keep-sparsity rule (nonzero weights keep distance 1/zero_threshold "
+                                   "to it)"),
     "lut_dtype": (_IMPLEMENTED, "f32; i8 / u8: each LUT fake-quantized after every DKM iteration (one scale per "
                                 "LUT, a zero point for u8; straight-through backward) and exported as Core ML's "
                                 "joint palettization + quantization (coremltools 9.0 itself never applies i8 / u8: "
@@ -298,10 +299,6 @@ class ModuleDKMPalettizerConfig:
         for key, ok in checks.items():
             if not ok(getattr(self, key)):
                 _not_implemented(key, getattr(self, key))
-        if self.enforce_zero and self.prune_threshold == 0:
-            raise NotImplementedError("edkm.torch.DKMPalettizer: enforce_zero=True with prune_threshold=0 "
-                                      "(coremltools' keep-sparsity rule: nonzero weights never attend to the "
-                                      "zero centroid) is not implemented in libedkm; use prune_threshold > 0")
 
     # ---- what a module gets ----
 

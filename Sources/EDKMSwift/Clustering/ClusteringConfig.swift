@@ -66,9 +66,15 @@ public struct ClusteringConfig: Sendable, Equatable {
     /// coremltools' enforce_zero: centroid 0 of every partition is fixed at 0. The initial
     /// centroid nearest 0 is replaced by 0 and swapped to index 0 (`CentroidInitialization.placeZeroFirst`),
     /// and every iteration sets c^{t+1}_0 = 0, a constant (its adjoint is dropped in the backward).
-    /// With pruneThreshold 0 coremltools switches to its keep-sparsity rule (nonzero weights never
-    /// attend to centroid 0), which is not implemented: `validate` refuses that combination.
+    /// With pruneThreshold 0 this is coremltools' keep-sparsity rule (`keepsSparsity`).
     public var enforceZero: Bool = false
+    /// coremltools' keep-sparsity rule, on when enforceZero holds with pruneThreshold 0: in the
+    /// soft k-means of the forward, every vector with a nonzero element has the constant distance
+    /// 1 / zeroThreshold to centroid 0 (in the temperature's units; no gradient through it), so its
+    /// attention to the zero centroid is the clamp z at any practical temperature, while exact
+    /// zeros keep their ordinary distance (`SoftKMeansKernel`, docs/keep-sparsity.md). The hard
+    /// assignment (export) stays the plain argmin, as coremltools' finalize.
+    @inlinable public var keepsSparsity: Bool { enforceZero && pruneThreshold == 0 }
     /// LUT quantization inside the iterations (`LUTQuantization`). Raw values equal the C ABI's `edkm_lut_dtype`.
     public enum LUTType: Int32, Sendable {
         case f32 = 0
@@ -134,9 +140,6 @@ public struct ClusteringConfig: Sendable, Equatable {
         }
         guard temperatureMode == .absolute || temperatureMode == .scaleFree else {
             throw EDKMError(.invalidArgument, "unknown temperature mode")
-        }
-        if enforceZero && pruneThreshold == 0 {
-            throw EDKMError(.invalidArgument, "enforce_zero with prune_threshold 0 (coremltools' keep-sparsity rule: nonzero weights never attend to the zero centroid) is not implemented; use a prune_threshold > 0")
         }
         if clusterDim > 1 && algorithm == .uniquified {
             throw EDKMError(.invalidArgument, "the uniquified algorithm clusters scalars only (cluster_dim 1), got cluster_dim \(clusterDim)")

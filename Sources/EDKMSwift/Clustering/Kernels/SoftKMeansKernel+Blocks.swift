@@ -84,7 +84,7 @@ extension SoftKMeansKernel {
                 }
                 softmaxVJP(s, x)
                 for e in 0..<d { sv[e] = 0 }
-                for j in 0..<k {
+                for j in (zeroDistanceIsConstant(u) ? 1 : 0)..<k {  // a constant D_0 has no adjoint
                     for e in 0..<d {
                         let ea = 2 * (u[e] - cPrev[j * d + e]) * x[j]
                         sv[e] += ea
@@ -122,7 +122,7 @@ extension SoftKMeansKernel {
                 }
                 softmaxVJP(s, q)
                 let n = counts?[m] ?? 1
-                for j in 0..<k {
+                for j in (zeroDistanceIsConstant(u) ? 1 : 0)..<k {  // a constant D_0 has no adjoint
                     for e in 0..<d {
                         let ee = 2 * (u[e] - ct[j * d + e]) * q[j]
                         r[m * d + e] += ee

@@ -23,7 +23,9 @@ extension SoftKMeansKernel {
             let j = centroid(q)
             let diff = u - c[j]
             var dist = diff * diff
-            if j == 0 { dist -= pruneThreshold }
+            if j == 0 {
+                if keepSparsity { dist.replace(with: zeroDistance, where: u .!= V4(repeating: 0)) } else { dist -= pruneThreshold }
+            }
             s[q] = dist
             minD.replace(with: dist, where: dist .< minD)
         }
@@ -41,6 +43,13 @@ extension SoftKMeansKernel {
         for q in 0..<count { s[q] *= inv }
         if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
         return minD
+    }
+
+    /// A term of centroid j's distance adjoint for four rows u: zero in the lanes where keep-sparsity
+    /// makes D_0 a constant (j = 0, nonzero u).
+    @inline(__always)
+    func distanceAdjoint4(_ term: V4, _ u: V4, centroid j: Int) -> V4 {
+        j == 0 && keepSparsity ? term.replacing(with: 0, where: u .!= V4(repeating: 0)) : term
     }
 
     @inline(__always)
@@ -138,7 +147,7 @@ extension SoftKMeansKernel {
                 softmaxVJP4(s, x, count: k)
                 var h = V4(repeating: 0)
                 for j in 0..<k {
-                    let ea = 2 * (u - cPrev[j]) * x[j]
+                    let ea = distanceAdjoint4(2 * (u - cPrev[j]) * x[j], u, centroid: j)
                     h += ea
                     extra[j] -= g * ea
                 }
@@ -174,7 +183,7 @@ extension SoftKMeansKernel {
                 softmaxVJP4(s, q, count: k)
                 let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                 for j in 0..<k {
-                    let ee = 2 * (u - ct[j]) * q[j]
+                    let ee = distanceAdjoint4(2 * (u - ct[j]) * q[j], u, centroid: j)
                     rr += ee
                     if accumulate { cbar[j] -= n * ee }
                 }

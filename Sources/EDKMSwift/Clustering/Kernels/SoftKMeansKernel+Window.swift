@@ -16,7 +16,9 @@ import Glibc
 /// So only centroids with D_j <= min D + cut tau take part. In one dimension D_j = (u - c_j)^2 for
 /// j > 0, so those centroids are the ones in [u - R, u + R], R = sqrt(min D + cut tau): a contiguous
 /// run of the centroids in ascending order. Centroid 0 carries the prune bias (D_0 = (u - c_0)^2 - p)
-/// and is always added to the window. Lanes are 4 consecutive rows (the distinct values run in key
+/// and is always added to the window. Under keep-sparsity a nonzero row's D_0 is the constant
+/// `zeroDistance` instead: its min D is then min(zeroDistance, min over the other centroids), and
+/// centroid 0 is still always in the window, with each lane's own D_0. Lanes are 4 consecutive rows (the distinct values run in key
 /// order, so neighbours are close) and share the union of their windows. A window that covers every
 /// centroid is still exact: large tau costs the full work, never accuracy.
 ///
@@ -72,6 +74,19 @@ extension SoftKMeansKernel {
         return lo
     }
 
+    /// min (x - sorted[q])^2 over the positions q != `excluded` (k >= 2): the nearest lie next to
+    /// x's lower bound, one further out on the side where the excluded position is.
+    @inline(__always)
+    func nearestSquaredDistance(_ x: Double, _ order: CentroidOrder, excluding excluded: Int) -> Double {
+        let lo = lowerBound(order.sorted, x)
+        var best = Double.infinity
+        for q in Swift.max(0, lo - 2)..<Swift.min(k, lo + 2) where q != excluded {
+            let diff = x - order.sorted[q]
+            best = Swift.min(best, diff * diff)
+        }
+        return best
+    }
+
     /// Writes into `window` the indices of the centroids that can matter for any of the four rows u
     /// (ascending positions, then centroid 0 if it lies outside them); returns how many.
     @inline(__always)
@@ -80,8 +95,13 @@ extension SoftKMeansKernel {
         let reach = SoftKMeansKernel.windowCut * tau
         for l in 0..<4 {
             let x = u[l]
-            let near = DKMEngine.nearestSquaredDistance(x, sorted: UnsafeBufferPointer(start: order.sorted, count: k))
-            let minD = Swift.min(near, (x - c0) * (x - c0) - pruneThreshold)
+            let minD: Double
+            if keepSparsity && x != 0 {  // D_0 is the constant zeroDistance, not (x - c_0)^2
+                minD = Swift.min(nearestSquaredDistance(x, order, excluding: order.position0), zeroDistance)
+            } else {
+                let near = DKMEngine.nearestSquaredDistance(x, sorted: UnsafeBufferPointer(start: order.sorted, count: k))
+                minD = Swift.min(near, (x - c0) * (x - c0) - pruneThreshold)
+            }
             // The margin (relative 2^-30) covers the rounding of the square and the root, so the
             // argmin is always inside.
             let radius = (minD + reach).squareRoot() * (1 + 0x1p-30)
@@ -220,7 +240,7 @@ extension SoftKMeansKernel {
                     var h = V4(repeating: 0)
                     for q in 0..<w {
                         let j = window[q]
-                        let ea = 2 * (u - cPrev[j]) * x[q]
+                        let ea = distanceAdjoint4(2 * (u - cPrev[j]) * x[q], u, centroid: j)
                         h += ea
                         extra[j] -= g * ea
                     }
@@ -267,7 +287,7 @@ extension SoftKMeansKernel {
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                     for i in 0..<w {
                         let j = window[i]
-                        let ee = 2 * (u - ct[j]) * q[i]
+                        let ee = distanceAdjoint4(2 * (u - ct[j]) * q[i], u, centroid: j)
                         rr += ee
                         if accumulate { cbar[j] -= n * ee }
                     }

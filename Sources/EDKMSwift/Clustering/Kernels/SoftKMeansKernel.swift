@@ -12,6 +12,12 @@ import Glibc
 ///
 ///     J(X)_j = -(1/tau) s_j (M_j X_j - sum_l s_l M_l X_l)      (the adjoint on D)
 ///
+/// Keep-sparsity (coremltools' rule for enforce_zero with prune threshold 0, docs/keep-sparsity.md):
+/// for a row u with any nonzero element (-0.0 counts as zero), D_0 = `zeroDistance` (1/z in the
+/// temperature's units), a constant: the softmax, its min D and its clamp take it as it is, and
+/// the backward drops its adjoint (no 2 (u - c_0) J(X)_0 term for such rows). An all-zero row keeps
+/// its ordinary D_0 = ||u - c_0||^2.
+///
 /// All functions take raw pointers to caller-owned buffers of the documented sizes.
 @usableFromInline
 struct SoftKMeansKernel {
@@ -23,6 +29,13 @@ struct SoftKMeansKernel {
     /// Whether the d = 1 passes without saved maps run on centroid windows
     /// (`SoftKMeansKernel+Window`) instead of on all k centroids (`+Scalar4`).
     @usableFromInline let windowed: Bool
+    /// Whether the keep-sparsity rule holds (`ClusteringConfig.keepsSparsity`).
+    @usableFromInline let keepSparsity: Bool
+    /// D_0 of a row with a nonzero element under keep-sparsity: 1 / z in the absolute mode
+    /// (coremltools' constant), sigma^2 / z in the scale-free mode (1 / z in units of the
+    /// partition's distortion sigma^2 = tau / config.tau, as tau and the prune threshold are);
+    /// +infinity when z = 0. Unused otherwise.
+    @usableFromInline let zeroDistance: Double
 
     init(config: ClusteringConfig, tau: Double, prune: Double, windowed: Bool = true) {
         k = config.k
@@ -31,7 +44,22 @@ struct SoftKMeansKernel {
         zeroThreshold = config.zeroThreshold
         pruneThreshold = prune
         self.windowed = windowed
+        keepSparsity = config.keepsSparsity
+        let unit = config.temperatureMode == .absolute ? 1 : tau / config.tau
+        zeroDistance = unit / config.zeroThreshold
     }
+
+    /// Whether row u (d values) has a nonzero element (-0.0 is zero).
+    @inline(__always)
+    func isNonzero(_ u: UnsafePointer<Double>) -> Bool {
+        for e in 0..<d where u[e] != 0 { return true }
+        return false
+    }
+
+    /// Whether the distance to centroid 0 is the constant `zeroDistance` for row u (keep-sparsity
+    /// and a nonzero element): then D_0 has no adjoint.
+    @inline(__always)
+    func zeroDistanceIsConstant(_ u: UnsafePointer<Double>) -> Bool { keepSparsity && isNonzero(u) }
 
     /// Writes D (k, when `distances` is given) and s (k) for row u; returns min_j D_j. With
     /// `entropy`, also writes H = -sum_j s_j ln s_j = ln(sum_l e^{x_l}) - sum_j s_j x_j, where
@@ -57,7 +85,7 @@ struct SoftKMeansKernel {
                 s[j] = acc
             }
         }
-        s[0] -= pruneThreshold
+        if zeroDistanceIsConstant(u) { s[0] = zeroDistance } else { s[0] -= pruneThreshold }
         for j in 0..<k { minD = Swift.min(minD, s[j]) }
         if let distances { for j in 0..<k { distances[j] = Float(s[j]) } }
         var sum = 0.0
