@@ -94,7 +94,12 @@ import Testing
             let i = reference.traces[p].inertia
             #expect(abs(one.traces[p].inertia - i) <= 1e-12 * abs(i), "\(label) inertia")
         }
-        #expect(WindowedKernelTests.maxDiff(one.outputs, reference.outputs) <= 1e-12 * scale, "\(label) outputs")
+        // A row near a tie of two centroids has s_j sensitive to their rounding: the paths' centroids
+        // differ by ~ulp(scale) (summation order), D by scale ulp(scale), s by that / tau, the output
+        // by that times the centroids' spread: scale^3 2^-52 / tau (2e-13 measured at absolute 1e-8).
+        let tauMin = parameters.map(\.tau).min()!
+        let tieRounding = scale * scale * scale * 0x1p-52 / tauMin
+        #expect(WindowedKernelTests.maxDiff(one.outputs, reference.outputs) <= 1e-12 * scale + tieRounding, "\(label) outputs")
         let gScale = max(WindowedKernelTests.maxAbs(reference.last), 1)
         let rScale = max(WindowedKernelTests.maxAbs(reference.r), 1e-300)
         #expect(WindowedKernelTests.maxDiff(one.last, reference.last) <= 1e-9 * gScale, "\(label) h")
