@@ -88,7 +88,8 @@ PATHS = [("f32", "dense"), ("f16", "dense"), ("f16", "uniquified"), ("bf16", "de
 
 
 def run_layer(w, arg, shape, c0, bits, mode, tau, zt, g, algorithm, saved_mode="histogram", threads=0, **options):
-    with edkm.Runtime(num_threads=threads, saved_mode=saved_mode) as rt:
+    comm = dict(communicator=edkm.Communicator.single()) if saved_mode == "shard" else {}
+    with edkm.Runtime(num_threads=threads, saved_mode=saved_mode, **comm) as rt:
         layer = edkm.Layer(rt, shape, bits=bits, tau=tau, algorithm=algorithm, temperature_mode=mode,
                            enforce_zero=True, prune_threshold=0, zero_threshold=zt, epsilon=0, **options)
         layer.centroids = c0
@@ -108,6 +109,9 @@ def test_per_tensor_matches_autograd(dtype, algorithm, mode, tau, zt):
     tau_a, d0 = effective(mode, tau, zt, w64.reshape(-1, 1), c0.reshape(-1, 1))
     y, gx, c_ref = keep_sparsity_reference(w64.reshape(-1, 1), c0.astype(np.float64).reshape(-1, 1), tau_a,
                                            g.reshape(-1, 1), d0, zt=zt)
+    errors = rel(c_after.reshape(-1), c_ref.reshape(-1)), rel(out.reshape(-1), y.reshape(-1)), rel(grad.reshape(-1), gx.reshape(-1))
+    print(f"keep-sparsity {dtype} {algorithm} {mode} tau {tau:g} z {zt:g}: centroids {errors[0]:.1e} "
+          f"soft {errors[1]:.1e} gradients {errors[2]:.1e}")  # shown with pytest -s
     assert c_after.reshape(-1)[0] == 0
     assert rel(c_after.reshape(-1), c_ref.reshape(-1)) < 1e-6
     assert rel(out.reshape(-1), y.reshape(-1)) < 1e-6
@@ -134,10 +138,12 @@ def _plain_reference(w, c0, tau, g, zt):
 
 @pytest.mark.parametrize("saved_mode,dtype,algorithm", [("dkm", "f32", "dense"), ("dkm", "bf16", "dense"),
                                                         ("uniquify", "f16", "uniquified"),
-                                                        ("marshal", "f16", "dense")])
+                                                        ("marshal", "f16", "dense"), ("dedup", "f32", "dense"),
+                                                        ("shard", "bf16", "uniquified")])
 @pytest.mark.parametrize("mode,tau,zt", [TEMPERATURES[0], TEMPERATURES[2], TEMPERATURES[3]])
 def test_saved_maps_match_autograd(saved_mode, dtype, algorithm, mode, tau, zt):
-    """The modes that keep the forward's softmax maps run the row-at-a-time kernel in both passes."""
+    """The modes that keep the forward's softmax maps (dkm, marshal, dedup: N x k; uniquify, shard:
+    U x k) run the row-at-a-time kernel in both passes."""
     rng = np.random.default_rng(12)
     w, arg, w64 = sparse_weights(rng, (40, 24), dtype)
     c0 = initial_centroids(rng, w64, 4)
