@@ -187,6 +187,7 @@ def test_prepare_and_finalize_copy_unless_inplace():
     p = DKMPalettizer(model, {"global_config": {"n_bits": 2}})
     prepared = p.prepare()
     assert prepared is not model and not et.palettized(model) and len(et.palettized(prepared)) == 1
+    prepared(torch.randn(2, 64))  # a module never forwarded stays plain (test_palettizer_first_forward.py)
     final = p.finalize()
     assert final is not prepared and len(et.palettized(prepared)) == 1 and not et.palettized(final)
     assert final[0].weight.unique().numel() <= 4 and not final.training

@@ -34,7 +34,10 @@ Semantics (coremltools 9.0, read from its palettization_config.py, palettizer.py
   the step() call made when its step counter (calls before this one) equals milestone. Until then the
   weights are plain. The centroids are initialised from the weights when palettization starts
   (coremltools: at the first forward after; the weights are the same in between).
-- finalize: modules whose palettization never started are left plain, without metadata.
+- finalize: modules whose palettization never started are left plain, without metadata; so are
+  modules whose palettization started but that ran no forward since (coremltools initialises a
+  module's partitions and centroids at its first forward after the start, and finalizes only those
+  that have them; its report() runs such a forward, and so does ours). edkm._palettization_start.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ import re
 
 import torch
 from torch import nn
+
+from . import _palettization_start as start
 
 
 __all__ = ["DKMPalettizer", "DKMPalettizerConfig", "ModuleDKMPalettizerConfig", "PalettizationReport",
@@ -799,22 +804,34 @@ class DKMPalettizer:
                 self._start(name)
         return model
 
-    def _start(self, name):
+    def _start(self, name, module=None, pending=True):
+        """Palettizes module (default: the prepared model's module `name`) from its weights now;
+        pending: marks it pending until its first forward (edkm._palettization_start)."""
         cfg, mtype = self._plan[name]
         opts = cfg.layer_options(mtype)
         scale = self._scales.get(name)
         rounding = _ROUNDING_TYPES.get(_LUT_DTYPES[cfg.lut_dtype])
-        module = self._model.get_submodule(name)
+        if module is None:
+            module = self._model.get_submodule(name)
         permute = cfg.cluster_permute if cfg.cluster_permute != tuple(range(module.weight.dim())) else None
         groups = _permuted_shape(module.weight, cfg)[0] // opts["group_size"] if opts["group_size"] else 1
         # coremltools' _Partitioner: the first max(1, int(p * groups)) partitions train
         trained = min(groups, max(1, int(cfg.percentage_palett_enable * groups)))
         if opts["cluster_dim"] == 1 and scale is None and rounding is None and permute is None and trained == groups:
-            _et().palettize(self._model, modules=[name], runtime=self._runtime, min_numel=0, **opts)
+            _et().palettize(module, modules=[""], runtime=self._runtime, min_numel=0, **opts)
         else:
             _palettize_chain(module, self._runtime, opts, scale, rounding, permute, trained,
                              cfg.per_channel_scaling_factor_scheme)
         self._started.add(name)
+        if pending:
+            start.mark_pending(module, lambda m, changed: self._first_forward(name, m, changed))
+
+    def _first_forward(self, name, module, weights_changed):
+        """A started module's first forward (or report()): coremltools initialises its centroids
+        from the weights now, so a palettization started on weights changed since starts again."""
+        if weights_changed:
+            start.unpalettize(module)
+            self._start(name, module, pending=False)
 
     def step(self):
         """Call after each optimizer step: starts palettization of the modules whose milestone equals
@@ -834,6 +851,10 @@ class DKMPalettizer:
         model.eval()
         if not inplace:
             model = copy.deepcopy(model)
+        for m in model.modules():
+            if start.is_pending(m):  # started but never forwarded: coremltools leaves it plain
+                start.clear(m)
+                start.unpalettize(m)
         return _et().finalize(model)
 
     def report(self):
@@ -842,6 +863,12 @@ class DKMPalettizer:
         weights vs hard weights, as coremltools), the last forward's effective temperature, attention
         entropy and iterations, the palettized size in bytes, the LUT groups that do not train
         (percentage_palett_enable); `.runtime` the runtime's arena figures."""
+        for name in self._started:  # coremltools' report() runs every started module's first forward
+            m = self._model.get_submodule(name)
+            if start.is_pending(m):
+                changed = start.weights_changed(m)
+                start.clear(m)
+                self._first_forward(name, m, changed)
         rep = PalettizationReport()
         by_name = {name: (m, p) for name, pname, m, p in _et().palettized(self._model) if pname == "weight"}
         for name, (cfg, mtype) in self._plan.items():
