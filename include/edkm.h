@@ -371,8 +371,9 @@ typedef enum edkm_lut_dtype {
  * magnitude instead, or 1 for a zero row (coremltools divides by zero there). The centroids, the
  * LUT of edkm_layer_export and the output of edkm_layer_unpack are in the scaled units: multiply
  * row r by s_r (edkm_layer_get_channel_scale) for the weights. Works with every group_size,
- * cluster_dim, algorithm and saved_mode; edkm_layer_forward_shard and
- * edkm_layer_forward_histogram give EDKM_ERR_INVALID_ARGUMENT for such a layer.
+ * cluster_dim, algorithm and saved_mode, and (since 0.6) with edkm_layer_forward_shard, whose
+ * ranks compute the factors of whole rows together (see there); edkm_layer_forward_histogram
+ * gives EDKM_ERR_INVALID_ARGUMENT for such a layer.
  */
 typedef enum edkm_channel_scale {
     EDKM_CHANNEL_SCALE_NONE = 0,
@@ -472,11 +473,19 @@ EDKM_API edkm_status edkm_layer_forward(edkm_layer *layer, const void *weights, 
  * slice of grad_output, grad_input and weights (count elements); such a state keeps only the
  * histogram whatever the saved_mode, so its backward needs the weights unless keep_weights was
  * set (NULL weights give EDKM_ERR_STATE). (since 0.2)
+ * With a channel scale (since 0.6; see edkm_channel_scale) a slice may split rows anywhere: each
+ * forward first all-gathers 16 bytes per rank (whether the rank's layer holds factors, and their
+ * hash); while no rank holds factors it all-gathers every rank's smallest and largest element of
+ * each row within its slice (rows x 8 bytes per rank), from which every rank derives the same
+ * factors, bit for bit those of the whole tensor (a row no slice touches gets 1). They are kept
+ * once the forward succeeds. Ranks of which only some hold factors, or different ones, all fail
+ * with EDKM_ERR_STATE (set the same factors on every rank with edkm_layer_set_channel_scale).
  * Returns: EDKM_ERR_NULL_POINTER, EDKM_ERR_INVALID_HANDLE,
  * EDKM_ERR_DTYPE (dtype; out_dtype neither F32 nor the weights'; no 16-bit keys or cluster_dim > 1),
  * EDKM_ERR_SHAPE (a slice outside the tensor; every slice empty), EDKM_ERR_NON_FINITE (weights of
- * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a channel scale (since 0.5); a scale-free
- * temperature too small for these weights), EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
+ * any rank), EDKM_ERR_INVALID_ARGUMENT (group_size > 0; a scale-free temperature too small for
+ * these weights), EDKM_ERR_STATE (ranks disagree on the channel scale factors, since 0.6),
+ * EDKM_ERR_COMMUNICATOR, EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED,
  * EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_shard(edkm_layer *layer, const void *weights, edkm_dtype dtype,

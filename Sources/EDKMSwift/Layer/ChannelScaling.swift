@@ -7,11 +7,15 @@ import Glibc
 /// gradient flows into them), so for the clustering map f:
 ///   forward   w~_i = s_r f(w / s)_i
 ///   backward  dL/dw_i = (1 / s_r) [J_f(w / s)^T (s . dL/dw~)]_i
-/// where `s .` multiplies each row's gradient by its factor.
+/// where `s .` multiplies each row's gradient by its factor. The buffers the methods take hold the
+/// tensor's elements [first, first + count): the whole tensor (first 0), or a rank's slice of
+/// sharded weights, whose first and last rows may be partial.
 struct ChannelScaling {
     /// One factor per row, each finite and > 0.
     let factors: [Float]
     let rowLength: Int
+    /// The tensor element index of the buffers' element 0.
+    var first = 0
 
     /// The factors of `scheme` for the weights (count = factors x rowLength elements of `type`):
     /// minMax s_r = (max_r - min_r) / 2, absMax s_r = max_r |w|. A factor of 0 (a constant row
@@ -30,11 +34,18 @@ struct ChannelScaling {
                     hi = Swift.max(hi, w)
                     peak = Swift.max(peak, abs(w))
                 }
-                let s = scheme == .minMax ? 0.5 * (hi - lo) : peak
-                res[r] = s > 0 && s.isFinite ? s : (peak > 0 ? peak : 1)
+                res[r] = factor(low: lo, high: hi, peak: peak, scheme: scheme)
             }
         }
         return result
+    }
+
+    /// The factor of a row whose smallest, largest and largest-magnitude elements are low, high
+    /// and peak (the one formula of `factors(of:)` and the sharded weights' collective factors).
+    @inline(__always)
+    static func factor(low lo: Float, high hi: Float, peak: Float, scheme: ClusteringConfig.ChannelScale) -> Float {
+        let s = scheme == .minMax ? 0.5 * (hi - lo) : peak
+        return s > 0 && s.isFinite ? s : (peak > 0 ? peak : 1)
     }
 
     /// Checks factors a caller sets: one per row, each finite and > 0.
@@ -46,8 +57,6 @@ struct ChannelScaling {
             throw EDKMError(.invalidArgument, "channel scale factor \(bad) is \(factors[bad]); each must be finite and > 0")
         }
     }
-
-    @inline(__always) func factor(ofElement i: Int) -> Float { factors[i / rowLength] }
 
     /// A heap copy (release with `free`) of `count` elements of `type`, each w_i / s_r rounded to
     /// `type` (as torch divides a tensor of that dtype).
@@ -119,14 +128,18 @@ struct ChannelScaling {
         }
     }
 
-    /// body(row, first element, end element) for every row, rows in parallel blocks.
+    /// body(row, first element, end element) for every row the buffers' count elements touch, in
+    /// buffer indices (a slice's first and last rows may be partial), rows in parallel blocks.
     private func rowWise(_ count: Int, pool: ThreadPool, _ body: (Int, Int, Int) -> Void) {
-        let rows = factors.count
+        guard count > 0 else { return }
+        let end = first + count
+        let firstRow = first / rowLength, endRow = (end - 1) / rowLength + 1
         let rowsPerItem = Swift.max(1, 65536 / Swift.max(1, rowLength))
-        let items = (rows + rowsPerItem - 1) / rowsPerItem
+        let items = (endRow - firstRow + rowsPerItem - 1) / rowsPerItem
         pool.parallelFor(items) { item in
-            for r in (item * rowsPerItem)..<Swift.min(rows, (item + 1) * rowsPerItem) {
-                body(r, r * rowLength, (r + 1) * rowLength)
+            let lo = firstRow + item * rowsPerItem
+            for r in lo..<Swift.min(endRow, lo + rowsPerItem) {
+                body(r, Swift.max(r * rowLength, first) - first, Swift.min((r + 1) * rowLength, end) - first)
             }
         }
     }

@@ -5,8 +5,9 @@ import Glibc
 /// the first time the layer sees weights (forward, init_centroids or export: coremltools computes
 /// them once, at the first forward) and stay constants, unless `setChannelScale` replaces them.
 /// The centroids, the LUT of an export and `unpack`'s output are in the scaled units (multiply
-/// row r by s_r for the weights). The buffer forms only: sharded weights and the histogram form
-/// refuse a channel scale (their keys would have to be those of the scaled weights).
+/// row r by s_r for the weights). The buffer forms and sharded weights (their factors computed
+/// collectively: `Layer+ShardedChannelScale.swift`); the histogram form refuses a channel scale
+/// (its keys come from the caller and would have to be those of the scaled weights).
 extension Layer {
     /// The scaling for these weights (count and finiteness checked by the caller): the layer's
     /// factors, else the factors of these weights, which the caller stores once its call has
@@ -31,7 +32,7 @@ extension Layer {
     }
 
     /// Stores the factors a call used when the layer had none yet.
-    private func keepChannelScale(_ scaling: ChannelScaling?) throws(EDKMError) {
+    func keepChannelScale(_ scaling: ChannelScaling?) throws(EDKMError) {
         guard let scaling else { return }
         try exclusive { if channelScale == nil { channelScale = scaling.factors } }
     }

@@ -1,3 +1,5 @@
+import Glibc
+
 /// Histogram-native DKM on weights sharded across data-parallel ranks (each rank holds a
 /// contiguous slice of one tensor, as with FSDP/ZeRO-3): the ranks all-reduce the 65,536-entry
 /// key histogram in forward and the U-entry gradient sums in backward, run the identical O(U k T)
@@ -8,6 +10,10 @@
 /// Every rank must make the call (it is a collective). A rank whose input is invalid (non-finite
 /// weights or gradients, changed weights) still takes part in the all-reduce and flags it, so all
 /// ranks fail together with the same status instead of one waiting forever.
+///
+/// With a channel scale the slice is divided by its rows' factors (computed collectively from
+/// whole rows: `Layer+ShardedChannelScale.swift`) before the keys are taken, and w~ multiplied
+/// back, as the buffer forward does for the whole tensor.
 extension Layer {
     /// Forward on this rank's slice weights[0 ..< count] = tensor elements [offset, offset + count).
     public func forwardShard(weights: UnsafeRawPointer, type: ElementType, offset: Int, count: Int,
@@ -15,9 +21,6 @@ extension Layer {
                              save: Bool) throws(EDKMError) -> SavedState? {
         guard geometry.partitions == 1 else {
             throw EDKMError(.invalidArgument, "sharded weights need per-tensor granularity (group_size 0)")
-        }
-        guard config.channelScale == .none else {
-            throw EDKMError(.invalidArgument, "sharded weights do not support a channel scale (its factors need whole rows); use the buffer forward")
         }
         guard config.clusterDim == 1 && (type.is16Bit || config.f32KeyType != .f32) && config.algorithm != .dense else {
             throw EDKMError(.dtype, "sharded weights need the uniquified algorithm: cluster_dim 1 and 16-bit keys")
@@ -29,7 +32,30 @@ extension Layer {
         guard offset >= 0 && count >= 0 && count <= geometry.count && offset <= geometry.count - count else {
             throw EDKMError(.shape, "slice at offset \(UInt(bitPattern: offset)) of \(UInt(bitPattern: count)) elements is outside the tensor's \(geometry.count) elements")
         }
-        return try exclusive { () throws(EDKMError) -> SavedState? in
+        guard config.channelScale != .none else {
+            return try forwardShardClustering(weights: weights, type: type, offset: offset, count: count, output: output,
+                                              outputType: outputType, save: save)
+        }
+        let scaling = try shardedChannelScaling(weights, type: type, offset: offset, count: count)
+        let divided = try scaling.divided(weights, type: type, count: count, pool: runtime.pool)
+        defer { free(divided) }
+        let values = outputType == .f32 ? output.assumingMemoryBound(to: Float.self)
+            : try HeapAllocation.allocate(Float.self, count: count, for: "the clustered scaled weights")
+        defer { if outputType != .f32 { free(values) } }
+        let state = try forwardShardClustering(weights: divided, type: type, offset: offset, count: count,
+                                               output: UnsafeMutableRawPointer(values), outputType: .f32, save: save)
+        try keepChannelScale(scaling)
+        state?.channelScale = scaling.factors
+        scaling.apply(values, into: output, type: outputType, count: count, multiply: true, pool: runtime.pool)
+        return state
+    }
+
+    /// The sharded forward of the clustering itself (checked inputs; the weights are the scaled
+    /// slice with a channel scale).
+    private func forwardShardClustering(weights: UnsafeRawPointer, type: ElementType, offset: Int, count: Int,
+                                        output: UnsafeMutableRawPointer, outputType: ElementType,
+                                        save: Bool) throws(EDKMError) -> SavedState? {
+        try exclusive { () throws(EDKMError) -> SavedState? in
             let keys = try WeightKeys(weights, type: type, count: count, f32KeyType: config.f32KeyType, pool: runtime.pool)
             let local = KeyPasses.histograms(keys.pointer, partitions: 1, elementsPerPartition: count, pool: runtime.pool,
                                              hashing: false).0[0]

@@ -6,7 +6,9 @@ extension SavedState {
     /// (`ChannelScaling`); the scaled gradient and the clustering's gradient are held as count
     /// floats each, and given weights are divided by s again (a copy of their type) for the
     /// clustering's checks. `weights`: the forward's weights (checked by hash), required when the
-    /// state kept neither the weights nor an index list. On error nothing is written; a state
+    /// state kept neither the weights nor an index list. A sharded forward's state takes this
+    /// rank's slices (count = the slice's elements); its non-finite gradients are flagged in the
+    /// backward's all-reduce, so every rank fails together. On error nothing is written; a state
     /// supports one backward.
     public func backward(gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer, gradType: ElementType,
                          count: Int, weights: UnsafeRawPointer?) throws(EDKMError) {
@@ -14,12 +16,14 @@ extension SavedState {
             return try backwardClustering(gradOutput: gradOutput, gradInput: gradInput, gradType: gradType, count: count,
                                           weights: weights)
         }
-        guard count == geometry.count else {
-            throw EDKMError(.shape, "expected \(geometry.count) gradient elements, got \(sizeText(count))")
+        var elements = 0..<geometry.count, sharded = false
+        if case .weightShard(_, let slice, _) = contents { (elements, sharded) = (slice, true) }
+        guard count == elements.count else {
+            throw EDKMError(.shape, "expected \(sharded ? "this rank's " : "")\(elements.count) gradient elements, got \(sizeText(count))")
         }
-        try rejectNonFiniteGradients(gradOutput, gradType)
+        if !sharded { try rejectNonFiniteGradients(gradOutput, gradType) }
         let pool = runtime.pool
-        let scaling = ChannelScaling(factors: factors, rowLength: geometry.rowLength)
+        let scaling = ChannelScaling(factors: factors, rowLength: geometry.rowLength, first: elements.lowerBound)
         let scaledGrad = try HeapAllocation.allocate(Float.self, count: count, for: "the channel-scaled gradient")
         defer { free(scaledGrad) }
         scaling.multiplied(gradOutput, type: gradType, count: count, into: scaledGrad, pool: pool)
