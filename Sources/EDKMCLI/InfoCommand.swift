@@ -67,8 +67,8 @@ struct InfoCommand: ParsableCommand {
                                    ("palettized bytes", .right), ("ratio", .right)])
                 var dense = 0, packed = 0
                 for r in records {
-                    let lut = h.tensor(named: r.lutName)!, idx = h.tensor(named: r.indicesName)!
-                    let d = r.elementCount * r.dtype.alignment, p = lut.byteCount + idx.byteCount
+                    let lut = h.tensor(named: r.lutName)!
+                    let d = r.elementCount * r.dtype.alignment, p = r.tensorNames.reduce(0) { $0 + h.tensor(named: $1)!.byteCount }  // LUT, indices, scale
                     dense += d
                     packed += p
                     t.add([r.name, Format.shape(r.shape), r.dtype.rawValue, String(r.bits), r.groupSize == 0 ? "tensor" : String(r.groupSize),

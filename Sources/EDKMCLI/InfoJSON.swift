@@ -30,7 +30,7 @@ enum InfoJSON {
             .map { "\(q($0.key)):{\"tensors\":\($0.value.count),\"bytes\":\($0.value.bytes)}" }.joined(separator: ",") + "}")
         let pal = records.map { r -> String in
             let lut = h.tensor(named: r.lutName)!, idx = h.tensor(named: r.indicesName)!
-            let dense = r.elementCount * r.dtype.alignment, packed = lut.byteCount + idx.byteCount
+            let dense = r.elementCount * r.dtype.alignment, packed = r.tensorNames.reduce(0) { $0 + h.tensor(named: $1)!.byteCount }  // LUT, indices, scale
             return "{\"name\":\(q(r.name)),\"shape\":\(shape(r.shape)),\"dtype\":\(q(r.dtype.rawValue)),\"bits\":\(r.bits),"
                 + "\"group_size\":\(r.groupSize),\"cluster_dim\":\(r.clusterDim),\"lut\":\(tensorRef(lut)),\"indices\":\(tensorRef(idx)),"
                 + "\"dense_bytes\":\(dense),\"palettized_bytes\":\(packed),\"ratio\":\(Double(dense) / Double(max(packed, 1)))}"

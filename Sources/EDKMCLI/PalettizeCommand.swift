@@ -15,6 +15,12 @@ struct PalettizeCommand: ParsableCommand {
         header's __metadata__ ("edkm.tensor.<name>"). Centroids are the exact minimum-squared-error \
         1-D k-means of each partition (libedkm's edkm_layer_init_centroids); other tensors are \
         copied unchanged. `edkm unpack` restores dense tensors of the original dtype.
+
+        --channel-scale min_max|abs_max divides each row (output channel, axis 0) by its factor \
+        before clustering, as coremltools' enable_per_channel_scale with \
+        per_channel_scaling_factor_scheme "min_max" (half the row's range) or "abs" (the row's \
+        largest magnitude); a zero row gets factor 1. The LUT is then in the scaled units and the \
+        factors are written as <name>.scale (F32 [rows]); the file is palettized format version 2.
         """)
 
     @Argument(help: "The input .safetensors file.")
@@ -44,6 +50,10 @@ struct PalettizeCommand: ParsableCommand {
     @Option(name: .customLong("lut-dtype"), help: "LUT dtype: auto (F16 for 16-bit tensors, F32 for F32), f16 or f32.")
     var lutDtype: String = "auto"
 
+    @Option(name: .customLong("channel-scale"),
+            help: "Per-output-channel scale: none, min_max (half the row's range) or abs_max (the row's largest magnitude; also 'abs').")
+    var channelScale: String = "none"
+
     @Option(help: "Worker threads for libedkm (0 = the cores available).")
     var threads: Int = 0
 
@@ -63,6 +73,9 @@ struct PalettizeCommand: ParsableCommand {
         guard minSize >= 0 else { throw ValidationError("--min-size must be >= 0") }
         guard threads >= 0 && threads <= 4096 else { throw ValidationError("--threads must be 0...4096") }
         guard PalettizeSettings.LUTType(rawValue: lutDtype) != nil else { throw ValidationError("--lut-dtype must be auto, f16 or f32") }
+        guard ChannelScaleScheme(option: channelScale) != nil else {
+            throw ValidationError("--channel-scale must be \(ChannelScaleScheme.optionValues), got \(JSON.quote(channelScale))")
+        }
     }
 
     func run() throws {
@@ -76,6 +89,7 @@ struct PalettizeCommand: ParsableCommand {
             settings.minSize = minSize
             settings.lutType = PalettizeSettings.LUTType(rawValue: lutDtype)!
             settings.threads = UInt32(threads)
+            settings.channelScale = ChannelScaleScheme(option: channelScale)!
             do { settings.include = try include.map { try Regex($0) } } catch { throw CLIError("invalid --include regular expression: \(error)") }
             do { settings.exclude = try exclude.map { try Regex($0) } } catch { throw CLIError("invalid --exclude regular expression: \(error)") }
             try palettize(settings)
@@ -123,7 +137,7 @@ struct PalettizeCommand: ParsableCommand {
         progress.finish()
 
         // Phase 2: write the output as a stream.
-        enum Source { case copy(TensorInfo), lut(TensorInfo), indices(TensorInfo) }
+        enum Source { case copy(TensorInfo), lut(TensorInfo), indices(TensorInfo), scale(TensorInfo) }
         var entries: [(OutputTensor, Source)] = []
         for p in plans {
             switch p {
@@ -133,11 +147,15 @@ struct PalettizeCommand: ParsableCommand {
                 let res = results[t.name]!
                 entries.append((OutputTensor(name: r.lutName, dtype: res.lutDtype, shape: r.lutShape), .lut(t)))
                 entries.append((OutputTensor(name: r.indicesName, dtype: .u8, shape: r.indicesShape), .indices(t)))
+                if let scaleName = r.scaleName {
+                    entries.append((OutputTensor(name: scaleName, dtype: .f32, shape: [r.shape[0]]), .scale(t)))
+                }
             }
         }
         entries = alignmentOrdered(entries) { $0.0.dtype }
         var metadata = file.header.metadata ?? Metadata()
-        metadata.entries.append((PalettizedTensor.formatKey, PalettizedTensor.formatValue))
+        let scaled = work.contains { $0.1.scaleName != nil }  // format version 2 only when a record has a scale
+        metadata.entries.append((PalettizedTensor.formatKey, scaled ? PalettizedTensor.scaledFormatValue : PalettizedTensor.formatValue))
         metadata.entries.append((PalettizedTensor.versionKey, "libedkm \(edkmVersion())"))
         for (t, _) in work { metadata.entries.append((results[t.name]!.record.metadataKey, results[t.name]!.record.metadataValue)) }
 
@@ -153,6 +171,8 @@ struct PalettizeCommand: ParsableCommand {
                 try writer.append(results[t.name]!.lutBytes)
             case .indices(let t):
                 try writer.append(try palettizer.packedIndices(results[t.name]!, t))
+            case .scale(let t):
+                try writer.append(results[t.name]!.scaleBytes!)
             }
             written += out.byteCount
             writing.update(written, out.name)
@@ -187,6 +207,7 @@ struct PalettizeCommand: ParsableCommand {
                 var note = "LUT \(res.lutDtype.rawValue)"
                 if r.groupSize > 0 { note += ", \(r.groups) groups of \(r.groupSize) rows" }
                 if r.clusterDim > 1 { note += ", \(r.clusterDim)-vectors" }
+                if r.scaleName != nil { note += ", scale \(ChannelScaleScheme(option: channelScale)!.rawValue)" }
                 table.add([t.name, Format.shape(t.shape), t.dtype.rawValue, Format.grouped(res.distinct), String(r.bits),
                            Format.scientific(res.relativeError), Format.grouped(t.byteCount), Format.grouped(res.bytesAfter), note])
             }

@@ -16,6 +16,8 @@ struct PalettizeSettings {
     var exclude: Regex<AnyRegexOutput>? = nil
     var lutType = LUTType.auto
     var threads: UInt32 = 0
+    /// A per-output-channel scale (format version 2 records with a scale tensor), or none.
+    var channelScale = ChannelScaleScheme.none
 }
 
 /// What happens to one input tensor.
@@ -36,6 +38,8 @@ struct PalettizedResult {
     let layer: EDKMLayer
     let lutDtype: DType
     let lutBytes: [UInt8]
+    /// The channel scale factors as an F32 tensor [rows] (the record's scale), nil without one.
+    let scaleBytes: [UInt8]?
     /// Kept while the total stays small; otherwise re-exported when written.
     var packed: [UInt8]?
     let distinct: Int
@@ -44,7 +48,7 @@ struct PalettizedResult {
     let seconds: Double
 
     var relativeError: Double { weightNorm > 0 ? diffNorm / weightNorm : (diffNorm > 0 ? .infinity : 0) }
-    var bytesAfter: Int { lutBytes.count + record.packedBytes }
+    var bytesAfter: Int { lutBytes.count + record.packedBytes + (scaleBytes?.count ?? 0) }
 }
 
 struct Palettizer {
@@ -72,7 +76,7 @@ struct Palettizer {
             let names: [String]
             switch p {
             case .copy(let t, _): names = [t.name]
-            case .palettize(_, let r): names = [r.lutName, r.indicesName]
+            case .palettize(_, let r): names = r.tensorNames
             }
             for n in names {
                 if let other = owner[n] {
@@ -98,7 +102,8 @@ struct Palettizer {
         }
         do {
             let r = try PalettizedTensor(name: t.name, dtype: t.dtype, shape: t.shape, bits: settings.bits,
-                                         groupSize: settings.groupSize, clusterDim: settings.clusterDim)
+                                         groupSize: settings.groupSize, clusterDim: settings.clusterDim,
+                                         scaleName: settings.channelScale == .none ? nil : t.name + ".scale")
             return .palettize(t, r)
         } catch {
             // The geometry does not fit this tensor (e.g. group size vs rows): keep it dense.
@@ -108,6 +113,10 @@ struct Palettizer {
     }
 
     /// Palettizes one tensor: layer, optimal 1-D k-means, export, statistics.
+    ///
+    /// With a channel scale the layer divides every row by its factor (fixed by the library from
+    /// these weights at init) before the k-means and the export; the LUT and the error's unpack are
+    /// in the scaled units until each row is multiplied back (ChannelScaleRows, the format's rule).
     ///
     /// prune_threshold is 0 here: post-training palettization wants the plain nearest centroid,
     /// not DKM training's bias towards centroid 0. Every other setting is the library's default;
@@ -124,9 +133,11 @@ struct Palettizer {
         cfg.cluster_dim = UInt32(r.clusterDim)
         cfg.prune_threshold = 0
         cfg.`init` = Int32(EDKM_INIT_AUTO.rawValue)
+        cfg.channel_scale = settings.channelScale.configValue
         do {
             let layer = try EDKMLayer(runtime: runtime, shape: r.shape, config: cfg)
             try layer.initCentroids(original.pointer, dtype)
+            let factors = r.scaleName == nil ? nil : try layer.channelScale(rows: r.shape[0])
             let sizes = try layer.exportSizes()
             guard sizes.lutCount == r.lutShape.reduce(1, *), sizes.packedBytes == r.packedBytes else {
                 throw CLIError("edkm_layer_export_sizes gave \(sizes) but the format expects (\(r.lutShape.reduce(1, *)), \(r.packedBytes))")
@@ -138,20 +149,23 @@ struct Palettizer {
             let lutDtype = chooseLUT(for: t.dtype, centroids: centroids)
             var packed = [UInt8](repeating: 0, count: sizes.packedBytes)
             let lut = try export(layer, original, dtype: t.dtype, lutDtype: lutDtype, lutCount: sizes.lutCount, packed: &packed)
-            // The error of what unpack will restore: lut[label] rounded to the tensor's dtype.
-            var unpacked = [UInt8](repeating: 0, count: t.byteCount)
+            // The error of what unpack will restore: lut[label] (times the row's factor) rounded to the tensor's dtype.
+            let unpackDtype: DType = factors == nil ? t.dtype : .f32
+            var unpacked = [UInt8](repeating: 0, count: t.elementCount * unpackDtype.alignment)
             try unpacked.withUnsafeMutableBytes { o in
                 try lut.withUnsafeBytes { l in
                     try layer.unpack(lut: l.baseAddress!, lutDtype: lutDtype.edkm!, lutCount: sizes.lutCount, packed: packed, packedBytes: packed.count,
-                                     out: o.baseAddress!, outDtype: dtype)
+                                     out: o.baseAddress!, outDtype: unpackDtype.edkm!)
                 }
             }
+            if let factors { unpacked = ChannelScaleRows.multiplied(unpacked, by: factors, dtype: t.dtype) }
             let err = unpacked.withUnsafeBytes {
                 TensorStatistics.reconstructionError(weights: original.pointer, unpacked: $0.baseAddress!, dtype: t.dtype, count: t.elementCount)
             }
             let distinct = TensorStatistics.distinctValues(original.pointer, dtype: t.dtype, count: t.elementCount)
             file.release(t)
             return PalettizedResult(record: r, layer: layer, lutDtype: lutDtype, lutBytes: lut,
+                                    scaleBytes: factors.map(ChannelScaleRows.bytes),
                                     packed: keepPacked ? packed : nil, distinct: distinct, diffNorm: err.diff,
                                     weightNorm: err.norm, seconds: Date().timeIntervalSince(start))
         } catch let e as CLIError {

@@ -117,7 +117,7 @@ struct UnpackCommand: ParsableCommand {
                 try withExtendedLifetime(lut) { try unpack(lut.pointer, lutInfo.dtype) }
             }
             file.release(idxInfo)
-            if let scale { return scaledRows(out, scale, dtype: r.dtype) }
+            if let scale { return ChannelScaleRows.multiplied(out, by: scale, dtype: r.dtype) }
             return out
         } catch let e as CLIError {
             throw CLIError("palettized tensor \(JSON.quote(r.name)): \(e.message)")
@@ -135,24 +135,5 @@ struct UnpackCommand: ParsableCommand {
             throw CLIError("scale factor \(bad) is \(factors[bad]); each must be finite and > 0")
         }
         return factors
-    }
-
-    /// F32 rows (bytes) times their factors, as bytes of dtype (rounded once, to nearest even).
-    private static func scaledRows(_ f32: [UInt8], _ factors: [Float], dtype: DType) -> [UInt8] {
-        let count = f32.count / 4, rowLength = count / factors.count
-        var out = [UInt8](repeating: 0, count: count * dtype.alignment)
-        f32.withUnsafeBytes { src in
-            out.withUnsafeMutableBytes { dst in
-                for i in 0..<count {
-                    let v = FloatBits.load(src.baseAddress!, .f32, i) * factors[i / rowLength]
-                    switch dtype {
-                    case .f16: dst.storeBytes(of: FloatBits.floatToF16(v), toByteOffset: 2 * i, as: UInt16.self)
-                    case .bf16: dst.storeBytes(of: FloatBits.floatToBF16(v), toByteOffset: 2 * i, as: UInt16.self)
-                    default: dst.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self)
-                    }
-                }
-            }
-        }
-        return out
     }
 }

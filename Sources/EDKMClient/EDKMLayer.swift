@@ -80,6 +80,15 @@ public final class EDKMLayer {
         return nil
     }
 
+    /// The channel scale factors, one per row (`rows` = shape[0]; edkm_layer_get_channel_scale): fixed
+    /// from the first weights the layer saw, or set by setChannelScale. Throws for a layer without a
+    /// channel scale, or before the factors are fixed.
+    public func channelScale(rows: Int) throws -> [Float] {
+        var s = [Float](repeating: 0, count: rows)
+        try edkmCheck(edkm_layer_get_channel_scale(handle, &s, rows), "edkm_layer_get_channel_scale")
+        return s
+    }
+
     /// edkm_layer_get_stats (iterations, distinct values, ... of the last forward).
     public func stats() throws -> edkm_layer_stats {
         var s = edkm_layer_stats()
