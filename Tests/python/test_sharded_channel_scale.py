@@ -206,3 +206,27 @@ def test_traffic_of_the_scale():
 
     for plain, first, second, _, _ in run_ranks(2, rank):
         assert first - plain == 16 + 8 * ROWS and second - plain == 16
+
+
+@pytest.mark.parametrize("bad_call", [1, 2])
+def test_impossible_gathers_are_communicator_errors(bad_call):
+    """An all-gather that returns what no correct one can (flags other than 0 / 1 in the agreement;
+    another block than this rank sent in the exchange) fails with EDKM_ERR_COMMUNICATOR and fixes
+    nothing."""
+    w = weights(np.float16)
+    calls = []
+
+    def all_gather(send, nbytes):
+        calls.append(nbytes)
+        return b"\x07" * nbytes if len(calls) == bad_call else bytes(send)
+
+    comm = edkm.Communicator(0, 1, all_gather, lambda data: None)
+    with edkm.Runtime(num_threads=1, communicator=comm) as rt, \
+            edkm.Layer(rt, w.shape, **layer_options("min_max", w.dtype)) as layer:
+        with pytest.raises(edkm.EdkmError, match="COMMUNICATOR"):
+            layer.forward_shard(w.reshape(-1), 0, "f32", save=False)
+        assert calls[:bad_call] == [16, 8 * ROWS][:bad_call]
+        with pytest.raises(edkm.EdkmError, match="STATE"):
+            layer.channel_scale_factors
+        layer.forward_shard(w.reshape(-1), 0, "f32", save=False)  # an honest gather then works
+        assert layer.channel_scale_factors.shape == (ROWS,)
