@@ -230,3 +230,36 @@ def test_impossible_gathers_are_communicator_errors(bad_call):
             layer.channel_scale_factors
         layer.forward_shard(w.reshape(-1), 0, "f32", save=False)  # an honest gather then works
         assert layer.channel_scale_factors.shape == (ROWS,)
+
+
+def test_keep_weights_backward_without_the_slice():
+    """keep_weights: the state keeps the scaled slice's keys, so the backward needs no weights and
+    gives the same gradient as with them."""
+    w = weights(np.float16)
+    g = (np.random.default_rng(2).standard_normal(w.shape) * 1e-2).astype(np.float32)
+    c0 = np.linspace(-0.9, 0.9, 8).astype(np.float32).reshape(1, 8, 1)
+    _, reference = whole_tensor(w, g, "abs", c0, steps=1)
+    group, half = ThreadWorld(2), ROWS * COLS // 2
+    results, errors = [None, None], []
+
+    def main(r):
+        try:
+            with edkm.Runtime(num_threads=1, keep_weights=True, communicator=group.comm(edkm, r)) as rt, \
+                    edkm.Layer(rt, w.shape, **layer_options("abs", w.dtype)) as layer:
+                layer.centroids = c0
+                x = w.reshape(-1)[r * half:(r + 1) * half].copy()
+                _, st = layer.forward_shard(x, r * half, "f32")
+                results[r] = st.backward(g.reshape(-1)[r * half:(r + 1) * half].copy())
+                st.close()
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    gin = reference[0][1].reshape(-1)
+    assert np.abs(np.concatenate(results) - gin).max() <= 1e-6 * np.abs(gin).max()
