@@ -32,7 +32,7 @@ extension Layer {
     }
 
     /// Stores the factors a call used when the layer had none yet.
-    func keepChannelScale(_ scaling: ChannelScaling?) throws(EDKMError) {
+    private func keepChannelScale(_ scaling: ChannelScaling?) throws(EDKMError) {
         guard let scaling else { return }
         try exclusive { if channelScale == nil { channelScale = scaling.factors } }
     }
@@ -54,18 +54,31 @@ extension Layer {
             throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
         }
         try validateWeights(weights, type: type, count: count)
-        return try withChannelScaling(weights, type: type) { (source, scaling) throws(EDKMError) -> SavedState? in
-            let scaling = scaling!
-            let values = outputType == .f32 ? output.assumingMemoryBound(to: Float.self)
-                : try HeapAllocation.allocate(Float.self, count: count, for: "the clustered scaled weights")
-            defer { if outputType != .f32 { free(values) } }
-            let state = try forwardClustering(weights: source, type: type, count: count, output: UnsafeMutableRawPointer(values),
-                                              outputType: .f32, save: save)
-            try keepChannelScale(scaling)
-            state?.channelScale = scaling.factors
-            scaling.apply(values, into: output, type: outputType, count: count, multiply: true, pool: runtime.pool)
-            return state
+        let scaling = try channelScaling(for: weights, type: type)!
+        return try forwardScaled(weights, type: type, count: count, scaling: scaling, output: output,
+                                 outputType: outputType) { (source, values) throws(EDKMError) -> SavedState? in
+            try forwardClustering(weights: source, type: type, count: count, output: values, outputType: .f32, save: save)
         }
+    }
+
+    /// w~ = s_r f(w / s) around a forward of the clustering, `cluster(w / s, f32 output)`, on count
+    /// elements (the tensor, or a rank's slice: `scaling.first`): divides a copy of the weights,
+    /// multiplies the clustered values into `output` (f32 in place; a 16-bit output through count
+    /// heap floats), and once the clustering succeeded keeps the factors (layer and saved state).
+    func forwardScaled(_ weights: UnsafeRawPointer, type: ElementType, count: Int, scaling: ChannelScaling,
+                       output: UnsafeMutableRawPointer, outputType: ElementType,
+                       cluster: (UnsafeRawPointer, UnsafeMutableRawPointer) throws(EDKMError) -> SavedState?)
+        throws(EDKMError) -> SavedState? {
+        let divided = try scaling.divided(weights, type: type, count: count, pool: runtime.pool)
+        defer { free(divided) }
+        let values = outputType == .f32 ? output.assumingMemoryBound(to: Float.self)
+            : try HeapAllocation.allocate(Float.self, count: count, for: "the clustered scaled weights")
+        defer { if outputType != .f32 { free(values) } }
+        let state = try cluster(UnsafeRawPointer(divided), UnsafeMutableRawPointer(values))
+        try keepChannelScale(scaling)
+        state?.channelScale = scaling.factors
+        scaling.apply(values, into: output, type: outputType, count: count, multiply: true, pool: runtime.pool)
+        return state
     }
 
     /// Writes the LUT (the current centroids, as `lutType`: f32 or f16) and the packed labels

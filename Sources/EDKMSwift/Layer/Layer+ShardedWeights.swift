@@ -1,5 +1,3 @@
-import Glibc
-
 /// Histogram-native DKM on weights sharded across data-parallel ranks (each rank holds a
 /// contiguous slice of one tensor, as with FSDP/ZeRO-3): the ranks all-reduce the 65,536-entry
 /// key histogram in forward and the U-entry gradient sums in backward, run the identical O(U k T)
@@ -37,17 +35,11 @@ extension Layer {
                                               outputType: outputType, save: save)
         }
         let scaling = try shardedChannelScaling(weights, type: type, offset: offset, count: count)
-        let divided = try scaling.divided(weights, type: type, count: count, pool: runtime.pool)
-        defer { free(divided) }
-        let values = outputType == .f32 ? output.assumingMemoryBound(to: Float.self)
-            : try HeapAllocation.allocate(Float.self, count: count, for: "the clustered scaled weights")
-        defer { if outputType != .f32 { free(values) } }
-        let state = try forwardShardClustering(weights: divided, type: type, offset: offset, count: count,
-                                               output: UnsafeMutableRawPointer(values), outputType: .f32, save: save)
-        try keepChannelScale(scaling)
-        state?.channelScale = scaling.factors
-        scaling.apply(values, into: output, type: outputType, count: count, multiply: true, pool: runtime.pool)
-        return state
+        return try forwardScaled(weights, type: type, count: count, scaling: scaling, output: output,
+                                 outputType: outputType) { (source, values) throws(EDKMError) -> SavedState? in
+            try forwardShardClustering(weights: source, type: type, offset: offset, count: count, output: values,
+                                       outputType: .f32, save: save)
+        }
     }
 
     /// The sharded forward of the clustering itself (checked inputs; the weights are the scaled
