@@ -9,27 +9,16 @@ buffers, and the same finalized weights (coremltools' exact 1-D k-means initiali
 kmeans_opt1d_threshold, so both start from the optimal LUT of the same weights)."""
 
 import copy
-import logging
-import warnings
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import edkm.torch as et  # noqa: E402
 from edkm import _palettization_start as start  # noqa: E402
+from test_torch_dkm_palettizer import coremltools_palettization  # noqa: E402
 from torch import nn  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _coremltools_palettization():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            return pytest.importorskip("coremltools.optimize.torch.palettization")
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def _base():
@@ -98,7 +87,7 @@ def test_finalize_palettizes_what_coremltools_palettizes(milestone, actions, ste
     assert [p for p, _ in ours] == palettized
     for p, buffers in ours:
         assert buffers == (["_COREML_/weight/compression_type", "_COREML_/weight/lut"] if p else [])
-    ctp = _coremltools_palettization()
+    ctp = coremltools_palettization()
     theirs, theirs_w = _outcome(_run(ctp.DKMPalettizer(copy.deepcopy(base), ctp.DKMPalettizerConfig.from_dict(cfg)),
                                      actions, x, step_first))
     assert ours == theirs

@@ -51,14 +51,15 @@ def whole_tensor(w, g, scheme, c0, steps=2):
         return layer.channel_scale_factors, out
 
 
-def run_ranks(world, body):
-    """body(rank, runtime) on `world` thread ranks; returns their results (re-raises the first error)."""
+def run_ranks(world, body, **runtime_options):
+    """body(rank, runtime) on `world` thread ranks (runtimes with runtime_options); returns their
+    results (re-raises the first error)."""
     group = ThreadWorld(world)
     results, errors = [None] * world, []
 
     def main(r):
         try:
-            with edkm.Runtime(num_threads=1, communicator=group.comm(edkm, r)) as rt:
+            with edkm.Runtime(num_threads=1, communicator=group.comm(edkm, r), **runtime_options) as rt:
                 results[r] = body(r, rt)
         except BaseException as e:  # pragma: no cover (reported below)
             errors.append(e)
@@ -239,27 +240,16 @@ def test_keep_weights_backward_without_the_slice():
     g = (np.random.default_rng(2).standard_normal(w.shape) * 1e-2).astype(np.float32)
     c0 = np.linspace(-0.9, 0.9, 8).astype(np.float32).reshape(1, 8, 1)
     _, reference = whole_tensor(w, g, "abs", c0, steps=1)
-    group, half = ThreadWorld(2), ROWS * COLS // 2
-    results, errors = [None, None], []
+    half = ROWS * COLS // 2
 
-    def main(r):
-        try:
-            with edkm.Runtime(num_threads=1, keep_weights=True, communicator=group.comm(edkm, r)) as rt, \
-                    edkm.Layer(rt, w.shape, **layer_options("abs", w.dtype)) as layer:
-                layer.centroids = c0
-                x = w.reshape(-1)[r * half:(r + 1) * half].copy()
-                _, st = layer.forward_shard(x, r * half, "f32")
-                results[r] = st.backward(g.reshape(-1)[r * half:(r + 1) * half].copy())
-                st.close()
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-            group.barrier.abort()
+    def rank(r, rt):
+        with edkm.Layer(rt, w.shape, **layer_options("abs", w.dtype)) as layer:
+            layer.centroids = c0
+            _, st = layer.forward_shard(w.reshape(-1)[r * half:(r + 1) * half].copy(), r * half, "f32")
+            gin = st.backward(g.reshape(-1)[r * half:(r + 1) * half].copy())  # no weights
+            st.close()
+            return gin
 
-    threads = [threading.Thread(target=main, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = run_ranks(2, rank, keep_weights=True)
     gin = reference[0][1].reshape(-1)
     assert np.abs(np.concatenate(results) - gin).max() <= 1e-6 * np.abs(gin).max()
