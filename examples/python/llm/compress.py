@@ -221,7 +221,10 @@ def main(argv=None):
                     help="start the student from a palettized file written by compress.py (its decoded weights and "
                          "RMSNorm gains) instead of the reference, to continue an earlier run: the exact k-means "
                          "init recovers its LUTs (each group holds at most 2^bits distinct values); Adam's moments "
-                         "and the learning-rate schedule start afresh")
+                         "and the learning-rate schedule start afresh. Every weight then sits on its centroid, where "
+                         "the soft assignment is one-hot: the weights of a cluster get one gradient (through the "
+                         "centroid) and move together, so such a run fine-tunes the LUTs and the gains, not the "
+                         "assignments")
     ap.add_argument("--skip-batches", type=int, default=0,
                     help="distillation batches to skip before the first step (with --init-checkpoint: the steps "
                          "of the run being continued, so that it goes on with text it has not seen)")
