@@ -403,18 +403,22 @@ struct DKMEngine {
                 }
             }
             // The next cbar per live partition: its block partials in block order, plus the
-            // pass-through of empty clusters and (first step) the extra term; in parallel over partitions.
-            cbar.withUnsafeMutableBufferPointer { cb in
-                extra.withUnsafeBufferPointer { eb in
-                    partials2.withUnsafeBufferPointer { pb in
-                        let c = cb.baseAddress!, e = eb.baseAddress!
-                        pool.parallelFor(live.count) { a in
-                            let p = live[a]
-                            let t = traces[p].iterations - 1 - step
-                            if t == 0 { return }
-                            withUnsafeTemporaryAllocation(of: Double.self, capacity: kd) { nb in
-                                let next = nb.baseAddress!
-                                next.initialize(repeating: 0, count: kd)
+            // pass-through of empty clusters and (first step) the extra term; in parallel over
+            // partitions, each item writing its partition's slice of a new array (a partition at
+            // t = 0 keeps its cbar). Written in place, not through a temporary copied back at the end
+            // of a closure: see "Compiler hazards" in Tests/reliability/README.md.
+            var nextCbar = cbar
+            nextCbar.withUnsafeMutableBufferPointer { nb in
+                cbar.withUnsafeBufferPointer { cb in
+                    extra.withUnsafeBufferPointer { eb in
+                        partials2.withUnsafeBufferPointer { pb in
+                            let nextAll = nb.baseAddress!, c = cb.baseAddress!, e = eb.baseAddress!
+                            pool.parallelFor(live.count) { a in
+                                let p = live[a]
+                                let t = traces[p].iterations - 1 - step
+                                if t == 0 { return }
+                                let next = nextAll + p * kd
+                                for j in 0..<kd { next[j] = 0 }
                                 for i in firstLive[a]..<firstLive[a + 1] {
                                     for j in 0..<kd { next[j] += pb[i * stride2 + j] }
                                 }
@@ -425,12 +429,12 @@ struct DKMEngine {
                                 if t == traces[p].iterations - 1 {
                                     for j in 0..<kd { next[j] += e[p * kd + j] }
                                 }
-                                (c + p * kd).update(from: next, count: kd)
                             }
                         }
                     }
                 }
             }
+            cbar = nextCbar
         }
         return results
     }
