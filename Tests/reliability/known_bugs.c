@@ -117,6 +117,7 @@ static int k4(char *d, size_t n) {
     g[0] = NAN;
     edkm_status s = edkm_saved_state_backward(sb, g, gb, EDKM_DTYPE_F32, 64, w);
     snprintf(d, n, "forward vs forward_shard (1 rank, whole tensor): gradient max |diff| %g; NaN gradient -> %s", maxd, edkm_status_name(s));
+    edkm_saved_state_destroy(sb); edkm_layer_destroy(a); edkm_layer_destroy(b); edkm_runtime_destroy(rt);
     return maxd > 1e-6 || s == EDKM_OK;
 }
 
