@@ -6,7 +6,8 @@
 #   4. the budget program (BUDGET_ROUNDS rounds)
 #   5. the concurrency contract (pthreads)
 #   6. runtime create/destroy churn (no thread and no memory outlives a runtime)
-#   7. the reproductions of every bug this work found (known_bugs: all must stay fixed)
+#   7. the reproductions of every bug this work found (known_bugs: all must stay fixed), and a scan
+#      of the library's machine code for the compiler hazard behind K11 (swifterror_tailcalls.py)
 #   8. valgrind memcheck on the C examples (header_check, and mlp_trainer with a short schedule:
 #      4 float epochs, 1 fine-tuning epoch, 3 bits; fewer float epochs fail its own accuracy check)
 #   9. optionally (RELIABILITY_SWIFT_SANITIZERS=1) `swift test` under ASan and TSan: see
@@ -83,6 +84,14 @@ step "runtime churn (${CHURN_CYCLES:-500} runtimes)" "$BIN/churn" --cycles "${CH
 
 # 7. every bug reproduction (exit status = the number present)
 step "known bugs stay fixed" "$BIN/known_bugs"
+#    K11's cause anywhere in the library: a function returning its error in r12 that tail-calls
+#    memcpy/memmove/memset (read from the symbol-carrying build the shipped library was stripped from)
+SYM_LIB=${EDKM_SYMBOL_LIB:-$(dirname "$LIB_ABS")/release/libEDKM.so}
+if [ -e "$SYM_LIB" ] && command -v objdump >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+    step "no error-register tail calls to memcpy/memmove/memset" python3 Tests/reliability/swifterror_tailcalls.py "$SYM_LIB"
+else
+    echo "swifterror_tailcalls: skipped ($SYM_LIB, objdump or python3 missing; EDKM_SYMBOL_LIB names another build)"
+fi
 
 # 8. valgrind on the C examples (debug info stripped: valgrind 3.19 cannot read the Swift-built
 #    library's DWARF, "debuginfo reader: ensure_valid failed")

@@ -41,4 +41,22 @@ final class BandwidthProbe {
         cache[key] = t
         return t
     }
+
+    /// Median CPU seconds of the calling thread to move `movedBytes` (one memcpy of half as
+    /// many): the one-thread floor to set against a one-thread step's CPU time (ParallelProfile).
+    func cpuSeconds(movedBytes: Int, runs: Int) -> Double {
+        let key = "cpu/\(movedBytes)/\(runs)"
+        if let t = cache[key] { return t }
+        let copy = movedBytes / 2
+        precondition(copy <= src.bytes, "probe buffer too small")
+        func once() -> Double {
+            let c0 = threadCPUSeconds()
+            memcpy(dst.pointer, src.pointer, copy)
+            return threadCPUSeconds() - c0
+        }
+        _ = once()  // warm-up
+        let t = median((0..<max(runs, 3)).map { _ in once() })
+        cache[key] = t
+        return t
+    }
 }

@@ -7,6 +7,14 @@ func now() -> Double {
     return Double(ts.tv_sec) + 1e-9 * Double(ts.tv_nsec)
 }
 
+/// CPU seconds the calling thread has used (less affected than the wall clock by other jobs on
+/// the machine: they take turns on the cores but do not add to this thread's time).
+func threadCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + 1e-9 * Double(ts.tv_nsec)
+}
+
 /// Seconds `body` takes.
 func timed(_ body: () -> Void) -> Double {
     let t0 = now()

@@ -59,8 +59,9 @@ enum PhaseProfile {
     }
 
     /// The phase table of one case and its summary line.
+    /// `probeCPU`: the one-thread CPU seconds of memcpys moving the step's minimum bytes (10 B/weight).
     static func report(_ caseText: String, one: [ParallelProfile.Region], many: [ParallelProfile.Region]?, threadsN: Int,
-                       markdown: Bool) -> String {
+                       probeCPU: Double, markdown: Bool) -> String {
         let list = phases(one: one, many: many ?? [])
         let total = list.reduce(0) { $0 + $1.cpu1 }
         let serial = list.filter { $0.name.hasPrefix("serial") }.reduce(0) { $0 + $1.cpu1 }
@@ -76,7 +77,9 @@ enum PhaseProfile {
         return "PHASES \(caseText) (one step, fwd+bwd; phases under 0.2 % of the work not listed)\n" + table.render(markdown: markdown)
             + "\nPHASES \(caseText): 1-thread work \(fmt("%.1f", total * 1e3)) ms, serial \(fmt("%.2f", serial * 1e3)) ms "
             + "(Amdahl f = \(fmt("%.4f", f)); Amdahl bound at 64 cores \(fmt("%.1f", amdahlSpeedup(f, threads: 64)))x); "
-            + "predicted with the regions' item counts: 2 threads \(fmt("%.2f", total / t2))x, 64 threads \(fmt("%.1f", total / t64))x\n"
+            + "predicted with the regions' item counts: 2 threads \(fmt("%.2f", total / t2))x, 64 threads \(fmt("%.1f", total / t64))x; "
+            + "1-thread work = \(fmt("%.2f", total / max(probeCPU, 1e-12)))x the 1-thread CPU time of the bandwidth probe "
+            + "(\(fmt("%.2f", probeCPU * 1e3)) ms: memcpys moving 4 + 6 B/weight)\n"
     }
 
     static func amdahlSpeedup(_ f: Double, threads: Int) -> Double { 1 / (max(f, 0) + (1 - max(f, 0)) / Double(threads)) }

@@ -109,6 +109,8 @@ enum SpeedBench {
                                 if let profileOne {
                                     phaseReports.append(PhaseProfile.report("\(cfg.shapeText) \(dtype.name) \(bits) bits \(cfg.lutText)",
                                                                             one: profileOne, many: profileMany, threadsN: threadsMany,
+                                                                            probeCPU: probe.cpuSeconds(movedBytes: 4 * n, runs: probeRuns)
+                                                                                + probe.cpuSeconds(movedBytes: 6 * n, runs: probeRuns),
                                                                             markdown: markdown))
                                 }
                             }
@@ -122,6 +124,8 @@ enum SpeedBench {
                                     initial = must { try layer.centroids() }
                                 }
                                 let t = timeSteps(layer, buffers, dtype: dtype.c, initial: initial, runs: runs)
+                                // The results' fingerprints, to compare two builds of the library.
+                                fputs("    fingerprints: w~ \(String(t.outputPrint, radix: 16)) dL/dw \(String(t.gradPrint, radix: 16))\n", stderr)
                                 let same: String
                                 if let r = reference {
                                     same = (r.outputPrint == t.outputPrint && r.gradPrint == t.gradPrint) ? "yes" : "NO"

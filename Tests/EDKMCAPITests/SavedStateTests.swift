@@ -131,6 +131,42 @@ let reduceCallback: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePoint
         edkm_runtime_destroy(rt)
     }
 
+    /// The runtime handle destroyed while its layer and a saved state live (allowed: they keep the
+    /// runtime alive), then a backward without weights on an 8-bit layer most of whose 256 clusters
+    /// get no attention (zero_threshold 0): the empty clusters' pass-through in the backward.
+    /// The gradient is finite and bit-identical for 1, 2 and 3 threads and to a run whose runtime
+    /// handle stays alive. (The release-build crash of this program is `known_bugs K11`.)
+    @Test func runtimeDestroyedBeforeBackward() {
+        let n = 384
+        let w = bf16Bits((0..<n).map { Float(($0 * 37) % 101) / 50 - 1 })
+        let grad = (0..<n).map { 0.01 * Float($0 % 7) }
+        func step(threads: UInt32, destroyFirst: Bool) -> [Float]? {
+            let rt = makeRuntime(mode: EDKM_SAVED_MARSHAL, threads: threads)
+            var cfg = layerConfig(bits: 8)
+            cfg.zero_threshold = 0
+            cfg.epsilon = 0
+            let l = makeLayer(rt, [Int64(n)], cfg)
+            defer { edkm_layer_destroy(l) }
+            let centroids = (0..<256).map { Float($0 - 128) / 16 }  // [-8, 8): most clusters empty
+            check(edkm_layer_set_centroids(l, centroids, 256))
+            var out = [Float](repeating: 0, count: n)
+            var state: OpaquePointer? = nil
+            guard check(edkm_layer_forward(l, w, EDKM_DTYPE_BF16, n, &out, EDKM_DTYPE_F32, &state)) == EDKM_OK else { return nil }
+            if destroyFirst { edkm_runtime_destroy(rt) }
+            var gin = [Float](repeating: .nan, count: n)
+            let status = edkm_saved_state_backward(state, grad, &gin, EDKM_DTYPE_F32, n, nil)
+            edkm_saved_state_destroy(state)
+            if !destroyFirst { edkm_runtime_destroy(rt) }
+            return check(status, "backward") == EDKM_OK ? gin : nil
+        }
+        guard let reference = step(threads: 1, destroyFirst: false) else { return }
+        #expect(reference.allSatisfy(\.isFinite) && reference.contains { $0 != 0 })
+        for threads: UInt32 in [1, 2, 3] {
+            let g = step(threads: threads, destroyFirst: true)
+            #expect(g.map { $0.map(\.bitPattern) } == reference.map(\.bitPattern), "threads \(threads)")
+        }
+    }
+
     /// A budget smaller than one saved state: forward fails cleanly, nothing leaks, and raising
     /// the budget lets training continue.
     @Test func budgetExceeded() {

@@ -178,7 +178,7 @@ import Testing
     }
 
     /// Thread counts never change results: 1, 2 and 3 threads bit-identical, with several blocks
-    /// of rows per partition (7000 f32 rows: 4 blocks) and several partitions.
+    /// of rows per partition (7000 f32 rows: 28 blocks of 256) and several partitions.
     @Test(arguments: [0.1, -1e-4])
     func threadCountsBitIdentical(signedTau: Double) {
         // scale-free tau 0.1 (positive) and absolute tau 1e-4 (given negated): plain Double arguments

@@ -117,6 +117,7 @@ static int k4(char *d, size_t n) {
     g[0] = NAN;
     edkm_status s = edkm_saved_state_backward(sb, g, gb, EDKM_DTYPE_F32, 64, w);
     snprintf(d, n, "forward vs forward_shard (1 rank, whole tensor): gradient max |diff| %g; NaN gradient -> %s", maxd, edkm_status_name(s));
+    edkm_saved_state_destroy(sb); edkm_layer_destroy(a); edkm_layer_destroy(b); edkm_runtime_destroy(rt);
     return maxd > 1e-6 || s == EDKM_OK;
 }
 
@@ -264,6 +265,38 @@ static int k10(char *d, size_t n) {
     free(comm);
     /* fixed: the partial field is ignored (defaults: no communicator) or the size is rejected */
     return !(s == EDKM_OK || s == EDKM_ERR_STRUCT_SIZE);
+}
+
+/* K11: the dense backward's update of the centroid adjoints ended a closure with a memmove that the
+ * optimizer made a tail call, skipping the restore of the Swift error register (release builds): with
+ * 256 centroids of which some receive no attention, the caller saw a "thrown" error and ran into
+ * unreachable code (SIGSEGV). The fuzz program that found it (seed 1411715473, iteration 137):
+ * a one-thread MARSHAL runtime, bf16 weights, 8 bits, per tensor, its runtime handle destroyed
+ * while the layer and state live, then a backward without weights. */
+static int k11(char *d, size_t n) {
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc);
+    rc.num_threads = 1; rc.saved_mode = EDKM_SAVED_MARSHAL;
+    edkm_runtime *rt; REL_CHECK(edkm_runtime_create(&rc, &rt));
+    edkm_layer_config lc; edkm_layer_config_init(&lc);
+    lc.bits = 8; lc.max_iterations = 3; lc.epsilon = 0; lc.zero_threshold = 0;
+    lc.temperature_mode = EDKM_TEMPERATURE_ABSOLUTE; lc.tau = 1e-4;
+    int64_t n384 = 384;
+    edkm_layer *l; REL_CHECK(edkm_layer_create(rt, &lc, &n384, 1, &l));
+    float c[256];
+    for (int j = 0; j < 256; j++) c[j] = (float)(j - 128) / 16.0f;   /* [-8, 8): most get no weight */
+    REL_CHECK(edkm_layer_set_centroids(l, c, 256));
+    uint16_t w[384]; float out[384], g[384], gi[384];
+    for (int i = 0; i < 384; i++) { w[i] = rel_float_to_bf16((float)((i * 37) % 101) / 50.0f - 1.0f); g[i] = 0.01f * (float)(i % 7); }
+    edkm_saved_state *s = NULL;
+    REL_CHECK(edkm_layer_forward(l, w, EDKM_DTYPE_BF16, 384, out, EDKM_DTYPE_F32, &s));
+    edkm_runtime_destroy(rt);   /* allowed: the layer and the state keep the runtime alive */
+    edkm_status b = edkm_saved_state_backward(s, g, gi, EDKM_DTYPE_F32, 384, NULL);
+    int nonfinite = 0;
+    for (int i = 0; i < 384; i++) nonfinite += !isfinite(gi[i]);
+    snprintf(d, n, "8 bits, 384 bf16 weights, most clusters empty, runtime handle destroyed, backward(weights NULL) -> %s, %d non-finite",
+             edkm_status_name(b), nonfinite);
+    edkm_saved_state_destroy(s); edkm_layer_destroy(l);
+    return b != EDKM_OK || nonfinite;
 }
 
 /* D1: the header said weights may be NULL in backward in every saved mode but HISTOGRAM, while a
@@ -613,6 +646,7 @@ static const struct { const char *id; check_fn fn; int fork; const char *what; }
     { "K8", k8, 1, "RSS grows ~4 KiB per used-and-destroyed runtime (jemalloc retain)" },
     { "K9", k9, 0, "destroyed handle reused by a new handle is accepted" },
     { "K10", k10, 1, "struct_size ending inside the communicator pointer: truncated pointer" },
+    { "K11", k11, 1, "dense backward with empty clusters of 256: phantom error from a memmove tail call (release builds)" },
     { "D1", d1, 0, "forward_shard states need weights in every saved mode (now documented)" },
     { "H1", h1, 1, "histogram all-reduce returning NaN/Inf/1e300/negative/fractional/inconsistent sums with status 0" },
     { "H2", h2, 1, "gradient all-reduce returning Inf/NaN/1e300 (sums or flags) with status 0" },

@@ -43,9 +43,20 @@ struct DKMEngine {
     /// are tested against; both exact to rounding).
     var windowed = true
 
-    /// Rows per block: about 2048 values (a per-tensor layer's U of 5k-25k distinct values then
-    /// spreads over several threads; the blocking is fixed, so results do not depend on them).
-    var blockRows: Int { max(1, 2048 / config.clusterDim) }
+    /// Blocks a layer's rows should make at least: a per-tensor layer's U of 5k-25k distinct values
+    /// then spreads over 64 cores.
+    static let minimumBlocks = 64
+
+    /// Rows per block: about 2048 values; for d = 1 layers with fewer than 64 x 2048 rows in all
+    /// (per-tensor LUTs on the histogram path), total / 64 rows (a multiple of 4, at least 256).
+    /// Fixed by the rows (never by the thread count), so results do not depend on the threads.
+    func blockRows(_ rows: [any RowBlocks]) -> Int {
+        let base = max(1, 2048 / config.clusterDim)
+        if config.clusterDim != 1 { return base }
+        let total = rows.reduce(0) { $0 + $1.rowCount }
+        let share = (total + DKMEngine.minimumBlocks - 1) / DKMEngine.minimumBlocks
+        return min(base, max(256, (share + 3) & ~3))
+    }
 
     /// The row arithmetic of one partition, with its effective temperature and prune bias.
     func kernel(_ trace: PartitionTrace) -> SoftKMeansKernel {
@@ -54,7 +65,20 @@ struct DKMEngine {
 
     private struct BlockItem { var partition: Int; var start: Int; var count: Int }
 
+    /// For blocks made by `blocks(rows, partitions:)`: the blocks of partitions[a] are
+    /// firstItem[a] ..< firstItem[a + 1].
+    private static func firstItems(_ items: [BlockItem], partitions: [Int]) -> [Int] {
+        var first = [Int](repeating: items.count, count: partitions.count + 1)
+        var i = 0
+        for (a, p) in partitions.enumerated() {
+            first[a] = i
+            while i < items.count && items[i].partition == p { i += 1 }
+        }
+        return first
+    }
+
     private func blocks(_ rows: [any RowBlocks], partitions: [Int]) -> [BlockItem] {
+        let blockRows = blockRows(rows)
         var items: [BlockItem] = []
         for p in partitions {
             var start = 0
@@ -109,41 +133,43 @@ struct DKMEngine {
                     }
                 }
             }
-            var stillActive: [Int] = []
-            var offset = 0
-            var itemIndex = 0
-            for p in active {
-                var S = [Double](repeating: 0, count: k)
-                var Psum = [Double](repeating: 0, count: k * d)
-                var inertia = 0.0
-                while itemIndex < items.count && items[itemIndex].partition == p {
-                    let base = itemIndex * stride
-                    for j in 0..<k { S[j] += partials[base + j] }
-                    for j in 0..<(k * d) { Psum[j] += partials[base + k + j] }
-                    inertia += partials[base + stride - 1]
-                    itemIndex += 1
+            // Each active partition's block partials, added in block order, in parallel over partitions.
+            let firstItem = DKMEngine.firstItems(items, partitions: active)
+            let stops = traces.withUnsafeMutableBufferPointer { tracesBuf in
+                lastInertia.withUnsafeMutableBufferPointer { lastBuf in
+                    pool.parallelMap(active.count) { a -> Bool in
+                        let p = active[a]
+                        var S = [Double](repeating: 0, count: k)
+                        var Psum = [Double](repeating: 0, count: k * d)
+                        var inertia = 0.0
+                        for itemIndex in firstItem[a]..<firstItem[a + 1] {
+                            let base = itemIndex * stride
+                            for j in 0..<k { S[j] += partials[base + j] }
+                            for j in 0..<(k * d) { Psum[j] += partials[base + k + j] }
+                            inertia += partials[base + stride - 1]
+                        }
+                        let c = tracesBuf[p].centroids[t]
+                        var next = [Double](repeating: 0, count: k * d)
+                        for j in 0..<k {
+                            for e in 0..<d { next[j * d + e] = S[j] > 0 ? Psum[j * d + e] / S[j] : c[j * d + e] }
+                        }
+                        if config.lutType != .f32 { tracesBuf[p].rawCentroids.append(next) }
+                        if config.enforceZero { for e in 0..<d { next[e] = 0 } }  // coremltools: c_0 reset to zero
+                        // after the zero: the LUT's scale (and zero point) then hold for the LUT as it stays,
+                        // and zero is exact in both types
+                        LUTQuantization.apply(config.lutType, to: &next)  // straight-through in the backward
+                        tracesBuf[p].normalizers.append(S)
+                        tracesBuf[p].centroids.append(next)
+                        tracesBuf[p].inertia = inertia
+                        // coremltools: stop after iteration t if t > 0, the previous inertia is nonzero and
+                        // the change is within epsilon.
+                        let last = lastBuf[p]
+                        lastBuf[p] = inertia
+                        return t > 0 && last != 0 && abs(last - inertia) <= tracesBuf[p].parameters.epsilon
+                    }
                 }
-                offset += 1
-                let c = traces[p].centroids[t]
-                var next = [Double](repeating: 0, count: k * d)
-                for j in 0..<k {
-                    for e in 0..<d { next[j * d + e] = S[j] > 0 ? Psum[j * d + e] / S[j] : c[j * d + e] }
-                }
-                if config.lutType != .f32 { traces[p].rawCentroids.append(next) }
-                if config.enforceZero { for e in 0..<d { next[e] = 0 } }  // coremltools: c_0 reset to zero
-                // after the zero: the LUT's scale (and zero point) then hold for the LUT as it stays,
-                // and zero is exact in both types
-                LUTQuantization.apply(config.lutType, to: &next)  // straight-through in the backward
-                traces[p].normalizers.append(S)
-                traces[p].centroids.append(next)
-                traces[p].inertia = inertia
-                // coremltools: stop after iteration t if t > 0, the previous inertia is nonzero and
-                // the change is within epsilon.
-                let stop = t > 0 && lastInertia[p] != 0 && abs(lastInertia[p] - inertia) <= traces[p].parameters.epsilon
-                lastInertia[p] = inertia
-                if !stop { stillActive.append(p) }
             }
-            active = stillActive
+            active = active.indices.filter { !stops[$0] }.map { active[$0] }
         }
         return traces
     }
@@ -263,11 +289,16 @@ struct DKMEngine {
     {
         let k = config.k, d = config.clusterDim
         let P = rows.count
-        var results: [RowGradients] = []
-        for row in rows {  // N x d doubles each on the dense path: fallible
-            results.append(RowGradients(last: try DoubleBuffer(checkedZeros: row.rowCount * d, for: "the backward's per-row gradients"),
-                                        r: try DoubleBuffer(checkedZeros: row.rowCount * d, for: "the backward's per-row gradients")))
+        // N x d doubles each on the dense path: fallible; allocated and zeroed in parallel over partitions.
+        let made = pool.parallelMap(P) { p in
+            Result { () throws(EDKMError) -> RowGradients in
+                RowGradients(last: try DoubleBuffer(checkedZeros: rows[p].rowCount * d, for: "the backward's per-row gradients"),
+                             r: try DoubleBuffer(checkedZeros: rows[p].rowCount * d, for: "the backward's per-row gradients"))
+            }
         }
+        var results: [RowGradients] = []
+        results.reserveCapacity(P)
+        for result in made { results.append(try result.get()) }
         let lastPtrs = results.map { $0.last.pointer }
         let rPtrs = results.map { $0.r.pointer }
         let items = blocks(rows, partitions: Array(0..<P))
@@ -299,35 +330,56 @@ struct DKMEngine {
                 }
             }
         }
-        // cbar (adjoint of the newest centroids) and the extra term on c^{T-1}, per partition.
-        var cbar = [[Double]](repeating: [Double](repeating: 0, count: k * d), count: P)
+        // cbar (adjoint of the newest centroids) and the extra term on c^{T-1}, per partition (k x d
+        // each, flat): each partition's block partials added in block order, in parallel over partitions.
+        let kd = k * d
+        var cbar = [Double](repeating: 0, count: P * kd)
         var extra = cbar
-        for (i, item) in items.enumerated() {
-            for j in 0..<(k * d) {
-                cbar[item.partition][j] += partials[i * stride1 + j]
-                extra[item.partition][j] += partials[i * stride1 + k * d + j]
+        let firstAll = DKMEngine.firstItems(items, partitions: Array(0..<P))
+        cbar.withUnsafeMutableBufferPointer { cb in
+            extra.withUnsafeMutableBufferPointer { eb in
+                let c = cb.baseAddress!, e = eb.baseAddress!
+                partials.withUnsafeBufferPointer { pb in
+                    pool.parallelFor(P) { p in
+                        for i in firstAll[p]..<firstAll[p + 1] {
+                            for j in 0..<kd {
+                                c[p * kd + j] += pb[i * stride1 + j]
+                                e[p * kd + j] += pb[i * stride1 + kd + j]
+                            }
+                        }
+                    }
+                }
             }
         }
         // Iterations t = T-1 ... 0, all partitions in step (each with its own T).
         let maxT = traces.map(\.iterations).max() ?? 0
-        let stride2 = k * d
+        let stride2 = kd
         for step in 0..<maxT {
             // Partition p processes t = T_p - 1 - step when that is >= 0.
             let live = (0..<P).filter { traces[$0].iterations - 1 - step >= 0 }
-            // With enforceZero, c^{t+1}_0 = 0 is a constant: its adjoint goes nowhere.
-            if config.enforceZero { for p in live { for e in 0..<d { cbar[p][e] = 0 } } }
             let liveItems = blocks(rows, partitions: live)
-            // Pbar_j = cbar_j / S^t_j (0 where S^t_j = 0: there c^{t+1}_j = c^t_j passes cbar through).
-            var pbar = cbar
-            for p in live {
-                let t = traces[p].iterations - 1 - step
-                let S = traces[p].normalizers[t]
-                for j in 0..<k { for e in 0..<d { pbar[p][j * d + e] = S[j] > 0 ? cbar[p][j * d + e] / S[j] : 0 } }
+            let firstLive = DKMEngine.firstItems(liveItems, partitions: live)
+            var pbar = [Double](repeating: 0, count: P * kd)
+            cbar.withUnsafeMutableBufferPointer { cb in
+                pbar.withUnsafeMutableBufferPointer { pb in
+                    let c = cb.baseAddress!, pbarOut = pb.baseAddress!
+                    pool.parallelFor(live.count) { a in
+                        let p = live[a]
+                        // With enforceZero, c^{t+1}_0 = 0 is a constant: its adjoint goes nowhere.
+                        if config.enforceZero { for e in 0..<d { c[p * kd + e] = 0 } }
+                        // Pbar_j = cbar_j / S^t_j (0 where S^t_j = 0: there c^{t+1}_j = c^t_j passes cbar through).
+                        let S = traces[p].normalizers[traces[p].iterations - 1 - step]
+                        for j in 0..<k {
+                            for e in 0..<d { pbarOut[p * kd + j * d + e] = S[j] > 0 ? c[p * kd + j * d + e] / S[j] : 0 }
+                        }
+                    }
+                }
             }
             var partials2 = [Double](repeating: 0, count: liveItems.count * stride2)
-            do {
-                partials2.withUnsafeMutableBufferPointer { pb in
-                    let out = pb.baseAddress!
+            partials2.withUnsafeMutableBufferPointer { pb in
+                let out = pb.baseAddress!
+                pbar.withUnsafeBufferPointer { pbarB in
+                    let pbarAll = pbarB.baseAddress!
                     pool.parallelFor(liveItems.count) { i in
                         let item = liveItems[i]
                         let trace = traces[item.partition]
@@ -341,32 +393,48 @@ struct DKMEngine {
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
                                 // the update P/S itself (before any LUT quantization: straight-through)
                                 (trace.rawCentroids.isEmpty ? trace.centroids : trace.rawCentroids)[t + 1].withUnsafeBufferPointer { cnB in
-                                    pbar[item.partition].withUnsafeBufferPointer { pbB in
-                                        kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
-                                                                      pbB.baseAddress!, saved: saved, r, acc, accumulate: t > 0)
-                                    }
+                                    kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
+                                                                         pbarAll + item.partition * kd, saved: saved, r, acc,
+                                                                         accumulate: t > 0)
                                 }
                             }
                         }
                     }
                 }
             }
-            var next = [[Double]](repeating: [Double](repeating: 0, count: k * d), count: P)
-            for (i, item) in liveItems.enumerated() {
-                for j in 0..<(k * d) { next[item.partition][j] += partials2[i * stride2 + j] }
-            }
-            for p in live {
-                let t = traces[p].iterations - 1 - step
-                if t == 0 { continue }
-                let S = traces[p].normalizers[t]
-                for j in 0..<k where !(S[j] > 0) {
-                    for e in 0..<d { next[p][j * d + e] += cbar[p][j * d + e] }
+            // The next cbar per live partition: its block partials in block order, plus the
+            // pass-through of empty clusters and (first step) the extra term; in parallel over
+            // partitions, each item writing its partition's slice of a new array (a partition at
+            // t = 0 keeps its cbar). Written in place, not through a temporary copied back at the end
+            // of a closure: see "Compiler hazards" in Tests/reliability/README.md.
+            var nextCbar = cbar
+            nextCbar.withUnsafeMutableBufferPointer { nb in
+                cbar.withUnsafeBufferPointer { cb in
+                    extra.withUnsafeBufferPointer { eb in
+                        partials2.withUnsafeBufferPointer { pb in
+                            let nextAll = nb.baseAddress!, c = cb.baseAddress!, e = eb.baseAddress!
+                            pool.parallelFor(live.count) { a in
+                                let p = live[a]
+                                let t = traces[p].iterations - 1 - step
+                                if t == 0 { return }
+                                let next = nextAll + p * kd
+                                for j in 0..<kd { next[j] = 0 }
+                                for i in firstLive[a]..<firstLive[a + 1] {
+                                    for j in 0..<kd { next[j] += pb[i * stride2 + j] }
+                                }
+                                let S = traces[p].normalizers[t]
+                                for j in 0..<k where !(S[j] > 0) {
+                                    for x in 0..<d { next[j * d + x] += c[p * kd + j * d + x] }
+                                }
+                                if t == traces[p].iterations - 1 {
+                                    for j in 0..<kd { next[j] += e[p * kd + j] }
+                                }
+                            }
+                        }
+                    }
                 }
-                if t == traces[p].iterations - 1 {
-                    for j in 0..<(k * d) { next[p][j] += extra[p][j] }
-                }
-                cbar[p] = next[p]
             }
+            cbar = nextCbar
         }
         return results
     }

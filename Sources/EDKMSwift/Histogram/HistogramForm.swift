@@ -1,3 +1,5 @@
+import EDKMNumerics
+
 /// DKM on value histograms: the U-level core shared by the buffer form of the uniquified path
 /// (which first counts the weights' 16-bit keys, then gathers the results back to every weight)
 /// and the histogram form (the device split: a trainer counts and gathers on its own device and
@@ -27,16 +29,25 @@ struct CallerHistograms {
 }
 
 extension Layer {
-    /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition.
-    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType) -> [any RowBlocks] {
-        hists.map { h in
-            let values = DoubleBuffer(zeros: h.distinctCount)
-            let counts = DoubleBuffer(zeros: h.distinctCount)
-            for m in 0..<h.distinctCount {
-                values[m] = ElementIO.keyValue(h.keys[m], type: keyType)
-                counts[m] = Double(h.counts[m])
+    /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition
+    /// (made in parallel over partitions).
+    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType, pool: ThreadPool) -> [any RowBlocks] {
+        // The values as ElementIO.keyValue gives them, through the f16 table held once.
+        HalfConversion.f16Table.withUnsafeBufferPointer { f16 in
+            pool.parallelMap(hists.count) { p -> any RowBlocks in
+                let values = DoubleBuffer(zeros: hists[p].distinctCount)
+                let counts = DoubleBuffer(zeros: hists[p].distinctCount)
+                hists[p].keys.withUnsafeBufferPointer { keys in
+                    hists[p].counts.withUnsafeBufferPointer { n in
+                        for m in 0..<keys.count {
+                            let key = keys[m]
+                            values[m] = keyType == .f16 ? Double(f16[Int(key)]) : Double(Float(bitPattern: UInt32(key) << 16))
+                            counts[m] = Double(n[m])
+                        }
+                    }
+                }
+                return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
             }
-            return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
         }
     }
 
@@ -45,7 +56,7 @@ extension Layer {
     /// what its mode keeps per iteration (UNIQUIFY/SHARD: the U x k tables).
     func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]], vectors: Int,
                        builder: SavedStateBuilder?) throws(EDKMError) -> HistogramCoreRun {
-        let rows = Layer.histogramRows(hists, keyType: keyType)
+        let rows = Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool)
         let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
                                         prepare: builder?.prepare, mapSink: builder?.mapSink)
@@ -172,7 +183,7 @@ extension SavedState {
     func histogramAdjoints(_ traces: [PartitionTrace], _ hists: [KeyHistogram], gradientSums G: [DoubleBuffer],
                            tables: IterationMaps?) throws(EDKMError) -> [DKMEngine.RowGradients] {
         try DKMEngine(config: config, pool: runtime.pool)
-            .backward(Layer.histogramRows(hists, keyType: keyType), traces: traces,
+            .backward(Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool), traces: traces,
                       gradients: { p, start, _, _ in UnsafePointer(G[p].pointer + start) }, savedSoftmax: tables?.savedSoftmax)
     }
 

@@ -2,17 +2,46 @@ import EDKMNumerics
 import EDKMSupport
 
 /// The O(N) passes of the uniquified path over 16-bit keys (the weights' bit patterns or row
-/// indices), split into fixed work items of at most `chunk` elements of one partition (independent
-/// of the thread count) and run on the pool: histograms, scatter-adds of gradients, gathers through
-/// 65,536-entry tables. Inner loops are specialised per element type and read 16 bytes of keys at a
-/// time, absorbing them into the item's content hash in the same pass.
+/// indices), split into fixed work items of at most `chunk` (reducing passes) or `elementChunk`
+/// (read-only passes) elements of one partition, small partitions grouped into tasks (all
+/// independent of the thread count), and run on the pool: histograms, scatter-adds of gradients,
+/// gathers through 65,536-entry tables. Inner loops are specialised per element type and read 16
+/// bytes of keys at a time, absorbing them into the item's content hash in the same pass.
 enum KeyPasses {
-    /// Elements per work item.
+    /// Elements per work item of the reducing passes (histograms, gradient sums), each with its
+    /// own 65,536-entry table: 16 items for a per-tensor 4096 x 4096 layer. Smaller items would
+    /// scale further but cost more tables to clear and merge: 2^18 measured 30-50 % more CPU for
+    /// these two passes at one thread. The items are fixed by the geometry (never by the thread
+    /// count) and their partial sums are added in item order, so results do not depend on it.
     static let chunk = 1 << 20
+
+    /// Elements per work item of the passes that only read their partition's table (gathers,
+    /// the gradient fma): a per-tensor 4096 x 4096 layer is 64 items, for 64 cores.
+    static let elementChunk = 1 << 18
+
+    /// Elements one task covers when partitions are single items (2^16: a task's table clear is
+    /// about a tenth of its counting): a task runs consecutive items
+    /// (whole partitions) with one set of 65,536-entry tables, so grouped layers (hundreds or
+    /// thousands of partitions) neither allocate nor clear a table per partition.
+    static let taskElements = 1 << 16
 
     struct Item { var partition: Int; var start: Int; var count: Int }
 
-    static func items(partitions: Int, elementsPerPartition: Int) -> [Item] {
+    /// The items of task `task` when every partition is one item of `elementsPerPartition`
+    /// elements (a fixed grouping: it depends on the geometry only, never on the thread count).
+    static func taskItems(_ task: Int, items: Int, elementsPerPartition: Int) -> Range<Int> {
+        let per = itemsPerTask(elementsPerPartition)
+        return (task * per)..<Swift.min(items, (task + 1) * per)
+    }
+
+    static func itemsPerTask(_ elementsPerPartition: Int) -> Int { Swift.max(1, taskElements / Swift.max(1, elementsPerPartition)) }
+
+    static func taskCount(items: Int, elementsPerPartition: Int) -> Int {
+        let per = itemsPerTask(elementsPerPartition)
+        return (items + per - 1) / per
+    }
+
+    static func items(partitions: Int, elementsPerPartition: Int, chunk: Int = chunk) -> [Item] {
         var out: [Item] = []
         for p in 0..<partitions {
             var s = 0
@@ -99,27 +128,38 @@ enum KeyPasses {
             result.deallocate()
             hashes.deallocate()
         }
-        pool.parallelFor(work.count) { i in
+        /// Counts item i into the zeroed table t; returns the item's hash.
+        func count(_ i: Int, into t: UnsafeMutablePointer<UInt32>) -> UInt64 {
             let item = work[i]
-            let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
-            t.initialize(repeating: 0, count: 65536)
-            hashes[i] = viaKernel(keys, item, index: i, hashing: hashing, { lanes, n in
+            return viaKernel(keys, item, index: i, hashing: hashing, { lanes, n in
                 edkm_kernel_count_keys(keys + item.start, n, t, lanes)
             }, tail: { _, key in t[Int(key)] &+= 1 })
                 ?? forEachKey(keys, item, index: i, hashing: hashing) { _, key in t[Int(key)] &+= 1 }
-            if singleChunk {
-                result[item.partition] = extract(t)
-                t.deallocate()
-            } else {
+        }
+        if singleChunk {
+            // One zeroed table per task, cleared again by each partition's extraction.
+            pool.parallelFor(taskCount(items: work.count, elementsPerPartition: elementsPerPartition)) { task in
+                let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
+                t.initialize(repeating: 0, count: 65536)
+                defer { t.deallocate() }
+                for i in taskItems(task, items: work.count, elementsPerPartition: elementsPerPartition) {
+                    hashes[i] = count(i, into: t)
+                    result[work[i].partition] = extractClearing(t, keys + work[i].start, count: work[i].count)
+                }
+            }
+        } else {
+            pool.parallelFor(work.count) { i in
+                let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
+                t.initialize(repeating: 0, count: 65536)
+                hashes[i] = count(i, into: t)
                 tables[i] = t
             }
-        }
-        if !singleChunk {
+
             // Merge the items' tables into each partition's first, in parallel over (partition,
             // slice of 4096 keys): integer sums, so the order does not matter; no serial O(65,536
             // x items) section (a per-tensor layer is one partition).
             let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
-            let slices = 16, sliceKeys = 65536 / slices
+            let slices = 64, sliceKeys = 65536 / slices
             pool.parallelFor(partitions * slices) { i in
                 let mine = itemsOf[i / slices]
                 let first = tables[mine[0]]!
@@ -133,6 +173,14 @@ enum KeyPasses {
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
         return (Array(UnsafeBufferPointer(start: result, count: partitions)), hash)
+    }
+
+    /// The first key, in partition and key order, that is NaN or Inf as `type` (f16 or bf16: its
+    /// exponent bits all set), checked in parallel over the partitions.
+    static func firstNonFiniteKey(_ hists: [KeyHistogram], type: ElementType, pool: ThreadPool) -> UInt16? {
+        let exponent: UInt16 = type == .f16 ? 0x7c00 : 0x7f80
+        return pool.parallelMap(hists.count) { p in hists[p].keys.first { $0 & exponent == exponent } }
+            .lazy.compactMap { $0 }.first
     }
 
     /// The hash `histograms(..., hashing: true)` computes, alone.
@@ -158,19 +206,77 @@ enum KeyPasses {
         return h
     }
 
+    /// The histogram in `table` of the `count` keys at `keys` (the keys counted into it), leaving
+    /// the table zeroed. Few keys: a 65,536-bit map of the keys present, built in one pass over
+    /// them, is scanned instead of the table (O(count + 1024 + U) rather than O(65,536)).
+    static func extractClearing(_ table: UnsafeMutablePointer<UInt32>, _ keys: UnsafePointer<UInt16>,
+                                count: Int) -> KeyHistogram {
+        if count >= 1 << 15 {
+            var distinct = 0
+            for key in 0..<65536 where table[key] != 0 { distinct += 1 }
+            var m = 0
+            let found = [UInt16](unsafeUninitializedCapacity: distinct) { b, n in
+                for key in 0..<65536 where table[key] != 0 {
+                    b[m] = UInt16(key)
+                    m += 1
+                }
+                n = distinct
+            }
+            let counts = [UInt32](unsafeUninitializedCapacity: distinct) { b, n in
+                for (m, key) in found.enumerated() {
+                    b[m] = table[Int(key)]
+                    table[Int(key)] = 0
+                }
+                n = distinct
+            }
+            return KeyHistogram(keys: found, counts: counts)
+        }
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 1024) { bits in
+            let map = bits.baseAddress!
+            map.initialize(repeating: 0, count: 1024)
+            for e in 0..<count {
+                let key = Int(keys[e])
+                map[key &>> 6] |= 1 &<< UInt64(key & 63)
+            }
+            var distinct = 0
+            for w in 0..<1024 { distinct += map[w].nonzeroBitCount }
+            var counts = [UInt32](repeating: 0, count: distinct)
+            let found = counts.withUnsafeMutableBufferPointer { c in
+                [UInt16](unsafeUninitializedCapacity: distinct) { b, n in
+                    var m = 0
+                    for w in 0..<1024 {
+                        var word = map[w]
+                        while word != 0 {
+                            let key = w &<< 6 | word.trailingZeroBitCount
+                            b[m] = UInt16(key)
+                            c[m] = table[key]
+                            table[key] = 0
+                            m += 1
+                            word &= word &- 1
+                        }
+                    }
+                    n = distinct
+                }
+            }
+            return KeyHistogram(keys: found, counts: counts)
+        }
+    }
+
     /// Runs body(item, table) for every item, where table is the item's partition's 65,536-entry
     /// table filled by `fill(p, table)` (only the entries of keys present need be set): filled
     /// inside the item when a partition is one item, up front otherwise.
     static func withPartitionTables<T>(partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
                                        fill: (Int, UnsafeMutablePointer<T>) -> Void,
                                        _ body: (Item, UnsafeMutablePointer<T>) -> Void) {
-        let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
-        if elementsPerPartition <= chunk {
-            pool.parallelFor(work.count) { i in
+        let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition, chunk: elementChunk)
+        if elementsPerPartition <= elementChunk {
+            pool.parallelFor(taskCount(items: work.count, elementsPerPartition: elementsPerPartition)) { task in
                 let table = UnsafeMutablePointer<T>.allocate(capacity: 65536)
                 defer { table.deallocate() }
-                fill(work[i].partition, table)
-                body(work[i], table)
+                for i in taskItems(task, items: work.count, elementsPerPartition: elementsPerPartition) {
+                    fill(work[i].partition, table)
+                    body(work[i], table)
+                }
             }
             return
         }
@@ -215,11 +321,10 @@ enum KeyPasses {
         }
         HalfConversion.f16Table.withUnsafeBufferPointer { f16b in
             let f16 = f16b.baseAddress!
-            pool.parallelFor(work.count) { i in
+            /// Adds item i's gradients into t (its partition's slots zeroed); sets its hash.
+            func scatter(_ i: Int, into t: UnsafeMutablePointer<Double>) {
                 let item = work[i]
-                let mySlots = slots[item.partition]
-                let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
-                for key in mySlots { t[Int(key)] = 0 }
+                for key in slots[item.partition] { t[Int(key)] = 0 }
                 let g = grad + item.start * gradType.byteWidth
                 if let h = viaKernel(keys, item, index: i, hashing: hashing, { lanes, n in
                     edkm_kernel_scatter_gradients(gradType.rawValue, keys + item.start, g, n, t, lanes)
@@ -240,11 +345,22 @@ enum KeyPasses {
                         }
                     }
                 }
-                if singleChunk {
-                    let out = sums[item.partition].pointer
-                    for m in 0..<mySlots.count { out[m] = t[Int(mySlots[m])] }
-                    t.deallocate()
-                } else {
+            }
+            if singleChunk {
+                // One table per task, reused by its partitions.
+                pool.parallelFor(taskCount(items: work.count, elementsPerPartition: elementsPerPartition)) { task in
+                    let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
+                    defer { t.deallocate() }
+                    for i in taskItems(task, items: work.count, elementsPerPartition: elementsPerPartition) {
+                        scatter(i, into: t)
+                        let mySlots = slots[work[i].partition], out = sums[work[i].partition].pointer
+                        for m in 0..<mySlots.count { out[m] = t[Int(mySlots[m])] }
+                    }
+                }
+            } else {
+                pool.parallelFor(work.count) { i in
+                    let t = UnsafeMutablePointer<Double>.allocate(capacity: 65536)
+                    scatter(i, into: t)
                     tables[i] = t
                 }
             }
@@ -253,7 +369,7 @@ enum KeyPasses {
             // Per partition and slice of its slots, the items' tables added in item order (so the
             // sums do not depend on the thread count), in parallel over (partition, slice).
             let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
-            let slices = 16
+            let slices = 64
             pool.parallelFor(partitions * slices) { i in
                 let p = i / slices
                 let mySlots = slots[p]

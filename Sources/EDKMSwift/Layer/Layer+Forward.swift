@@ -92,13 +92,9 @@ extension Layer {
         let keys = try WeightKeys(weights, type: type, count: geometry.count, f32KeyType: config.f32KeyType, pool: pool)
         let (hists, keysHash) = KeyPasses.histograms(keys.pointer, partitions: P, elementsPerPartition: E, pool: pool,
                                                      hashing: save && type.is16Bit)
-        if type.is16Bit && hists.contains(where: { $0.keys.contains { !ElementIO.keyValue($0, type: type).isFinite } }) {
-            try rejectNonFinite(weights, type: type)
-        }
-        for h in hists {
-            if let bad = h.keys.first(where: { ElementIO.keyValue($0, type: keys.keyType).isFinite == false }) {
-                throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
-            }
+        if let bad = KeyPasses.firstNonFiniteKey(hists, type: keys.keyType, pool: pool) {
+            if type.is16Bit { try rejectNonFinite(weights, type: type) }
+            throw EDKMError(.nonFinite, "an f32 weight does not fit the \(keys.keyType.name) key (key 0x\(String(bad, radix: 16))); use bf16 keys or the dense algorithm")
         }
         return try uniquifiedRun(keys, hists, elementsPerPartition: E, initial: initial, vectors: geometry.vectorsPerPartition,
                                  saving: save ? .uniquifiedWeights(weights, type, keys, keysHash: keysHash) : nil)

@@ -57,14 +57,17 @@ struct SavedHistograms {
     var tensors: [SavedTensor] { [keys, counts] }
     var total: Int { distinctCounts.reduce(0, +) }
 
-    /// The histograms, one per partition.
-    func decode() -> [KeyHistogram] {
-        var offset = 0
-        return distinctCounts.map { U in
-            defer { offset += U }
+    /// The histograms, one per partition (copied in parallel over partitions with a pool).
+    func decode(pool: ThreadPool? = nil) -> [KeyHistogram] {
+        var offsets = [0]
+        for U in distinctCounts { offsets.append(offsets[offsets.count - 1] + U) }
+        let one = { (p: Int) -> KeyHistogram in
+            let offset = offsets[p], U = distinctCounts[p]
             return KeyHistogram(keys: Array(UnsafeBufferPointer(start: keys.typed(UInt16.self) + offset, count: U)),
                                 counts: Array(UnsafeBufferPointer(start: counts.typed(UInt32.self) + offset, count: U)))
         }
+        if let pool { return pool.parallelMap(distinctCounts.count, one) }
+        return (0..<distinctCounts.count).map(one)
     }
 }
 

@@ -96,10 +96,10 @@ extension SavedState {
             try checkWeights(KeyPasses.hash(weights.assumingMemoryBound(to: UInt16.self), partitions: P,
                                             elementsPerPartition: E, pool: runtime.pool))
         }
-        try backwardOnKeys(saved.decode(), keys: keys, indices: indices, elementsPerPartition: E, tables: tables,
+        try backwardOnKeys(saved.decode(pool: runtime.pool), keys: keys, indices: indices, elementsPerPartition: E, tables: tables,
                            grad: grad, output: out, gradType: gradType, hashing: keysAreWeights) { (G, keysHash) throws(EDKMError) in
             if keysAreWeights { try checkWeights(keysHash) }
-            if G.contains(where: { g in (0..<g.count).contains { !g[$0].isFinite } }) {
+            if runtime.pool.parallelContains(G.count, { p in (0..<G[p].count).contains { !G[p][$0].isFinite } }) {
                 try rejectNonFiniteGradients(grad, gradType)
             }
             return G
@@ -117,7 +117,8 @@ extension SavedState {
                         gradType: ElementType, hashing: Bool,
                         reduce: ([DoubleBuffer], UInt64) throws(EDKMError) -> [DoubleBuffer]) throws(EDKMError) {
         let pool = runtime.pool
-        let slots: [[UInt16]] = hists.map { h in indices ? (0..<h.distinctCount).map { UInt16($0) } : h.keys }
+        let slots: [[UInt16]] = indices ? pool.parallelMap(hists.count) { p in (0..<hists[p].distinctCount).map { UInt16($0) } }
+                                        : hists.map(\.keys)
         let (local, keysHash) = KeyPasses.scatterGradients(keys, slots: slots, elementsPerPartition: E, pool: pool,
                                                            grad: grad, gradType: gradType, hashing: hashing)
         let G = try reduce(local, keysHash)

@@ -142,9 +142,24 @@ final class SavedStateBuilder {
     }
 
     private func save(_ histograms: [KeyHistogram]) throws(EDKMError) -> SavedHistograms {
-        SavedHistograms(keys: try save(histograms.flatMap(\.keys), tag: "keys", inArena: true),
-                        counts: try save(histograms.flatMap(\.counts), tag: "counts", inArena: true),
+        SavedHistograms(keys: try save(concatenated(histograms, \.keys), tag: "keys", inArena: true),
+                        counts: try save(concatenated(histograms, \.counts), tag: "counts", inArena: true),
                         distinctCounts: histograms.map(\.distinctCount))
+    }
+
+    /// The partitions' arrays one after another (copied in parallel over partitions).
+    private func concatenated<T>(_ histograms: [KeyHistogram], _ part: (KeyHistogram) -> [T]) -> [T] {
+        var offsets = [0]
+        for h in histograms { offsets.append(offsets[offsets.count - 1] + h.distinctCount) }
+        return [T](unsafeUninitializedCapacity: offsets[histograms.count]) { buffer, initialized in
+            let base = buffer.baseAddress
+            pool.parallelFor(histograms.count) { p in
+                part(histograms[p]).withUnsafeBufferPointer { b in
+                    if let from = b.baseAddress { (base! + offsets[p]).initialize(from: from, count: b.count) }
+                }
+            }
+            initialized = offsets[histograms.count]
+        }
     }
 
     /// A copy of `array` (shape [count], not deduplicated).

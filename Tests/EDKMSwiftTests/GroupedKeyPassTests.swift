@@ -1,0 +1,86 @@
+@testable import EDKMSwift
+import EDKMNumerics
+import Glibc
+import Testing
+
+/// The key passes of grouped layers (many partitions, each one work item; consecutive partitions
+/// share a task and its reused 65,536-entry tables) against plain loops, for partition sizes on
+/// both sides of the histogram extraction's switch (a bitmap of the keys present below 2^15
+/// elements, a scan of the table from there), at 1, 2 and 3 threads: histograms exact, gradient
+/// sums in element order, gathers exact, hashes equal to ContentHash per item, and every thread
+/// count bit-identical.
+@Suite struct GroupedKeyPassTests {
+    /// (partitions, elements per partition): per-row LUTs of short rows (many partitions per
+    /// task), a task boundary inside the partitions, the scan path, a size that is one task, and
+    /// partitions of two gather items each.
+    static let shapes = [(257, 1000), (37, 4099), (5, 40_000), (2, KeyPasses.taskElements), (2, KeyPasses.elementChunk + 4099)]
+
+    @Test(arguments: shapes, KeyPassKernelTests.Keys.allCases)
+    func histogramsSumsAndGathersMatchPlainLoops(shape: (Int, Int), kind: KeyPassKernelTests.Keys) {
+        let (partitions, perPartition) = shape
+        let keys = KeyPassKernelTests.keys(kind, count: partitions * perPartition, seed: UInt64(perPartition))
+        let (bytes, values) = KeyPassKernelTests.gradient(.f16, count: keys.count, seed: 17)
+        let expectedHash = KeyPassKernelTests.referenceHash(keys, partitions: partitions, perPartition: perPartition)
+        var first: (hists: [KeyHistogram], sums: [[Double]], gathered: [UInt16])? = nil
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool(threads: threads)
+            let (hists, hash) = keys.withUnsafeBufferPointer {
+                KeyPasses.histograms($0.baseAddress!, partitions: partitions, elementsPerPartition: perPartition, pool: pool,
+                                     hashing: true)
+            }
+            #expect(hash == expectedHash)
+            let sums = keys.withUnsafeBufferPointer { k in
+                bytes.withUnsafeBytes { g in
+                    KeyPasses.scatterGradients(k.baseAddress!, slots: hists.map(\.keys), elementsPerPartition: perPartition,
+                                               pool: pool, grad: g.baseAddress!, gradType: .f16, hashing: false).sums.map(\.array)
+                }
+            }
+            // Each element's row number in its partition's histogram, gathered through the tables.
+            var gathered = [UInt16](repeating: 0, count: keys.count)
+            keys.withUnsafeBufferPointer { k in
+                gathered.withUnsafeMutableBufferPointer { out in
+                    KeyPasses.gather(k.baseAddress!, partitions: partitions, elementsPerPartition: perPartition, pool: pool,
+                                     into: out.baseAddress!) { p, table in
+                        for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = UInt16(m) }
+                    }
+                }
+            }
+            if let first {
+                #expect(hists == first.hists, "threads \(threads)")
+                #expect(sums == first.sums, "threads \(threads)")
+                #expect(gathered == first.gathered, "threads \(threads)")
+                continue
+            }
+            first = (hists, sums, gathered)
+            for p in 0..<partitions {
+                let range = (p * perPartition)..<((p + 1) * perPartition)
+                var counts = [UInt32](repeating: 0, count: 65536)
+                var total = [Double](repeating: 0, count: 65536)  // element order
+                for e in range {
+                    counts[Int(keys[e])] += 1
+                    total[Int(keys[e])] += values[e]
+                }
+                let present = (0..<65536).filter { counts[$0] > 0 }
+                #expect(hists[p].keys == present.map { UInt16($0) }, "partition \(p)")
+                #expect(hists[p].counts == present.map { counts[$0] }, "partition \(p)")
+                #expect(sums[p] == present.map { total[$0] }, "partition \(p)")
+                let rowOf = Dictionary(uniqueKeysWithValues: present.enumerated().map { ($1, UInt16($0)) })
+                #expect(range.allSatisfy { gathered[$0] == rowOf[Int(keys[$0])]! }, "partition \(p)")
+            }
+        }
+    }
+
+    /// The first non-finite key over partitions, in partition and key order, for both key types.
+    @Test func firstNonFiniteKeyInPartitionOrder() {
+        let pool = ThreadPool(threads: 3)
+        func hist(_ keys: [UInt16]) -> KeyHistogram { KeyHistogram(keys: keys, counts: keys.map { _ in 1 }) }
+        let finiteF16 = hist([0x0000, 0x3c00, 0x7bff, 0x8000, 0xfbff])
+        #expect(KeyPasses.firstNonFiniteKey([finiteF16, finiteF16], type: .f16, pool: pool) == nil)
+        #expect(KeyPasses.firstNonFiniteKey([finiteF16, hist([0x3c00, 0x7c00, 0xfc01]), hist([0x7e00])], type: .f16, pool: pool)
+                == 0x7c00)
+        #expect(KeyPasses.firstNonFiniteKey([hist([0x7bff, 0xfc00])], type: .f16, pool: pool) == 0xfc00)
+        // 0x7c00 is a finite bf16 (2^121); 0x7f80 is +Inf, 0xffc0 a NaN.
+        #expect(KeyPasses.firstNonFiniteKey([hist([0x3f80, 0x7c00, 0x7f7f])], type: .bf16, pool: pool) == nil)
+        #expect(KeyPasses.firstNonFiniteKey([hist([0x0001]), hist([0x7f80, 0xffc0])], type: .bf16, pool: pool) == 0x7f80)
+    }
+}
