@@ -83,9 +83,9 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 5
+#define EDKM_VERSION_MINOR 6
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 500 for 0.5.0.
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 600 for 0.6.0.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
  *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
  *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
@@ -95,7 +95,11 @@ extern "C" {
  *  absolute-mode layer without a tau gets 1e-4 (coremltools') instead of the scale-free 0.1.
  *  f32 partitions of over 65,536 weights are initialised on keys of the weights scaled by a power
  *  of two when their RMS is tiny or huge. New: edkm_layer_get_config, edkm_layer_export_sized,
- *  edkm_layer_unpack_sized (edkm_layer_unpack is deprecated: its LUT has no size). */
+ *  edkm_layer_unpack_sized (edkm_layer_unpack is deprecated: its LUT has no size).
+ *  0.5: the per-channel scale (edkm_layer_config.channel_scale, edkm_layer_get_channel_scale,
+ *  edkm_layer_set_channel_scale).
+ *  0.6: no new symbols or fields; what 0.5 refused now works: enforce_zero with prune_threshold 0
+ *  (coremltools' keep-sparsity rule) and the channel scale with edkm_layer_forward_shard. */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.
