@@ -56,6 +56,15 @@ def test_distillation_steps_finalize_export_and_score(tmp_path, lib):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+    # --save-trained / --init-checkpoint: the trained weights before palettization come back bit
+    # for bit, under the plain names of an unpalettized model
+    trained = tmp_path / "trained.safetensors"
+    compress.save_trained(student, trained)
+    resumed = compress.load_init(copy.deepcopy(teacher), trained)
+    for name, m in student.named_modules():
+        if compress.linear_filter(name, m):
+            assert torch.equal(resumed.get_submodule(name).weight, m.parametrizations.weight.original), name
+    assert torch.equal(resumed.model.norm.weight, student.model.norm.weight)
     et.finalize(student, coreml_metadata=False)
     for name, m in student.named_modules():
         if compress.linear_filter(name, m):
@@ -73,7 +82,7 @@ def test_distillation_steps_finalize_export_and_score(tmp_path, lib):
     # that is not an f16 number may come back as an f16 number, within half an f16 step (2^-11
     # relative). Palettizing the loaded model and finalizing it without a step must give the file's
     # weights back to that rounding, and everything else bit for bit.
-    again = compress.load_checkpoint(copy.deepcopy(teacher), path)
+    again = compress.load_init(copy.deepcopy(teacher), path)
     et.palettize(again, bits=3, group_size=64, modules=compress.linear_filter, f32_key_dtype="f16")
     et.finalize(again, coreml_metadata=False)
     expected = back.state_dict()

@@ -195,6 +195,37 @@ def model_bytes(pal, other):
     return b
 
 
+TRAINED_SUFFIX = ".parametrizations.weight.original"
+
+
+def save_trained(model, path, metadata=None):
+    """Writes the trained, not yet palettized weights (each palettized Linear's original weight
+    under its plain name, with every other tensor) as a plain float32 safetensors file: the state a
+    later run continues from with --init-checkpoint, weights free to change clusters."""
+    from safetensors.torch import save_file
+
+    sd = {k.replace(TRAINED_SUFFIX, ".weight"): v.detach().float().contiguous()
+          for k, v in model.state_dict().items() if ".parametrizations." not in k or k.endswith(TRAINED_SUFFIX)}
+    save_file(sd, str(path), metadata=dict(metadata or {}, format="pt"))
+
+
+def load_init(model, path):
+    """--init-checkpoint: a palettized file (decoded weights: every weight on its centroid) or a
+    file of save_trained (the trained weights as they were before palettization)."""
+    from edkm.palettized_file import is_palettized
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        if is_palettized(f.metadata() or {}):
+            return load_checkpoint(model, path)
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing {missing}, unexpected {unexpected}")
+    return model
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=["ptq", "edkm", "coreml"], required=True)
@@ -218,8 +249,10 @@ def main(argv=None):
                          "init included; 0: run all --steps); SIGUSR1 also stops it")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-checkpoint",
-                    help="start the student from a palettized file written by compress.py (its decoded weights and "
-                         "RMSNorm gains) instead of the reference, to continue an earlier run: the exact k-means "
+                    help="start the student from a file of --save-trained (the weights as trained, before "
+                         "palettization: weights free to change clusters; the centroids start again from the exact "
+                         "k-means of those weights) or from a palettized file written by compress.py (its decoded weights and "
+                         "RMSNorm gains) instead of the reference, to continue an earlier run. For the latter the exact k-means "
                          "init recovers its LUTs (each group holds at most 2^bits distinct values); Adam's moments "
                          "and the learning-rate schedule start afresh. Every weight then sits on its centroid, where "
                          "the soft assignment is one-hot: the weights of a cluster get one gradient (through the "
@@ -232,6 +265,9 @@ def main(argv=None):
     ap.add_argument("--tasks", default=",".join(T.TASKS))
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--out", help="palettized safetensors file to write")
+    ap.add_argument("--save-trained",
+                    help="also write the trained weights before palettization (float32 safetensors), which "
+                         "--init-checkpoint continues with the weights free to change clusters")
     ap.add_argument("--json", help="results file")
     a = ap.parse_args(argv)
     a.limit = a.limit or None
@@ -248,7 +284,7 @@ def main(argv=None):
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
     if a.init_checkpoint:
-        load_checkpoint(student, a.init_checkpoint)
+        load_init(student, a.init_checkpoint)
     res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "down_group_size": a.down_group_size,
            "embedding_bits": a.embedding_bits,
            "layers": sorted(layers) if layers else "all", "lr": a.lr, "lr_schedule": a.lr_schedule, "tau": a.tau,
@@ -268,6 +304,8 @@ def main(argv=None):
         res["init_s"] = time.time() - t_train
         if a.method == "edkm":
             res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, stop=stop)
+            if a.save_trained:
+                save_trained(student, a.save_trained, metadata={"command": res["command"]})
         et.finalize(student, coreml_metadata=False)
     else:
         pal = coreml_palettizer(student, a.bits, a.group_size, layers)
