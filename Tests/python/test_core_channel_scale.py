@@ -1,6 +1,6 @@
 """The per-output-channel scale in the core (edkm_layer_config.channel_scale, edkm_channel_scale in
 edkm.h): forward and backward against the unscaled DKM reference (PyTorch float64 autograd,
-test_core_coremltools_options.dkm_reference) applied to the scaled rows, finite differences of the
+dkm_float64.autograd_reference) applied to the scaled rows, finite differences of the
 library's own forward, zero and constant rows, groups, vectors, every saved mode, the export round
 trip, and the bad inputs.
 
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import edkm  # noqa: E402
 from edkm import _ffi  # noqa: E402
-from test_core_coremltools_options import dkm_reference, rel  # noqa: E402
+from dkm_float64 import autograd_reference as dkm_reference, rel  # noqa: E402
 
 
 def factors(w, scheme):

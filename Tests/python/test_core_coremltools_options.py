@@ -1,5 +1,5 @@
 """coremltools' palettization options in the core (enforce_zero), against PyTorch float64 autograd
-of the same iterations written here (coremltools' FakePalettize.diff_palettize_seq).
+of the same iterations (Tests/python/dkm_float64.py, after coremltools' FakePalettize.diff_palettize_seq).
 
 Tolerance as test_torch_reference: libedkm computes in float64 and rounds outputs and gradients to
 float32 once, 1e-6 relative to the largest value.
@@ -9,51 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import edkm  # noqa: E402
-
-
-def fake_quantize(c, lut_dtype):
-    """The LUT's fake-quantized values with the straight-through gradient (c + (Q(c) - c).detach()),
-    written independently of the library: torch.fake_quantize_per_tensor_affine with the per-LUT
-    scale / zero point of edkm.h's edkm_lut_dtype."""
-    v = c.detach()
-    if lut_dtype == "i8":
-        peak = float(v.abs().max())
-        scale, zp, qmin, qmax = (peak / 127 if peak > 0 else 1.0), 0, -128, 127
-    else:
-        lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
-        scale = (hi - lo) / 255 if hi > lo else 1.0
-        zp, qmin, qmax = int(min(max(round(-lo / scale), 0), 255)), 0, 255
-    q = torch.clamp(torch.round(v / scale) + zp, qmin, qmax)
-    return c + ((q - zp) * scale - v)
-
-
-def dkm_reference(w, c0, tau, g, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4, enforce_zero=False, lut_dtype="f32"):
-    """Soft output and dL/dw by torch autograd; w: (n, d) float64, c0: (k, d). enforce_zero: after
-    every centroid update centroid 0 is replaced by the zero vector (a constant). lut_dtype i8 / u8:
-    then the centroids are fake-quantized (straight-through)."""
-    x = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    c = torch.tensor(c0, dtype=torch.float64)
-    last = None
-    for _ in range(iterations):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-        dist = torch.cat([dist[:, :1] - pt, dist[:, 1:]], 1)
-        attention = torch.softmax(-dist / tau, 1).clamp(min=zt)
-        c = (attention.T @ x) / attention.sum(0)[:, None]
-        if enforce_zero:
-            c = torch.cat([torch.zeros_like(c[:1]), c[1:]], 0)
-        if lut_dtype != "f32":
-            c = fake_quantize(c, lut_dtype)
-        inertia = dist.min(1).values.sum()
-        if last is not None and last != 0 and abs(last - inertia) <= eps:
-            break
-        last = inertia
-    y = attention @ c
-    y.backward(torch.tensor(g, dtype=torch.float64))
-    return y.detach().numpy(), x.grad.numpy(), c.detach().numpy()
-
-
-def rel(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
+from dkm_float64 import autograd_reference as dkm_reference, rel  # noqa: E402
 
 
 @pytest.mark.parametrize("algorithm", ["dense", "uniquified"])

@@ -1,6 +1,6 @@
-"""coremltools' keep-sparsity rule (enforce_zero with prune_threshold 0) in the core, against a
-float64 PyTorch autograd reference written here from coremltools 9.0's
-FakePalettize.diff_palettize_seq: for a vector with a nonzero element the distance to centroid 0 is
+"""coremltools' keep-sparsity rule (enforce_zero with prune_threshold 0) in the core, against the
+float64 PyTorch autograd reference (Tests/python/dkm_float64.py, after coremltools 9.0's
+FakePalettize.diff_palettize_seq): for a vector with a nonzero element the distance to centroid 0 is
 the constant 1 / zero_threshold (no gradient through it), an exact zero (also -0.0) keeps its
 ordinary distance; softmax(-D / tau).clamp(min=zero_threshold); c_0 = 0 after every update.
 
@@ -18,32 +18,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import edkm  # noqa: E402
+from dkm_float64 import autograd_reference, rel  # noqa: E402
 
 
 def keep_sparsity_reference(w, c0, tau, g, zero_distance, iterations=3, zt=1e-7, eps=0.0):
-    """Soft output, dL/dw (L = g . y) and the last centroids; w: (n, d) float64, c0: (k, d)."""
-    x = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    c = torch.tensor(c0, dtype=torch.float64)
-    nonzero = torch.tensor((w != 0).any(1))  # -0.0 != 0 is False: a zero
-    last = None
-    for _ in range(iterations):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-        d0 = torch.where(nonzero, torch.full_like(dist[:, 0], zero_distance), dist[:, 0])  # a constant where nonzero
-        dist = torch.cat([d0[:, None], dist[:, 1:]], 1)
-        attention = torch.softmax(-dist / tau, 1).clamp(min=zt)
-        c = (attention.T @ x) / attention.sum(0)[:, None]
-        c = torch.cat([torch.zeros_like(c[:1]), c[1:]], 0)
-        inertia = dist.min(1).values.sum()
-        if last is not None and last != 0 and abs(last - inertia) <= eps:
-            break
-        last = inertia
-    y = attention @ c
-    y.backward(torch.tensor(g, dtype=torch.float64))
-    return y.detach().numpy(), x.grad.numpy(), c.detach().numpy()
-
-
-def rel(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
+    """Soft output, dL/dw (L = g . y) and the last centroids; w: (n, d) float64, c0: (k, d): the
+    float64 iterations with enforce_zero, prune 0 and the constant D_0 for nonzero vectors."""
+    return autograd_reference(w, c0, tau, g, iterations=iterations, zt=zt, pt=0.0, eps=eps,
+                              enforce_zero=True, zero_distance=zero_distance)
 
 
 def sparse_weights(rng, shape, dtype, zeros=0.4):
@@ -126,14 +108,7 @@ def test_per_tensor_matches_autograd(dtype, algorithm, mode, tau, zt):
 
 def _plain_reference(w, c0, tau, g, zt):
     """enforce_zero without keep-sparsity, prune 0: the reference with every D_0 ordinary."""
-    x = torch.tensor(w, requires_grad=True)
-    c = torch.tensor(c0)
-    for _ in range(3):
-        attention = torch.softmax(-((x[:, None, :] - c[None]) ** 2).sum(-1) / tau, 1).clamp(min=zt)
-        c = (attention.T @ x) / attention.sum(0)[:, None]
-        c = torch.cat([torch.zeros_like(c[:1]), c[1:]], 0)
-    (attention @ c).backward(torch.tensor(g))
-    return x.grad.numpy()
+    return autograd_reference(w, c0, tau, g, zt=zt, pt=0.0, eps=None, enforce_zero=True)[1]
 
 
 @pytest.mark.parametrize("saved_mode,dtype,algorithm", [("dkm", "f32", "dense"), ("dkm", "bf16", "dense"),

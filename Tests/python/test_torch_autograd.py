@@ -1,6 +1,6 @@
 """edkm.torch's autograd Function against torch autograd of the docs/design.md, part 1 (the math) formula.
 
-The reference (`dkm_reference`) is the formula written out in float64 torch ops; torch's autograd
+The reference (Tests/python/dkm_float64.py) is the formula written out in float64 torch ops; torch's autograd
 differentiates it through every k-means iteration. libedkm computes in float64 and rounds its output
 and gradient once to the weights' dtype, hence the tolerances: 1e-6 relative for float32, the
 twice the half-ulp of float16 (2^-11) / bfloat16 (2^-8) otherwise.
@@ -15,41 +15,21 @@ import edkm  # noqa: E402
 import edkm.torch as et  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from dkm_float64 import rel, soft_kmeans  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def dkm_reference(x, c0, tau, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4):
-    """docs/design.md, part 1 (the math): w~ = A^{T-1} c^T, differentiable in x ((n, d) float64); c0 (k, d) is a constant."""
-    c = c0
-    last = None
-    for _ in range(iterations):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)           # D_ij
-        dist = torch.cat([dist[:, :1] - pt, dist[:, 1:]], 1)             # D_i0 -= p
-        attention = torch.softmax(-dist / tau, 1).clamp(min=zt)          # A = max(softmax(-D/tau), z)
-        c = (attention.T @ x) / attention.sum(0)[:, None]                # c^{t+1} = sum A w / sum A
-        inertia = dist.min(1).values.sum()                               # I^t
-        if last is not None and abs(float((last - inertia).detach())) <= eps:
-            break
-        last = inertia
-    return attention @ c
-
-
 def reference_weights(w, c0, tau, group_size=0, cluster_dim=1):
-    """dkm_reference over the groups of rows of w (any shape), as float64, differentiable in w."""
+    """dkm_float64.soft_kmeans over the groups of rows of w (any shape), as float64, differentiable in w."""
     rows = w.shape[0]
     g = group_size or rows
     flat = w.reshape(rows, -1)
     parts = []
     for i in range(rows // g):
         x = flat[i * g:(i + 1) * g].reshape(-1, cluster_dim)
-        parts.append(dkm_reference(x, c0[i], tau).reshape(g, -1))
+        parts.append(soft_kmeans(x, c0[i], tau)[0].reshape(g, -1))
     return torch.cat(parts, 0).reshape(w.shape)
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def distinct_init(w64, groups, k, d, seed):

@@ -1,4 +1,4 @@
-"""libedkm against PyTorch autograd of the docs/design.md, part 1 (the math) formula (written here, in float64).
+"""libedkm against PyTorch autograd of the docs/design.md, part 1 (the math) formula (Tests/python/dkm_float64.py, in float64).
 
 Tolerance: libedkm computes in float64 and rounds outputs and gradients to float32 once (the
 uniquified path also rounds its (h, r) tables to float32): 1e-6 relative to the largest value.
@@ -8,17 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import edkm  # noqa: E402
-from test_core_coremltools_options import dkm_reference as options_reference  # noqa: E402
-
-
-def dkm_reference(w, c0, tau, g, iterations=3, zt=1e-7, pt=1e-7, eps=1e-4):
-    """Soft output and dL/dw of DKM by torch autograd; w: (n, d) float64, c0: (k, d)."""
-    y, grad, _ = options_reference(w, c0, tau, g, iterations=iterations, zt=zt, pt=pt, eps=eps)
-    return y, grad
-
-
-def rel(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
+from dkm_float64 import autograd_reference as dkm_reference, rel  # noqa: E402
 
 
 @pytest.mark.parametrize("algorithm", ["dense", "uniquified"])
@@ -41,7 +31,7 @@ def test_scalar_matches_autograd(algorithm, dtype, bits, tau):
         layer.centroids = c0.reshape(1, -1, 1)
         out, state = layer.forward(w, out_dtype="f32", **arg)
         grad = state.backward(g, weights=w)
-    y, gx = dkm_reference(w64.reshape(-1, 1), c0.astype(np.float64).reshape(-1, 1), tau, g.reshape(-1, 1))
+    y, gx, _ = dkm_reference(w64.reshape(-1, 1), c0.astype(np.float64).reshape(-1, 1), tau, g.reshape(-1, 1))
     assert rel(out.reshape(-1), y.reshape(-1)) < 1e-6
     assert rel(grad.reshape(-1), gx.reshape(-1)) < 1e-6
 
@@ -59,7 +49,7 @@ def test_vectors_and_groups_match_autograd():
         grad = state.backward(g, weights=w)
     for i in range(groups):
         rows = slice(i * 16, (i + 1) * 16)
-        y, gx = dkm_reference(w[rows].astype(np.float64).reshape(-1, 2), c0[i].astype(np.float64), 1e-4,
+        y, gx, _ = dkm_reference(w[rows].astype(np.float64).reshape(-1, 2), c0[i].astype(np.float64), 1e-4,
                               g[rows].reshape(-1, 2))
         assert rel(out[rows].reshape(-1), y.reshape(-1)) < 1e-6
         assert rel(grad[rows].reshape(-1), gx.reshape(-1)) < 1e-6
