@@ -336,6 +336,68 @@ _PARITY_CONV = [
 ]
 
 
+class _ParityRun:
+    """Ours, coremltools in float64 (the reference) and coremltools in float32 from the same
+    dictionary and the same initial centroids (ours), trained side by side by SGD (lr 0.5) on the
+    loss mean((model(x) - t)^2). Records each side's soft weights (the whole parametrization chain's
+    output: the DKM layer may sit between Permute, RowScale, FirstRows / FrozenRows, AxisSwap /
+    GroupVectors parametrizations) and weight gradients; grad_mask (bool, the weight's shape): the
+    gradient is zeroed there after it is recorded (a pruning mask)."""
+
+    def __init__(self, ctp, base, cfg, x, t, grad_mask=None):
+        self.ours = DKMPalettizer(copy.deepcopy(base), cfg)
+        self.mo = self.ours.prepare(inplace=True)
+        self.centroids = _all_centroids(self.mo[0])
+        self.ct64, self.m64 = _coremltools_model(ctp, base, cfg, list(self.centroids), torch.float64)
+        self.ct32, self.m32 = _coremltools_model(ctp, base, cfg, list(self.centroids), torch.float32)
+        self.x, self.t, self.soft, self.grads = x, t, {}, {}
+        for key, module in (("ours", self.mo[0].parametrizations.weight), ("ref", self.m64[0].weight_fake_quant),
+                            ("c32", self.m32[0].weight_fake_quant)):
+            module.register_forward_hook(lambda mod, i, o, key=key: self.soft.__setitem__(key, o.detach().double()))
+        self.weights = {"ours": self.mo[0].parametrizations.weight.original, "ref": self.m64[0].weight,
+                        "c32": self.m32[0].weight}
+        for key, w in self.weights.items():
+            w.register_hook(lambda g, key=key: self._record(key, g, grad_mask))
+        self.models = {"ours": (self.mo, self.ours), "ref": (self.m64, self.ct64), "c32": (self.m32, self.ct32)}
+        self.optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.5) for k, (m, _) in self.models.items()}
+        self.worst = [0.0] * 4
+
+    def _record(self, key, g, mask):
+        self.grads[key] = g.detach().double()
+        return None if mask is None else torch.where(mask, torch.zeros_like(g), g)
+
+    def step(self):
+        """One SGD step and palettizer step on every side; returns the soft weights' and gradients'
+        errors of ours and of coremltools float32 against float64 (relative to float64's largest
+        magnitude) and asserts ours is no farther than coremltools float32 (or within 1e-6 / 1e-5),
+        centroids too (1e-5)."""
+        for k, (m, pal) in self.models.items():
+            dt = self.weights[k].dtype
+            self.optimizers[k].zero_grad()
+            ((m(self.x.to(dt)) - self.t.to(dt)) ** 2).mean().backward()
+            self.optimizers[k].step()
+            pal.step()
+        ref_soft, ref_grad = self.soft["ref"], self.grads["ref"]
+        s_scale, g_scale = ref_soft.abs().max(), ref_grad.abs().max()
+        errors = [float(e) for e in ((self.soft["ours"] - ref_soft).abs().max() / s_scale,
+                                     (self.grads["ours"] - ref_grad).abs().max() / g_scale,
+                                     (self.soft["c32"] - ref_soft).abs().max() / s_scale,
+                                     (self.grads["c32"] - ref_grad).abs().max() / g_scale)]
+        self.worst = [max(a, b) for a, b in zip(self.worst, errors)]
+        assert errors[0] <= max(1e-6, errors[2]), errors
+        assert errors[1] <= max(1e-5, errors[3]), errors
+        ref_c = torch.stack(self.m64[0].weight_fake_quant.centroids)
+        c_scale = ref_c.abs().max()
+        c_err = (_all_centroids(self.mo[0]).double() - ref_c).abs().max() / c_scale
+        c32_c_err = (torch.stack(self.m32[0].weight_fake_quant.centroids).double() - ref_c).abs().max() / c_scale
+        assert c_err <= max(1e-5, c32_c_err), (float(c_err), float(c32_c_err))
+        return errors
+
+    def summary(self):
+        w = self.worst
+        return f"worst of the steps: soft weights {w[0]:.2g} / gradients {w[1]:.2g} (coremltools float32 {w[2]:.2g} / {w[3]:.2g})"
+
+
 @pytest.mark.parametrize("make,global_config", [(_linear, c) for c in _PARITY] + [(_conv, c) for c in _PARITY_CONV])
 def test_parity_with_coremltools(make, global_config):
     """The same dictionary through coremltools' DKMPalettizer and ours, absolute tau, same initial
@@ -352,46 +414,12 @@ def test_parity_with_coremltools(make, global_config):
     cfg = {"global_config": global_config}
     torch.manual_seed(0)
     base, x_shape, t_shape = make()
-    ours = DKMPalettizer(copy.deepcopy(base), cfg)
-    mo = ours.prepare(inplace=True)
-    centroids = _all_centroids(mo[0])
-    ct64, m64 = _coremltools_model(ctp, base, cfg, list(centroids), torch.float64)
-    ct32, m32 = _coremltools_model(ctp, base, cfg, list(centroids), torch.float32)
-    soft = {}
-    # the whole parametrization chain's output (the DKM layer may sit between Permute, RowScale,
-    # FirstRows / FrozenRows, AxisSwap / GroupVectors parametrizations)
-    mo[0].parametrizations.weight.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", o.detach().double()))
-    m64[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("ref", o.detach()))
-    m32[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("c32", o.detach().double()))
     g = torch.Generator().manual_seed(1)
-    x, t = torch.randn(x_shape, generator=g), torch.randn(t_shape, generator=g)
-    weights = {"ours": mo[0].parametrizations.weight.original, "ref": m64[0].weight, "c32": m32[0].weight}
-    models = {"ours": (mo, ours), "ref": (m64, ct64), "c32": (m32, ct32)}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.5) for k, (m, _) in models.items()}
-    worst = [0.0] * 4
-    for step in range(3):
-        for k, (m, pal) in models.items():
-            dt = weights[k].dtype
-            opts[k].zero_grad()
-            ((m(x.to(dt)) - t.to(dt)) ** 2).mean().backward()
-            opts[k].step()
-            pal.step()
-        ref_soft, ref_grad = soft["ref"], weights["ref"].grad
-        s_scale, g_scale = ref_soft.abs().max(), ref_grad.abs().max()
-        soft_err = (soft["ours"] - ref_soft).abs().max() / s_scale
-        grad_err = (weights["ours"].grad.double() - ref_grad).abs().max() / g_scale
-        c32_grad_err = (weights["c32"].grad.double() - ref_grad).abs().max() / g_scale
-        c32_soft_err = (soft["c32"] - ref_soft).abs().max() / s_scale
-        worst = [max(a, float(b)) for a, b in zip(worst, (soft_err, grad_err, c32_soft_err, c32_grad_err))]
-        assert soft_err <= max(1e-6, c32_soft_err), (step, float(soft_err), float(c32_soft_err))
-        assert grad_err <= max(1e-5, c32_grad_err), (step, float(grad_err), float(c32_grad_err))
-        ref_c = torch.stack(m64[0].weight_fake_quant.centroids)
-        c_scale = ref_c.abs().max()
-        c_err = (_all_centroids(mo[0]).double() - ref_c).abs().max() / c_scale
-        c32_c_err = (torch.stack(m32[0].weight_fake_quant.centroids).double() - ref_c).abs().max() / c_scale
-        assert c_err <= max(1e-5, c32_c_err), (step, float(c_err), float(c32_c_err))
-    print(f"parity {make.__name__} {global_config}: worst of 3 steps: soft weights {worst[0]:.2g} / gradients "
-          f"{worst[1]:.2g} (coremltools float32 {worst[2]:.2g} / {worst[3]:.2g})")  # shown with pytest -s
+    run = _ParityRun(ctp, base, cfg, torch.randn(x_shape, generator=g), torch.randn(t_shape, generator=g))
+    for _ in range(3):
+        run.step()
+    print(f"parity {make.__name__} {global_config}: {run.summary()}")  # shown with pytest -s
+    ours, mo, ct64, ct32 = run.ours, run.mo, run.ct64, run.ct32
     fo, f64 = ours.finalize(), ct64.finalize()
     perm = global_config.get("cluster_permute")
     # a weight, or its LUT / scale in the weight's axes, in the clustered (cluster_permute'd) axes
@@ -562,49 +590,17 @@ def test_keep_sparsity_parity_with_coremltools(global_config):
     ctp = coremltools_palettization()
     cfg = {"global_config": global_config}
     base, drop = _sparse_linear()
-    ours = DKMPalettizer(copy.deepcopy(base), cfg)
-    mo = ours.prepare(inplace=True)
-    centroids = _all_centroids(mo[0])
-    assert (centroids[:, 0] == 0).all()
-    ct64, m64 = _coremltools_model(ctp, base, cfg, list(centroids), torch.float64)
-    ct32, m32 = _coremltools_model(ctp, base, cfg, list(centroids), torch.float32)
-    soft, grads = {}, {}
-    mo[0].parametrizations.weight.register_forward_hook(lambda mod, i, o: soft.__setitem__("ours", o.detach().double()))
-    m64[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("ref", o.detach()))
-    m32[0].weight_fake_quant.register_forward_hook(lambda mod, i, o: soft.__setitem__("c32", o.detach().double()))
-    weights = {"ours": mo[0].parametrizations.weight.original, "ref": m64[0].weight, "c32": m32[0].weight}
-    for key, p in weights.items():
-        p.register_hook(lambda g, key=key: (grads.__setitem__(key, g.detach().double()),
-                                            torch.where(drop, torch.zeros_like(g), g))[1])
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn((32, 64), generator=g), torch.randn((32, 32), generator=g)
-    models = {"ours": (mo, ours), "ref": (m64, ct64), "c32": (m32, ct32)}
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.5) for k, (m, _) in models.items()}
-    worst = [0.0] * 4
+    run = _ParityRun(ctp, base, cfg, x, t, grad_mask=drop)
+    assert (run.centroids[:, 0] == 0).all()
     for step in range(3):
-        for k, (m, pal) in models.items():
-            dt = weights[k].dtype
-            opts[k].zero_grad()
-            ((m(x.to(dt)) - t.to(dt)) ** 2).mean().backward()
-            opts[k].step()
-            pal.step()
+        run.step()
         if step == 0:
-            first_soft = soft["ref"].clone()
-        assert all((weights[k].detach()[drop] == 0).all() for k in weights)  # the mask keeps the zeros
-        ref_soft, ref_grad = soft["ref"], grads["ref"]
-        s_scale, g_scale = ref_soft.abs().max(), ref_grad.abs().max()
-        errors = ((soft["ours"] - ref_soft).abs().max() / s_scale, (grads["ours"] - ref_grad).abs().max() / g_scale,
-                  (soft["c32"] - ref_soft).abs().max() / s_scale, (grads["c32"] - ref_grad).abs().max() / g_scale)
-        worst = [max(a, float(b)) for a, b in zip(worst, errors)]
-        assert errors[0] <= max(1e-6, errors[2]), (step, [float(e) for e in errors])
-        assert errors[1] <= max(1e-5, errors[3]), (step, [float(e) for e in errors])
-        ref_c = torch.stack(m64[0].weight_fake_quant.centroids)
-        c_scale = ref_c.abs().max()
-        c_err = (_all_centroids(mo[0]).double() - ref_c).abs().max() / c_scale
-        c32_c_err = (torch.stack(m32[0].weight_fake_quant.centroids).double() - ref_c).abs().max() / c_scale
-        assert c_err <= max(1e-5, c32_c_err), (step, float(c_err), float(c32_c_err))
-    print(f"keep-sparsity parity {global_config}: worst of 3 steps: soft weights {worst[0]:.2g} / gradients "
-          f"{worst[1]:.2g} (coremltools float32 {worst[2]:.2g} / {worst[3]:.2g})")  # shown with pytest -s
+            first_soft = run.soft["ref"].clone()
+        assert all((w.detach()[drop] == 0).all() for w in run.weights.values())  # the mask keeps the zeros
+    print(f"keep-sparsity parity {global_config}: {run.summary()}")  # shown with pytest -s
+    ours, centroids, ct64, ct32, soft = run.ours, run.centroids, run.ct64, run.ct32, run.soft
     # the rule matters (the test can fail): coremltools' plain enforce_zero (prune_threshold 1e-7)
     # gives other soft weights from the same start
     plain = {"global_config": dict(global_config, prune_threshold=1e-7)}
@@ -635,7 +631,7 @@ def test_keep_sparsity_parity_with_coremltools(global_config):
         rows = w.shape[0] // groups
         return torch.stack([w[p * rows:(p + 1) * rows].T.reshape(-1) for p in range(groups)])
 
-    w_r, w_o = values(m64[0].weight, s_r), values(weights["ours"], s_o)
+    w_r, w_o = values(run.m64[0].weight, s_r), values(run.weights["ours"], s_o)
     drift = float((w_o - w_r).abs().max())
     table = lut_r.double().reshape(groups, k)
     for p, i in torch.nonzero(labels_o != labels_r).tolist():
