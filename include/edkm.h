@@ -376,8 +376,8 @@ typedef enum edkm_lut_dtype {
  * LUT of edkm_layer_export and the output of edkm_layer_unpack are in the scaled units: multiply
  * row r by s_r (edkm_layer_get_channel_scale) for the weights. Works with every group_size,
  * cluster_dim, algorithm and saved_mode, and (since 0.6) with edkm_layer_forward_shard, whose
- * ranks compute the factors of whole rows together (see there); edkm_layer_forward_histogram
- * gives EDKM_ERR_INVALID_ARGUMENT for such a layer.
+ * ranks compute the factors of whole rows together (see there), and (since 0.7) with
+ * edkm_layer_forward_histogram, whose caller keys w / s itself (see there).
  */
 typedef enum edkm_channel_scale {
     EDKM_CHANNEL_SCALE_NONE = 0,
@@ -662,16 +662,23 @@ EDKM_API edkm_status edkm_layer_unpack(const edkm_layer *layer, const void *lut,
  *   normalisers, the keys and counts (6 bytes per key), and under EDKM_SAVED_UNIQUIFY/SHARD the
  *   U x k softmax and distance tables (8 k bytes per key per iteration) as the buffer form keeps
  *   them; edkm_saved_state_bytes reports the total.
- * The layer must have cluster_dim 1, an algorithm other than EDKM_ALGORITHM_DENSE and no
- * channel scale (EDKM_ERR_INVALID_ARGUMENT). A layer without centroids is initialised by optimal 1-D k-means
+ * The layer must have cluster_dim 1 and an algorithm other than EDKM_ALGORITHM_DENSE
+ * (EDKM_ERR_INVALID_ARGUMENT). A layer with a channel scale (since 0.7; before, refused) needs its
+ * factors fixed first (edkm_layer_set_channel_scale, edkm_layer_init_centroids, a buffer forward or
+ * an export; else EDKM_ERR_STATE): the keys are those of v = w / s_r rounded to the weights' dtype
+ * (float32 division: v = round(float(w) / s_r)), the soft values and centroids are in the scaled
+ * units, and the caller forms w~_i = s_r f[m_i] in float, then rounds to the weights' dtype (the
+ * buffer forward's out bit for bit); in the backward it passes the sums of s_r dL/dw~ and forms
+ * dL/dw_i = (g'_i h + r) / s_r with g'_i = s_r dL/dw~_i in float (the factors are constants).
+ * A layer without centroids is initialised by optimal 1-D k-means
  * on the histogram (whatever cfg->init says; set or init the centroids first for another start).
  * The layer's centroids become c^T and edkm_layer_get_stats reports the forward as the buffer
  * form does (distinct_values = total U, algorithm = EDKM_ALGORITHM_UNIQUIFIED).
  * On any failure nothing is written, the layer is unchanged and the arena holds what it held
  * before. Returns: EDKM_ERR_NULL_POINTER (layer, keys, counts, partition_offsets or soft_values
  * NULL), EDKM_ERR_INVALID_HANDLE, EDKM_ERR_DTYPE, EDKM_ERR_INVALID_ARGUMENT, EDKM_ERR_NON_FINITE,
- * EDKM_ERR_SHAPE (all as above), EDKM_ERR_BUSY, EDKM_ERR_BUDGET_EXCEEDED, EDKM_ERR_OUT_OF_MEMORY,
- * EDKM_ERR_ALLOCATOR.
+ * EDKM_ERR_SHAPE (all as above), EDKM_ERR_STATE (a channel scale not fixed yet), EDKM_ERR_BUSY,
+ * EDKM_ERR_BUDGET_EXCEEDED, EDKM_ERR_OUT_OF_MEMORY, EDKM_ERR_ALLOCATOR.
  */
 EDKM_API edkm_status edkm_layer_forward_histogram(edkm_layer *layer, edkm_dtype key_dtype,
                                                   const uint16_t *keys, const double *counts,

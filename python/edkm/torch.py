@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize as _parametrize
 from . import core as _core
 from . import palettized_file as _pf
 from .core import DType, EdkmError, Layer, Runtime, unpack_labels
-from .torch_device import DeviceDKMFunction, HostLink, device_dkm
+from .torch_device import DeviceDKMFunction, HostLink, device_dkm, layer_factors_on
 
 __all__ = [
     "DKMFunction",
@@ -265,7 +265,9 @@ class DKMWeight(nn.Module):
     def __init__(self, runtime, shape, dtype, layer_options, weight=None, device_split=None, channel_scale_factors=None):
         """channel_scale_factors: with layer_options' channel_scale, the factors to use (one per
         row; default: fixed by the library from the first weights it sees); they are the buffer
-        `channel_scale`."""
+        `channel_scale`, constants (no gradient). On the device split (weights off the CPU, or
+        device_split=True) the factors go to the weight's device once and the weights are
+        divided there (edkm.torch_device: same results as the buffer form)."""
         super().__init__()
         self.runtime = runtime
         self.device_split = device_split
@@ -286,13 +288,12 @@ class DKMWeight(nn.Module):
         self._push_centroids = False
         self._hard_cache = None
         self._forwards = 0
+        self._scale_pulled = False  # whether the buffer `channel_scale` holds the layer's factors
+        self._device_scale = None  # (device, RowFactors): the factors on the device split's device
         if weight is not None:
             if weight.device.type != "cpu" and self.layer.cluster_dim > 1:
                 raise ValueError(f"edkm: cluster_dim {self.layer.cluster_dim} has no 16-bit value histogram, so it "
                                  f"cannot run on {weight.device}; palettize vectors on a CPU model")
-            if weight.device.type != "cpu" and self.has_channel_scale:
-                raise ValueError(f"edkm: a channel_scale runs on the buffer form only (the device split's histogram "
-                                 f"form has no per-row factors), not on {weight.device}; palettize it on a CPU model")
             # once, at palettize time: a host copy of a device weight to initialise the centroids
             w, code = tensor_as_numpy(_contiguous(weight.detach().cpu()), "weight")
             self.layer.init_centroids(w, dtype=code)
@@ -322,8 +323,9 @@ class DKMWeight(nn.Module):
     def _pull_centroids(self):
         with torch.no_grad():
             self.centroids.copy_(torch.from_numpy(self.layer.centroids))
-            if self.has_channel_scale:
+            if self.has_channel_scale and not self._scale_pulled:  # the factors change only when fixed or set
                 self.channel_scale.copy_(torch.from_numpy(self.layer.channel_scale_factors))
+                self._scale_pulled = True
         self._forwards += 1
 
     def _sync_in(self):
@@ -331,10 +333,22 @@ class DKMWeight(nn.Module):
             c = np.ascontiguousarray(self.centroids.detach().cpu().numpy(), dtype=np.float32)
             self.layer.set_centroids(c)
             if self.has_channel_scale:
+                self._device_scale = None
                 self.layer.channel_scale_factors = np.ascontiguousarray(
                     self.channel_scale.detach().cpu().numpy(), dtype=np.float32)
+                self._scale_pulled = True
             self._push_centroids = False
             self._forwards += 1
+
+    def _device_factors(self, w):
+        """The layer's channel scale factors on w's device (edkm.torch_device.RowFactors), kept
+        from forward to forward; None without a channel scale. Not fixed yet: fixed now from w on
+        its device (the library's formula) and set into the layer."""
+        if not self.has_channel_scale:
+            return None
+        if self._device_scale is None or self._device_scale[0] != w.device:
+            self._device_scale = (w.device, layer_factors_on(w, self.layer, self.link))
+        return self._device_scale[1]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -366,7 +380,7 @@ class DKMWeight(nn.Module):
         if not self.training:
             return self.hard(w)
         if self.uses_device_split(w):
-            out = DeviceDKMFunction.apply(w, self.layer, self.link, None)
+            out = DeviceDKMFunction.apply(w, self.layer, self.link, None, self._device_factors(w))
         elif torch.is_grad_enabled() and w.requires_grad:
             out = DKMFunction.apply(w, self.layer)
         else:
@@ -428,6 +442,8 @@ class DKMWeight(nn.Module):
         new._push_centroids = False
         new._hard_cache = None
         new._forwards = 0
+        new._scale_pulled = False
+        new._device_scale = None
         for k, v in self._forward_hooks.items():  # hooks are rare on parametrizations; keep them
             new._forward_hooks[k] = copy.deepcopy(v, memo)
         return new
@@ -494,7 +510,7 @@ def palettize(model, bits=None, group_size=None, cluster_dim=None, tau=None, mod
     bits, group_size (0 = one LUT per tensor, g = a LUT per g output rows), cluster_dim, tau and any
     other edkm.Layer option (temperature_mode, max_iterations, epsilon, zero_threshold,
     prune_threshold, init, algorithm, f32_key_dtype, seed, enforce_zero, lut_dtype, channel_scale:
-    'min_max' / 'abs' = coremltools' per-channel scale, CPU weights only) configure each weight's layer; None (the
+    'min_max' / 'abs' = coremltools' per-channel scale) configure each weight's layer; None (the
     default of each) keeps the library's default (bits 4, one LUT per tensor, scalars; the
     temperature thresholds follow temperature_mode: scale-free tau 0.1 x each tensor's k-means
     distortion, or with temperature_mode='absolute' coremltools' semantics and tau 1e-4). f32

@@ -31,6 +31,15 @@ process group on the device before the host call, so every rank gets the same ce
 that hold the whole tensor (DDP) need no group: their histograms are already the tensor's, and r
 is linear in G, so DDP's gradient averaging is exact.
 
+Channel scale (a layer made with channel_scale, coremltools' enable_per_channel_scale): the
+factors s (one per row, float32, the layer's: fixed once, constants) live on the device; the O(N)
+passes key v = round(float(w) / s_r) to the weight's dtype, exactly as the buffer form divides,
+so the keys stay 16-bit and U at most 65,536 per partition; the soft values come down as float32
+(4 bytes per key, not 2: the buffer form multiplies the float soft value by s_r and rounds once)
+and w~ = s_r table[key] is rounded once to the weight's dtype; the backward sums g' = s_r g per
+key and forms dL/dw = (g' h + r) / s_r, rounded once (the buffer form's order). 26 bytes per key
+and step then, plus 4 per row once when the factors reach the device.
+
 Every copy between the device and the host goes through a `HostLink`, which counts the bytes both
 ways (`bytes_to_host`, `bytes_to_device`); its buffers are reused from step to step (pinned when
 CUDA is available) and grow only when U does.
@@ -43,14 +52,16 @@ import time
 import numpy as np
 import torch
 
-from .core import DType, f32_to_bf16
+from .core import CHANNEL_SCALES, DType, EdkmError, f32_to_bf16
 
-__all__ = ["CHUNK", "HostLink", "DeviceDKMFunction", "device_dkm", "key_dtype_for"]
+__all__ = ["CHUNK", "HostLink", "DeviceDKMFunction", "device_dkm", "key_dtype_for", "RowFactors",
+           "channel_scale_factors", "layer_factors_on"]
 
 #: Elements per segment of the O(N) passes (device temporaries ~ 40 bytes per element of a segment).
 CHUNK = 1 << 21
 
 _KEY_TORCH = {DType.F16: torch.float16, DType.BF16: torch.bfloat16}
+_SCHEMES = {int(v): k for k, v in CHANNEL_SCALES.items() if k != "none"}  # edkm_channel_scale -> name
 
 
 def key_dtype_for(weight_dtype, f32_key_dtype):
@@ -130,6 +141,76 @@ def _wide(device):
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+class RowFactors:
+    """The channel scale factors of one weight on its device: s (float32, (rows,)), constants, and
+    the row length (elements per row: numel / rows). Element i of the flat weights is in row
+    i // row_length."""
+
+    __slots__ = ("factors", "row_length")
+
+    def __init__(self, factors, row_length):
+        self.factors, self.row_length = factors, int(row_length)
+
+    def of(self, start, stop):
+        """s_r of every element of [start, stop) of the flat weights (float32, stop - start values)."""
+        L = self.row_length
+        r0, r1 = start // L, (stop - 1) // L + 1
+        if (r1 - r0) * L <= 2 * (stop - start) + 2 * 65536:  # whole rows, or nearly: repeat each factor
+            return self.factors[r0:r1].repeat_interleave(L)[start - r0 * L:stop - r0 * L]
+        # a piece of a row much longer than the segment: one row index per element
+        return self.factors[torch.arange(start, stop, device=self.factors.device) // L]
+
+    @staticmethod
+    def divide(w, s):
+        """v = w / s rounded to w's dtype, as the buffer form divides (ChannelScaling.divided: the
+        16-bit value widened to float, one float division, one rounding back)."""
+        return w / s if w.dtype == torch.float32 else (w.float() / s).to(w.dtype)
+
+
+def channel_scale_factors(weight, scheme):
+    """The factors the library fixes from these weights (ChannelScaling.factor, in float32 on the
+    weight's device): scheme 'min_max' s_r = 0.5 (max_r - min_r), 'abs' s_r = max_r |w|; a factor
+    that is not finite and > 0 is the row's largest magnitude, or 1 for a zero row. float32
+    (rows,). Raises ValueError for weights holding NaN or Inf (the library fixes nothing from them)."""
+    rows = weight.detach().reshape(weight.shape[0], -1).float()
+    lo, hi = rows.amin(1), rows.amax(1)
+    peak = torch.maximum(-lo, hi)
+    s = 0.5 * (hi - lo) if scheme == "min_max" else peak
+    good = torch.isfinite(s) & (s > 0)
+    s = torch.where(good, s, torch.where(peak > 0, peak, torch.ones_like(peak)))
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        bad = int((~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0])
+        raise ValueError(f"edkm: weight row {bad} holds NaN or Inf; the channel scale factors are fixed from "
+                         f"finite weights only")
+    return s.contiguous()
+
+
+def layer_factors_on(weight, layer, link):
+    """The layer's channel scale factors on the weight's device (RowFactors), or None for a layer
+    without a channel scale. Factors not fixed yet are fixed now from these weights, on the device
+    (channel_scale_factors: the library's formula), and set into the layer (the rows x 4 bytes
+    cross once, counted by link); fixed ones come from the layer (counted too)."""
+    scheme = _SCHEMES.get(int(layer.config["channel_scale"]))
+    if scheme is None:
+        return None
+    rows = layer.shape[0]
+    try:
+        host = layer.channel_scale_factors
+    except EdkmError as e:
+        if e.status_name != "STATE":
+            raise
+        host = None
+    if host is None:
+        s = channel_scale_factors(weight, scheme)
+        host = link.to_host("scale", s).numpy().copy()
+        layer.channel_scale_factors = host
+        return RowFactors(s, layer.numel // rows)
+    s = link.to_device("scale", host, weight.device, torch.float32)
+    if s.device.type == "cpu":
+        s = s.clone()  # not a view of the link's reused buffer
+    return RowFactors(s, layer.numel // rows)
+
+
 class _Segment:
     """Elements [start, stop) of the flat weights: `parts` whole partitions from `first`, or a
     piece of partition `first` (parts == 1, piece == True)."""
@@ -157,9 +238,12 @@ def _segments(count, partitions, chunk):
     return out
 
 
-def _keys(flat, seg, key_torch):
-    """Table index of every element of a segment: local partition * 65,536 + 16-bit key (int64)."""
+def _keys(flat, seg, key_torch, s=None):
+    """Table index of every element of a segment: local partition * 65,536 + 16-bit key (int64);
+    with s (the segment's row factors, RowFactors.of), the key of w / s."""
     w = flat[seg.start:seg.stop]
+    if s is not None:
+        w = RowFactors.divide(w, s)
     if w.dtype == torch.float32:
         w = w.to(key_torch)
     k = w.view(torch.int16).to(torch.int64) & 0xFFFF
@@ -191,8 +275,9 @@ class _Plan:
     """The forward's histogram on the device, batch by batch: per batch, the nonzero table entries
     (U_b, kept for the gathers of the backward); keys, counts and offsets of all partitions."""
 
-    def __init__(self, flat, partitions, key_dtype, chunk, group, count_limit):
+    def __init__(self, flat, partitions, key_dtype, chunk, group, count_limit, scaling=None):
         self.key_torch = _KEY_TORCH[key_dtype]
+        self.scaling = scaling
         self.device = device = flat.device
         self.batches = []
         for seg in _segments(flat.numel(), partitions, chunk):
@@ -204,7 +289,7 @@ class _Plan:
         for batch in self.batches:
             t = None
             for seg in batch.segments:
-                c = torch.bincount(_keys(flat, seg, self.key_torch), minlength=batch.parts * 65536)
+                c = torch.bincount(self.keys_of(flat, seg), minlength=batch.parts * 65536)
                 t = c if t is None else t.add_(c)
             # int64 counts: exact, and all-reducible by NCCL and gloo
             if group is not None:
@@ -227,6 +312,16 @@ class _Plan:
         per_partition = torch.bincount(nz_all // 65536, minlength=partitions)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), per_partition.cumsum(0)])
 
+    def factors(self, seg):
+        """The segment's row factors (None without a channel scale)."""
+        return None if self.scaling is None else self.scaling.of(seg.start, seg.stop)
+
+    def keys_of(self, flat, seg, s=None):
+        """_keys of the segment (of w / s with a channel scale; s: its factors if already made)."""
+        if self.scaling is not None and s is None:
+            s = self.factors(seg)
+        return _keys(flat, seg, self.key_torch, s)
+
 
 def _check_weight(weight, layer):
     if not isinstance(weight, torch.Tensor):
@@ -244,17 +339,41 @@ def _check_weight(weight, layer):
                          f"{weight.device} through the device split; move the weight to the CPU for vector clustering")
 
 
+def _check_scaling(weight, layer, group, scaling):
+    has_scale = int(layer.config["channel_scale"]) in _SCHEMES
+    if not has_scale:
+        if scaling is not None:
+            raise ValueError("edkm: channel scale factors given for a layer without a channel_scale")
+        return
+    if group is not None:
+        raise ValueError("edkm: a channel scale on sharded weights (process_group) is not supported by the device "
+                         "split (each rank would need its slice's rows); use edkm_layer_forward_shard on the host")
+    if scaling is None:
+        raise ValueError("edkm: the layer has a channel_scale: pass its factors (layer_factors_on; device_dkm does)")
+    s = scaling.factors
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or s.dim() != 1 or s.numel() != layer.shape[0]:
+        raise ValueError(f"edkm: the channel scale factors must be a 1-D float32 tensor of {layer.shape[0]} values "
+                         f"(one per row), got {getattr(s, 'dtype', type(s).__name__)} {tuple(getattr(s, 'shape', ()))}")
+    if s.device != weight.device:
+        raise ValueError(f"edkm: the channel scale factors are on {s.device}, the weight on {weight.device}")
+    if scaling.row_length * layer.shape[0] != layer.numel:
+        raise ValueError(f"edkm: row length {scaling.row_length} x {layer.shape[0]} rows is not the layer's {layer.numel} elements")
+
+
 class DeviceDKMFunction(torch.autograd.Function):
-    """w~ = DKM(w) through the device split. apply(weight, layer, link, group):
+    """w~ = DKM(w) through the device split. apply(weight, layer, link, group, scaling):
 
     weight: the tensor (or with `group`, this rank's contiguous slice of it: the histogram does
     not depend on where the slice starts) on any device, contiguous, float32/float16/bfloat16; layer: an edkm.Layer
     (cluster_dim 1) for the whole tensor; link: the HostLink that carries and counts the tables;
-    group: a torch.distributed process group, or None. Returns w~ in the weight's dtype."""
+    group: a torch.distributed process group, or None; scaling: for a layer with a channel scale,
+    its factors on the weight's device (RowFactors, from layer_factors_on), else None: then
+    w~ = s_r f(w / s) and the factors get no gradient (constants). Returns w~ in the weight's dtype."""
 
     @staticmethod
-    def forward(ctx, weight, layer, link, group=None):
+    def forward(ctx, weight, layer, link, group=None, scaling=None):
         _check_weight(weight, layer)
+        _check_scaling(weight, layer, group, scaling)
         key_dtype = key_dtype_for(weight.dtype, DType(layer.config["f32_key_dtype"]))
         flat = weight.detach().view(-1)
         if group is None and flat.numel() != layer.numel:
@@ -262,7 +381,7 @@ class DeviceDKMFunction(torch.autograd.Function):
         if group is not None and layer.groups != 1:
             raise ValueError("edkm: sharded weights (process_group) need a per-tensor LUT (group_size 0)")
         partitions = layer.groups if group is None else 1
-        plan = _Plan(flat, partitions, key_dtype, CHUNK, group, layer.numel // layer.groups)
+        plan = _Plan(flat, partitions, key_dtype, CHUNK, group, layer.numel // layer.groups, scaling)
         keys = link.to_host("keys", plan.keys).numpy().view(np.uint16)
         counts = link.numpy_scratch("counts", plan.total, np.float64)
         np.copyto(counts, link.to_host("counts", plan.counts).numpy(), casting="unsafe")
@@ -276,18 +395,22 @@ class DeviceDKMFunction(torch.autograd.Function):
         # rounded as the buffer form rounds: to float32, then to the weight's dtype (on the host: U values)
         soft32 = link.numpy_scratch("soft32", plan.total, np.float32)
         soft32[...] = soft
-        if weight.dtype == torch.bfloat16:
-            soft_w = f32_to_bf16(soft32)
+        if scaling is not None:  # the float soft values: s_r f[m] is rounded once, on the device
+            soft_w, table_dtype = soft32, torch.float32
+        elif weight.dtype == torch.bfloat16:
+            soft_w, table_dtype = f32_to_bf16(soft32), weight.dtype
         elif weight.dtype == torch.float16:
-            soft_w = soft32.astype(np.float16)
+            soft_w, table_dtype = soft32.astype(np.float16), weight.dtype
         else:
-            soft_w = soft32
-        soft_dev = link.to_device("soft", soft_w, weight.device, weight.dtype)
+            soft_w, table_dtype = soft32, weight.dtype
+        soft_dev = link.to_device("soft", soft_w, weight.device, table_dtype)
         out = torch.empty_like(flat)
         for batch in plan.batches:
-            table = batch.table(soft_dev, weight.dtype, weight.device)
+            table = batch.table(soft_dev, table_dtype, weight.device)
             for seg in batch.segments:
-                out[seg.start:seg.stop] = table[_keys(flat, seg, plan.key_torch)]
+                s = plan.factors(seg)
+                values = table[plan.keys_of(flat, seg, s)]
+                out[seg.start:seg.stop] = values if s is None else values * s  # (float x float, one rounding)
             del table
         ctx.plan, ctx.state, ctx.link, ctx.group = plan, state, link, group
         if save:
@@ -310,7 +433,8 @@ class DeviceDKMFunction(torch.autograd.Function):
         for batch in plan.batches:
             acc = None
             for seg in batch.segments:
-                part = torch.bincount(_keys(flat, seg, plan.key_torch), weights=g[seg.start:seg.stop].to(_wide(weight.device)),
+                s = plan.factors(seg)
+                part = torch.bincount(plan.keys_of(flat, seg, s), weights=_scaled(g[seg.start:seg.stop], s).to(_wide(weight.device)),
                                       minlength=batch.parts * 65536)
                 acc = part if acc is None else acc.add_(part)
             sums.append(acc[batch.nonzero])
@@ -340,15 +464,33 @@ class DeviceDKMFunction(torch.autograd.Function):
         for batch in plan.batches:
             h_table, r_table = batch.table(h_all, wide, weight.device), batch.table(r_all, wide, weight.device)
             for seg in batch.segments:
-                idx = _keys(flat, seg, plan.key_torch)
-                gs = g[seg.start:seg.stop].to(wide)
+                s = plan.factors(seg)
+                idx = plan.keys_of(flat, seg, s)
+                gs = _scaled(g[seg.start:seg.stop], s).to(wide)
                 # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
-                grad_in[seg.start:seg.stop] = (gs * h_table[idx] + r_table[idx]).to(torch.float32)
+                value = (gs * h_table[idx] + r_table[idx]).to(torch.float32)
+                # with a channel scale, then divided by s_r in float and rounded once (the buffer form's order)
+                grad_in[seg.start:seg.stop] = value if s is None else value / s
             del h_table, r_table
-        return grad_in.view_as(weight), None, None, None
+        return grad_in.view_as(weight), None, None, None, None
+
+
+def _scaled(g, s):
+    """g' = g s in float (the gradient with respect to the clustered scaled weights, as the buffer
+    form's ChannelScaling.multiplied makes it); g itself without a channel scale."""
+    return g if s is None else g.float() * s
 
 
 def device_dkm(weight, layer, link=None, group=None):
     """The soft-clustered weights of `weight` through `layer` on the weight's own device (with
-    `group`: this rank's contiguous slice of the tensor, see DeviceDKMFunction)."""
-    return DeviceDKMFunction.apply(weight, layer, link if link is not None else HostLink(), group)
+    `group`: this rank's contiguous slice of the tensor, see DeviceDKMFunction). A layer with a
+    channel scale uses its factors (fixed now from these weights if the layer has none yet)."""
+    link = link if link is not None else HostLink()
+    if int(layer.config["channel_scale"]) in _SCHEMES and group is None:
+        _check_weight(weight, layer)
+        if weight.numel() != layer.numel:
+            raise ValueError(f"edkm: weight has {weight.numel()} elements, the layer was made for {layer.numel}")
+        scaling = layer_factors_on(weight.view(layer.shape), layer, link)
+    else:
+        scaling = None
+    return DeviceDKMFunction.apply(weight, layer, link, group, scaling)

@@ -95,9 +95,6 @@ extension Layer {
         guard config.clusterDim == 1 else {
             throw EDKMError(.invalidArgument, "the histogram form clusters scalars: cluster_dim must be 1, the layer has \(config.clusterDim) (vectors stay on the buffer form)")
         }
-        guard config.channelScale == .none else {
-            throw EDKMError(.invalidArgument, "the histogram form does not support a channel scale (the caller's keys would have to be those of the weights divided by it); use the buffer forward")
-        }
         guard config.algorithm != .dense else {
             throw EDKMError(.invalidArgument, "the histogram form is the uniquified algorithm; the layer is configured with the dense one")
         }
@@ -143,6 +140,15 @@ extension Layer {
         return CallerHistograms(histograms: hists, offsets: offs)
     }
 
+    /// With a channel scale, the histogram form's keys are those of the caller's w / s (rounded
+    /// to the weights' dtype, as `ChannelScaling.divided` rounds it) and its soft values are in
+    /// the scaled units: the caller needs the factors before it can key anything, so they must be
+    /// fixed already (set, or fixed by init_centroids, a buffer forward or an export).
+    private func requireFixedChannelScale() throws(EDKMError) {
+        guard config.channelScale != .none, channelScale == nil else { return }
+        throw EDKMError(.state, "the layer's channel scale factors are not fixed yet: the histogram form's keys are those of w / s, so fix them first (edkm_layer_set_channel_scale, edkm_layer_init_centroids, or a buffer forward)")
+    }
+
     /// Training forward on the caller's histograms (the histogram form): writes f (offsets[P]
     /// doubles, the soft value of every key, partitions concatenated), makes c^T the layer's
     /// centroids and, with `save`, returns a saved state holding only U-sized data. A layer
@@ -155,6 +161,7 @@ extension Layer {
                                            partitions: partitions)
         let hists = input.histograms
         return try exclusive { () throws(EDKMError) -> SavedState? in
+            try requireFixedChannelScale()
             var initial = centroids ?? hists.map { h in
                 var c = CentroidInitialization.optimal1D(values: h.keys.map { ElementIO.keyValue($0, type: keyType) },
                                                          counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }

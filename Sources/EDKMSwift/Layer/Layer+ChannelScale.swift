@@ -6,8 +6,9 @@ import Glibc
 /// them once, at the first forward) and stay constants, unless `setChannelScale` replaces them.
 /// The centroids, the LUT of an export and `unpack`'s output are in the scaled units (multiply
 /// row r by s_r for the weights). The buffer forms and sharded weights (their factors computed
-/// collectively: `Layer+ShardedChannelScale.swift`); the histogram form refuses a channel scale
-/// (its keys come from the caller and would have to be those of the scaled weights).
+/// collectively: `Layer+ShardedChannelScale.swift`) scale here; the histogram form takes the keys
+/// of w / s from its caller (who divides with the layer's fixed factors, rounding as `divided`
+/// does, and multiplies the soft values back: docs/device-split.md).
 extension Layer {
     /// The scaling for these weights (count and finiteness checked by the caller): the layer's
     /// factors, else the factors of these weights, which the caller stores once its call has
