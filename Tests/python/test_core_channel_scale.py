@@ -264,11 +264,11 @@ def test_bad_input():
         assert ffi.edkm_layer_get_channel_scale(layer._handle(), fp, 15) == ffi.EDKM_ERR_SHAPE
         with pytest.raises(edkm.EdkmError, match="STATE"):
             layer.channel_scale_factors
-        # the histogram form refuses a channel scale (sharded weights take it:
-        # test_sharded_channel_scale.py); nothing is fixed by it
+        # the histogram form needs the factors fixed first (its keys are those of w / s:
+        # test_device_channel_scale.py); it fixes nothing itself
         w = weights(rows=16, cols=16, dtype=np.float16, seed=14)
         keys, counts = np.unique(w.view(np.uint16), return_counts=True)
-        with pytest.raises(edkm.EdkmError, match="channel scale"):
+        with pytest.raises(edkm.EdkmError, match="STATE.*channel scale factors are not fixed"):
             layer.forward_histogram(keys, counts.astype(np.float64))
         with pytest.raises(edkm.EdkmError, match="STATE"):
             layer.channel_scale_factors
