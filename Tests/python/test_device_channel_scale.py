@@ -13,6 +13,8 @@ test_torch_device.py. After SGD steps the weights can then differ by such rare l
 so centroids and soft weights are compared to 1e-5 of their scale there (bit-identical in
 practice: the tests also report exact equality where it holds).
 """
+import operator
+
 import numpy as np
 import pytest
 
@@ -251,11 +253,14 @@ def test_segmented_passes_with_scale_equal_one_segment(monkeypatch, shape, chunk
 
 
 def test_row_factors_of_every_element():
+    """Whole rows (a column of factors), rows cut at the ends, and pieces of very long rows."""
     s = torch.tensor([1.0, 2.0, 3.0, 4.0])
     rf = RowFactors(s, 5)
     full = s.repeat_interleave(5)
     for start, stop in [(0, 20), (3, 17), (5, 10), (19, 20), (0, 1)]:
-        assert torch.equal(rf.of(start, stop), full[start:stop])
+        ones = torch.ones(stop - start)
+        assert torch.equal(RowFactors.rowwise(operator.mul, ones, rf.of(start, stop)), full[start:stop])
+    assert rf.of(5, 15).shape == (2, 1)
     long_rows = RowFactors(torch.tensor([2.0, 5.0]), 300000)
     assert torch.equal(long_rows.of(299990, 300010), torch.tensor([2.0] * 10 + [5.0] * 10))
 

@@ -47,6 +47,7 @@ CUDA is available) and grow only when U does.
 
 from __future__ import annotations
 
+import operator
 import time
 
 import numpy as np
@@ -153,19 +154,32 @@ class RowFactors:
         self.factors, self.row_length = factors, int(row_length)
 
     def of(self, start, stop):
-        """s_r of every element of [start, stop) of the flat weights (float32, stop - start values)."""
+        """The factors of elements [start, stop) of the flat weights, for `rowwise`: a column
+        (rows, 1) when the elements are whole rows (no per-element copy), else s_r of every
+        element (float32, stop - start values)."""
         L = self.row_length
+        if start % L == 0 and stop % L == 0:
+            return self.factors[start // L:stop // L].unsqueeze(1)
         r0, r1 = start // L, (stop - 1) // L + 1
-        if (r1 - r0) * L <= 2 * (stop - start) + 2 * 65536:  # whole rows, or nearly: repeat each factor
+        if (r1 - r0) * L <= 2 * (stop - start) + 2 * 65536:  # rows cut at the ends: repeat each factor
             return self.factors[r0:r1].repeat_interleave(L)[start - r0 * L:stop - r0 * L]
         # a piece of a row much longer than the segment: one row index per element
         return self.factors[torch.arange(start, stop, device=self.factors.device) // L]
 
     @staticmethod
+    def rowwise(op, t, s):
+        """op(t, s) (1-D) of a segment's elements t (1-D) and their factors s (`of`)."""
+        if s.dim() == 2:
+            return op(t.view(s.shape[0], -1), s).view(-1)
+        return op(t, s)
+
+    @staticmethod
     def divide(w, s):
         """v = w / s rounded to w's dtype, as the buffer form divides (ChannelScaling.divided: the
         16-bit value widened to float, one float division, one rounding back)."""
-        return w / s if w.dtype == torch.float32 else (w.float() / s).to(w.dtype)
+        if w.dtype == torch.float32:
+            return RowFactors.rowwise(operator.truediv, w, s)
+        return RowFactors.rowwise(operator.truediv, w.float(), s).to(w.dtype)
 
 
 def channel_scale_factors(weight, scheme):
@@ -411,7 +425,8 @@ class DeviceDKMFunction(torch.autograd.Function):
             for seg in batch.segments:
                 s = plan.factors(seg)
                 values = table[plan.keys_of(flat, seg, s)]
-                out[seg.start:seg.stop] = values if s is None else values * s  # (float x float, one rounding)
+                # with a channel scale s_r f[m]: float x float, one rounding to the weight's dtype
+                out[seg.start:seg.stop] = values if s is None else RowFactors.rowwise(operator.mul, values, s)
             del table
         ctx.plan, ctx.state, ctx.link, ctx.group = plan, state, link, group
         if save:
@@ -471,7 +486,7 @@ class DeviceDKMFunction(torch.autograd.Function):
                 # fma(g, h32, r32) of the buffer form: g h is exact in float64, one more rounding to float32.
                 value = (gs * h_table[idx] + r_table[idx]).to(torch.float32)
                 # with a channel scale, then divided by s_r in float and rounded once (the buffer form's order)
-                grad_in[seg.start:seg.stop] = value if s is None else value / s
+                grad_in[seg.start:seg.stop] = value if s is None else RowFactors.rowwise(operator.truediv, value, s)
             del h_table, r_table
         return grad_in.view_as(weight), None, None, None, None
 
@@ -479,7 +494,7 @@ class DeviceDKMFunction(torch.autograd.Function):
 def _scaled(g, s):
     """g' = g s in float (the gradient with respect to the clustered scaled weights, as the buffer
     form's ChannelScaling.multiplied makes it); g itself without a channel scale."""
-    return g if s is None else g.float() * s
+    return g if s is None else RowFactors.rowwise(operator.mul, g.float(), s)
 
 
 def device_dkm(weight, layer, link=None, group=None):
