@@ -128,6 +128,42 @@ struct ChannelScaling {
         }
     }
 
+    /// The uniquified forward's output in one pass: out_e = table_p[keys_e] x s_r rounded once to
+    /// `type`, for the elements of every partition p (elementsPerPartition consecutive buffer
+    /// elements each; table_p filled by `fill` with the float soft value of each key present).
+    /// The same float product and rounding as a float gather followed by `apply(multiply: true)`,
+    /// without the count floats in between.
+    func gatherMultiplied(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int, pool: ThreadPool,
+                          into out: UnsafeMutableRawPointer, type: ElementType,
+                          fill: (Int, UnsafeMutablePointer<Float>) -> Void) {
+        KeyPasses.withPartitionTables(partitions: partitions, elementsPerPartition: elementsPerPartition, pool: pool,
+                                      fill: fill) { item, table in
+            var lo = item.start
+            let end = item.start + item.count
+            while lo < end {  // the item's rows (its first and last may be partial)
+                let r = (first + lo) / rowLength
+                let hi = Swift.min(end, (r + 1) * rowLength - first)
+                let s = factors[r]
+                switch type {
+                case .f32:
+                    let dst = out.assumingMemoryBound(to: Float.self)
+                    for i in lo..<hi { dst[i] = table[Int(keys[i])] * s }
+                case .f16:
+                    let dst = out.assumingMemoryBound(to: UInt16.self)
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToF16(table[Int(keys[i])] * s) }
+                case .bf16:
+                    let dst = out.assumingMemoryBound(to: UInt16.self)
+                    for i in lo..<hi { dst[i] = HalfConversion.floatToBF16(table[Int(keys[i])] * s) }
+                }
+                lo = hi
+            }
+        }
+    }
+
+    /// The factor of buffer element i (a division: for passes that are not bandwidth-bound).
+    @inline(__always)
+    func factor(at i: Int) -> Float { factors[(first + i) / rowLength] }
+
     /// body(row, first element, end element) for every row the buffers' count elements touch, in
     /// buffer indices (a slice's first and last rows may be partial), rows in parallel blocks.
     private func rowWise(_ count: Int, pool: ThreadPool, _ body: (Int, Int, Int) -> Void) {

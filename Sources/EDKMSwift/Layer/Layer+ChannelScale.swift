@@ -42,8 +42,9 @@ extension Layer {
     /// a channel scale w~ = f(w)) to `output` (count elements of `outputType`, which is f32 or the
     /// weights' type), makes the final centroids the layer's and, with `save`, returns what the
     /// backward needs. With a channel scale the forward holds a divided copy of the weights (count
-    /// elements of their type) and, for a 16-bit output, count floats of clustered values. On
-    /// error nothing is written and the layer is unchanged.
+    /// elements of their type), clusters it and multiplies each row's factor into the output as
+    /// the output is gathered (one rounding, no float copy in between). On error nothing is
+    /// written and the layer is unchanged.
     public func forward(weights: UnsafeRawPointer, type: ElementType, count: Int,
                         output: UnsafeMutableRawPointer, outputType: ElementType,
                         save: Bool) throws(EDKMError) -> SavedState? {
@@ -54,12 +55,16 @@ extension Layer {
         guard outputType == .f32 || outputType == type else {
             throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
         }
-        try validateWeights(weights, type: type, count: count)
+        // No scan of w here: a NaN or Inf weight stays one in w / s (s finite and > 0, or Inf
+        // from an Inf weight), which the clustering's own check of the divided copy rejects.
+        try validateWeights(weights, type: type, count: count, scan: false)
         let scaling = try channelScaling(for: weights, type: type)!
-        return try forwardScaled(weights, type: type, count: count, scaling: scaling, output: output,
-                                 outputType: outputType) { (source, values) throws(EDKMError) -> SavedState? in
-            try forwardClustering(weights: source, type: type, count: count, output: values, outputType: .f32, save: save)
-        }
+        let divided = try scaling.divided(weights, type: type, count: count, pool: runtime.pool)
+        defer { free(divided) }
+        let state = try forwardClustering(weights: UnsafeRawPointer(divided), type: type, count: count, output: output,
+                                          outputType: outputType, save: save, outputScaling: scaling)
+        state?.channelScale = scaling.factors
+        return state
     }
 
     /// w~ = s_r f(w / s) around a forward of the clustering, `cluster(w / s, f32 output)`, on count

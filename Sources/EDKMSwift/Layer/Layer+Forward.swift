@@ -23,10 +23,12 @@ extension Layer {
     /// The forward of the clustering itself (`forward` without the channel scale): writes
     /// w~ = A^{T-1} c^T to `output` (count elements of `outputType`, which is f32 or the weights'
     /// type), makes c^T the layer's centroids and, with `save`, returns what the backward needs.
+    /// With `outputScaling` (the weights are w / s, divided by these factors) writes s_r w~ instead,
+    /// rounded once, and keeps the factors as the layer's when it has none yet.
     /// On error nothing is written and the layer is unchanged.
     func forwardClustering(weights: UnsafeRawPointer, type: ElementType, count: Int,
                         output: UnsafeMutableRawPointer, outputType: ElementType,
-                        save: Bool) throws(EDKMError) -> SavedState? {
+                        save: Bool, outputScaling: ChannelScaling? = nil) throws(EDKMError) -> SavedState? {
         guard outputType == .f32 || outputType == type else {
             throw EDKMError(.dtype, "the output dtype must be f32 or the weights' dtype (\(type.name)), got \(outputType.name)")
         }
@@ -47,7 +49,8 @@ extension Layer {
             } else {
                 run = try forwardDense(weights, type: type, initial: c0, save: save)
             }
-            let entropy = run.writeOutput(output, outputType)
+            let entropy = run.writeOutput(output, outputType, outputScaling)
+            if let outputScaling, channelScale == nil { channelScale = outputScaling.factors }
             recordForward(run.traces, distinctValues: run.distinctValues, algorithm: algorithm, entropy: entropy)
             return run.saved
         }
@@ -58,8 +61,9 @@ extension Layer {
         var traces: [PartitionTrace]
         var distinctValues: Int
         var saved: SavedState?
-        /// Writes the output; returns sum over vectors of the last softmax's entropy (nats).
-        var writeOutput: (UnsafeMutableRawPointer, ElementType) -> Double
+        /// Writes the output (with a scaling: each value times its row's factor, rounded once);
+        /// returns sum over vectors of the last softmax's entropy (nats).
+        var writeOutput: (UnsafeMutableRawPointer, ElementType, ChannelScaling?) -> Double
     }
 
     var engine: DKMEngine { DKMEngine(config: config, pool: runtime.pool) }
@@ -111,9 +115,14 @@ extension Layer {
         let core = try histogramCore(hists, keyType: keys.keyType, initial: initial, vectors: vectors, builder: builder)
         let saved = try builder?.finish(traces: core.traces, histograms: hists)
         let pool = runtime.pool, f = core.softValues, entropy = core.entropy
-        return ForwardRun(traces: core.traces, distinctValues: core.distinctValues, saved: saved) { output, outputType in
+        return ForwardRun(traces: core.traces, distinctValues: core.distinctValues, saved: saved) { output, outputType, scaling in
             let keysPointer = keys.pointer  // the keys (a rounded copy for f32) live until the output is written
-            if outputType == .f32 {
+            if let scaling {
+                scaling.gatherMultiplied(keysPointer, partitions: hists.count, elementsPerPartition: E, pool: pool,
+                                         into: output, type: outputType) { p, table in
+                    for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
+                }
+            } else if outputType == .f32 {
                 KeyPasses.gather(keysPointer, partitions: hists.count, elementsPerPartition: E, pool: pool,
                                  into: output.assumingMemoryBound(to: Float.self)) { p, table in
                     for (m, key) in hists[p].keys.enumerated() { table[Int(key)] = Float(f[p][m]) }
@@ -149,11 +158,17 @@ extension Layer {
                                         prepare: builder?.prepare, mapSink: builder?.mapSink)
         let saved = try builder?.finish(traces: traces, histograms: [])
         let eng = engine
-        return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType in
+        return ForwardRun(traces: traces, distinctValues: 0, saved: saved) { output, outputType, scaling in
             var withEntropy = traces
             eng.output(rows, traces: &withEntropy) { p, start, count, values in
                 let base = p * E + start * d
-                for i in 0..<(count * d) { ElementIO.store(Float(values[i]), output, type: outputType, at: base + i) }
+                if let scaling {
+                    for i in 0..<(count * d) {
+                        ElementIO.store(Float(values[i]) * scaling.factor(at: base + i), output, type: outputType, at: base + i)
+                    }
+                } else {
+                    for i in 0..<(count * d) { ElementIO.store(Float(values[i]), output, type: outputType, at: base + i) }
+                }
             }
             return withEntropy.reduce(0) { $0 + $1.entropySum }
         }

@@ -63,7 +63,7 @@ extension Layer {
             let held = global.counts.reduce(0) { $0 + Int($1) }  // the weights all ranks' slices hold
             let run = try uniquifiedRun(keys, [global], elementsPerPartition: count, initial: [initial.map { Double($0) }],
                                         vectors: held, saving: save ? .weightShard(weights, type, keys, slice: offset..<(offset + count)) : nil)
-            let entropy = run.writeOutput(output, outputType)  // this rank's slice only
+            let entropy = run.writeOutput(output, outputType, nil)  // this rank's slice only
             recordForward(run.traces, distinctValues: run.distinctValues, algorithm: .uniquified, entropy: entropy)
             return run.saved
         }

@@ -21,7 +21,9 @@ extension SavedState {
         guard count == elements.count else {
             throw EDKMError(.shape, "expected \(sharded ? "this rank's " : "")\(elements.count) gradient elements, got \(sizeText(count))")
         }
-        if !sharded { try rejectNonFiniteGradients(gradOutput, gradType) }
+        // No scan of the gradient here: a NaN or Inf in g stays one in g s (s finite and > 0),
+        // which the clustering's backward rejects (its scan, or its check of the per-key sums)
+        // before writing anything, with the same index and value.
         let pool = runtime.pool
         let scaling = ChannelScaling(factors: factors, rowLength: geometry.rowLength, first: elements.lowerBound)
         let scaledGrad = try HeapAllocation.allocate(Float.self, count: count, for: "the channel-scaled gradient")
