@@ -6,7 +6,8 @@ With the scale the device keys v = w / s_r rounded to the weights' dtype, so the
 (U <= 65,536 per LUT partition) but rows of different factors put their values on other points of
 the 16-bit grid: U changes with the weights' spread. Per step 26 bytes per key cross with the
 scale (the soft values come down as float32, 4 bytes, instead of the weights' 16-bit dtype) against
-24 without, plus 8 per partition and, once, 4 per row for the factors.
+24 without, plus 8 per partition offset and 4 per row for the factors (device_dkm reads them from
+the layer on every call; edkm.torch.DKMWeight keeps them on the device and sends them once).
 
     nice -n 10 python3 benchmarks/device_channel_scale.py [--device cpu] [--rows 4096 --cols 4096] [--groups 0,16]
 

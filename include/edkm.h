@@ -99,7 +99,8 @@ extern "C" {
  *  0.5: the per-channel scale (edkm_layer_config.channel_scale, edkm_layer_get_channel_scale,
  *  edkm_layer_set_channel_scale).
  *  0.6: no new symbols or fields; what 0.5 refused now works: enforce_zero with prune_threshold 0
- *  (coremltools' keep-sparsity rule) and the channel scale with edkm_layer_forward_shard. */
+ *  (coremltools' keep-sparsity rule) and the channel scale with edkm_layer_forward_shard.
+ *  0.7: edkm_layer_forward_histogram takes a layer with a channel scale (its factors fixed first). */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.
