@@ -131,7 +131,8 @@ KEY_STATUS = {
     "palett_epsilon": (_IMPLEMENTED, "early stop when the inertia changes by at most this"),
     "zero_threshold": (_IMPLEMENTED, "lower clamp of the attention"),
     "enable_per_channel_scale": (_IMPLEMENTED, "each output channel divided by its scale before clustering and "
-                                               "multiplied after (the core's channel_scale); the scale is "
+                                               "multiplied after (the core's channel_scale), on CPU weights and "
+                                               "on device weights (the device split); the scale is "
                                                "finalize's palettization_scale"),
     "enforce_zero": (_IMPLEMENTED, "centroid 0 fixed at zero; with prune_threshold 0 coremltools' "
                                    "keep-sparsity rule (nonzero weights keep distance 1/zero_threshold "
