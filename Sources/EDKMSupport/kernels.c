@@ -84,43 +84,47 @@ static void gradients_avx2(int type, const uint16_t *keys, const void *grad, con
     }
 }
 
-/* One round of the content hash's lane mix (ContentHash.mix in the Swift core; must stay identical). */
-static inline uint64_t hash_mix(uint64_t h, uint64_t v) {
-    uint64_t x = (h ^ v) * 0x9E3779B97F4A7C15ull;
-    x ^= x >> 29;
-    x *= 0xBF58476D1CE4E5B9ull;
-    return x ^ (x >> 32);
+/* The content hash's lanes (ContentHash.ChunkHasher in the Swift core; must stay identical): four
+ * 64-bit accumulators and their keys, state[0..3] and state[4..7]; per 32-byte block, lane j adds
+ * rot32(w_j) + lo32(w_j ^ k_j) * hi32(w_j ^ k_j), then every key advances by HASH_KEY_STEP. */
+#define HASH_KEY_STEP 0x9E3779B97F4A7C15ull
+
+__attribute__((target("avx2,f16c,fma")))
+static inline void hash_absorb(__m256i *acc, __m256i *key, __m256i block) {
+    __m256i x = _mm256_xor_si256(block, *key);
+    __m256i product = _mm256_mul_epu32(x, _mm256_srli_epi64(x, 32));
+    *acc = _mm256_add_epi64(*acc, _mm256_add_epi64(_mm256_shuffle_epi32(block, 0xB1), product));
+    *key = _mm256_add_epi64(*key, _mm256_set1_epi64x((long long)HASH_KEY_STEP));
 }
 
-/* The 16-byte block of 8 keys at keys as two little-endian 64-bit words (keys 0-3 in lo). */
-static inline void load_block(const uint16_t *keys, uint64_t *lo, uint64_t *hi) {
+/* The 16-byte half of a block, 8 keys, as two little-endian 64-bit words (keys 0-3 in lo). */
+static inline void load_half(const uint16_t *keys, uint64_t *lo, uint64_t *hi) {
     __builtin_memcpy(lo, keys, 8);
     __builtin_memcpy(hi, keys + 4, 8);
 }
 
-/* Absorbs a block into the lanes a and b (ChunkHasher.absorb). The empty asm keeps the lanes in
- * general registers: without it the compiler packs the two lanes into one vector register and
- * emulates the 64-bit multiplies, doubling the chain's latency. */
-static inline void hash_absorb(uint64_t *a, uint64_t *b, uint64_t lo, uint64_t hi) {
-    uint64_t x = hash_mix(*a, lo), y = hash_mix(*b, hi);
-    __asm__("" : "+r"(x), "+r"(y));
-    *a = x;
-    *b = y;
-}
-
-/* Key j (0-7) of a block. */
+/* Key j (0-7) of a half block. */
 #define BLOCK_KEY(lo, hi, j) ((uint16_t)(((j) < 4 ? (lo) : (hi)) >> (16 * ((j) & 3))))
 
 __attribute__((target("avx2,f16c,fma")))
-static void count_keys_avx2(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *lanes) {
-    uint64_t a = lanes ? lanes[0] : 0, b = lanes ? lanes[1] : 0;
-    for (size_t e = 0; e < n; e += 8) {
-        uint64_t lo, hi;
-        load_block(keys + e, &lo, &hi);
-        if (lanes) hash_absorb(&a, &b, lo, hi);
-        for (int j = 0; j < 8; j++) counts[BLOCK_KEY(lo, hi, j)] += 1;
+static void count_keys_avx2(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *state) {
+    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
+    if (state) {
+        acc = _mm256_loadu_si256((const __m256i *)state);
+        key = _mm256_loadu_si256((const __m256i *)(state + 4));
     }
-    if (lanes) { lanes[0] = a; lanes[1] = b; }
+    for (size_t e = 0; e < n; e += 16) {
+        if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
+        for (int half = 0; half < 16; half += 8) {
+            uint64_t lo, hi;
+            load_half(keys + e + half, &lo, &hi);
+            for (int j = 0; j < 8; j++) counts[BLOCK_KEY(lo, hi, j)] += 1;
+        }
+    }
+    if (state) {
+        _mm256_storeu_si256((__m256i *)state, acc);
+        _mm256_storeu_si256((__m256i *)(state + 4), key);
+    }
 }
 
 /* The f16/bf16 gradients of 8 elements as float32 (exact). */
@@ -134,17 +138,71 @@ static inline __m256 load_grad8(int type, const void *grad, size_t e) {
 
 __attribute__((target("avx2,f16c,fma")))
 static void scatter_gradients_avx2(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
-                                   uint64_t *lanes) {
-    float g[8];
-    uint64_t a = lanes ? lanes[0] : 0, b = lanes ? lanes[1] : 0;
-    for (size_t e = 0; e < n; e += 8) {
-        uint64_t lo, hi;
-        load_block(keys + e, &lo, &hi);
-        if (lanes) hash_absorb(&a, &b, lo, hi);
-        _mm256_storeu_ps(g, load_grad8(type, grad, e));
-        for (int j = 0; j < 8; j++) sums[BLOCK_KEY(lo, hi, j)] += (double)g[j];
+                                   uint64_t *state) {
+    float g[16];
+    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
+    if (state) {
+        acc = _mm256_loadu_si256((const __m256i *)state);
+        key = _mm256_loadu_si256((const __m256i *)(state + 4));
     }
-    if (lanes) { lanes[0] = a; lanes[1] = b; }
+    for (size_t e = 0; e < n; e += 16) {
+        if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
+        _mm256_storeu_ps(g, load_grad8(type, grad, e));
+        _mm256_storeu_ps(g + 8, load_grad8(type, grad, e + 8));
+        for (int half = 0; half < 16; half += 8) {
+            uint64_t lo, hi;
+            load_half(keys + e + half, &lo, &hi);
+            for (int j = 0; j < 8; j++) sums[BLOCK_KEY(lo, hi, j)] += (double)g[half + j];
+        }
+    }
+    if (state) {
+        _mm256_storeu_si256((__m256i *)state, acc);
+        _mm256_storeu_si256((__m256i *)(state + 4), key);
+    }
+}
+
+/* sums[keys[e]] += grad[e] in units of 2^-24 (every finite f16 value is a whole number of them,
+ * below 2^40 in magnitude): each f16 is widened exactly to float64, scaled by 2^24 and turned into
+ * an int64 by adding 1.5 x 2^52 (the sum is a whole number in [2^52, 2^53), so exact) and
+ * subtracting that constant's bit pattern. *max_magnitude becomes the largest (grad[e] & 0x7fff)
+ * seen (NaN/Inf: exponent bits all set; the caller then discards the sums). */
+__attribute__((target("avx2,f16c,fma")))
+static void scatter_f16_units_avx2(const uint16_t *keys, const uint16_t *grad, size_t n, int64_t *sums,
+                                   uint64_t *state, uint16_t *max_magnitude) {
+    int64_t v[16];
+    uint16_t lanes_max[8];
+    __m128i largest = _mm_setzero_si128();
+    const __m128i magnitude_bits = _mm_set1_epi16(0x7fff);
+    const __m256d scale = _mm256_set1_pd(16777216.0), magic = _mm256_set1_pd(6755399441055744.0);
+    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
+    if (state) {
+        acc = _mm256_loadu_si256((const __m256i *)state);
+        key = _mm256_loadu_si256((const __m256i *)(state + 4));
+    }
+    for (size_t e = 0; e < n; e += 16) {
+        if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
+        for (int half = 0; half < 16; half += 8) {
+            __m128i bits = _mm_loadu_si128((const __m128i *)(grad + e + half));
+            largest = _mm_max_epu16(largest, _mm_and_si128(bits, magnitude_bits));
+            __m256 f = _mm256_cvtph_ps(bits);
+            __m256d lo = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)), scale, magic);
+            __m256d hi = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)), scale, magic);
+            _mm256_storeu_si256((__m256i *)(v + half), _mm256_sub_epi64(_mm256_castpd_si256(lo), _mm256_castpd_si256(magic)));
+            _mm256_storeu_si256((__m256i *)(v + half + 4), _mm256_sub_epi64(_mm256_castpd_si256(hi), _mm256_castpd_si256(magic)));
+        }
+        for (int half = 0; half < 16; half += 8) {
+            uint64_t lo, hi;
+            load_half(keys + e + half, &lo, &hi);
+            for (int j = 0; j < 8; j++) sums[BLOCK_KEY(lo, hi, j)] += v[half + j];
+        }
+    }
+    _mm_storeu_si128((__m128i *)lanes_max, largest);
+    for (int j = 0; j < 8; j++)
+        if (lanes_max[j] > *max_magnitude) *max_magnitude = lanes_max[j];
+    if (state) {
+        _mm256_storeu_si256((__m256i *)state, acc);
+        _mm256_storeu_si256((__m256i *)(state + 4), key);
+    }
 }
 
 __attribute__((target("avx2,f16c")))
@@ -166,26 +224,38 @@ int edkm_kernel_gradients(int type, const uint16_t *keys, const void *grad, cons
     return 0;
 }
 
-int edkm_kernel_count_keys(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *lanes) {
+int edkm_kernel_count_keys(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *state) {
 #ifdef EDKM_HAVE_X86_KERNELS
     if (cpu_has_avx2_f16c_fma()) {
-        count_keys_avx2(keys, n, counts, lanes);
+        count_keys_avx2(keys, n, counts, state);
         return 1;
     }
 #endif
-    (void)keys; (void)n; (void)counts; (void)lanes;
+    (void)keys; (void)n; (void)counts; (void)state;
     return 0;
 }
 
 int edkm_kernel_scatter_gradients(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
-                                  uint64_t *lanes) {
+                                  uint64_t *state) {
 #ifdef EDKM_HAVE_X86_KERNELS
     if (cpu_has_avx2_f16c_fma()) {
-        scatter_gradients_avx2(type, keys, grad, n, sums, lanes);
+        scatter_gradients_avx2(type, keys, grad, n, sums, state);
         return 1;
     }
 #endif
-    (void)type; (void)keys; (void)grad; (void)n; (void)sums; (void)lanes;
+    (void)type; (void)keys; (void)grad; (void)n; (void)sums; (void)state;
+    return 0;
+}
+
+int edkm_kernel_scatter_f16_units(const uint16_t *keys, const uint16_t *grad, size_t n, int64_t *sums, uint64_t *state,
+                                  uint16_t *max_magnitude) {
+#ifdef EDKM_HAVE_X86_KERNELS
+    if (cpu_has_avx2_f16c_fma()) {
+        scatter_f16_units_avx2(keys, grad, n, sums, state, max_magnitude);
+        return 1;
+    }
+#endif
+    (void)keys; (void)grad; (void)n; (void)sums; (void)state; (void)max_magnitude;
     return 0;
 }
 

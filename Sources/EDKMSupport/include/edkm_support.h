@@ -43,16 +43,21 @@ EDKM_HIDDEN void edkm_name_this_thread(const char *name);
  *  the caller must use its portable loop. */
 EDKM_HIDDEN int edkm_kernel_gradients(int type, const uint16_t *keys, const void *grad, const float *hr, void *out,
                                       size_t n);
-/** The O(N) sweeps of the histogram path over n keys (n a multiple of 8). When `lanes` is not NULL,
- *  every 16-byte block of keys is also absorbed into the two 64-bit lanes of the content hash
- *  (ContentHash.ChunkHasher: lanes[0] = mix(lanes[0], bytes 0..7), lanes[1] = mix(lanes[1], bytes 8..15)).
+/** The O(N) sweeps of the histogram path over n keys (n a multiple of 16). When `state` is not
+ *  NULL, every 32-byte block of keys is also absorbed into the content hash's lanes
+ *  (ContentHash.ChunkHasher: state[0..3] the four accumulators, state[4..7] their keys).
  *  Each returns 1 when run (AVX2 + F16C + FMA present), 0 when the caller must use its portable loop;
  *  results are identical either way (same additions in element order). */
 /** counts[keys[e]] += 1. */
-EDKM_HIDDEN int edkm_kernel_count_keys(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *lanes);
+EDKM_HIDDEN int edkm_kernel_count_keys(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *state);
 /** sums[keys[e]] += (double)grad[e], grad of dtype `type` (0 f32, 1 f16, 2 bf16). */
 EDKM_HIDDEN int edkm_kernel_scatter_gradients(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
-                                              uint64_t *lanes);
+                                              uint64_t *state);
+/** sums[keys[e]] += grad[e] x 2^24 for f16 gradients (bit patterns), exactly, as int64 (every finite
+ *  f16 is a whole number of 2^-24); *max_magnitude = max(*max_magnitude, grad[e] & 0x7fff) (NaN/Inf
+ *  show as exponent bits 0x7c00; the sums are then meaningless). */
+EDKM_HIDDEN int edkm_kernel_scatter_f16_units(const uint16_t *keys, const uint16_t *grad, size_t n, int64_t *sums,
+                                              uint64_t *state, uint16_t *max_magnitude);
 /** out[i] = (float)in[i] for binary16 bit patterns; returns 1 when run (F16C), else 0. */
 EDKM_HIDDEN int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n);
 /** Tests only: 1 = behave as on a CPU without the x86 kernels (not thread-safe; set while idle). */

@@ -5,7 +5,7 @@ import EDKMSupport
 /// indices), split into fixed work items of at most `chunk` (reducing passes) or `elementChunk`
 /// (read-only passes) elements of one partition, small partitions grouped into tasks (all
 /// independent of the thread count), and run on the pool: histograms, scatter-adds of gradients,
-/// gathers through 65,536-entry tables. Inner loops are specialised per element type and read 16
+/// gathers through 65,536-entry tables. Inner loops are specialised per element type and read 32
 /// bytes of keys at a time, absorbing them into the item's content hash in the same pass.
 enum KeyPasses {
     /// Elements per work item of the reducing passes (histograms, gradient sums), each with its
@@ -54,7 +54,7 @@ enum KeyPasses {
         return out
     }
 
-    /// Runs body(k) for the keys of an item, 8 at a time, absorbing each 16-byte block into
+    /// Runs body(k) for the keys of an item, 16 at a time, absorbing each 32-byte block into
     /// `hasher`; returns the item's hash (the same as ContentHash.hashChunk of its bytes).
     @inline(__always)
     static func forEachKey(_ keys: UnsafePointer<UInt16>, _ item: Item, index: Int, hashing: Bool,
@@ -62,20 +62,24 @@ enum KeyPasses {
         var hasher = ContentHash.ChunkHasher(seed: UInt64(index))
         let base = keys + item.start
         let raw = UnsafeRawPointer(base)
+        @inline(__always) func four(_ e: Int, _ w: UInt64) {
+            body(e, UInt16(truncatingIfNeeded: w))
+            body(e + 1, UInt16(truncatingIfNeeded: w >> 16))
+            body(e + 2, UInt16(truncatingIfNeeded: w >> 32))
+            body(e + 3, UInt16(truncatingIfNeeded: w >> 48))
+        }
         var e = 0
-        while e + 8 <= item.count {
-            let lo = raw.loadUnaligned(fromByteOffset: e * 2, as: UInt64.self)
-            let hi = raw.loadUnaligned(fromByteOffset: e * 2 + 8, as: UInt64.self)
-            if hashing { hasher.absorb(lo, hi) }
-            body(e, UInt16(truncatingIfNeeded: lo))
-            body(e + 1, UInt16(truncatingIfNeeded: lo >> 16))
-            body(e + 2, UInt16(truncatingIfNeeded: lo >> 32))
-            body(e + 3, UInt16(truncatingIfNeeded: lo >> 48))
-            body(e + 4, UInt16(truncatingIfNeeded: hi))
-            body(e + 5, UInt16(truncatingIfNeeded: hi >> 16))
-            body(e + 6, UInt16(truncatingIfNeeded: hi >> 32))
-            body(e + 7, UInt16(truncatingIfNeeded: hi >> 48))
-            e += 8
+        while e + 16 <= item.count {
+            let w0 = raw.loadUnaligned(fromByteOffset: e * 2, as: UInt64.self)
+            let w1 = raw.loadUnaligned(fromByteOffset: e * 2 + 8, as: UInt64.self)
+            let w2 = raw.loadUnaligned(fromByteOffset: e * 2 + 16, as: UInt64.self)
+            let w3 = raw.loadUnaligned(fromByteOffset: e * 2 + 24, as: UInt64.self)
+            if hashing { hasher.absorb(w0, w1, w2, w3) }
+            four(e, w0)
+            four(e + 4, w1)
+            four(e + 8, w2)
+            four(e + 12, w3)
+            e += 16
         }
         let tailStart = e
         while e < item.count {
@@ -86,22 +90,22 @@ enum KeyPasses {
                                        totalBytes: item.count * 2) : 0
     }
 
-    /// Runs an item's whole 8-key blocks through a C kernel (`kernel(lanes, n)`, lanes nil when not
-    /// hashing; it returns 0 when the CPU lacks its instructions) and the remaining keys through
-    /// body(e, key); returns the item's hash as forEachKey does, or nil when the kernel did not run
-    /// (nothing was touched; the caller runs forEachKey).
+    /// Runs an item's whole 16-key blocks through a C kernel (`kernel(state, n)`: state the
+    /// hasher's 8 words, nil when not hashing; it returns 0 when the CPU lacks its instructions)
+    /// and the remaining keys through body(e, key); returns the item's hash as forEachKey does, or
+    /// nil when the kernel did not run (nothing was touched; the caller runs forEachKey).
     @inline(__always)
     static func viaKernel(_ keys: UnsafePointer<UInt16>, _ item: Item, index: Int, hashing: Bool,
                           _ kernel: (UnsafeMutablePointer<UInt64>?, Int) -> Int32,
                           tail body: (Int, UInt16) -> Void) -> UInt64? {
         var hasher = ContentHash.ChunkHasher(seed: UInt64(index))
-        let blocks = item.count & ~7
-        var lanes: (UInt64, UInt64) = (hasher.a, hasher.b)
-        let ran = withUnsafeMutablePointer(to: &lanes) { l in
-            l.withMemoryRebound(to: UInt64.self, capacity: 2) { kernel(hashing ? $0 : nil, blocks) }
+        let blocks = item.count & ~15
+        var state = (hasher.acc, hasher.key)
+        let ran = withUnsafeMutablePointer(to: &state) { l in
+            l.withMemoryRebound(to: UInt64.self, capacity: 8) { kernel(hashing ? $0 : nil, blocks) }
         }
         if ran == 0 { return nil }
-        (hasher.a, hasher.b) = lanes
+        (hasher.acc, hasher.key) = state
         let base = keys + item.start
         for e in blocks..<item.count { body(e, base[e]) }
         return hashing ? hasher.finish(tail: UnsafeRawPointer(base + blocks), count: (item.count - blocks) * 2,
@@ -110,20 +114,16 @@ enum KeyPasses {
 
     /// The histogram of every partition of `keys` (partitions of `elementsPerPartition`
     /// consecutive keys) and the hash of the keys (item hashes combined in item order).
-    /// Memory: one 256 KiB table per running item, plus one per item of partitions that span
-    /// several items.
+    /// Memory: one 256 KiB table per running task of small partitions, and min(threads, items)
+    /// per partition that spans several items.
     static func histograms(_ keys: UnsafePointer<UInt16>, partitions: Int, elementsPerPartition: Int,
                            pool: ThreadPool, hashing: Bool = false) -> (histograms: [KeyHistogram], hash: UInt64) {
         let work = items(partitions: partitions, elementsPerPartition: elementsPerPartition)
         let singleChunk = elementsPerPartition <= chunk
-        let tables = UnsafeMutablePointer<UnsafeMutablePointer<UInt32>?>.allocate(capacity: work.count)
-        tables.initialize(repeating: nil, count: work.count)
         let result = UnsafeMutablePointer<KeyHistogram>.allocate(capacity: partitions)
         result.initialize(repeating: KeyHistogram(keys: [], counts: []), count: partitions)
         let hashes = UnsafeMutablePointer<UInt64>.allocate(capacity: work.count)
         defer {
-            for i in 0..<work.count { tables[i]?.deallocate() }
-            tables.deallocate()
             result.deinitialize(count: partitions)
             result.deallocate()
             hashes.deallocate()
@@ -148,28 +148,27 @@ enum KeyPasses {
                 }
             }
         } else {
-            pool.parallelFor(work.count) { i in
-                let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
-                t.initialize(repeating: 0, count: 65536)
-                hashes[i] = count(i, into: t)
-                tables[i] = t
-            }
-
-            // Merge the items' tables into each partition's first, in parallel over (partition,
-            // slice of 4096 keys): integer sums, so the order does not matter; no serial O(65,536
-            // x items) section (a per-tensor layer is one partition).
+            // Counts are integers: the items of a partition share min(threads, items) tables
+            // (LaneTables), which are added up per key. One thread: one table, no merge.
             let itemsOf = (0..<partitions).map { p in (0..<work.count).filter { work[$0].partition == p } }
-            let slices = 64, sliceKeys = 65536 / slices
-            pool.parallelFor(partitions * slices) { i in
-                let mine = itemsOf[i / slices]
-                let first = tables[mine[0]]!
-                let lo = (i % slices) * sliceKeys
-                for other in mine.dropFirst() {
-                    let t = tables[other]!
-                    for key in lo..<(lo + sliceKeys) { first[key] &+= t[key] }
+            let lanes = itemsOf.map { mine in
+                LaneTables<UInt32>(count: LaneTables<UInt32>.count(items: mine.count, pool: pool)) {
+                    $0.initialize(repeating: 0, count: 65536)
                 }
             }
-            pool.parallelFor(partitions) { p in result[p] = extract(tables[itemsOf[p][0]]!) }
+            pool.parallelFor(work.count) { i in hashes[i] = lanes[work[i].partition].withTable { count(i, into: $0) } }
+
+            // Merge each partition's tables into its first, in parallel over (partition, slice of
+            // 1024 keys): no serial O(65,536 x tables) section.
+            let slices = 64, sliceKeys = 65536 / slices
+            pool.parallelFor(partitions * slices) { i in
+                let mine = lanes[i / slices].tables
+                let lo = (i % slices) * sliceKeys
+                for t in mine.dropFirst() {
+                    for key in lo..<(lo + sliceKeys) { mine[0][key] &+= t[key] }
+                }
+            }
+            pool.parallelFor(partitions) { p in result[p] = extract(lanes[p].tables[0]) }
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
         return (Array(UnsafeBufferPointer(start: result, count: partitions)), hash)
@@ -303,7 +302,8 @@ enum KeyPasses {
     /// Per partition p and m < slots[p].count: sums[p][m] = the sum of the gradients of the
     /// elements of p whose key is slots[p][m] (every key of p must be among its slots), plus the
     /// keys' hash when `hashing`. Item partials are added in item order, so the result does not
-    /// depend on the thread count.
+    /// depend on the thread count; f16 gradients of partitions that span several items are summed
+    /// exactly in fixed point instead (`f16GradientSums`), any order giving the same sums.
     static func scatterGradients(_ keys: UnsafePointer<UInt16>, slots: [[UInt16]], elementsPerPartition: Int,
                                  pool: ThreadPool, grad: UnsafeRawPointer, gradType: ElementType,
                                  hashing: Bool) -> (sums: [DoubleBuffer], hash: UInt64) {
@@ -318,6 +318,14 @@ enum KeyPasses {
             for i in 0..<work.count { tables[i]?.deallocate() }
             tables.deallocate()
             hashes.deallocate()
+        }
+        func combinedHash() -> UInt64 {
+            hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
+        }
+        if !singleChunk && gradType == .f16,
+           let exact = f16GradientSums(keys, slots: slots, work: work, elementsPerPartition: elementsPerPartition, pool: pool,
+                                       grad: grad.assumingMemoryBound(to: UInt16.self), hashing: hashing, hashes: hashes) {
+            return (exact, combinedHash())
         }
         HalfConversion.f16Table.withUnsafeBufferPointer { f16b in
             let f16 = f16b.baseAddress!
@@ -381,8 +389,7 @@ enum KeyPasses {
                 }
             }
         }
-        let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
-        return (sums, hash)
+        return (sums, combinedHash())
     }
 
     /// Element e of a gradient of dtype `type` as a Double (exact).
