@@ -31,6 +31,7 @@ extension KeyPasses {
                 for key in slots[p] { t[Int(key)] = 0 }
             }
         }
+        defer { withExtendedLifetime(lanes) {} }  // the tables live in `lanes`, read through `used` below
         let largest = UnsafeMutablePointer<UInt16>.allocate(capacity: work.count)
         defer { largest.deallocate() }
         pool.parallelFor(work.count) { i in
@@ -55,10 +56,11 @@ extension KeyPasses {
 
         // Per partition and slice of its slots: the tables' integers added (any order), rounded once.
         let sums = slots.map { DoubleBuffer(zeros: $0.count) }
+        let used = lanes.map(\.used)
         let slices = 64
         pool.parallelFor(partitions * slices) { i in
             let p = i / slices
-            let mySlots = slots[p], tables = lanes[p].tables
+            let mySlots = slots[p], tables = used[p]
             let lo = mySlots.count * (i % slices) / slices, hi = mySlots.count * (i % slices + 1) / slices
             let out = sums[p].pointer
             for m in lo..<hi {

@@ -156,19 +156,21 @@ enum KeyPasses {
                     $0.initialize(repeating: 0, count: 65536)
                 }
             }
+            defer { withExtendedLifetime(lanes) {} }  // the tables live in `lanes`, read through `used` below
             pool.parallelFor(work.count) { i in hashes[i] = lanes[work[i].partition].withTable { count(i, into: $0) } }
 
             // Merge each partition's tables into its first, in parallel over (partition, slice of
             // 1024 keys): no serial O(65,536 x tables) section.
+            let used = lanes.map(\.used)
             let slices = 64, sliceKeys = 65536 / slices
             pool.parallelFor(partitions * slices) { i in
-                let mine = lanes[i / slices].tables
+                let mine = used[i / slices]
                 let lo = (i % slices) * sliceKeys
                 for t in mine.dropFirst() {
                     for key in lo..<(lo + sliceKeys) { mine[0][key] &+= t[key] }
                 }
             }
-            pool.parallelFor(partitions) { p in result[p] = extract(lanes[p].tables[0]) }
+            pool.parallelFor(partitions) { p in result[p] = extract(used[p][0]) }
         }
         let hash = hashing ? ContentHash.combine(Array(UnsafeBufferPointer(start: hashes, count: work.count))) : 0
         return (Array(UnsafeBufferPointer(start: result, count: partitions)), hash)
