@@ -97,6 +97,20 @@ static inline void hash_absorb(__m256i *acc, __m256i *key, __m256i block) {
     *key = _mm256_add_epi64(*key, _mm256_set1_epi64x((long long)HASH_KEY_STEP));
 }
 
+/* The lanes from / to the state array (zeros / nothing when state is NULL: not hashing). */
+__attribute__((target("avx2,f16c,fma")))
+static inline void hash_load(const uint64_t *state, __m256i *acc, __m256i *key) {
+    *acc = state ? _mm256_loadu_si256((const __m256i *)state) : _mm256_setzero_si256();
+    *key = state ? _mm256_loadu_si256((const __m256i *)(state + 4)) : _mm256_setzero_si256();
+}
+
+__attribute__((target("avx2,f16c,fma")))
+static inline void hash_store(uint64_t *state, __m256i acc, __m256i key) {
+    if (!state) return;
+    _mm256_storeu_si256((__m256i *)state, acc);
+    _mm256_storeu_si256((__m256i *)(state + 4), key);
+}
+
 /* The 16-byte half of a block, 8 keys, as two little-endian 64-bit words (keys 0-3 in lo). */
 static inline void load_half(const uint16_t *keys, uint64_t *lo, uint64_t *hi) {
     __builtin_memcpy(lo, keys, 8);
@@ -108,11 +122,8 @@ static inline void load_half(const uint16_t *keys, uint64_t *lo, uint64_t *hi) {
 
 __attribute__((target("avx2,f16c,fma")))
 static void count_keys_avx2(const uint16_t *keys, size_t n, uint32_t *counts, uint64_t *state) {
-    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
-    if (state) {
-        acc = _mm256_loadu_si256((const __m256i *)state);
-        key = _mm256_loadu_si256((const __m256i *)(state + 4));
-    }
+    __m256i acc, key;
+    hash_load(state, &acc, &key);
     for (size_t e = 0; e < n; e += 16) {
         if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
         for (int half = 0; half < 16; half += 8) {
@@ -121,10 +132,7 @@ static void count_keys_avx2(const uint16_t *keys, size_t n, uint32_t *counts, ui
             for (int j = 0; j < 8; j++) counts[BLOCK_KEY(lo, hi, j)] += 1;
         }
     }
-    if (state) {
-        _mm256_storeu_si256((__m256i *)state, acc);
-        _mm256_storeu_si256((__m256i *)(state + 4), key);
-    }
+    hash_store(state, acc, key);
 }
 
 /* The f16/bf16 gradients of 8 elements as float32 (exact). */
@@ -140,11 +148,8 @@ __attribute__((target("avx2,f16c,fma")))
 static void scatter_gradients_avx2(int type, const uint16_t *keys, const void *grad, size_t n, double *sums,
                                    uint64_t *state) {
     float g[16];
-    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
-    if (state) {
-        acc = _mm256_loadu_si256((const __m256i *)state);
-        key = _mm256_loadu_si256((const __m256i *)(state + 4));
-    }
+    __m256i acc, key;
+    hash_load(state, &acc, &key);
     for (size_t e = 0; e < n; e += 16) {
         if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
         _mm256_storeu_ps(g, load_grad8(type, grad, e));
@@ -155,10 +160,7 @@ static void scatter_gradients_avx2(int type, const uint16_t *keys, const void *g
             for (int j = 0; j < 8; j++) sums[BLOCK_KEY(lo, hi, j)] += (double)g[half + j];
         }
     }
-    if (state) {
-        _mm256_storeu_si256((__m256i *)state, acc);
-        _mm256_storeu_si256((__m256i *)(state + 4), key);
-    }
+    hash_store(state, acc, key);
 }
 
 /* sums[keys[e]] += grad[e] in units of 2^-24 (every finite f16 value is a whole number of them,
@@ -174,11 +176,8 @@ static void scatter_f16_units_avx2(const uint16_t *keys, const uint16_t *grad, s
     __m128i largest = _mm_setzero_si128();
     const __m128i magnitude_bits = _mm_set1_epi16(0x7fff);
     const __m256d scale = _mm256_set1_pd(16777216.0), magic = _mm256_set1_pd(6755399441055744.0);
-    __m256i acc = _mm256_setzero_si256(), key = _mm256_setzero_si256();
-    if (state) {
-        acc = _mm256_loadu_si256((const __m256i *)state);
-        key = _mm256_loadu_si256((const __m256i *)(state + 4));
-    }
+    __m256i acc, key;
+    hash_load(state, &acc, &key);
     for (size_t e = 0; e < n; e += 16) {
         if (state) hash_absorb(&acc, &key, _mm256_loadu_si256((const __m256i *)(keys + e)));
         for (int half = 0; half < 16; half += 8) {
@@ -199,10 +198,7 @@ static void scatter_f16_units_avx2(const uint16_t *keys, const uint16_t *grad, s
     _mm_storeu_si128((__m128i *)lanes_max, largest);
     for (int j = 0; j < 8; j++)
         if (lanes_max[j] > *max_magnitude) *max_magnitude = lanes_max[j];
-    if (state) {
-        _mm256_storeu_si256((__m256i *)state, acc);
-        _mm256_storeu_si256((__m256i *)(state + 4), key);
-    }
+    hash_store(state, acc, key);
 }
 
 __attribute__((target("avx2,f16c")))
