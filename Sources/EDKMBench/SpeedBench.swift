@@ -17,6 +17,10 @@ enum SpeedBench {
       --dense-elements N   weights in the dense reference slice (default 262144 = 64 rows of 4096)
       --probe-runs N       bandwidth probe copies (default 7)
       --no-dense           skip the dense reference
+      --full-dense         also time the dense path with the full d = 1 passes on all k centroids per weight
+                           (the dense DKM formulation without the windows): table "window kernels"
+      --scalar-kernels     also time every case with the Swift (SSE2) build of the windowed passes forced
+                           instead of the AVX2 one, and check the results are bit-identical: table "window kernels"
       --no-cases           only the LLaMA-7B decoder layer
       --no-llama           skip the LLaMA-7B decoder layer
       --llama-divisor N    scale the LLaMA layer's extents down by N (smoke runs; default 1)
@@ -33,7 +37,8 @@ enum SpeedBench {
     static func run(_ args: ArraySlice<String>) {
         let o = Options(args, valued: ["--shapes", "--dtypes", "--bits", "--luts", "--threads", "--runs",
                                        "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor", "--scale-free"],
-                        switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help", "--phases"])
+                        switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help", "--phases",
+                                   "--full-dense", "--scalar-kernels"])
         if o.has("--help") { print(usage); return }
         if !o.unknown.isEmpty { fail("speed: unknown arguments \(o.unknown)\n\(usage)") }
         let quick = o.has("--quick")
@@ -58,6 +63,7 @@ enum SpeedBench {
         let denseElements = o.int("--dense-elements", quick ? 16384 : 262_144)
         let probeRuns = o.int("--probe-runs", quick ? 3 : 7)
         let dense = !o.has("--no-dense")
+        let fullDense = o.has("--full-dense"), scalarKernels = o.has("--scalar-kernels")
         let markdown = o.has("--markdown")
         let divisor = max(1, o.int("--llama-divisor", quick ? 16 : 1))
         let scaleFreeTau: Double? = o.string("--scale-free").map { s in
@@ -83,6 +89,7 @@ enum SpeedBench {
 
         var summary: [String] = []
         var phaseReports: [String] = []
+        var kernelTable = KernelTable()
         if !o.has("--no-cases") {
             var table = Table(["shape", "dtype", "bits", "LUT", "dir", "thr", "median ms", "min ms", "GB/s",
                                "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same", "serial f"],
@@ -143,6 +150,12 @@ enum SpeedBench {
                                 let serial = referenceThreads == 1 && nThreads > 1 && reference != nil && same != "ref"
                                     ? amdahlSerialFraction(reference!.totalMedian, t.totalMedian, threads: nThreads) : nil
                                 let d = dense ? densePerWeight(rt, cfg, buffers, elements: denseElements, runs: denseRuns) : nil
+                                if scalarKernels || fullDense {
+                                    let swift = scalarKernels ? KernelTable.scalarSteps(layer, buffers, dtype: dtype.c, initial: initial, runs: runs) : nil
+                                    let full = fullDense ? densePerWeight(rt, cfg, buffers, elements: denseElements, runs: denseRuns,
+                                                                          windowed: false) : nil
+                                    kernelTable.add(cfg, threads: nThreads, t, swift: swift, dense: d, fullDense: full)
+                                }
                                 let pf = probe.seconds(movedBytes: 4 * n, threads: nThreads, runs: probeRuns)
                                 let pb = probe.seconds(movedBytes: 6 * n, threads: nThreads, runs: probeRuns)
                                 let rowsOut: [(String, [Double], Double, Double?, Int)] = [
@@ -177,6 +190,7 @@ enum SpeedBench {
                 }
             }
             print(table.render(markdown: markdown))
+            if scalarKernels || fullDense { print("\n" + kernelTable.render(markdown: markdown)) }
             for r in phaseReports { print("\n" + r) }
             print("""
 

@@ -1,5 +1,6 @@
 import CEDKM
 import EDKMClient
+import EDKMSwift
 
 /// One timed forward + backward configuration of the speed benchmark.
 struct SpeedConfig {
@@ -21,6 +22,9 @@ struct SpeedConfig {
 struct Timing {
     var forward: [Double] = []
     var backward: [Double] = []
+    /// The calling thread's CPU seconds per run, forward + backward (the whole step's work with a
+    /// one-thread runtime, whose items all run on the caller; far less affected by other jobs).
+    var cpu: [Double] = []
     var iterations = 0
     var distinct = 0
     /// Fingerprints of w~ and dL/dw of the last run (to compare thread counts).
@@ -47,15 +51,16 @@ func timeSteps(_ layer: EDKMLayer, _ b: StepBuffers, dtype: edkm_dtype, initial:
     var t = Timing()
     for run in -1..<runs {
         must { try layer.setCentroids(initial) }
-        let t0 = now()
+        let t0 = now(), c0 = threadCPUSeconds()
         var saved = must { try layer.forward(b.weights, dtype, out: b.out, outDtype: dtype, save: true) }
         let t1 = now()
         must { try saved!.backward(gradOutput: b.gradOut, gradInput: b.gradIn, dtype: dtype, weights: b.weights) }
-        let t2 = now()
+        let t2 = now(), c2 = threadCPUSeconds()
         saved = nil
         if run >= 0 {
             t.forward.append(t1 - t0)
             t.backward.append(t2 - t1)
+            t.cpu.append(c2 - c0)
         }
     }
     let s = must { try layer.stats() }
@@ -68,10 +73,15 @@ func timeSteps(_ layer: EDKMLayer, _ b: StepBuffers, dtype: edkm_dtype, initial:
 
 /// The dense path's cost per weight (forward, backward), measured on the first rows of the same
 /// weights (a slice of about `elements` weights whose row count is a multiple of the group size),
-/// with the same dtype, bits, LUT granularity and thread count.
-func densePerWeight(_ runtime: EDKMRuntime, _ cfg: SpeedConfig, _ b: StepBuffers, elements: Int, runs: Int)
-    -> (forward: Double, backward: Double, iterations: Int, rows: Int)
+/// with the same dtype, bits, LUT granularity and thread count. `cpu`: the calling thread's CPU
+/// seconds per weight of a step (fwd + bwd). `windowed: false`: the engine's full d = 1 passes on
+/// all k centroids per weight (the dense DKM formulation before the windows) instead of the windows.
+func densePerWeight(_ runtime: EDKMRuntime, _ cfg: SpeedConfig, _ b: StepBuffers, elements: Int, runs: Int,
+                    windowed: Bool = true)
+    -> (forward: Double, backward: Double, cpu: Double, iterations: Int, rows: Int)
 {
+    WindowKernelSelection.windowed = windowed
+    defer { WindowKernelSelection.windowed = true }
     let unit = max(cfg.groupSize, 1)
     var rows = max(unit, (elements / cfg.cols) / unit * unit)
     rows = min(rows, cfg.rows)
@@ -80,5 +90,5 @@ func densePerWeight(_ runtime: EDKMRuntime, _ cfg: SpeedConfig, _ b: StepBuffers
     must { try layer.initCentroids(b.weights, cfg.dtype.c) }
     let t = timeSteps(layer, b, dtype: cfg.dtype.c, initial: must { try layer.centroids() }, runs: runs)
     let n = Double(layer.count)
-    return (t.forwardMedian / n, t.backwardMedian / n, t.iterations, rows)
+    return (t.forwardMedian / n, t.backwardMedian / n, median(t.cpu) / n, t.iterations, rows)
 }

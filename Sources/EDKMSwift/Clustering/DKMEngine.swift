@@ -41,7 +41,7 @@ struct DKMEngine {
     let pool: ThreadPool
     /// d = 1 passes on centroid windows (the default) or on all k centroids (the reference they
     /// are tested against; both exact to rounding).
-    var windowed = true
+    var windowed = WindowKernelSelection.windowed
 
     /// Blocks a layer's rows should make at least: a per-tensor layer's U of 5k-25k distinct values
     /// then spreads over 64 cores.

@@ -147,6 +147,7 @@ extension SoftKMeansKernel {
     /// iterateScalar4 on windows: acc[j] += z sum n + sum n (A_j - z), acc[k + j] likewise with n u.
     func iterateWindowed(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
                          _ c: UnsafePointer<Double>, _ acc: UnsafeMutablePointer<Double>) -> (Int, Double) {
+        if let done = avx2Iterate(values, counts, count, c, acc) { return done }
         let rows = count & ~3
         if rows == 0 { return (0, 0) }
         var inertia = V4(repeating: 0)
@@ -185,6 +186,7 @@ extension SoftKMeansKernel {
     func outputWindowed(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,
                         _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
                         _ f: UnsafeMutablePointer<Double>) -> (Int, Double) {
+        if let done = avx2Output(values, counts, count, cPrev, cLast, f) { return done }
         let rows = count & ~3
         if rows == 0 { return (0, 0) }
         var entropy = V4(repeating: 0)
@@ -217,6 +219,7 @@ extension SoftKMeansKernel {
     func backwardLastWindowed(_ values: UnsafePointer<Double>, _ G: UnsafePointer<Double>, _ count: Int,
                               _ cPrev: UnsafePointer<Double>, _ cLast: UnsafePointer<Double>,
                               _ last: UnsafeMutablePointer<Double>, _ acc: UnsafeMutablePointer<Double>) -> Int {
+        if let done = avx2BackwardLast(values, G, count, cPrev, cLast, last, acc) { return done }
         let rows = count & ~3
         if rows == 0 { return 0 }
         withCentroidOrder(cPrev) { order, window in
@@ -263,6 +266,7 @@ extension SoftKMeansKernel {
                                    _ ct: UnsafePointer<Double>, _ cn: UnsafePointer<Double>, _ pbar: UnsafePointer<Double>,
                                    _ r: UnsafeMutablePointer<Double>, _ acc: UnsafeMutablePointer<Double>,
                                    accumulate: Bool) -> Int {
+        if let done = avx2BackwardIteration(values, counts, count, ct, cn, pbar, r, acc, accumulate: accumulate) { return done }
         let rows = count & ~3
         if rows == 0 { return 0 }
         var pSum = 0.0

@@ -1,0 +1,495 @@
+/* The d = 1 windowed DKM passes (Sources/EDKMSwift/Clustering/Kernels/SoftKMeansKernel+Window.swift,
+ * docs/windowed-dkm.md) built for AVX2 and selected at run time.
+ *
+ * Swift's x86-64 baseline is SSE2, so the Swift passes' SIMD4<Double> lanes take two registers and
+ * two instructions per operation; here one __m256d holds the four rows. The lanes are the same four
+ * consecutive rows, every lane sees the same operations in the same order (no FP contraction: this
+ * file is compiled without FMA and with contraction off), the window of each four rows is chosen by
+ * the same comparisons, e^x is VectorMath.exp's polynomial operation for operation, the entropy's
+ * logarithm is the same libm log per lane, and the lane sums are reduced as SIMD4.sum() does (lane 0
+ * to 3 in order): the results are bit-identical to the Swift passes
+ * (Tests/EDKMSwiftTests/WindowKernelDispatchTests.swift checks every pass both ways). */
+#include "edkm_window_kernels.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#pragma STDC FP_CONTRACT OFF
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+
+static int force_scalar = 0;
+
+void edkm_window_kernels_force_scalar(int on) { force_scalar = on; }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+/* AVX2 present and EDKM_WINDOW_KERNELS is not "scalar" (read once). */
+static int avx2_selected(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        const char *env = getenv("EDKM_WINDOW_KERNELS");
+        cached = __builtin_cpu_supports("avx2") && !(env && strcmp(env, "scalar") == 0);
+    }
+    return cached;
+}
+
+int edkm_window_kernels_available(void) { return !force_scalar && avx2_selected(); }
+
+#define TARGET __attribute__((target("avx2")))
+typedef __m256d v4;
+
+/* Softmax terms with x_j < -WINDOW_CUT are dropped (SoftKMeansKernel.windowCut). */
+#define WINDOW_CUT 50.0
+#define MAX_K 256
+
+TARGET static inline v4 splat(double x) { return _mm256_set1_pd(x); }
+TARGET static inline v4 zero4(void) { return _mm256_setzero_pd(); }
+/* a where the mask is clear, b where it is set (SIMD4.replacing(with: b, where: mask)). */
+TARGET static inline v4 pick(v4 a, v4 b, v4 mask) { return _mm256_blendv_pd(a, b, mask); }
+TARGET static inline v4 less(v4 a, v4 b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+/* SIMD4<Double>.sum(): -0 + lane 0 + lane 1 + lane 2 + lane 3, in that order. */
+TARGET static inline double lane_sum(v4 a) {
+    double l[4];
+    _mm256_storeu_pd(l, a);
+    double s = -0.0;
+    for (int i = 0; i < 4; i++) s += l[i];
+    return s;
+}
+
+/* VectorMath.exp, operation for operation: Cody-Waite reduction, degree-13 Taylor polynomial in
+ * Horner form, scaling by 2^n through the exponent bits; 0 below -708. The reduction and the
+ * scaling are split out so that two exps can interleave their Horner chains (`exp4x2`): the chain
+ * of 13 dependent multiply-adds is what limits one exp. */
+static const double exp_log2e = 1.4426950408889634;
+static const double exp_ln2Hi = 6.93147180369123816490e-01;
+static const double exp_ln2Lo = 1.90821492927058770002e-10;
+static const double exp_shifter = 0x1.8p52;
+/* The Horner coefficients after the leading 1/13!: 1/12!, ..., 1/2!, 1, 1. */
+static const double exp_coefficients[13] = {
+    1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+    1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,      1.0 / 6.0,      0.5,           1.0,
+    1.0,
+};
+
+/* x = n ln2 + r: returns r, and in *t the shifted n (n sits in its low bits). */
+TARGET static inline v4 exp_reduce(v4 x, v4 *t) {
+    v4 clamped = pick(x, splat(-708), less(x, splat(-708)));
+    clamped = pick(clamped, splat(709), _mm256_cmp_pd(clamped, splat(709), _CMP_GT_OQ));
+    *t = _mm256_add_pd(_mm256_mul_pd(clamped, splat(exp_log2e)), splat(exp_shifter));
+    v4 n = _mm256_sub_pd(*t, splat(exp_shifter));
+    return _mm256_sub_pd(_mm256_sub_pd(clamped, _mm256_mul_pd(n, splat(exp_ln2Hi))), _mm256_mul_pd(n, splat(exp_ln2Lo)));
+}
+
+/* p(r) 2^n, 0 where x < -708. */
+TARGET static inline v4 exp_scale(v4 x, v4 t, v4 p) {
+    __m256i ni = _mm256_sub_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x((long long)0x4338000000000000LL));
+    v4 scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
+    v4 result = _mm256_mul_pd(p, scale);
+    return pick(result, zero4(), less(x, splat(-708)));
+}
+
+TARGET static inline v4 exp4(v4 x) {
+    v4 t, r = exp_reduce(x, &t);
+    v4 p = splat(1.0 / 6227020800.0);
+    for (int i = 0; i < 13; i++) p = _mm256_add_pd(_mm256_mul_pd(p, r), splat(exp_coefficients[i]));
+    return exp_scale(x, t, p);
+}
+
+/* exp4 of two vectors, their Horner chains interleaved (each lane's operations unchanged). */
+TARGET static inline void exp4x2(v4 x0, v4 x1, v4 *e0, v4 *e1) {
+    v4 t0, t1, r0 = exp_reduce(x0, &t0), r1 = exp_reduce(x1, &t1);
+    v4 p0 = splat(1.0 / 6227020800.0), p1 = p0;
+    for (int i = 0; i < 13; i++) {
+        p0 = _mm256_add_pd(_mm256_mul_pd(p0, r0), splat(exp_coefficients[i]));
+        p1 = _mm256_add_pd(_mm256_mul_pd(p1, r1), splat(exp_coefficients[i]));
+    }
+    *e0 = exp_scale(x0, t0, p0);
+    *e1 = exp_scale(x1, t1, p1);
+}
+
+/* The centroids in ascending order with their indices (SoftKMeansKernel.CentroidOrder). */
+typedef struct {
+    double sorted[MAX_K];
+    long index[MAX_K];
+    long position0;
+} centroid_order;
+
+/* Insertion sort by (value, index), as withCentroidOrder. */
+static void sort_centroids(const double *c, long k, centroid_order *o) {
+    for (long j = 0; j < k; j++) {
+        long q = j;
+        while (q > 0 && (c[o->index[q - 1]] > c[j] || (c[o->index[q - 1]] == c[j] && o->index[q - 1] > j))) {
+            o->index[q] = o->index[q - 1];
+            q--;
+        }
+        o->index[q] = j;
+    }
+    o->position0 = 0;
+    for (long q = 0; q < k; q++) {
+        o->sorted[q] = c[o->index[q]];
+        if (o->index[q] == 0) o->position0 = q;
+    }
+}
+
+/* Swift.min / Swift.max on Double (y < x ? y : x, y >= x ? y : x). */
+static inline double swift_min(double x, double y) { return y < x ? y : x; }
+static inline double swift_max(double x, double y) { return y >= x ? y : x; }
+
+/* First position q with sorted[q] >= x (k if none), for ascending sorted without NaN (the same
+ * position as the Swift passes' binary search). Branch-free: the rows' positions are random to the
+ * branch predictor, and a mispredicted step costs more than the comparison. */
+static inline long lower_bound(const double *sorted, long k, double x) {
+    const double *base = sorted;
+    long n = k;
+    while (n > 1) {
+        long half = n >> 1;
+        base = base[half - 1] < x ? base + half : base;
+        n -= half;
+    }
+    return (base - sorted) + (n == 1 && *base < x);
+}
+
+/* min (x - sorted[q])^2 over q != excluded (SoftKMeansKernel.nearestSquaredDistance). */
+static inline double nearest_excluding(double x, const centroid_order *o, long k, long excluded) {
+    long lo = lower_bound(o->sorted, k, x);
+    double best = INFINITY;
+    long end = lo + 2 < k ? lo + 2 : k;
+    for (long q = lo - 2 > 0 ? lo - 2 : 0; q < end; q++) {
+        if (q == excluded) continue;
+        double diff = x - o->sorted[q];
+        best = swift_min(best, diff * diff);
+    }
+    return best;
+}
+
+/* min_j (x - c_j)^2 for ascending c (DKMEngine.nearestSquaredDistance(_:sorted:)). */
+static inline double nearest_sorted(double x, const double *c, long k) {
+    long lo = lower_bound(c, k, x);
+    double best = INFINITY;
+    if (lo < k) best = (c[lo] - x) * (c[lo] - x);
+    if (lo > 0) best = swift_min(best, (x - c[lo - 1]) * (x - c[lo - 1]));
+    return best;
+}
+
+/* SoftKMeansKernel.window4: the indices of the centroids that can matter for any of the rows
+ * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. */
+static long window4(const edkm_window_params *p, const double *u, const centroid_order *o, double c0, long *window) {
+    const long k = p->k;
+    double left = INFINITY, right = -INFINITY;
+    const double reach = WINDOW_CUT * p->tau;
+    for (int l = 0; l < 4; l++) {
+        double x = u[l], minD;
+        if (p->keep_sparsity && x != 0) {
+            minD = swift_min(nearest_excluding(x, o, k, o->position0), p->zero_distance);
+        } else {
+            double near = nearest_sorted(x, o->sorted, k);
+            minD = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
+        }
+        double radius = sqrt(minD + reach) * (1 + 0x1p-30);
+        if (isnan(radius)) continue;
+        left = swift_min(left, x - radius);
+        right = swift_max(right, x + radius);
+    }
+    long count = 0;
+    if (left <= right) {
+        long lo = lower_bound(o->sorted, k, left);
+        long hi = lower_bound(o->sorted, k, right);
+        while (hi < k && o->sorted[hi] <= right) hi++;
+        for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
+        if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
+    } else {
+        window[0] = 0;
+        count = 1;
+    }
+    return count;
+}
+
+/* softmax4 on a window: s[q] for centroid window[q], the normaliser over the window; returns
+ * min_j D_j. With `entropy`, writes the rows' entropy ln(sum) - sum_q s_q x_q. */
+TARGET static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const double *c, const long *window, long w,
+                                        v4 *s, v4 *entropy) {
+    v4 minD = splat(INFINITY);
+    const v4 nonzero = _mm256_cmp_pd(u, zero4(), _CMP_NEQ_UQ);
+    for (long q = 0; q < w; q++) {
+        long j = window[q];
+        v4 diff = _mm256_sub_pd(u, splat(c[j]));
+        v4 dist = _mm256_mul_pd(diff, diff);
+        if (j == 0) {
+            if (p->keep_sparsity) dist = pick(dist, splat(p->zero_distance), nonzero);
+            else dist = _mm256_sub_pd(dist, splat(p->prune_threshold));
+        }
+        s[q] = dist;
+        minD = pick(minD, dist, less(dist, minD));
+    }
+    const v4 invTau = splat(1 / p->tau);
+    v4 sum = zero4(), weighted = zero4();
+    long q = 0;
+    for (; q + 2 <= w; q += 2) {  /* two exps at a time; the sums still add term q, then q + 1 */
+        v4 x0 = _mm256_mul_pd(_mm256_sub_pd(minD, s[q]), invTau), x1 = _mm256_mul_pd(_mm256_sub_pd(minD, s[q + 1]), invTau);
+        v4 e0, e1;
+        exp4x2(x0, x1, &e0, &e1);
+        s[q] = e0;
+        s[q + 1] = e1;
+        sum = _mm256_add_pd(_mm256_add_pd(sum, e0), e1);
+        if (entropy) {
+            weighted = _mm256_add_pd(weighted, pick(_mm256_mul_pd(e0, x0), zero4(), _mm256_cmp_pd(e0, zero4(), _CMP_EQ_OQ)));
+            weighted = _mm256_add_pd(weighted, pick(_mm256_mul_pd(e1, x1), zero4(), _mm256_cmp_pd(e1, zero4(), _CMP_EQ_OQ)));
+        }
+    }
+    for (; q < w; q++) {
+        v4 x = _mm256_mul_pd(_mm256_sub_pd(minD, s[q]), invTau);
+        v4 e = exp4(x);
+        s[q] = e;
+        sum = _mm256_add_pd(sum, e);
+        if (entropy) weighted = _mm256_add_pd(weighted, pick(_mm256_mul_pd(e, x), zero4(), _mm256_cmp_pd(e, zero4(), _CMP_EQ_OQ)));
+    }
+    v4 inv = _mm256_div_pd(splat(1), sum);
+    for (long q = 0; q < w; q++) s[q] = _mm256_mul_pd(s[q], inv);
+    if (entropy) {
+        double l[4];
+        _mm256_storeu_pd(l, sum);
+        v4 logs = _mm256_setr_pd(log(l[0]), log(l[1]), log(l[2]), log(l[3]));
+        *entropy = _mm256_sub_pd(logs, _mm256_mul_pd(weighted, inv));
+    }
+    return minD;
+}
+
+/* max(s - z, 0): the attention above its clamp. */
+TARGET static inline v4 excess4(v4 s, double z) {
+    v4 e = _mm256_sub_pd(s, splat(z));
+    return pick(e, zero4(), less(e, zero4()));
+}
+
+/* A term of centroid j's distance adjoint: zero in the lanes where keep-sparsity makes D_0 a
+ * constant (j = 0, nonzero u). */
+TARGET static inline v4 distance_adjoint4(const edkm_window_params *p, v4 term, v4 u, long j) {
+    if (j == 0 && p->keep_sparsity) return pick(term, zero4(), _mm256_cmp_pd(u, zero4(), _CMP_NEQ_UQ));
+    return term;
+}
+
+/* In place x <- J(x) on the first `count` window entries (SoftKMeansKernel.softmaxVJP4). */
+TARGET static inline void softmax_vjp4(const edkm_window_params *p, const v4 *s, v4 *x, long count) {
+    v4 dot = zero4();
+    const v4 z = splat(p->zero_threshold);
+    for (long j = 0; j < count; j++) {
+        v4 sx = pick(_mm256_mul_pd(s[j], x[j]), zero4(), less(s[j], z));
+        dot = _mm256_add_pd(dot, sx);
+    }
+    const v4 scale = splat(-1 / p->tau);
+    for (long j = 0; j < count; j++) {
+        v4 masked = pick(x[j], zero4(), less(s[j], z));
+        x[j] = _mm256_mul_pd(_mm256_mul_pd(scale, s[j]), _mm256_sub_pd(masked, dot));
+    }
+}
+
+TARGET static inline v4 counts4(const double *counts, long m) {
+    return counts ? _mm256_loadu_pd(counts + m) : splat(1);
+}
+
+static int usable(const edkm_window_params *p) { return p->k >= 1 && p->k <= MAX_K && edkm_window_kernels_available(); }
+
+TARGET static long iterate_avx2(const edkm_window_params *p, const double *values, const double *counts, long count,
+                                const double *c, double *acc, double *inertiaOut) {
+    const long k = p->k, rows = count & ~3L;
+    const double z = p->zero_threshold;
+    *inertiaOut = 0;
+    if (rows == 0) return 0;
+    centroid_order order;
+    sort_centroids(c, k, &order);
+    long window[MAX_K + 1];
+    v4 sumS[k], sumP[k], s[k + 1];
+    for (long j = 0; j < k; j++) sumS[j] = sumP[j] = zero4();
+    v4 inertia = zero4(), totalN = zero4(), totalNU = zero4();
+    for (long m = 0; m < rows; m += 4) {
+        v4 u = _mm256_loadu_pd(values + m), n = counts4(counts, m);
+        long w = window4(p, values + m, &order, c[0], window);
+        inertia = _mm256_add_pd(inertia, _mm256_mul_pd(n, window_softmax4(p, u, c, window, w, s, NULL)));
+        totalN = _mm256_add_pd(totalN, n);
+        totalNU = _mm256_add_pd(totalNU, _mm256_mul_pd(n, u));
+        for (long q = 0; q < w; q++) {
+            long j = window[q];
+            v4 a = _mm256_mul_pd(n, excess4(s[q], z));
+            sumS[j] = _mm256_add_pd(sumS[j], a);
+            sumP[j] = _mm256_add_pd(sumP[j], _mm256_mul_pd(a, u));
+        }
+    }
+    double zN = z * lane_sum(totalN), zNU = z * lane_sum(totalNU);
+    for (long j = 0; j < k; j++) {
+        acc[j] += lane_sum(sumS[j]) + zN;
+        acc[k + j] += lane_sum(sumP[j]) + zNU;
+    }
+    *inertiaOut = lane_sum(inertia);
+    return rows;
+}
+
+TARGET static long output_avx2(const edkm_window_params *p, const double *values, const double *counts, long count,
+                               const double *cPrev, const double *cLast, double *f, double *entropyOut) {
+    const long k = p->k, rows = count & ~3L;
+    const double z = p->zero_threshold;
+    *entropyOut = 0;
+    if (rows == 0) return 0;
+    double cSum = 0;
+    for (long j = 0; j < k; j++) cSum += cLast[j];
+    const v4 zc = splat(z * cSum);
+    centroid_order order;
+    sort_centroids(cPrev, k, &order);
+    long window[MAX_K + 1];
+    v4 s[k + 1];
+    v4 entropy = zero4(), h = zero4();
+    for (long m = 0; m < rows; m += 4) {
+        v4 u = _mm256_loadu_pd(values + m);
+        long w = window4(p, values + m, &order, cPrev[0], window);
+        (void)window_softmax4(p, u, cPrev, window, w, s, &h);
+        entropy = _mm256_add_pd(entropy, _mm256_mul_pd(counts4(counts, m), h));
+        v4 out = zero4();
+        for (long q = 0; q < w; q++) out = _mm256_add_pd(out, _mm256_mul_pd(excess4(s[q], z), splat(cLast[window[q]])));
+        out = _mm256_add_pd(out, zc);
+        _mm256_storeu_pd(f + m, out);
+    }
+    *entropyOut = lane_sum(entropy);
+    return rows;
+}
+
+TARGET static long backward_last_avx2(const edkm_window_params *p, const double *values, const double *G, long count,
+                                      const double *cPrev, const double *cLast, double *last, double *acc) {
+    const long k = p->k, rows = count & ~3L;
+    const double z = p->zero_threshold;
+    if (rows == 0) return 0;
+    centroid_order order;
+    sort_centroids(cPrev, k, &order);
+    long window[MAX_K + 1];
+    v4 cbar[k], extra[k], s[k + 1], x[k + 1];
+    for (long j = 0; j < k; j++) cbar[j] = extra[j] = zero4();
+    v4 totalG = zero4();
+    const v4 two = splat(2);
+    for (long m = 0; m < rows; m += 4) {
+        v4 u = _mm256_loadu_pd(values + m), g = _mm256_loadu_pd(G + m);
+        long w = window4(p, values + m, &order, cPrev[0], window);
+        (void)window_softmax4(p, u, cPrev, window, w, s, NULL);
+        totalG = _mm256_add_pd(totalG, g);
+        for (long q = 0; q < w; q++) {
+            long j = window[q];
+            cbar[j] = _mm256_add_pd(cbar[j], _mm256_mul_pd(excess4(s[q], z), g));
+            x[q] = splat(cLast[j]);
+        }
+        softmax_vjp4(p, s, x, w);
+        v4 h = zero4();
+        for (long q = 0; q < w; q++) {
+            long j = window[q];
+            v4 term = _mm256_mul_pd(_mm256_mul_pd(two, _mm256_sub_pd(u, splat(cPrev[j]))), x[q]);
+            v4 ea = distance_adjoint4(p, term, u, j);
+            h = _mm256_add_pd(h, ea);
+            extra[j] = _mm256_sub_pd(extra[j], _mm256_mul_pd(g, ea));
+        }
+        _mm256_storeu_pd(last + m, h);
+    }
+    double zG = z * lane_sum(totalG);
+    for (long j = 0; j < k; j++) {
+        acc[j] += lane_sum(cbar[j]) + zG;
+        acc[k + j] += lane_sum(extra[j]);
+    }
+    return rows;
+}
+
+TARGET static long backward_iteration_avx2(const edkm_window_params *p, const double *values, const double *counts,
+                                           long count, const double *ct, const double *cn, const double *pbar, double *r,
+                                           double *acc, int accumulate) {
+    const long k = p->k, rows = count & ~3L;
+    const double z = p->zero_threshold;
+    if (rows == 0) return 0;
+    double pSum = 0;
+    for (long j = 0; j < k; j++) pSum += pbar[j];
+    const v4 zp = splat(z * pSum);
+    centroid_order order;
+    sort_centroids(ct, k, &order);
+    long window[MAX_K + 1];
+    v4 cbar[k], s[k + 1], q[k + 1];
+    for (long j = 0; j < k; j++) cbar[j] = zero4();
+    const v4 two = splat(2);
+    for (long m = 0; m < rows; m += 4) {
+        v4 u = _mm256_loadu_pd(values + m);
+        long w = window4(p, values + m, &order, ct[0], window);
+        (void)window_softmax4(p, u, ct, window, w, s, NULL);
+        v4 rr = _mm256_add_pd(_mm256_loadu_pd(r + m), zp);
+        for (long i = 0; i < w; i++) {
+            long j = window[i];
+            rr = _mm256_add_pd(rr, _mm256_mul_pd(excess4(s[i], z), splat(pbar[j])));
+            q[i] = _mm256_mul_pd(_mm256_sub_pd(u, splat(cn[j])), splat(pbar[j]));
+        }
+        softmax_vjp4(p, s, q, w);
+        v4 n = counts4(counts, m);
+        for (long i = 0; i < w; i++) {
+            long j = window[i];
+            v4 term = _mm256_mul_pd(_mm256_mul_pd(two, _mm256_sub_pd(u, splat(ct[j]))), q[i]);
+            v4 ee = distance_adjoint4(p, term, u, j);
+            rr = _mm256_add_pd(rr, ee);
+            if (accumulate) cbar[j] = _mm256_sub_pd(cbar[j], _mm256_mul_pd(n, ee));
+        }
+        _mm256_storeu_pd(r + m, rr);
+    }
+    if (accumulate) for (long j = 0; j < k; j++) acc[j] += lane_sum(cbar[j]);
+    return rows;
+}
+
+TARGET static void exp4_avx2(const double *x, double *out) { _mm256_storeu_pd(out, exp4(_mm256_loadu_pd(x))); }
+
+long edkm_window_iterate(const edkm_window_params *p, const double *values, const double *counts, long count,
+                         const double *c, double *acc, double *inertia) {
+    return usable(p) ? iterate_avx2(p, values, counts, count, c, acc, inertia) : -1;
+}
+
+long edkm_window_output(const edkm_window_params *p, const double *values, const double *counts, long count,
+                        const double *cPrev, const double *cLast, double *f, double *entropy) {
+    return usable(p) ? output_avx2(p, values, counts, count, cPrev, cLast, f, entropy) : -1;
+}
+
+long edkm_window_backward_last(const edkm_window_params *p, const double *values, const double *G, long count,
+                               const double *cPrev, const double *cLast, double *last, double *acc) {
+    return usable(p) ? backward_last_avx2(p, values, G, count, cPrev, cLast, last, acc) : -1;
+}
+
+long edkm_window_backward_iteration(const edkm_window_params *p, const double *values, const double *counts, long count,
+                                    const double *ct, const double *cn, const double *pbar, double *r, double *acc,
+                                    int accumulate) {
+    return usable(p) ? backward_iteration_avx2(p, values, counts, count, ct, cn, pbar, r, acc, accumulate) : -1;
+}
+
+int edkm_window_exp4(const double *x, double *out) {
+    if (!avx2_selected()) return 0;
+    exp4_avx2(x, out);
+    return 1;
+}
+
+#else /* not x86-64: the Swift passes run */
+
+int edkm_window_kernels_available(void) { return 0; }
+long edkm_window_iterate(const edkm_window_params *p, const double *values, const double *counts, long count,
+                         const double *c, double *acc, double *inertia) {
+    (void)p; (void)values; (void)counts; (void)count; (void)c; (void)acc; (void)inertia;
+    return -1;
+}
+long edkm_window_output(const edkm_window_params *p, const double *values, const double *counts, long count,
+                        const double *cPrev, const double *cLast, double *f, double *entropy) {
+    (void)p; (void)values; (void)counts; (void)count; (void)cPrev; (void)cLast; (void)f; (void)entropy;
+    return -1;
+}
+long edkm_window_backward_last(const edkm_window_params *p, const double *values, const double *G, long count,
+                               const double *cPrev, const double *cLast, double *last, double *acc) {
+    (void)p; (void)values; (void)G; (void)count; (void)cPrev; (void)cLast; (void)last; (void)acc;
+    return -1;
+}
+long edkm_window_backward_iteration(const edkm_window_params *p, const double *values, const double *counts, long count,
+                                    const double *ct, const double *cn, const double *pbar, double *r, double *acc,
+                                    int accumulate) {
+    (void)p; (void)values; (void)counts; (void)count; (void)ct; (void)cn; (void)pbar; (void)r; (void)acc; (void)accumulate;
+    return -1;
+}
+int edkm_window_exp4(const double *x, double *out) {
+    (void)x; (void)out;
+    return 0;
+}
+#endif
