@@ -176,23 +176,29 @@ static inline double nearest_sorted(double x, const double *c, long k) {
 }
 
 /* SoftKMeansKernel.window4: the indices of the centroids that can matter for any of the rows
- * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. */
-static long window4(const edkm_window_params *p, const double *u, const centroid_order *o, double c0, long *window) {
+ * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The four
+ * radii take one vector square root (correctly rounded, as the scalar one). */
+TARGET static long window4(const edkm_window_params *p, const double *u, const centroid_order *o, double c0, long *window) {
     const long k = p->k;
     double left = INFINITY, right = -INFINITY;
     const double reach = WINDOW_CUT * p->tau;
+    double minD[4], radius[4];
     for (int l = 0; l < 4; l++) {
-        double x = u[l], minD;
+        double x = u[l];
         if (p->keep_sparsity && x != 0) {
-            minD = swift_min(nearest_excluding(x, o, k, o->position0), p->zero_distance);
+            minD[l] = swift_min(nearest_excluding(x, o, k, o->position0), p->zero_distance);
         } else {
             double near = nearest_sorted(x, o->sorted, k);
-            minD = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
+            minD[l] = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
         }
-        double radius = sqrt(minD + reach) * (1 + 0x1p-30);
-        if (isnan(radius)) continue;
-        left = swift_min(left, x - radius);
-        right = swift_max(right, x + radius);
+    }
+    _mm256_storeu_pd(radius, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(_mm256_loadu_pd(minD), splat(reach))),
+                                           splat(1 + 0x1p-30)));
+    for (int l = 0; l < 4; l++) {
+        double x = u[l];
+        if (isnan(radius[l])) continue;
+        left = swift_min(left, x - radius[l]);
+        right = swift_max(right, x + radius[l]);
     }
     long count = 0;
     if (left <= right) {
