@@ -25,6 +25,9 @@ import Glibc
 /// Against the full passes (`SoftKMeansKernel+Scalar4`), the sums differ only in summation order,
 /// in the z-decomposition and in dropped terms below e^{-cut} relative: rounding (tests state 1e-12
 /// relative on the centroids, 1e-10 on gradients).
+///
+/// On a CPU with AVX2 each pass hands its rows to the C build of the same pass
+/// (`SoftKMeansKernel+WindowAVX2`, `Sources/EDKMSupport/window_kernels.c`), bit-identical to this code.
 extension SoftKMeansKernel {
     /// Softmax terms with x_j < -windowCut are dropped.
     static let windowCut = 50.0
