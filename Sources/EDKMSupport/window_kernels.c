@@ -175,14 +175,12 @@ static inline double nearest_sorted(double x, const double *c, long k) {
     return best;
 }
 
-/* SoftKMeansKernel.window4: the indices of the centroids that can matter for any of the rows
- * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The four
- * radii take one vector square root (correctly rounded, as the scalar one). */
-TARGET static long window4(const edkm_window_params *p, const double *u, const centroid_order *o, double c0, long *window) {
+/* The first half of SoftKMeansKernel.window4 for the rows u[0..3]: each row's radius
+ * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. The four radii take one vector
+ * square root (correctly rounded, as the scalar one). */
+TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
     const long k = p->k;
-    double left = INFINITY, right = -INFINITY;
-    const double reach = WINDOW_CUT * p->tau;
-    double minD[4], radius[4];
+    double minD[4];
     for (int l = 0; l < 4; l++) {
         double x = u[l];
         if (p->keep_sparsity && x != 0) {
@@ -192,8 +190,17 @@ TARGET static long window4(const edkm_window_params *p, const double *u, const c
             minD[l] = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
         }
     }
-    _mm256_storeu_pd(radius, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(_mm256_loadu_pd(minD), splat(reach))),
-                                           splat(1 + 0x1p-30)));
+    return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(_mm256_loadu_pd(minD), splat(WINDOW_CUT * p->tau))),
+                         splat(1 + 0x1p-30));
+}
+
+/* The second half of window4: the indices of the centroids within the radii of any of the rows
+ * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. */
+TARGET static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
+                                            const centroid_order *o, long *window) {
+    const long k = p->k;
+    double left = INFINITY, right = -INFINITY, radius[4];
+    _mm256_storeu_pd(radius, radii);
     for (int l = 0; l < 4; l++) {
         double x = u[l];
         if (isnan(radius[l])) continue;
@@ -212,6 +219,34 @@ TARGET static long window4(const edkm_window_params *p, const double *u, const c
         count = 1;
     }
     return count;
+}
+
+/* The windows of a block's groups of four rows in order, the radii of the next group computed
+ * one group ahead: its square root's latency then overlaps the current group's softmax. */
+typedef struct {
+    const edkm_window_params *p;
+    const double *values;
+    long rows;
+    const centroid_order *order;
+    double c0;
+    v4 next;
+} window_stream;
+
+TARGET static inline void window_stream_start(window_stream *s, const edkm_window_params *p, const double *values, long rows,
+                                              const centroid_order *order, double c0) {
+    s->p = p;
+    s->values = values;
+    s->rows = rows;
+    s->order = order;
+    s->c0 = c0;
+    s->next = rows > 0 ? window_radii(p, values, order, c0) : zero4();
+}
+
+/* The window of rows m ... m + 3 (m = 0, 4, 8, ... in turn). */
+TARGET static inline long window_stream_next(window_stream *s, long m, long *window) {
+    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window);
+    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0);
+    return w;
 }
 
 /* softmax4 on a window: s[q] for centroid window[q], the normaliser over the window; returns
@@ -307,12 +342,14 @@ TARGET static long iterate_avx2(const edkm_window_params *p, const double *value
     centroid_order order;
     sort_centroids(c, k, &order);
     long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, c[0]);
     v4 sumS[k], sumP[k], s[k + 1];
     for (long j = 0; j < k; j++) sumS[j] = sumP[j] = zero4();
     v4 inertia = zero4(), totalN = zero4(), totalNU = zero4();
     for (long m = 0; m < rows; m += 4) {
         v4 u = _mm256_loadu_pd(values + m), n = counts4(counts, m);
-        long w = window4(p, values + m, &order, c[0], window);
+        long w = window_stream_next(&stream, m, window);
         inertia = _mm256_add_pd(inertia, _mm256_mul_pd(n, window_softmax4(p, u, c, window, w, s, NULL)));
         totalN = _mm256_add_pd(totalN, n);
         totalNU = _mm256_add_pd(totalNU, _mm256_mul_pd(n, u));
@@ -344,11 +381,13 @@ TARGET static long output_avx2(const edkm_window_params *p, const double *values
     centroid_order order;
     sort_centroids(cPrev, k, &order);
     long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, cPrev[0]);
     v4 s[k + 1];
     v4 entropy = zero4(), h = zero4();
     for (long m = 0; m < rows; m += 4) {
         v4 u = _mm256_loadu_pd(values + m);
-        long w = window4(p, values + m, &order, cPrev[0], window);
+        long w = window_stream_next(&stream, m, window);
         (void)window_softmax4(p, u, cPrev, window, w, s, &h);
         entropy = _mm256_add_pd(entropy, _mm256_mul_pd(counts4(counts, m), h));
         v4 out = zero4();
@@ -368,13 +407,15 @@ TARGET static long backward_last_avx2(const edkm_window_params *p, const double 
     centroid_order order;
     sort_centroids(cPrev, k, &order);
     long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, cPrev[0]);
     v4 cbar[k], extra[k], s[k + 1], x[k + 1];
     for (long j = 0; j < k; j++) cbar[j] = extra[j] = zero4();
     v4 totalG = zero4();
     const v4 two = splat(2);
     for (long m = 0; m < rows; m += 4) {
         v4 u = _mm256_loadu_pd(values + m), g = _mm256_loadu_pd(G + m);
-        long w = window4(p, values + m, &order, cPrev[0], window);
+        long w = window_stream_next(&stream, m, window);
         (void)window_softmax4(p, u, cPrev, window, w, s, NULL);
         totalG = _mm256_add_pd(totalG, g);
         for (long q = 0; q < w; q++) {
@@ -413,12 +454,14 @@ TARGET static long backward_iteration_avx2(const edkm_window_params *p, const do
     centroid_order order;
     sort_centroids(ct, k, &order);
     long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, ct[0]);
     v4 cbar[k], s[k + 1], q[k + 1];
     for (long j = 0; j < k; j++) cbar[j] = zero4();
     const v4 two = splat(2);
     for (long m = 0; m < rows; m += 4) {
         v4 u = _mm256_loadu_pd(values + m);
-        long w = window4(p, values + m, &order, ct[0], window);
+        long w = window_stream_next(&stream, m, window);
         (void)window_softmax4(p, u, ct, window, w, s, NULL);
         v4 rr = _mm256_add_pd(_mm256_loadu_pd(r + m), zp);
         for (long i = 0; i < w; i++) {
