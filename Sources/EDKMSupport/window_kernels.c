@@ -175,11 +175,40 @@ static inline double nearest_sorted(double x, const double *c, long k) {
     return best;
 }
 
+/* Up to this many centroids, the rows' nearest squared distances come from a scan of all k (four
+ * rows per instruction, no dependent loads) instead of four binary searches. */
+#define SCAN_K 32
+
+/* min over all centroids of (u - c_j)^2 and over those but centroid 0, for four rows: the same
+ * values as the binary searches' neighbours give (x - c rounds monotonically in c, so the nearest
+ * centroid in value has the smallest rounded square; the minimum of a set does not depend on the
+ * order it is taken in), for finite values and centroids; then min D and the radii as window_radii. */
+TARGET static inline v4 window_radii_scan(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
+    const v4 x = _mm256_loadu_pd(u);
+    v4 best = splat(INFINITY), bestOthers = splat(INFINITY);
+    for (long q = 0; q < p->k; q++) {
+        v4 diff = _mm256_sub_pd(x, splat(o->sorted[q]));
+        v4 d = _mm256_mul_pd(diff, diff);
+        best = pick(best, d, less(d, best));
+        if (q != o->position0) bestOthers = pick(bestOthers, d, less(d, bestOthers));
+    }
+    v4 d0 = _mm256_sub_pd(x, splat(c0));
+    v4 pruned = _mm256_sub_pd(_mm256_mul_pd(d0, d0), splat(p->prune_threshold));
+    v4 minD = pick(best, pruned, less(pruned, best));  /* swift_min(near, (x - c0)^2 - p) */
+    if (p->keep_sparsity) {
+        v4 zd = splat(p->zero_distance);
+        v4 constant = pick(bestOthers, zd, less(zd, bestOthers));  /* swift_min(nearest excluding c0, D_0) */
+        minD = pick(minD, constant, _mm256_cmp_pd(x, zero4(), _CMP_NEQ_UQ));  /* x != 0 */
+    }
+    return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(minD, splat(WINDOW_CUT * p->tau))), splat(1 + 0x1p-30));
+}
+
 /* The first half of SoftKMeansKernel.window4 for the rows u[0..3]: each row's radius
  * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. The four radii take one vector
  * square root (correctly rounded, as the scalar one). */
 TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
     const long k = p->k;
+    if (k <= SCAN_K) return window_radii_scan(p, u, o, c0);
     double minD[4];
     for (int l = 0; l < 4; l++) {
         double x = u[l];
