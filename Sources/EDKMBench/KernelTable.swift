@@ -13,6 +13,8 @@ struct KernelTable {
     private var table = Table(["shape", "dtype", "bits", "LUT", "thr", "clock", "U", "step ms", "Swift passes ms", "x AVX2",
                                "identical", "dense est ms", "x dense", "full dense est ms", "x full dense"],
                               right: [false, false, true, false, true, false, true, true, true, true, false, true, true, true, true])
+    /// The cases whose results differed between the two builds of the passes (the run then fails).
+    private(set) var mismatches: [String] = []
 
     /// The case's steps with the Swift build of the windowed passes forced (restored after).
     static func scalarSteps(_ layer: EDKMLayer, _ b: StepBuffers, dtype: edkm_dtype, initial: [Float], runs: Int) -> Timing? {
@@ -41,6 +43,7 @@ struct KernelTable {
         if let swift {
             let same = swift.outputPrint == t.outputPrint && swift.gradPrint == t.gradPrint
             cells += [msText(step(swift)), ratioText(step(swift) / m), same ? "yes" : "NO"]
+            if !same { mismatches.append("\(cfg.shapeText) \(cfg.dtype.name) \(cfg.bits) bits \(cfg.lutText) threads \(threads)") }
         } else {
             cells += ["-", "-", "-"]
         }

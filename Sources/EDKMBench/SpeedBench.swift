@@ -191,6 +191,9 @@ enum SpeedBench {
             }
             print(table.render(markdown: markdown))
             if scalarKernels || fullDense { print("\n" + kernelTable.render(markdown: markdown)) }
+            if !kernelTable.mismatches.isEmpty {
+                fail("the AVX2 and the Swift builds of the window passes gave different results: \(kernelTable.mismatches)")
+            }
             for r in phaseReports { print("\n" + r) }
             print("""
 
