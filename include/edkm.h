@@ -83,9 +83,9 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 6
+#define EDKM_VERSION_MINOR 7
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 600 for 0.6.0.
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 700 for 0.7.0.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
  *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
  *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
