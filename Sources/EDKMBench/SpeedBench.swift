@@ -30,15 +30,19 @@ enum SpeedBench {
       --phases             per-phase timing of every case: one step with the library's parallel-region
                            record (1-thread CPU time per phase, predicted 2- and 64-thread times,
                            measured wall time at the other thread count); needs a thread count of 1
+      --setup              time every case's layer setup (init_centroids: keys, histograms, exact 1-D k-means)
+                           before/after the current 1-D k-means, as a ratio to one step: table "setup"
+      --setup-runs N       setups of each implementation per case (default 3)
       --markdown           print the tables as GitHub markdown
       --quick              CI smoke: 512x512,1024x512, 1 run, small dense slice, LLaMA layer / 16
     """
 
     static func run(_ args: ArraySlice<String>) {
         let o = Options(args, valued: ["--shapes", "--dtypes", "--bits", "--luts", "--threads", "--runs",
-                                       "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor", "--scale-free"],
+                                       "--dense-runs", "--dense-elements", "--probe-runs", "--llama-divisor", "--scale-free",
+                                       "--setup-runs"],
                         switches: ["--no-dense", "--no-cases", "--no-llama", "--markdown", "--quick", "--help", "--phases",
-                                   "--full-dense", "--scalar-kernels"])
+                                   "--full-dense", "--scalar-kernels", "--setup"])
         if o.has("--help") { print(usage); return }
         if !o.unknown.isEmpty { fail("speed: unknown arguments \(o.unknown)\n\(usage)") }
         let quick = o.has("--quick")
@@ -90,6 +94,7 @@ enum SpeedBench {
         var summary: [String] = []
         var phaseReports: [String] = []
         var kernelTable = KernelTable()
+        var setupTable = o.has("--setup") ? SetupTimeTable() : nil
         if !o.has("--no-cases") {
             var table = Table(["shape", "dtype", "bits", "LUT", "dir", "thr", "median ms", "min ms", "GB/s",
                                "probe ms", "x probe", "dense est ms", "x dense", "T", "U", "same", "serial f"],
@@ -141,6 +146,8 @@ enum SpeedBench {
                                     same = "ref"
                                 }
                                 let nThreads = Int(must { try rt.stats() }.num_threads)
+                                setupTable?.add(rt, cfg, threads: threadNames[ti], weights: w.pointer, step: t.totalMedian,
+                                                runs: o.int("--setup-runs", 3))
                                 if o.has("--phases") {
                                     let record = PhaseProfile.record(layer, buffers, dtype: dtype.c, initial: initial)
                                     if nThreads == 1 { profileOne = record } else { profileMany = record; threadsMany = nThreads }
@@ -195,6 +202,10 @@ enum SpeedBench {
                 fail("the AVX2 and the Swift builds of the window passes gave different results: \(kernelTable.mismatches)")
             }
             for r in phaseReports { print("\n" + r) }
+            if let setupTable {
+                print("\n" + setupTable.render(markdown: markdown))
+                if !setupTable.mismatches.isEmpty { fail("the two 1-D k-means gave different centroids: \(setupTable.mismatches)") }
+            }
             print("""
 
             GB/s = bytes the step must move (4, 6 or 10 B/weight) / median time. x probe = median / probe (1.00x = memory-bandwidth speed).

@@ -60,6 +60,13 @@ EDKM_HIDDEN int edkm_kernel_scatter_f16_units(const uint16_t *keys, const uint16
                                               uint64_t *state, uint16_t *max_magnitude);
 /** out[i] = (float)in[i] for binary16 bit patterns; returns 1 when run (F16C), else 0. */
 EDKM_HIDDEN int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n);
+/** The first i in lo...hi (lo <= hi) minimising prev[i] + cost(i, j), cost(i, j) = 0 where
+ *  w = s0[j] - s0[i] <= 0, else max(0, (s2[j] - s2[i]) - m * m / w) with m = s1[j] - s1[i] (one
+ *  cluster's SSE from prefix sums); *best = that minimum (+inf when no value is below +inf, and
+ *  then lo). Returns -1 when the caller must use its portable loop (no AVX2 + F16C + FMA, or
+ *  forced off); the same result either way (split_kernels.c). */
+EDKM_HIDDEN long edkm_kernel_split_argmin(const double *prev, const double *s0, const double *s1, const double *s2,
+                                          long lo, long hi, long j, double *best);
 /** Tests only: 1 = behave as on a CPU without the x86 kernels (not thread-safe; set while idle). */
 EDKM_HIDDEN void edkm_kernel_force_portable(int on);
 /** 1 when the x86 kernels above are available on this CPU (and not forced off). */

@@ -125,10 +125,15 @@ public final class Layer: @unchecked Sendable {
         var result = [[Float]](repeating: [], count: geometry.partitions)
         if useOptimal {
             let hists = try scalarHistograms(weights, type: type)
+            // One partition: the solver's levels run in parallel; several: the partitions do.
+            let pool = geometry.partitions == 1 ? runtime.pool : nil
+            let reference = Optimal1DSelection.reference
             result.withUnsafeMutableBufferPointer { out in
                 let res = out.baseAddress!
                 runtime.pool.parallelFor(geometry.partitions) { p in
-                    let c = CentroidInitialization.optimal1D(values: hists[p].values, counts: hists[p].counts, k: k)
+                    let c = reference
+                        ? CentroidInitialization.optimal1DReference(values: hists[p].values, counts: hists[p].counts, k: k)
+                        : CentroidInitialization.optimal1D(values: hists[p].values, counts: hists[p].counts, k: k, pool: pool)
                     res[p] = c.map { Float($0) }
                 }
             }
