@@ -18,7 +18,17 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
     __m256d idx = _mm256_setr_pd((double)lo, (double)lo + 1, (double)lo + 2, (double)lo + 3);
     const __m256d four = _mm256_set1_pd(4.0);
     long i = lo;
+    double bestv = __builtin_inf();
+    long besti = lo;
+    if (hi - lo < 3) goto tail;
     for (; i + 3 <= hi; i += 4) {
+        /* v = prev + (a cost >= 0) >= prev: a lane whose prev is not below its best cannot
+         * improve it, so a block where no lane can is skipped (the same lanes' results). */
+        __m256d p = _mm256_loadu_pd(prev + i);
+        if (_mm256_movemask_pd(_mm256_cmp_pd(p, best, _CMP_LT_OQ)) == 0) {
+            idx = _mm256_add_pd(idx, four);
+            continue;
+        }
         __m256d w = _mm256_sub_pd(vs0j, _mm256_loadu_pd(s0 + i));
         __m256d m = _mm256_sub_pd(vs1j, _mm256_loadu_pd(s1 + i));
         __m256d q = _mm256_div_pd(_mm256_mul_pd(m, m), w);
@@ -26,7 +36,7 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
         /* Swift.max(0, t) = t >= 0 ? t : 0; cost 0 where w <= 0 */
         __m256d c = _mm256_blendv_pd(zero, t, _mm256_cmp_pd(t, zero, _CMP_GE_OQ));
         c = _mm256_blendv_pd(c, zero, _mm256_cmp_pd(w, zero, _CMP_LE_OQ));
-        __m256d v = _mm256_add_pd(_mm256_loadu_pd(prev + i), c);
+        __m256d v = _mm256_add_pd(p, c);
         __m256d lt = _mm256_cmp_pd(v, best, _CMP_LT_OQ);
         best = _mm256_blendv_pd(best, v, lt);
         best_idx = _mm256_blendv_pd(best_idx, idx, lt);
@@ -37,8 +47,6 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
     double b[4], bi[4];
     _mm256_storeu_pd(b, best);
     _mm256_storeu_pd(bi, best_idx);
-    double bestv = __builtin_inf();
-    long besti = lo;
     for (int l = 0; l < 4; l++) if (b[l] < bestv) bestv = b[l];
     if (bestv < __builtin_inf()) {
         double first = 0;
@@ -49,6 +57,7 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
         besti = (long)first;
         for (int l = 0; l < 4; l++) if ((double)besti == bi[l]) bestv = b[l];
     }
+tail:
     for (; i <= hi; i++) {
         double w = s0j - s0[i], c = 0;
         if (!(w <= 0)) {
@@ -62,7 +71,47 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
     *best_out = bestv;
     return besti;
 }
+
+/* One node of the divide and conquer (the Swift SplitLayerSolver.node): the first minimiser for
+ * j = mid over i in opt_lo...min(mid, opt_hi); cur[mid] = its value, split[mid] = it. */
+__attribute__((target("avx2")))
+static long split_node_avx2(const double *prev, const double *s0, const double *s1, const double *s2, double *cur,
+                            int32_t *split, long mid, long opt_lo, long opt_hi) {
+    long upper = mid < opt_hi ? mid : opt_hi;
+    double best = __builtin_inf();
+    long best_i = opt_lo;
+    if (opt_lo <= upper) best_i = split_argmin_avx2(prev, s0, s1, s2, opt_lo, upper, mid, &best);
+    cur[mid] = best;
+    split[mid] = (int32_t)best_i;
+    return best_i;
+}
+
+/* The Swift SplitLayerSolver.solve: mid of [lo, hi], then the left half with minimisers up to
+ * mid's, the right half with minimisers from mid's. */
+__attribute__((target("avx2")))
+static void split_solve_avx2(const double *prev, const double *s0, const double *s1, const double *s2, double *cur,
+                             int32_t *split, long lo, long hi, long opt_lo, long opt_hi) {
+    while (lo <= hi) {
+        long mid = (lo + hi) / 2;
+        long best_i = split_node_avx2(prev, s0, s1, s2, cur, split, mid, opt_lo, opt_hi);
+        split_solve_avx2(prev, s0, s1, s2, cur, split, lo, mid - 1, opt_lo, best_i);
+        lo = mid + 1;
+        opt_lo = best_i;
+    }
+}
 #endif
+
+int edkm_kernel_split_solve(const double *prev, const double *s0, const double *s1, const double *s2, double *cur,
+                            int32_t *split, long lo, long hi, long opt_lo, long opt_hi) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (edkm_kernel_available()) {
+        split_solve_avx2(prev, s0, s1, s2, cur, split, lo, hi, opt_lo, opt_hi);
+        return 1;
+    }
+#endif
+    (void)prev; (void)s0; (void)s1; (void)s2; (void)cur; (void)split; (void)lo; (void)hi; (void)opt_lo; (void)opt_hi;
+    return 0;
+}
 
 long edkm_kernel_split_argmin(const double *prev, const double *s0, const double *s1, const double *s2, long lo, long hi,
                               long j, double *best) {

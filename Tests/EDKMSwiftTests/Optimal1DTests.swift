@@ -1,5 +1,6 @@
 @testable import EDKMSwift
 import EDKMNumerics
+import EDKMSupport
 import Glibc
 import Testing
 
@@ -8,8 +9,9 @@ import Testing
 /// heavy-tailed, constant and few-distinct-value inputs, with and without a pool of 1, 2 and 3
 /// threads; and a layer's initialisation (keys, histograms, the solver per partition) against the
 /// reference run on the layer's own histograms, for every dtype, per tensor and grouped, at 1, 2
-/// and 3 threads.
-@Suite struct Optimal1DTests {
+/// and 3 threads; the AVX2 split-point kernel against the portable loop, and the CPU-feature
+/// dispatch both ways.
+@Suite(.serialized) struct Optimal1DTests {
     enum Values: CaseIterable {
         case normal, heavyTailed, constant, fewDistinct, nearK, signedZeros
     }
@@ -87,16 +89,69 @@ import Testing
             var options = Runtime.Options()
             options.threads = threads
             let layer = try Layer(runtime: try Runtime(options: options), config: config, shape: [rows, cols])
-            let (got, reference) = try bytes.withUnsafeBytes { w throws(EDKMError) in
-                let p = w.baseAddress!
-                let hists = try layer.scalarHistograms(p, type: type)
-                let reference = hists.map { h in
-                    CentroidInitialization.optimal1DReference(values: h.values, counts: h.counts, k: config.k).map { Float($0).bitPattern }
-                }
-                return (try layer.computeInitialCentroids(p, type: type).map { $0.map(\.bitPattern) }, reference)
+            let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+            defer { p.deallocate() }
+            p.copyMemory(from: bytes, byteCount: bytes.count)
+            let hists = try layer.scalarHistograms(p, type: type)
+            let reference = hists.map { h in
+                CentroidInitialization.optimal1DReference(values: h.values, counts: h.counts, k: config.k).map { Float($0).bitPattern }
             }
+            let got = try layer.computeInitialCentroids(p, type: type).map { $0.map(\.bitPattern) }
             #expect(got == reference, "\(type) \(shape) threads \(threads)")
             if let expected { #expect(got == expected, "\(type) \(shape) threads \(threads)") } else { expected = got }
+        }
+    }
+
+    /// The portable loop (kernels forced off) gives the reference's centroids too.
+    @Test func portablePathEqualsReference() {
+        edkm_kernel_force_portable(1)
+        defer { edkm_kernel_force_portable(0) }
+        for kind in Values.allCases {
+            let (v, n) = Self.values(kind, count: 5000, seed: 77)
+            let expected = Self.bits(CentroidInitialization.optimal1DReference(values: v, counts: n, k: 16))
+            #expect(Self.bits(CentroidInitialization.optimal1D(values: v, counts: n, k: 16)) == expected, "\(kind)")
+            #expect(Self.bits(CentroidInitialization.optimal1D(values: v, counts: n, k: 16, pool: ThreadPool(threads: 2)))
+                    == expected, "\(kind)")
+        }
+    }
+
+    /// The split-point kernel against a sequential scan with a strict comparison, on prefix sums
+    /// with ties (repeated prefix values: zero-weight runs, equal candidates), zero and negative
+    /// cluster weights, and every range length from 1 to 40 at every offset mod 4.
+    @Test func splitKernelEqualsSequentialScan() {
+        var rng = SplitMix64(seed: 5)
+        let U = 64
+        for trial in 0..<200 {
+            var s0 = [0.0], s1 = [0.0], s2 = [0.0], prev: [Double] = []
+            for _ in 0..<U {
+                let n = trial % 3 == 0 ? Double(rng.below(3)) : Double(1 + rng.below(4))  // zero counts: w = 0
+                let x = trial % 5 == 0 ? Double(rng.below(3)) : rng.normal()              // repeated values: ties
+                s0.append(s0.last! + n)
+                s1.append(s1.last! + n * x)
+                s2.append(s2.last! + n * x * x)
+            }
+            for i in 0...U { prev.append(trial % 7 == 0 ? Double(rng.below(2)) : Double(i) * 0.01 * rng.nextUnit()) }
+            if trial % 11 == 0 { prev[rng.below(U)] = -0.0 }
+            let costs = s0.withUnsafeBufferPointer { a in s1.withUnsafeBufferPointer { b in s2.withUnsafeBufferPointer { c in
+                (a.baseAddress!, b.baseAddress!, c.baseAddress!)
+            } } }
+            for lo in 0..<8 {
+                for length in 1...40 where lo + length - 1 <= U {
+                    let hi = lo + length - 1
+                    let j = Swift.min(U, hi + rng.below(4))
+                    let pc = PrefixCosts(s0: UnsafeMutablePointer(mutating: costs.0), s1: UnsafeMutablePointer(mutating: costs.1),
+                                         s2: UnsafeMutablePointer(mutating: costs.2))
+                    var best = Double.infinity, bestI = lo
+                    for i in lo...hi {
+                        let v = prev[i] + pc.cost(i, j)
+                        if v < best { best = v; bestI = i }
+                    }
+                    var kernelBest = 0.0
+                    let i = edkm_kernel_split_argmin(prev, costs.0, costs.1, costs.2, lo, hi, j, &kernelBest)
+                    if edkm_kernel_available() == 0 { continue }  // no AVX2 here: the portable loop is the only path
+                    #expect(i == bestI && kernelBest.bitPattern == best.bitPattern, "trial \(trial) lo \(lo) hi \(hi) j \(j)")
+                }
+            }
         }
     }
 }

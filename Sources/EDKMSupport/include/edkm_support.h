@@ -67,6 +67,12 @@ EDKM_HIDDEN int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n)
  *  forced off); the same result either way (split_kernels.c). */
 EDKM_HIDDEN long edkm_kernel_split_argmin(const double *prev, const double *s0, const double *s1, const double *s2,
                                           long lo, long hi, long j, double *best);
+/** One layer of that programme by divide and conquer over j in lo...hi with the minimiser's
+ *  monotone range [opt_lo, opt_hi] (CentroidInitialization's SplitLayerSolver.solve): for every
+ *  j, cur[j] and split[j] = the minimum and first minimiser over i in [opt range] clipped to j.
+ *  Returns 0 when the caller must use its portable loop, 1 when done (the same results). */
+EDKM_HIDDEN int edkm_kernel_split_solve(const double *prev, const double *s0, const double *s1, const double *s2,
+                                        double *cur, int32_t *split, long lo, long hi, long opt_lo, long opt_hi);
 /** Tests only: 1 = behave as on a CPU without the x86 kernels (not thread-safe; set while idle). */
 EDKM_HIDDEN void edkm_kernel_force_portable(int on);
 /** 1 when the x86 kernels above are available on this CPU (and not forced off). */

@@ -141,17 +141,30 @@ struct SplitLayerSolver {
     /// mid's, the right half with minimisers from mid's.
     func solve(_ lo: Int, _ hi: Int, _ optLo: Int, _ optHi: Int) {
         if lo > hi { return }
+        if edkm_kernel_split_solve(prev, costs.s0, costs.s1, costs.s2, cur, split, lo, hi, optLo, optHi) != 0 { return }
+        solvePortable(lo, hi, optLo, optHi)
+    }
+
+    private func solvePortable(_ lo: Int, _ hi: Int, _ optLo: Int, _ optHi: Int) {
+        if lo > hi { return }
         let mid = (lo + hi) / 2
         let bestI = node(mid, optLo, optHi)
-        solve(lo, mid - 1, optLo, bestI)
-        solve(mid + 1, hi, bestI, optHi)
+        solvePortable(lo, mid - 1, optLo, bestI)
+        solvePortable(mid + 1, hi, bestI, optHi)
     }
 
     /// The same nodes, level by level: the nodes of one level have disjoint j ranges and depend
-    /// only on their parents, so each level is one parallel region.
+    /// only on their parents, so each level is one parallel region, until a level has
+    /// `parallelSubtrees` nodes; then their subtrees are solved in one parallel region.
     func solveByLevels(_ lo: Int, _ hi: Int, pool: ThreadPool) {
         var level = [NodeRange(lo: lo, hi: hi, optLo: lo, optHi: hi)]
         while !level.isEmpty {
+            if level.count >= Self.parallelSubtrees {
+                level.withUnsafeBufferPointer { nodes in
+                    pool.parallelFor(nodes.count) { t in solve(nodes[t].lo, nodes[t].hi, nodes[t].optLo, nodes[t].optHi) }
+                }
+                return
+            }
             var next = [NodeRange](repeating: NodeRange(lo: 1, hi: 0, optLo: 0, optHi: 0), count: 2 * level.count)
             level.withUnsafeBufferPointer { nodes in
                 next.withUnsafeMutableBufferPointer { children in
@@ -168,6 +181,9 @@ struct SplitLayerSolver {
             level = next.filter { $0.lo <= $0.hi }
         }
     }
+
+    /// Nodes of one level from which `solveByLevels` hands out whole subtrees.
+    static let parallelSubtrees = 64
 
     struct NodeRange {
         var lo: Int, hi: Int, optLo: Int, optHi: Int

@@ -71,15 +71,24 @@ enum ElementIO {
     /// Index of the first non-finite element, or nil.
     static func firstNonFinite(_ base: UnsafeRawPointer, type: ElementType, count: Int) -> Int? {
         switch type {
-        case .f32:
-            let p = base.assumingMemoryBound(to: UInt32.self)
-            for i in 0..<count where p[i] & 0x7f80_0000 == 0x7f80_0000 { return i }
-        case .f16:
-            let p = base.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count where p[i] & 0x7c00 == 0x7c00 { return i }
-        case .bf16:
-            let p = base.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count where p[i] & 0x7f80 == 0x7f80 { return i }
+        case .f32: firstWithAllBits(base.assumingMemoryBound(to: UInt32.self), count: count, mask: 0x7f80_0000)
+        case .f16: firstWithAllBits(base.assumingMemoryBound(to: UInt16.self), count: count, mask: 0x7c00)
+        case .bf16: firstWithAllBits(base.assumingMemoryBound(to: UInt16.self), count: count, mask: 0x7f80)
+        }
+    }
+
+    /// The first i with p[i] & mask == mask (an all-ones exponent: Inf or NaN), or nil. Blocks of
+    /// 4096 elements are checked by a branch-free loop the compiler vectorises; only a block with
+    /// a hit is searched element by element.
+    @inline(__always)
+    static func firstWithAllBits<T: FixedWidthInteger & UnsignedInteger>(_ p: UnsafePointer<T>, count: Int, mask: T) -> Int? {
+        var start = 0
+        while start < count {
+            let end = Swift.min(start + 4096, count)
+            var hits: UInt8 = 0
+            for i in start..<end { hits |= p[i] & mask == mask ? 1 : 0 }
+            if hits != 0 { return (start..<end).first { p[$0] & mask == mask } }
+            start = end
         }
         return nil
     }

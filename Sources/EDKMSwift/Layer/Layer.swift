@@ -171,7 +171,7 @@ public final class Layer: @unchecked Sendable {
     func scalarHistograms(_ weights: UnsafeRawPointer, type: ElementType) throws(EDKMError) -> [(values: [Double], counts: [Double])] {
         let E = geometry.elementsPerPartition
         if type == .f32 && E <= 65536 {
-            return (0..<geometry.partitions).map { p in
+            return runtime.pool.parallelMap(geometry.partitions) { p in
                 let f = (weights + p * E * 4).assumingMemoryBound(to: Float.self)
                 let sorted = (0..<E).map { Double(f[$0]) }.sorted()
                 var values: [Double] = [], counts: [Double] = []
@@ -194,8 +194,8 @@ public final class Layer: @unchecked Sendable {
                                   pool: runtime.pool)
         let hists = KeyPasses.histograms(keys.pointer, partitions: geometry.partitions, elementsPerPartition: E,
                                          pool: runtime.pool).histograms
-        return hists.map { h in
-            (h.keys.map { ElementIO.keyValue($0, type: keys.keyType) * scale.inverse }, h.counts.map { Double($0) })
+        return runtime.pool.parallelMap(hists.count) { p in
+            (hists[p].keys.map { ElementIO.keyValue($0, type: keys.keyType) * scale.inverse }, hists[p].counts.map { Double($0) })
         }
     }
 }
