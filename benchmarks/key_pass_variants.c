@@ -151,6 +151,42 @@ AVX static void gather_avx2(const uint16_t *k, size_t n, const uint16_t *t, uint
     }
 }
 
+/* The gradient fma dL/dw = g h[key] + r[key] (f16 in and out). Now: (h, r) float32 pairs, 8 B/key,
+ * read as 64-bit scalar loads and split by shuffles (kernels.c). */
+static inline long long pair64(const float *hr, uint16_t key) {
+    long long v;
+    memcpy(&v, hr + 2 * (size_t)key, 8);
+    return v;
+}
+AVX static void fma_pairs_f32(const uint16_t *k, const uint16_t *g, size_t n, const float *hr, uint16_t *o) {
+    for (size_t e = 0; e < n; e += 8) {
+        __m256 a = _mm256_castsi256_ps(_mm256_set_epi64x(pair64(hr, k[e + 3]), pair64(hr, k[e + 2]), pair64(hr, k[e + 1]),
+                                                         pair64(hr, k[e])));
+        __m256 b = _mm256_castsi256_ps(_mm256_set_epi64x(pair64(hr, k[e + 7]), pair64(hr, k[e + 6]), pair64(hr, k[e + 5]),
+                                                         pair64(hr, k[e + 4])));
+        __m256 h = _mm256_shuffle_ps(a, b, 0x88), r = _mm256_shuffle_ps(a, b, 0xdd);
+        h = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(h), 0xd8));
+        r = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(r), 0xd8));
+        __m256 y = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + e))), h, r);
+        _mm_storeu_si128((__m128i *)(o + e), _mm256_cvtps_ph(y, 0));
+    }
+}
+/* Rejected candidate: (h, r) as two f16 in one 32-bit word, 4 B/key (half the table; h and r
+ * rounded to f16, so not bit-identical). */
+static inline int word32(const uint32_t *t, uint16_t key) { return (int)t[key]; }
+AVX static void fma_pairs_f16(const uint16_t *k, const uint16_t *g, size_t n, const uint32_t *t, uint16_t *o) {
+    const __m256i low = _mm256_set1_epi32(0xffff);
+    for (size_t e = 0; e < n; e += 8) {
+        __m256i w = _mm256_set_epi32(word32(t, k[e + 7]), word32(t, k[e + 6]), word32(t, k[e + 5]), word32(t, k[e + 4]),
+                                     word32(t, k[e + 3]), word32(t, k[e + 2]), word32(t, k[e + 1]), word32(t, k[e]));
+        __m256i hr16 = _mm256_packus_epi32(_mm256_and_si256(w, low), _mm256_srli_epi32(w, 16)); /* h0-3 r0-3 | h4-7 r4-7 */
+        hr16 = _mm256_permute4x64_epi64(hr16, 0xd8);                                             /* h0-7 | r0-7 */
+        __m256 h = _mm256_cvtph_ps(_mm256_castsi256_si128(hr16)), r = _mm256_cvtph_ps(_mm256_extracti128_si256(hr16, 1));
+        __m256 y = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g + e))), h, r);
+        _mm_storeu_si128((__m128i *)(o + e), _mm256_cvtps_ph(y, 0));
+    }
+}
+
 static int by_value(const void *a, const void *b) { return *(const double *)a < *(const double *)b ? -1 : 1; }
 
 AVX int main(void) {
@@ -163,11 +199,20 @@ AVX int main(void) {
     }
     for (size_t i = 0; i < N / 10000; i++) keys[rng() % N] = _cvtss_sh((float)(gauss() * 0.24), 0);  /* outliers */
     for (int i = 0; i < 65536 + 32; i++) gtable[i] = (uint16_t)(i * 7);
-    enum { V = 11 };
+    float *hr = aligned_alloc(64, 65536 * 8);
+    uint32_t *hr16 = aligned_alloc(64, 65536 * 4);
+    for (int i = 0; i < 65536; i++) {
+        hr[2 * i] = 1.0f + (float)(i & 255) / 1024.0f;
+        hr[2 * i + 1] = (float)(i & 1023) * 1e-6f;
+        hr16[i] = (uint32_t)_cvtss_sh(hr[2 * i], 0) | (uint32_t)_cvtss_sh(hr[2 * i + 1], 0) << 16;
+    }
+    enum { V = 13 };
     const char *names[V] = {"count, no hash", "count + chain hash (before)", "count + lane hash (now)",
                             "count, 2 sub-tables", "count, 16-bit counters", "f16 sums in float64",
                             "f16 sums, 2 float64 sub-tables", "f16 sums, int64 fixed point (now)",
-                            "gather w~, scalar", "gather w~, AVX2 vpgatherdd", "memcpy 4 B/weight"};
+                            "gather w~, scalar", "gather w~, AVX2 vpgatherdd",
+                            "gradient fma, f32 (h, r) 8 B/key (now)", "gradient fma, f16 (h, r) 4 B/key",
+                            "memcpy 4 B/weight"};
     double t[V][ROUNDS];
     for (int r = 0; r < ROUNDS; r++)
         for (int v = 0; v < V; v++) {
@@ -186,6 +231,8 @@ AVX int main(void) {
                 case 7: sums_fixed(keys + s, grad + s, ITEM, table); break;
                 case 8: gather_scalar(keys + s, ITEM, gtable, out + s); break;
                 case 9: gather_avx2(keys + s, ITEM, gtable, out + s); break;
+                case 10: fma_pairs_f32(keys + s, grad + s, ITEM, hr, out + s); break;
+                case 11: fma_pairs_f16(keys + s, grad + s, ITEM, hr16, out + s); break;
                 default: memcpy(out + s, keys + s, ITEM * 2); __asm__ volatile("" ::"r"(out) : "memory");
                 }
             }

@@ -146,7 +146,7 @@ enum SpeedBench {
                                     same = "ref"
                                 }
                                 let nThreads = Int(must { try rt.stats() }.num_threads)
-                                setupTable?.add(rt, cfg, threads: threadNames[ti], weights: w.pointer, step: t.totalMedian,
+                                setupTable?.add(rt, cfg, threads: threadNames[ti], weights: w.pointer, step: t,
                                                 runs: o.int("--setup-runs", 3))
                                 if o.has("--phases") {
                                     let record = PhaseProfile.record(layer, buffers, dtype: dtype.c, initial: initial)

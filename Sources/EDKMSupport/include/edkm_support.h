@@ -73,6 +73,10 @@ EDKM_HIDDEN long edkm_kernel_split_argmin(const double *prev, const double *s0, 
  *  Returns 0 when the caller must use its portable loop, 1 when done (the same results). */
 EDKM_HIDDEN int edkm_kernel_split_solve(const double *prev, const double *s0, const double *s1, const double *s2,
                                         double *cur, int32_t *split, long lo, long hi, long opt_lo, long opt_hi);
+/** The first i < n with (p[i] & mask) == mask, or -1 (the Inf/NaN scan of 16- and 32-bit
+ *  weights; scan_kernels.c). */
+EDKM_HIDDEN long edkm_first_all_bits_u16(const uint16_t *p, size_t n, uint16_t mask);
+EDKM_HIDDEN long edkm_first_all_bits_u32(const uint32_t *p, size_t n, uint32_t mask);
 /** Tests only: 1 = behave as on a CPU without the x86 kernels (not thread-safe; set while idle). */
 EDKM_HIDDEN void edkm_kernel_force_portable(int on);
 /** 1 when the x86 kernels above are available on this CPU (and not forced off). */

@@ -1,3 +1,4 @@
+import EDKMSupport
 import EDKMNumerics
 
 /// Rows that are the distinct values of a partition with their counts (the uniquified form).
@@ -68,28 +69,13 @@ enum ElementIO {
         type == .f16 ? Double(HalfConversion.f16ToFloat(key)) : Double(HalfConversion.bf16ToFloat(key))
     }
 
-    /// Index of the first non-finite element, or nil.
+    /// Index of the first non-finite element (an all-ones exponent), or nil.
     static func firstNonFinite(_ base: UnsafeRawPointer, type: ElementType, count: Int) -> Int? {
-        switch type {
-        case .f32: firstWithAllBits(base.assumingMemoryBound(to: UInt32.self), count: count, mask: 0x7f80_0000)
-        case .f16: firstWithAllBits(base.assumingMemoryBound(to: UInt16.self), count: count, mask: 0x7c00)
-        case .bf16: firstWithAllBits(base.assumingMemoryBound(to: UInt16.self), count: count, mask: 0x7f80)
+        let i = switch type {
+        case .f32: edkm_first_all_bits_u32(base.assumingMemoryBound(to: UInt32.self), count, 0x7f80_0000)
+        case .f16: edkm_first_all_bits_u16(base.assumingMemoryBound(to: UInt16.self), count, 0x7c00)
+        case .bf16: edkm_first_all_bits_u16(base.assumingMemoryBound(to: UInt16.self), count, 0x7f80)
         }
-    }
-
-    /// The first i with p[i] & mask == mask (an all-ones exponent: Inf or NaN), or nil. Blocks of
-    /// 4096 elements are checked by a branch-free loop the compiler vectorises; only a block with
-    /// a hit is searched element by element.
-    @inline(__always)
-    static func firstWithAllBits<T: FixedWidthInteger & UnsignedInteger>(_ p: UnsafePointer<T>, count: Int, mask: T) -> Int? {
-        var start = 0
-        while start < count {
-            let end = Swift.min(start + 4096, count)
-            var hits: UInt8 = 0
-            for i in start..<end { hits |= p[i] & mask == mask ? 1 : 0 }
-            if hits != 0 { return (start..<end).first { p[$0] & mask == mask } }
-            start = end
-        }
-        return nil
+        return i < 0 ? nil : i
     }
 }
