@@ -5,8 +5,21 @@
  * bit-identical to the portable loop. Selected at run time with the other x86 kernels. */
 #include "edkm_support.h"
 
+#include <stdlib.h>
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+
+/* prev[i] + cost(i, j), the Swift loop's value: cost 0 where w <= 0, else Swift.max(0, t) =
+ * t >= 0 ? t : 0 for t = (s2[j] - s2[i]) - m * m / w. Branch-free (the division by w <= 0 is
+ * computed and discarded). */
+static inline double split_value(const double *prev, const double *s0, const double *s1, const double *s2, long i,
+                                 long j) {
+    double w = s0[j] - s0[i], m = s1[j] - s1[i];
+    double t = (s2[j] - s2[i]) - m * m / w;
+    double c = t >= 0 ? t : 0;
+    return prev[i] + (w <= 0 ? 0 : c);
+}
 
 __attribute__((target("avx2")))
 static long split_argmin_avx2(const double *prev, const double *s0, const double *s1, const double *s2, long lo, long hi,
@@ -59,13 +72,7 @@ static long split_argmin_avx2(const double *prev, const double *s0, const double
     }
 tail:
     for (; i <= hi; i++) {
-        double w = s0j - s0[i], c = 0;
-        if (!(w <= 0)) {
-            double m = s1j - s1[i];
-            double t = (s2j - s2[i]) - m * m / w;
-            c = t >= 0 ? t : 0;
-        }
-        double v = prev[i] + c;
+        double v = split_value(prev, s0, s1, s2, i, j);
         if (v < bestv) { bestv = v; besti = i; }
     }
     *best_out = bestv;
@@ -80,23 +87,58 @@ static long split_node_avx2(const double *prev, const double *s0, const double *
     long upper = mid < opt_hi ? mid : opt_hi;
     double best = __builtin_inf();
     long best_i = opt_lo;
-    if (opt_lo <= upper) best_i = split_argmin_avx2(prev, s0, s1, s2, opt_lo, upper, mid, &best);
+    if (upper - opt_lo >= 4) {
+        best_i = split_argmin_avx2(prev, s0, s1, s2, opt_lo, upper, mid, &best);
+    } else if (opt_lo <= upper) {
+        /* The short ranges of the deep levels (most nodes): branch-free selects. The first value
+         * is taken as it is: a sequential scan from +inf keeps +inf and opt_lo for an infinite
+         * value too, and a value is never NaN (prev is finite or +inf, the cost finite). */
+        best = split_value(prev, s0, s1, s2, opt_lo, mid);
+        for (long i = opt_lo + 1; i <= upper; i++) {
+            double v = split_value(prev, s0, s1, s2, i, mid);
+            int lt = v < best;
+            best = lt ? v : best;
+            best_i = lt ? i : best_i;
+        }
+    }
     cur[mid] = best;
     split[mid] = (int32_t)best_i;
     return best_i;
 }
 
-/* The Swift SplitLayerSolver.solve: mid of [lo, hi], then the left half with minimisers up to
- * mid's, the right half with minimisers from mid's. */
+/* The nodes of the Swift SplitLayerSolver.solve (mid of [lo, hi], then the left half with
+ * minimisers up to mid's, the right half with minimisers from mid's), level by level: the nodes
+ * of one level depend only on their parents, so their divisions overlap in the pipeline instead
+ * of waiting on each other as in the depth-first recursion. Every node sees the same range, so
+ * the results are the same. `nodes` holds room for 2 (hi - lo + 2) ranges of 4 longs. */
 __attribute__((target("avx2")))
 static void split_solve_avx2(const double *prev, const double *s0, const double *s1, const double *s2, double *cur,
-                             int32_t *split, long lo, long hi, long opt_lo, long opt_hi) {
-    while (lo <= hi) {
-        long mid = (lo + hi) / 2;
-        long best_i = split_node_avx2(prev, s0, s1, s2, cur, split, mid, opt_lo, opt_hi);
-        split_solve_avx2(prev, s0, s1, s2, cur, split, lo, mid - 1, opt_lo, best_i);
-        lo = mid + 1;
-        opt_lo = best_i;
+                             int32_t *split, long lo, long hi, long opt_lo, long opt_hi, long *nodes) {
+    long *level = nodes, *next = nodes + 4 * (hi - lo + 2);
+    long count = 0;
+    if (lo <= hi) {
+        level[0] = lo; level[1] = hi; level[2] = opt_lo; level[3] = opt_hi;
+        count = 1;
+    }
+    while (count > 0) {
+        long made = 0;
+        for (long t = 0; t < count; t++) {
+            const long *r = level + 4 * t;
+            long mid = (r[0] + r[1]) / 2;
+            long best_i = split_node_avx2(prev, s0, s1, s2, cur, split, mid, r[2], r[3]);
+            if (r[0] <= mid - 1) {
+                long *c = next + 4 * made++;
+                c[0] = r[0]; c[1] = mid - 1; c[2] = r[2]; c[3] = best_i;
+            }
+            if (mid + 1 <= r[1]) {
+                long *c = next + 4 * made++;
+                c[0] = mid + 1; c[1] = r[1]; c[2] = best_i; c[3] = r[3];
+            }
+        }
+        long *swap = level;
+        level = next;
+        next = swap;
+        count = made;
     }
 }
 #endif
@@ -104,8 +146,11 @@ static void split_solve_avx2(const double *prev, const double *s0, const double 
 int edkm_kernel_split_solve(const double *prev, const double *s0, const double *s1, const double *s2, double *cur,
                             int32_t *split, long lo, long hi, long opt_lo, long opt_hi) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (edkm_kernel_available()) {
-        split_solve_avx2(prev, s0, s1, s2, cur, split, lo, hi, opt_lo, opt_hi);
+    if (edkm_kernel_available() && lo <= hi) {
+        long *nodes = malloc(sizeof(long) * 8 * (size_t)(hi - lo + 2));
+        if (!nodes) return 0;
+        split_solve_avx2(prev, s0, s1, s2, cur, split, lo, hi, opt_lo, opt_hi, nodes);
+        free(nodes);
         return 1;
     }
 #endif
