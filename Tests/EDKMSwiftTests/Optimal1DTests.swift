@@ -37,7 +37,7 @@ import Testing
 
     @Test(arguments: Values.allCases, [1, 2, 5, 16, 64])
     func equalsReferenceBitForBit(kind: Values, k: Int) {
-        for (count, seed) in [(1, 1), (7, 2), (300, 3), (5000, 4)] {
+        for (count, seed) in [(1, 1), (7, 2), (300, 3), (2500, 4)] {
             let (v, n) = Self.values(kind, count: count, seed: UInt64(seed * 100 + k))
             let expected = Self.bits(CentroidInitialization.optimal1DReference(values: v, counts: n, k: k))
             #expect(Self.bits(CentroidInitialization.optimal1D(values: v, counts: n, k: k)) == expected,
@@ -92,13 +92,17 @@ import Testing
             let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
             defer { p.deallocate() }
             p.copyMemory(from: bytes, byteCount: bytes.count)
-            let hists = try layer.scalarHistograms(p, type: type)
-            let reference = hists.map { h in
-                CentroidInitialization.optimal1DReference(values: h.values, counts: h.counts, k: config.k).map { Float($0).bitPattern }
-            }
             let got = try layer.computeInitialCentroids(p, type: type).map { $0.map(\.bitPattern) }
-            #expect(got == reference, "\(type) \(shape) threads \(threads)")
-            if let expected { #expect(got == expected, "\(type) \(shape) threads \(threads)") } else { expected = got }
+            if let expected {
+                #expect(got == expected, "\(type) \(shape) threads \(threads)")
+            } else {
+                // The reference on the layer's own histograms (keys, scale and counts as the layer makes them).
+                let reference = try layer.scalarHistograms(p, type: type).map { h in
+                    CentroidInitialization.optimal1DReference(values: h.values, counts: h.counts, k: config.k).map { Float($0).bitPattern }
+                }
+                #expect(got == reference, "\(type) \(shape)")
+                expected = reference
+            }
         }
     }
 
