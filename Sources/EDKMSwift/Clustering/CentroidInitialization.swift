@@ -109,6 +109,12 @@ public enum CentroidInitialization {
     /// once, its first occurrence moves to the midpoint between it and the next distinct centroid
     /// (cyclically). A no-op when all k centroids are distinct.
     public static func respreadDuplicates(_ c: inout [Float], k: Int, d: Int) {
+        // Scalars, all finite and distinct (the usual case): nothing to do, found without the
+        // per-centroid arrays below. Equal values (-0 and +0 among them) sit side by side once sorted.
+        if d == 1 && c.count == k && c.allSatisfy({ $0.isFinite }) {
+            let sorted = c.sorted()
+            if !zip(sorted, sorted.dropFirst()).contains(where: { $0 == $1 }) { return }
+        }
         var distinct: [[Float]] = []
         var firstIndex: [Int] = []
         var multiplicity: [Int] = []

@@ -60,7 +60,7 @@ extension Layer {
         let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
                                         prepare: builder?.prepare, mapSink: builder?.mapSink)
-        let f = hists.map { DoubleBuffer(zeros: $0.distinctCount) }
+        let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(zeros: hists[$0].distinctCount) }
         engine.output(rows, traces: &traces) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }

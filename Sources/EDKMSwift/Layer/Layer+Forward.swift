@@ -39,10 +39,7 @@ extension Layer {
             if centroids == nil && !scanned { try rejectNonFinite(weights, type: type) }  // before initialising from them
             var initial: [[Float]]
             if let current = centroids { initial = current } else { initial = try computeInitialCentroids(weights, type: type) }
-            for p in 0..<initial.count {
-                CentroidInitialization.respreadDuplicates(&initial[p], k: config.k, d: config.clusterDim)
-            }
-            let c0 = initial.map { $0.map { Double($0) } }
+            let c0 = initialRows(initial)
             let run: ForwardRun
             if algorithm == .uniquified {
                 run = try forwardUniquified(weights, type: type, initial: c0, save: save)
@@ -53,6 +50,17 @@ extension Layer {
             if let outputScaling, channelScale == nil { channelScale = outputScaling.factors }
             recordForward(run.traces, distinctValues: run.distinctValues, algorithm: algorithm, entropy: entropy)
             return run.saved
+        }
+    }
+
+    /// The starting centroids as float64 rows, collapsed ones re-spread first
+    /// (`respreadDuplicates`), made in parallel over partitions.
+    func initialRows(_ initial: [[Float]]) -> [[Double]] {
+        let k = config.k, d = config.clusterDim
+        return runtime.pool.parallelMap(initial.count) { p in
+            var c = initial[p]
+            CentroidInitialization.respreadDuplicates(&c, k: k, d: d)
+            return c.map { Double($0) }
         }
     }
 
@@ -78,7 +86,8 @@ extension Layer {
                              checkTemperature: Bool = true) throws(EDKMError) -> [EffectiveParameters] {
         let inertia = config.temperatureMode == .scaleFree ? engine.inertia(rows, centroids: c0)
                                                             : [Double](repeating: 0, count: c0.count)
-        let parameters = (0..<c0.count).map {
+        let config = config
+        let parameters = runtime.pool.parallelMap(c0.count) {
             EffectiveParameters(config: config, initial: c0[$0], distortion: inertia[$0] / Double(vectors), vectors: vectors)
         }
         for (p, parameter) in parameters.enumerated() where checkTemperature && !(parameter.tau > 0 && (1 / parameter.tau).isFinite) {

@@ -67,38 +67,67 @@ public final class SavedState: @unchecked Sendable {
 
     /// [P, then per partition: T, c^0..c^T (k d each), (with LUT quantization: the raw c^0..c^T,
     /// k d each), S^0..S^{T-1} (k each), inertia, tau, prune, epsilon].
-    static func encodeTraces(_ traces: [PartitionTrace]) -> [Double] {
-        var out: [Double] = [Double(traces.count)]
+    static func encodeTraces(_ traces: [PartitionTrace], pool: ThreadPool) -> [Double] {
+        // Each partition's doubles at its offset, written in parallel over partitions.
+        var offsets = [1]
+        offsets.reserveCapacity(traces.count + 1)
         for t in traces {
-            out.append(Double(t.iterations))
-            for c in t.centroids + t.rawCentroids { out += c }
-            for s in t.normalizers { out += s }
-            out += [t.inertia, t.parameters.tau, t.parameters.prune, t.parameters.epsilon]
+            let arrays = (t.centroids + t.rawCentroids).reduce(0) { $0 + $1.count } + t.normalizers.reduce(0) { $0 + $1.count }
+            offsets.append(offsets[offsets.count - 1] + 1 + arrays + 4)
         }
-        return out
+        return [Double](unsafeUninitializedCapacity: offsets[traces.count]) { buffer, initialized in
+            let base = buffer.baseAddress!
+            base.initialize(to: Double(traces.count))
+            pool.parallelFor(traces.count) { p in
+                let t = traces[p]
+                var at = base + offsets[p]
+                func put(_ values: [Double]) {
+                    for v in values {
+                        at.initialize(to: v)
+                        at += 1
+                    }
+                }
+                put([Double(t.iterations)])
+                for c in t.centroids { put(c) }
+                for c in t.rawCentroids { put(c) }
+                for s in t.normalizers { put(s) }
+                put([t.inertia, t.parameters.tau, t.parameters.prune, t.parameters.epsilon])
+            }
+            initialized = offsets[traces.count]
+        }
     }
 
     func decodeTraces() -> [PartitionTrace] {
         let kd = config.k * config.clusterDim, k = config.k
         let p = traces.typed(Double.self)
-        var i = 0
-        func take(_ n: Int) -> [Double] {
-            defer { i += n }
-            return Array(UnsafeBufferPointer(start: p + i, count: n))
-        }
-        let P = Int(take(1)[0])
-        var result: [PartitionTrace] = []
+        let P = Int(p[0])
+        let rawSets = config.lutType == .f32 ? 0 : 1
+        // Each partition's offset from the iteration counts (one read per partition), then the
+        // traces made in parallel over partitions.
+        var offsets: [Int] = []
+        offsets.reserveCapacity(P)
+        var i = 1
         for _ in 0..<P {
-            let T = Int(take(1)[0])
+            offsets.append(i)
+            let T = Int(p[i])
+            i += 1 + (1 + rawSets) * (T + 1) * kd + T * k + 4
+        }
+        return runtime.pool.parallelMap(P) { partition in
+            var i = offsets[partition]
+            func take(_ n: Int) -> [Double] {
+                defer { i += n }
+                return Array(UnsafeBufferPointer(start: p + i, count: n))
+            }
+            let T = Int(p[i])
+            i += 1
             let cs = (0...T).map { _ in take(kd) }
-            let raw = config.lutType == .f32 ? [] : (0...T).map { _ in take(kd) }
+            let raw = rawSets == 0 ? [] : (0...T).map { _ in take(kd) }
             let ss = (0..<T).map { _ in take(k) }
             let tail = take(4)
             var trace = PartitionTrace(centroids: cs, normalizers: ss, inertia: tail[0],
                                        parameters: EffectiveParameters(tau: tail[1], prune: tail[2], epsilon: tail[3]))
             trace.rawCentroids = raw
-            result.append(trace)
+            return trace
         }
-        return result
     }
 }

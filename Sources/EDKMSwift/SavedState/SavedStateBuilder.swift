@@ -82,7 +82,7 @@ final class SavedStateBuilder {
         }
         let tracesInArena: Bool
         if case .denseWeights = input { tracesInArena = mode.usesArena } else { tracesInArena = true }
-        let encoded = SavedState.encodeTraces(traces)
+        let encoded = SavedState.encodeTraces(traces, pool: pool)
         let savedTraces = try save(encoded, tag: "trace", inArena: tracesInArena)
         let contents = try contents(histograms)
         return SavedState(runtime: layer.runtime, config: layer.config, geometry: geometry, weightType: weightType,
