@@ -142,24 +142,24 @@ final class SavedStateBuilder {
     }
 
     private func save(_ histograms: [KeyHistogram]) throws(EDKMError) -> SavedHistograms {
-        SavedHistograms(keys: try save(concatenated(histograms, \.keys), tag: "keys", inArena: true),
-                        counts: try save(concatenated(histograms, \.counts), tag: "counts", inArena: true),
+        SavedHistograms(keys: try concatenated(histograms, \.keys), counts: try concatenated(histograms, \.counts),
                         distinctCounts: histograms.map(\.distinctCount))
     }
 
-    /// The partitions' arrays one after another (copied in parallel over partitions).
-    private func concatenated<T>(_ histograms: [KeyHistogram], _ part: (KeyHistogram) -> [T]) -> [T] {
+    /// A saved buffer (in the arena, not deduplicated) holding the partitions' arrays one after
+    /// another, copied into it in parallel over partitions.
+    private func concatenated<T>(_ histograms: [KeyHistogram], _ part: (KeyHistogram) -> [T]) throws(EDKMError) -> SavedTensor {
         var offsets = [0]
+        offsets.reserveCapacity(histograms.count + 1)
         for h in histograms { offsets.append(offsets[offsets.count - 1] + h.distinctCount) }
-        return [T](unsafeUninitializedCapacity: offsets[histograms.count]) { buffer, initialized in
-            let base = buffer.baseAddress
-            pool.parallelFor(histograms.count) { p in
-                part(histograms[p]).withUnsafeBufferPointer { b in
-                    if let from = b.baseAddress { (base! + offsets[p]).initialize(from: from, count: b.count) }
-                }
+        let tensor = try store.allocateTensor(byteCount: offsets[histograms.count] * MemoryLayout<T>.stride, inArena: true)
+        let base = tensor.pointer.bindMemory(to: T.self, capacity: offsets[histograms.count])
+        pool.parallelFor(histograms.count) { p in
+            part(histograms[p]).withUnsafeBufferPointer { b in
+                if let from = b.baseAddress { (base + offsets[p]).initialize(from: from, count: b.count) }
             }
-            initialized = offsets[histograms.count]
         }
+        return tensor
     }
 
     /// A copy of `array` (shape [count], not deduplicated).
