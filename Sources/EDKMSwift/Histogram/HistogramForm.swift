@@ -162,9 +162,14 @@ extension Layer {
         let hists = input.histograms
         return try exclusive { () throws(EDKMError) -> SavedState? in
             try requireFixedChannelScale()
-            var initial = centroids ?? hists.map { h in
+            // In parallel over partitions; one partition: the solver's levels run in parallel.
+            let config = config, pool = runtime.pool
+            let solverPool = hists.count == 1 ? pool : nil
+            var initial = centroids ?? pool.parallelMap(hists.count) { p in
+                let h = hists[p]
                 var c = CentroidInitialization.optimal1D(values: h.keys.map { ElementIO.keyValue($0, type: keyType) },
-                                                         counts: h.counts.map { Double($0) }, k: config.k).map { Float($0) }
+                                                         counts: h.counts.map { Double($0) }, k: config.k,
+                                                         pool: solverPool).map { Float($0) }
                 if config.enforceZero { CentroidInitialization.placeZeroFirst(&c, k: config.k, d: 1) }
                 return c
             }
