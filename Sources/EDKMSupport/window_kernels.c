@@ -139,23 +139,43 @@ static void sort_centroids(const double *c, long k, centroid_order *o) {
 static inline double swift_min(double x, double y) { return y < x ? y : x; }
 static inline double swift_max(double x, double y) { return y >= x ? y : x; }
 
-/* First position q with sorted[q] >= x (k if none), for ascending sorted without NaN (the same
- * position as the Swift passes' binary search). Branch-free: the rows' positions are random to the
- * branch predictor, and a mispredicted step costs more than the comparison. */
-static inline long lower_bound(const double *sorted, long k, double x) {
-    const double *base = sorted;
-    long n = k;
-    while (n > 1) {
-        long half = n >> 1;
-        base = base[half - 1] < x ? base + half : base;
-        n -= half;
+/* First position q with sorted[q] >= x (k if none), for ascending sorted without NaN, searched
+ * from a hint: the position of the previous, nearby x (SoftKMeansKernel.lowerBound(_:_:from:)).
+ * The predicate sorted[q] < x is true then false along q (also for x = +-inf, and false throughout
+ * for a NaN x), so the first false position is one number whatever the search: this returns exactly
+ * the position a binary search over all k returns. It gallops away from the hint (steps 1, 2, 4, ...)
+ * and bisects the last step: O(1 + log d) comparisons for an answer d positions from the hint, two
+ * comparisons when the answer is the hint (rows in key order: consecutive values almost always
+ * share their position among the k centroids). */
+static inline long lower_bound_from(const double *sorted, long k, double x, long hint) {
+    long lo, hi;  /* the answer lies in [lo, hi]; hi == k or sorted[hi] >= x */
+    if (hint < k && sorted[hint] < x) {
+        lo = hint + 1;
+        long step = 1;
+        for (;;) {
+            long probe = lo + step - 1;
+            if (probe >= k) { hi = k; break; }
+            if (sorted[probe] < x) { lo = probe + 1; step <<= 1; } else { hi = probe; break; }
+        }
+    } else {
+        hi = hint;
+        long step = 1;
+        for (;;) {
+            long probe = hi - step;
+            if (probe < 0) { lo = 0; break; }
+            if (sorted[probe] < x) { lo = probe + 1; break; } else { hi = probe; step <<= 1; }
+        }
     }
-    return (base - sorted) + (n == 1 && *base < x);
+    while (lo < hi) {
+        long mid = (lo + hi) >> 1;
+        if (sorted[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
 }
 
-/* min (x - sorted[q])^2 over q != excluded (SoftKMeansKernel.nearestSquaredDistance). */
-static inline double nearest_excluding(double x, const centroid_order *o, long k, long excluded) {
-    long lo = lower_bound(o->sorted, k, x);
+/* min (x - sorted[q])^2 over q != excluded (SoftKMeansKernel.nearestSquaredDistance), x's lower
+ * bound `lo` given: the nearest lie next to it, one further out on the excluded position's side. */
+static inline double nearest_excluding(double x, const centroid_order *o, long k, long excluded, long lo) {
     double best = INFINITY;
     long end = lo + 2 < k ? lo + 2 : k;
     for (long q = lo - 2 > 0 ? lo - 2 : 0; q < end; q++) {
@@ -166,67 +186,51 @@ static inline double nearest_excluding(double x, const centroid_order *o, long k
     return best;
 }
 
-/* min_j (x - c_j)^2 for ascending c (DKMEngine.nearestSquaredDistance(_:sorted:)). */
-static inline double nearest_sorted(double x, const double *c, long k) {
-    long lo = lower_bound(c, k, x);
+/* min_j (x - c_j)^2 for ascending c, x's lower bound `lo` given (DKMEngine.nearestSquaredDistance(_:sorted:)). */
+static inline double nearest_sorted(double x, const double *c, long k, long lo) {
     double best = INFINITY;
     if (lo < k) best = (c[lo] - x) * (c[lo] - x);
     if (lo > 0) best = swift_min(best, (x - c[lo - 1]) * (x - c[lo - 1]));
     return best;
 }
 
-/* Up to this many centroids, the rows' nearest squared distances come from a scan of all k (four
- * rows per instruction, no dependent loads) instead of four binary searches. */
-#define SCAN_K 32
-
-/* min over all centroids of (u - c_j)^2 and over those but centroid 0, for four rows: the same
- * values as the binary searches' neighbours give (x - c rounds monotonically in c, so the nearest
- * centroid in value has the smallest rounded square; the minimum of a set does not depend on the
- * order it is taken in), for finite values and centroids; then min D and the radii as window_radii. */
-TARGET static inline v4 window_radii_scan(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
-    const v4 x = _mm256_loadu_pd(u);
-    v4 best = splat(INFINITY), bestOthers = splat(INFINITY);
-    for (long q = 0; q < p->k; q++) {
-        v4 diff = _mm256_sub_pd(x, splat(o->sorted[q]));
-        v4 d = _mm256_mul_pd(diff, diff);
-        best = pick(best, d, less(d, best));
-        if (q != o->position0) bestOthers = pick(bestOthers, d, less(d, bestOthers));
-    }
-    v4 d0 = _mm256_sub_pd(x, splat(c0));
-    v4 pruned = _mm256_sub_pd(_mm256_mul_pd(d0, d0), splat(p->prune_threshold));
-    v4 minD = pick(best, pruned, less(pruned, best));  /* swift_min(near, (x - c0)^2 - p) */
-    if (p->keep_sparsity) {
-        v4 zd = splat(p->zero_distance);
-        v4 constant = pick(bestOthers, zd, less(zd, bestOthers));  /* swift_min(nearest excluding c0, D_0) */
-        minD = pick(minD, constant, _mm256_cmp_pd(x, zero4(), _CMP_NEQ_UQ));  /* x != 0 */
-    }
-    return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(minD, splat(WINDOW_CUT * p->tau))), splat(1 + 0x1p-30));
-}
+/* Where the previous group's searches ended (SoftKMeansKernel.WindowCursor): the last row's lower
+ * bound, the window's two bounds, and the window they gave (lo = -1: none yet). */
+typedef struct {
+    long row, left, right;
+    long lo, hi, count;
+} window_cursor;
 
 /* The first half of SoftKMeansKernel.window4 for the rows u[0..3]: each row's radius
- * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. The four radii take one vector
+ * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. Each row's nearest centroids
+ * come from its lower bound, searched from the previous row's. The four radii take one vector
  * square root (correctly rounded, as the scalar one). */
-TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
+TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
+                                     window_cursor *cursor) {
     const long k = p->k;
-    if (k <= SCAN_K) return window_radii_scan(p, u, o, c0);
     double minD[4];
+    long lo = cursor->row;
     for (int l = 0; l < 4; l++) {
         double x = u[l];
+        lo = lower_bound_from(o->sorted, k, x, lo);
         if (p->keep_sparsity && x != 0) {
-            minD[l] = swift_min(nearest_excluding(x, o, k, o->position0), p->zero_distance);
+            minD[l] = swift_min(nearest_excluding(x, o, k, o->position0, lo), p->zero_distance);
         } else {
-            double near = nearest_sorted(x, o->sorted, k);
+            double near = nearest_sorted(x, o->sorted, k, lo);
             minD[l] = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
         }
     }
+    cursor->row = lo;
     return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(_mm256_loadu_pd(minD), splat(WINDOW_CUT * p->tau))),
                          splat(1 + 0x1p-30));
 }
 
 /* The second half of window4: the indices of the centroids within the radii of any of the rows
- * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. */
+ * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The bounds are
+ * searched from the previous group's; when they are the previous group's, `window` already holds
+ * that window (the passes only read it) and is left as it is. */
 TARGET static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
-                                            const centroid_order *o, long *window) {
+                                            const centroid_order *o, long *window, window_cursor *cursor) {
     const long k = p->k;
     double left = INFINITY, right = -INFINITY, radius[4];
     _mm256_storeu_pd(radius, radii);
@@ -236,17 +240,23 @@ TARGET static inline long window_from_radii(const edkm_window_params *p, const d
         left = swift_min(left, x - radius[l]);
         right = swift_max(right, x + radius[l]);
     }
-    long count = 0;
-    if (left <= right) {
-        long lo = lower_bound(o->sorted, k, left);
-        long hi = lower_bound(o->sorted, k, right);
-        while (hi < k && o->sorted[hi] <= right) hi++;
-        for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
-        if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
-    } else {
+    if (!(left <= right)) {
         window[0] = 0;
-        count = 1;
+        cursor->lo = -1;
+        return 1;
     }
+    long lo = lower_bound_from(o->sorted, k, left, cursor->left);
+    long hi = lower_bound_from(o->sorted, k, right, cursor->right);
+    cursor->left = lo;
+    cursor->right = hi;
+    while (hi < k && o->sorted[hi] <= right) hi++;
+    if (lo == cursor->lo && hi == cursor->hi) return cursor->count;
+    long count = 0;
+    for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
+    if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
+    cursor->lo = lo;
+    cursor->hi = hi;
+    cursor->count = count;
     return count;
 }
 
@@ -258,6 +268,7 @@ typedef struct {
     long rows;
     const centroid_order *order;
     double c0;
+    window_cursor cursor;
     v4 next;
 } window_stream;
 
@@ -268,13 +279,14 @@ TARGET static inline void window_stream_start(window_stream *s, const edkm_windo
     s->rows = rows;
     s->order = order;
     s->c0 = c0;
-    s->next = rows > 0 ? window_radii(p, values, order, c0) : zero4();
+    s->cursor = (window_cursor){.row = 0, .left = 0, .right = 0, .lo = -1, .hi = -1, .count = 0};
+    s->next = rows > 0 ? window_radii(p, values, order, c0, &s->cursor) : zero4();
 }
 
 /* The window of rows m ... m + 3 (m = 0, 4, 8, ... in turn). */
 TARGET static inline long window_stream_next(window_stream *s, long m, long *window) {
-    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window);
-    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0);
+    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window, &s->cursor);
+    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0, &s->cursor);
     return w;
 }
 
@@ -513,6 +525,22 @@ TARGET static long backward_iteration_avx2(const edkm_window_params *p, const do
     return rows;
 }
 
+TARGET static long choose_avx2(const edkm_window_params *p, const double *values, long count, const double *c,
+                               long *windows, long *sizes) {
+    const long k = p->k, rows = count & ~3L;
+    centroid_order order;
+    sort_centroids(c, k, &order);
+    long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, c[0]);
+    for (long m = 0; m < rows; m += 4) {
+        long w = window_stream_next(&stream, m, window);
+        sizes[m / 4] = w;
+        memcpy(windows + (m / 4) * (k + 1), window, (size_t)w * sizeof(long));
+    }
+    return rows / 4;
+}
+
 TARGET static void exp4_avx2(const double *x, double *out) { _mm256_storeu_pd(out, exp4(_mm256_loadu_pd(x))); }
 
 long edkm_window_iterate(const edkm_window_params *p, const double *values, const double *counts, long count,
@@ -534,6 +562,11 @@ long edkm_window_backward_iteration(const edkm_window_params *p, const double *v
                                     const double *ct, const double *cn, const double *pbar, double *r, double *acc,
                                     int accumulate) {
     return usable(p) ? backward_iteration_avx2(p, values, counts, count, ct, cn, pbar, r, acc, accumulate) : -1;
+}
+
+long edkm_window_choose(const edkm_window_params *p, const double *values, long count, const double *c, long *windows,
+                        long *sizes) {
+    return p->k >= 1 && p->k <= MAX_K && avx2_selected() ? choose_avx2(p, values, count, c, windows, sizes) : -1;
 }
 
 int edkm_window_exp4(const double *x, double *out) {
@@ -564,6 +597,11 @@ long edkm_window_backward_iteration(const edkm_window_params *p, const double *v
                                     const double *ct, const double *cn, const double *pbar, double *r, double *acc,
                                     int accumulate) {
     (void)p; (void)values; (void)counts; (void)count; (void)ct; (void)cn; (void)pbar; (void)r; (void)acc; (void)accumulate;
+    return -1;
+}
+long edkm_window_choose(const edkm_window_params *p, const double *values, long count, const double *c, long *windows,
+                        long *sizes) {
+    (void)p; (void)values; (void)count; (void)c; (void)windows; (void)sizes;
     return -1;
 }
 int edkm_window_exp4(const double *x, double *out) {
