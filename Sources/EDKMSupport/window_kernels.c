@@ -5,7 +5,7 @@
  * two instructions per operation; here one __m256d holds the four rows. The lanes are the same four
  * consecutive rows, every lane sees the same operations in the same order (no FP contraction: this
  * file is compiled without FMA and with contraction off), the window of each four rows is chosen by
- * the same comparisons, e^x is VectorMath.exp's polynomial operation for operation, the entropy's
+ * the same comparisons, e^x is VectorMath.windowExp operation for operation, the entropy's
  * logarithm is the same libm log per lane, and the lane sums are reduced as SIMD4.sum() does (lane 0
  * to 3 in order): the results are bit-identical to the Swift passes
  * (Tests/EDKMSwiftTests/WindowKernelDispatchTests.swift checks every pass both ways). */
@@ -22,6 +22,40 @@
 static int force_scalar = 0;
 
 void edkm_window_kernels_force_scalar(int on) { force_scalar = on; }
+
+/* VectorMath.windowExp, operation for operation: e^x = 2^n 2^(j/64) e^r with x = m ln2/64 + r,
+ * m = round(64 x / ln2) = 64 n + j (0 <= j < 64), |r| <= ln2/128 (Cody-Waite, ln2/64 split in two);
+ * e^r by its Taylor series to degree 5 in Horner form (truncation < 3.5e-17 relative), times the
+ * table entry 2^(j/64) whose exponent field gets n added; 0 below -708. The reduction and the
+ * scaling are split out so that two exps can interleave their Horner chains (`exp4x2`). */
+static const double exp_64_log2e = 1.4426950408889634 * 64;  /* 64 / ln 2 */
+static const double exp_ln2Hi_64 = 6.93147180369123816490e-01 / 64;
+static const double exp_ln2Lo_64 = 1.90821492927058770002e-10 / 64;
+static const double exp_shifter = 0x1.8p52;
+/* The Horner coefficients after the leading 1/5!: 1/4!, 1/3!, 1/2!, 1, 1. */
+static const double exp_coefficients[5] = {1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+
+/* 2^(j/64), j = 0 ... 63, correctly rounded (VectorMath.windowExp reads this table too). */
+static const double exp_table[64] = {
+    0x1.0000000000000p+0, 0x1.02c9a3e778061p+0, 0x1.059b0d3158574p+0, 0x1.0874518759bc8p+0,
+    0x1.0b5586cf9890fp+0, 0x1.0e3ec32d3d1a2p+0, 0x1.11301d0125b51p+0, 0x1.1429aaea92de0p+0,
+    0x1.172b83c7d517bp+0, 0x1.1a35beb6fcb75p+0, 0x1.1d4873168b9aap+0, 0x1.2063b88628cd6p+0,
+    0x1.2387a6e756238p+0, 0x1.26b4565e27cddp+0, 0x1.29e9df51fdee1p+0, 0x1.2d285a6e4030bp+0,
+    0x1.306fe0a31b715p+0, 0x1.33c08b26416ffp+0, 0x1.371a7373aa9cbp+0, 0x1.3a7db34e59ff7p+0,
+    0x1.3dea64c123422p+0, 0x1.4160a21f72e2ap+0, 0x1.44e086061892dp+0, 0x1.486a2b5c13cd0p+0,
+    0x1.4bfdad5362a27p+0, 0x1.4f9b2769d2ca7p+0, 0x1.5342b569d4f82p+0, 0x1.56f4736b527dap+0,
+    0x1.5ab07dd485429p+0, 0x1.5e76f15ad2148p+0, 0x1.6247eb03a5585p+0, 0x1.6623882552225p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.6dfb23c651a2fp+0, 0x1.71f75e8ec5f74p+0, 0x1.75feb564267c9p+0,
+    0x1.7a11473eb0187p+0, 0x1.7e2f336cf4e62p+0, 0x1.82589994cce13p+0, 0x1.868d99b4492edp+0,
+    0x1.8ace5422aa0dbp+0, 0x1.8f1ae99157736p+0, 0x1.93737b0cdc5e5p+0, 0x1.97d829fde4e50p+0,
+    0x1.9c49182a3f090p+0, 0x1.a0c667b5de565p+0, 0x1.a5503b23e255dp+0, 0x1.a9e6b5579fdbfp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b33a2b84f15fbp+0, 0x1.b7f76f2fb5e47p+0, 0x1.bcc1e904bc1d2p+0,
+    0x1.c199bdd85529cp+0, 0x1.c67f12e57d14bp+0, 0x1.cb720dcef9069p+0, 0x1.d072d4a07897cp+0,
+    0x1.d5818dcfba487p+0, 0x1.da9e603db3285p+0, 0x1.dfc97337b9b5fp+0, 0x1.e502ee78b3ff6p+0,
+    0x1.ea4afa2a490dap+0, 0x1.efa1bee615a27p+0, 0x1.f50765b6e4540p+0, 0x1.fa7c1819e90d8p+0,
+};
+
+const double *edkm_window_exp_table(void) { return exp_table; }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -60,50 +94,41 @@ TARGET static inline double lane_sum(v4 a) {
     return s;
 }
 
-/* VectorMath.exp, operation for operation: Cody-Waite reduction, degree-13 Taylor polynomial in
- * Horner form, scaling by 2^n through the exponent bits; 0 below -708. The reduction and the
- * scaling are split out so that two exps can interleave their Horner chains (`exp4x2`): the chain
- * of 13 dependent multiply-adds is what limits one exp. */
-static const double exp_log2e = 1.4426950408889634;
-static const double exp_ln2Hi = 6.93147180369123816490e-01;
-static const double exp_ln2Lo = 1.90821492927058770002e-10;
-static const double exp_shifter = 0x1.8p52;
-/* The Horner coefficients after the leading 1/13!: 1/12!, ..., 1/2!, 1, 1. */
-static const double exp_coefficients[13] = {
-    1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
-    1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,      1.0 / 6.0,      0.5,           1.0,
-    1.0,
-};
-
-/* x = n ln2 + r: returns r, and in *t the shifted n (n sits in its low bits). */
+/* x = m ln2/64 + r: returns r, and in *t the shifted m (m sits in its low bits). */
 TARGET static inline v4 exp_reduce(v4 x, v4 *t) {
     v4 clamped = pick(x, splat(-708), less(x, splat(-708)));
     clamped = pick(clamped, splat(709), _mm256_cmp_pd(clamped, splat(709), _CMP_GT_OQ));
-    *t = _mm256_add_pd(_mm256_mul_pd(clamped, splat(exp_log2e)), splat(exp_shifter));
-    v4 n = _mm256_sub_pd(*t, splat(exp_shifter));
-    return _mm256_sub_pd(_mm256_sub_pd(clamped, _mm256_mul_pd(n, splat(exp_ln2Hi))), _mm256_mul_pd(n, splat(exp_ln2Lo)));
+    *t = _mm256_add_pd(_mm256_mul_pd(clamped, splat(exp_64_log2e)), splat(exp_shifter));
+    v4 m = _mm256_sub_pd(*t, splat(exp_shifter));
+    return _mm256_sub_pd(_mm256_sub_pd(clamped, _mm256_mul_pd(m, splat(exp_ln2Hi_64))), _mm256_mul_pd(m, splat(exp_ln2Lo_64)));
 }
 
-/* p(r) 2^n, 0 where x < -708. */
+/* p(r) 2^(j/64) 2^n, 0 where x < -708. The integers are exact: m = bits(t) - bits(shifter);
+ * m + 1023 * 64 > 0 over the clamped range, so its logical shift by 6 is n + 1023 = floor(m / 64) + 1023. */
 TARGET static inline v4 exp_scale(v4 x, v4 t, v4 p) {
-    __m256i ni = _mm256_sub_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x((long long)0x4338000000000000LL));
-    v4 scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
+    __m256i ti = _mm256_castpd_si256(t);
+    __m256i j = _mm256_and_si256(ti, _mm256_set1_epi64x(63));
+    __m256i biased = _mm256_add_epi64(_mm256_sub_epi64(ti, _mm256_set1_epi64x((long long)0x4338000000000000LL)),
+                                      _mm256_set1_epi64x(1023 * 64));
+    __m256i n = _mm256_sub_epi64(_mm256_srli_epi64(biased, 6), _mm256_set1_epi64x(1023));
+    __m256i entry = _mm256_i64gather_epi64((const long long *)exp_table, j, 8);
+    v4 scale = _mm256_castsi256_pd(_mm256_add_epi64(entry, _mm256_slli_epi64(n, 52)));
     v4 result = _mm256_mul_pd(p, scale);
     return pick(result, zero4(), less(x, splat(-708)));
 }
 
 TARGET static inline v4 exp4(v4 x) {
     v4 t, r = exp_reduce(x, &t);
-    v4 p = splat(1.0 / 6227020800.0);
-    for (int i = 0; i < 13; i++) p = _mm256_add_pd(_mm256_mul_pd(p, r), splat(exp_coefficients[i]));
+    v4 p = splat(1.0 / 120.0);
+    for (int i = 0; i < 5; i++) p = _mm256_add_pd(_mm256_mul_pd(p, r), splat(exp_coefficients[i]));
     return exp_scale(x, t, p);
 }
 
 /* exp4 of two vectors, their Horner chains interleaved (each lane's operations unchanged). */
 TARGET static inline void exp4x2(v4 x0, v4 x1, v4 *e0, v4 *e1) {
     v4 t0, t1, r0 = exp_reduce(x0, &t0), r1 = exp_reduce(x1, &t1);
-    v4 p0 = splat(1.0 / 6227020800.0), p1 = p0;
-    for (int i = 0; i < 13; i++) {
+    v4 p0 = splat(1.0 / 120.0), p1 = p0;
+    for (int i = 0; i < 5; i++) {
         p0 = _mm256_add_pd(_mm256_mul_pd(p0, r0), splat(exp_coefficients[i]));
         p1 = _mm256_add_pd(_mm256_mul_pd(p1, r1), splat(exp_coefficients[i]));
     }

@@ -8,7 +8,7 @@ import Testing
 /// Swift passes it replaces (`SoftKMeansKernel+Window`), with the run-time dispatch both ways
 /// (`WindowKernelSelection.forceScalar`): BIT-IDENTICAL traces (centroids, normalisers, inertia,
 /// entropy), outputs and per-row gradients, since both run the same operations in the same order on
-/// the same four-row lanes with the same exp polynomial and the same libm log. Through the engine,
+/// the same four-row lanes with the same exp (`VectorMath.windowExp`) and the same libm log. Through the engine,
 /// so every pass (iterations, output, the backward's last step and reverse iterations, with and
 /// without the centroid adjoint) and the row remainders (counts not a multiple of 4) are covered,
 /// on Gaussian, heavy-tailed and LLM-like weights, f16 / bf16 keys (distinct values with counts)
@@ -167,7 +167,7 @@ import Testing
                      threads: [1, 2], label: "prune bias")
     }
 
-    /// The C exp is VectorMath.exp bit for bit, over the whole range the softmax feeds it and beyond.
+    /// The C exp is VectorMath.windowExp bit for bit, over the whole range the softmax feeds it and beyond.
     @Test(.enabled(if: avx2, "this CPU has no AVX2: only the Swift passes exist here"))
     func expMatchesVectorMath() {
         var rng = SplitMix64(seed: 11)
@@ -179,7 +179,7 @@ import Testing
         var mismatches = 0
         for i in stride(from: 0, to: xs.count, by: 4) {
             let x = SIMD4<Double>(xs[i], xs[i + 1], xs[i + 2], xs[i + 3])
-            let want = VectorMath.exp(x)
+            let want = VectorMath.windowExp(x, table: edkm_window_exp_table()!)
             var got = [Double](repeating: 0, count: 4)
             #expect(edkm_window_exp4(Array(xs[i..<(i + 4)]), &got) == 1)
             for l in 0..<4 where got[l].bitPattern != want[l].bitPattern { mismatches += 1 }

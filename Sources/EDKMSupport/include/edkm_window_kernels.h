@@ -53,7 +53,11 @@ EDKM_WINDOW_HIDDEN void edkm_window_kernels_force_scalar(int on);
  *  sizes[g] (arrays of (count / 4) (k + 1) and count / 4); returns the groups, or -1 when not built. */
 EDKM_WINDOW_HIDDEN long edkm_window_choose(const edkm_window_params *p, const double *values, long count,
                                            const double *c, long *windows, long *sizes);
-/** Tests: e^x of the AVX2 build for four lanes (VectorMath.exp's polynomial); 0 when not built. */
+/** Tests: e^x of the AVX2 build for four lanes (VectorMath.windowExp's operations); 0 when not built. */
 EDKM_WINDOW_HIDDEN int edkm_window_exp4(const double *x, double *out);
+
+/** The 64 entries 2^(j/64) (correctly rounded) that the windowed softmax's exp scales by, in both
+ *  builds (VectorMath.windowExp, window_kernels.c); static storage. */
+EDKM_WINDOW_HIDDEN const double *edkm_window_exp_table(void);
 
 #endif

@@ -1,3 +1,4 @@
+import EDKMSupport
 import Glibc
 
 /// d = 1, four rows at a time, on the window of centroids that can matter (docs/windowed-dkm.md).
@@ -201,12 +202,14 @@ extension SoftKMeansKernel {
         }
     }
 
-    /// softmax4 on a window: s[q] for centroid window[q], the normaliser over the window only.
-    /// Returns min_j D_j (the argmin is in the window). With `entropy`, the rows' entropy.
+    /// softmax4 on a window: s[q] for centroid window[q], the normaliser over the window only, e^x
+    /// by `VectorMath.windowExp` with `expTable` (`edkm_window_exp_table()`). Returns min_j D_j (the
+    /// argmin is in the window). With `entropy`, the rows' entropy.
     @inline(__always)
     func windowSoftmax4(_ u: V4, _ c: UnsafePointer<Double>, _ window: UnsafePointer<Int>, _ w: Int,
-                        _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
-        softmax4(u, c, count: w, centroid: { window[$0] }, s, entropy: entropy)
+                        _ s: UnsafeMutablePointer<V4>, _ expTable: UnsafePointer<Double>,
+                        entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
+        softmax4(u, c, count: w, centroid: { window[$0] }, exp: { VectorMath.windowExp($0, table: expTable) }, s, entropy: entropy)
     }
 
     /// max(s - z, 0): the attention above its clamp.
@@ -230,11 +233,12 @@ extension SoftKMeansKernel {
                 for j in 0..<(2 * k) { sumS[j] = V4(repeating: 0) }
                 var m = 0
                 var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
                     let w = window4(u, order, c[0], window, &cursor)
-                    inertia += n * windowSoftmax4(u, c, window, w, s)
+                    inertia += n * windowSoftmax4(u, c, window, w, s, expTable)
                     totalN += n
                     totalNU += n * u
                     for q in 0..<w {
@@ -272,10 +276,11 @@ extension SoftKMeansKernel {
                 var h = V4(repeating: 0)
                 var m = 0
                 var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let w = window4(u, order, cPrev[0], window, &cursor)
-                    _ = windowSoftmax4(u, cPrev, window, w, s, entropy: &h)
+                    _ = windowSoftmax4(u, cPrev, window, w, s, expTable, entropy: &h)
                     entropy += (counts.map { load4($0 + m) } ?? V4(repeating: 1)) * h
                     var out = V4(repeating: 0)
                     for q in 0..<w { out += excess4(s[q]) * cLast[window[q]] }
@@ -303,11 +308,12 @@ extension SoftKMeansKernel {
                 var totalG = V4(repeating: 0)
                 var m = 0
                 var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let g = load4(G + m)
                     let w = window4(u, order, cPrev[0], window, &cursor)
-                    _ = windowSoftmax4(u, cPrev, window, w, s)
+                    _ = windowSoftmax4(u, cPrev, window, w, s, expTable)
                     totalG += g
                     for q in 0..<w {
                         let j = window[q]
@@ -353,10 +359,11 @@ extension SoftKMeansKernel {
                 for j in 0..<k { cbar[j] = V4(repeating: 0) }
                 var m = 0
                 var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let w = window4(u, order, ct[0], window, &cursor)
-                    _ = windowSoftmax4(u, ct, window, w, s)
+                    _ = windowSoftmax4(u, ct, window, w, s, expTable)
                     var rr = load4(r + m) + zp
                     for i in 0..<w {
                         let j = window[i]
