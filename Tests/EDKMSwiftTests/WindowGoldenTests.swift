@@ -33,18 +33,8 @@ import Testing
                                                       zeroThreshold: zeroThreshold)
         let initial = rows.map { WindowKernelDispatchTests.initial($0, k: config.k, keepSparsity: keepSparsity) }
         let engine = DKMEngine(config: config, pool: ThreadPool(threads: 1))
-        let anyRows: [any RowBlocks] = rows
-        let inertia = engine.inertia(anyRows, centroids: initial)
-        let parameters = rows.indices.map {
-            EffectiveParameters(config: config, initial: initial[$0], distortion: inertia[$0] / Double(rows[$0].rowCount),
-                                vectors: rows[$0].rowCount)
-        }
-        var rng = SplitMix64(seed: 8)
-        let gradients = rows.map { r in
-            let g = DoubleBuffer(zeros: r.rowCount)
-            for m in 0..<r.rowCount { g[m] = (rng.nextUnit() - 0.5) * 1e-3 * r.countsBuffer[m] }
-            return g
-        }
+        let parameters = WindowKernelDispatchTests.defaultParameters(engine, rows, config, initial: initial)
+        let gradients = WindowKernelDispatchTests.randomGradients(rows, seed: 8)
         let run = WindowedKernelTests.run(engine, rows, initial: initial, parameters: parameters, gradients: gradients)
         var h: UInt64 = 0xcbf29ce484222325
         for t in run.traces {

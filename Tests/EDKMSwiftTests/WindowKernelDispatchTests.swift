@@ -38,23 +38,34 @@ import Testing
         #expect(a.r == b.r, "\(label): r differs (max \(WindowedKernelTests.maxDiff(a.r, b.r)))")
     }
 
-    /// One case: the engine with the AVX2 build at every thread count and with the Swift passes
-    /// at one thread, all bit-identical.
-    static func compare(_ rows: [UniqueValueRows], _ config: ClusteringConfig, initial: [[Double]],
-                        parameters: [EffectiveParameters]? = nil, threads: [Int] = [1], label: String) {
+    /// Each partition's parameters from its initial centroids' distortion (the engine's defaults).
+    static func defaultParameters(_ engine: DKMEngine, _ rows: [UniqueValueRows], _ config: ClusteringConfig,
+                                  initial: [[Double]]) -> [EffectiveParameters] {
         let anyRows: [any RowBlocks] = rows
-        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 1))
         let inertia = engine.inertia(anyRows, centroids: initial)
-        let parameters = parameters ?? rows.indices.map {
+        return rows.indices.map {
             EffectiveParameters(config: config, initial: initial[$0], distortion: inertia[$0] / Double(rows[$0].rowCount),
                                 vectors: rows[$0].rowCount)
         }
-        var rng = SplitMix64(seed: 7)
-        let gradients = rows.map { r in
+    }
+
+    /// Upstream gradients, uniform in +-5e-4 times each row's count.
+    static func randomGradients(_ rows: [UniqueValueRows], seed: UInt64) -> [DoubleBuffer] {
+        var rng = SplitMix64(seed: seed)
+        return rows.map { r in
             let g = DoubleBuffer(zeros: r.rowCount)
             for m in 0..<r.rowCount { g[m] = (rng.nextUnit() - 0.5) * 1e-3 * r.countsBuffer[m] }
             return g
         }
+    }
+
+    /// One case: the engine with the AVX2 build at every thread count and with the Swift passes
+    /// at one thread, all bit-identical.
+    static func compare(_ rows: [UniqueValueRows], _ config: ClusteringConfig, initial: [[Double]],
+                        parameters: [EffectiveParameters]? = nil, threads: [Int] = [1], label: String) {
+        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 1))
+        let parameters = parameters ?? defaultParameters(engine, rows, config, initial: initial)
+        let gradients = randomGradients(rows, seed: 7)
         #expect(WindowKernelSelection.avx2Active)
         let swift = scalar { WindowedKernelTests.run(engine, rows, initial: initial, parameters: parameters, gradients: gradients) }
         for t in threads {
