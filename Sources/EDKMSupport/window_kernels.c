@@ -233,8 +233,23 @@ typedef struct {
 TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
                                      window_cursor *cursor) {
     const long k = p->k;
-    double minD[4];
     long lo = cursor->row;
+    if (!p->keep_sparsity && lo > 0 && lo < k) {
+        /* The common case in key order: all four rows have the previous row's lower bound
+         * (sorted[lo - 1] < u <= sorted[lo]; false for a NaN u). Then each lane's min D is the
+         * scalar code's, operation for operation, as one vector. */
+        const v4 x = _mm256_loadu_pd(u), below = splat(o->sorted[lo - 1]), above = splat(o->sorted[lo]);
+        if (_mm256_movemask_pd(_mm256_and_pd(less(below, x), _mm256_cmp_pd(above, x, _CMP_GE_OQ))) == 15) {
+            v4 da = _mm256_sub_pd(above, x), db = _mm256_sub_pd(x, below);
+            v4 best = _mm256_mul_pd(da, da), other = _mm256_mul_pd(db, db);
+            best = pick(best, other, less(other, best));  /* swift_min(best, (x - c[lo - 1])^2) */
+            v4 d0 = _mm256_sub_pd(x, splat(c0));
+            v4 pruned = _mm256_sub_pd(_mm256_mul_pd(d0, d0), splat(p->prune_threshold));
+            v4 minD = pick(best, pruned, less(pruned, best));  /* swift_min(near, (x - c0)^2 - p) */
+            return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(minD, splat(WINDOW_CUT * p->tau))), splat(1 + 0x1p-30));
+        }
+    }
+    double minD[4];
     for (int l = 0; l < 4; l++) {
         double x = u[l];
         lo = lower_bound_from(o->sorted, k, x, lo);
