@@ -5,7 +5,7 @@
  * two instructions per operation; here one __m256d holds the four rows. The lanes are the same four
  * consecutive rows, every lane sees the same operations in the same order (no FP contraction: this
  * file is compiled without FMA and with contraction off), the window of each four rows is chosen by
- * the same comparisons, e^x is VectorMath.exp's polynomial operation for operation, the entropy's
+ * the same comparisons, e^x is VectorMath.windowExp operation for operation, the entropy's
  * logarithm is the same libm log per lane, and the lane sums are reduced as SIMD4.sum() does (lane 0
  * to 3 in order): the results are bit-identical to the Swift passes
  * (Tests/EDKMSwiftTests/WindowKernelDispatchTests.swift checks every pass both ways). */
@@ -22,6 +22,40 @@
 static int force_scalar = 0;
 
 void edkm_window_kernels_force_scalar(int on) { force_scalar = on; }
+
+/* VectorMath.windowExp, operation for operation: e^x = 2^n 2^(j/64) e^r with x = m ln2/64 + r,
+ * m = round(64 x / ln2) = 64 n + j (0 <= j < 64), |r| <= ln2/128 (Cody-Waite, ln2/64 split in two);
+ * e^r by its Taylor series to degree 5 in Horner form (truncation < 3.5e-17 relative), times the
+ * table entry 2^(j/64) whose exponent field gets n added; 0 below -708. The reduction and the
+ * scaling are split out so that two exps can interleave their Horner chains (`exp4x2`). */
+static const double exp_64_log2e = 1.4426950408889634 * 64;  /* 64 / ln 2 */
+static const double exp_ln2Hi_64 = 6.93147180369123816490e-01 / 64;
+static const double exp_ln2Lo_64 = 1.90821492927058770002e-10 / 64;
+static const double exp_shifter = 0x1.8p52;
+/* The Horner coefficients after the leading 1/5!: 1/4!, 1/3!, 1/2!, 1, 1. */
+static const double exp_coefficients[5] = {1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+
+/* 2^(j/64), j = 0 ... 63, correctly rounded (VectorMath.windowExp reads this table too). */
+static const double exp_table[64] = {
+    0x1.0000000000000p+0, 0x1.02c9a3e778061p+0, 0x1.059b0d3158574p+0, 0x1.0874518759bc8p+0,
+    0x1.0b5586cf9890fp+0, 0x1.0e3ec32d3d1a2p+0, 0x1.11301d0125b51p+0, 0x1.1429aaea92de0p+0,
+    0x1.172b83c7d517bp+0, 0x1.1a35beb6fcb75p+0, 0x1.1d4873168b9aap+0, 0x1.2063b88628cd6p+0,
+    0x1.2387a6e756238p+0, 0x1.26b4565e27cddp+0, 0x1.29e9df51fdee1p+0, 0x1.2d285a6e4030bp+0,
+    0x1.306fe0a31b715p+0, 0x1.33c08b26416ffp+0, 0x1.371a7373aa9cbp+0, 0x1.3a7db34e59ff7p+0,
+    0x1.3dea64c123422p+0, 0x1.4160a21f72e2ap+0, 0x1.44e086061892dp+0, 0x1.486a2b5c13cd0p+0,
+    0x1.4bfdad5362a27p+0, 0x1.4f9b2769d2ca7p+0, 0x1.5342b569d4f82p+0, 0x1.56f4736b527dap+0,
+    0x1.5ab07dd485429p+0, 0x1.5e76f15ad2148p+0, 0x1.6247eb03a5585p+0, 0x1.6623882552225p+0,
+    0x1.6a09e667f3bcdp+0, 0x1.6dfb23c651a2fp+0, 0x1.71f75e8ec5f74p+0, 0x1.75feb564267c9p+0,
+    0x1.7a11473eb0187p+0, 0x1.7e2f336cf4e62p+0, 0x1.82589994cce13p+0, 0x1.868d99b4492edp+0,
+    0x1.8ace5422aa0dbp+0, 0x1.8f1ae99157736p+0, 0x1.93737b0cdc5e5p+0, 0x1.97d829fde4e50p+0,
+    0x1.9c49182a3f090p+0, 0x1.a0c667b5de565p+0, 0x1.a5503b23e255dp+0, 0x1.a9e6b5579fdbfp+0,
+    0x1.ae89f995ad3adp+0, 0x1.b33a2b84f15fbp+0, 0x1.b7f76f2fb5e47p+0, 0x1.bcc1e904bc1d2p+0,
+    0x1.c199bdd85529cp+0, 0x1.c67f12e57d14bp+0, 0x1.cb720dcef9069p+0, 0x1.d072d4a07897cp+0,
+    0x1.d5818dcfba487p+0, 0x1.da9e603db3285p+0, 0x1.dfc97337b9b5fp+0, 0x1.e502ee78b3ff6p+0,
+    0x1.ea4afa2a490dap+0, 0x1.efa1bee615a27p+0, 0x1.f50765b6e4540p+0, 0x1.fa7c1819e90d8p+0,
+};
+
+const double *edkm_window_exp_table(void) { return exp_table; }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -60,50 +94,41 @@ TARGET static inline double lane_sum(v4 a) {
     return s;
 }
 
-/* VectorMath.exp, operation for operation: Cody-Waite reduction, degree-13 Taylor polynomial in
- * Horner form, scaling by 2^n through the exponent bits; 0 below -708. The reduction and the
- * scaling are split out so that two exps can interleave their Horner chains (`exp4x2`): the chain
- * of 13 dependent multiply-adds is what limits one exp. */
-static const double exp_log2e = 1.4426950408889634;
-static const double exp_ln2Hi = 6.93147180369123816490e-01;
-static const double exp_ln2Lo = 1.90821492927058770002e-10;
-static const double exp_shifter = 0x1.8p52;
-/* The Horner coefficients after the leading 1/13!: 1/12!, ..., 1/2!, 1, 1. */
-static const double exp_coefficients[13] = {
-    1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
-    1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,      1.0 / 6.0,      0.5,           1.0,
-    1.0,
-};
-
-/* x = n ln2 + r: returns r, and in *t the shifted n (n sits in its low bits). */
+/* x = m ln2/64 + r: returns r, and in *t the shifted m (m sits in its low bits). */
 TARGET static inline v4 exp_reduce(v4 x, v4 *t) {
     v4 clamped = pick(x, splat(-708), less(x, splat(-708)));
     clamped = pick(clamped, splat(709), _mm256_cmp_pd(clamped, splat(709), _CMP_GT_OQ));
-    *t = _mm256_add_pd(_mm256_mul_pd(clamped, splat(exp_log2e)), splat(exp_shifter));
-    v4 n = _mm256_sub_pd(*t, splat(exp_shifter));
-    return _mm256_sub_pd(_mm256_sub_pd(clamped, _mm256_mul_pd(n, splat(exp_ln2Hi))), _mm256_mul_pd(n, splat(exp_ln2Lo)));
+    *t = _mm256_add_pd(_mm256_mul_pd(clamped, splat(exp_64_log2e)), splat(exp_shifter));
+    v4 m = _mm256_sub_pd(*t, splat(exp_shifter));
+    return _mm256_sub_pd(_mm256_sub_pd(clamped, _mm256_mul_pd(m, splat(exp_ln2Hi_64))), _mm256_mul_pd(m, splat(exp_ln2Lo_64)));
 }
 
-/* p(r) 2^n, 0 where x < -708. */
+/* p(r) 2^(j/64) 2^n, 0 where x < -708. The integers are exact: m = bits(t) - bits(shifter);
+ * m + 1023 * 64 > 0 over the clamped range, so its logical shift by 6 is n + 1023 = floor(m / 64) + 1023. */
 TARGET static inline v4 exp_scale(v4 x, v4 t, v4 p) {
-    __m256i ni = _mm256_sub_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x((long long)0x4338000000000000LL));
-    v4 scale = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(ni, _mm256_set1_epi64x(1023)), 52));
+    __m256i ti = _mm256_castpd_si256(t);
+    __m256i j = _mm256_and_si256(ti, _mm256_set1_epi64x(63));
+    __m256i biased = _mm256_add_epi64(_mm256_sub_epi64(ti, _mm256_set1_epi64x((long long)0x4338000000000000LL)),
+                                      _mm256_set1_epi64x(1023 * 64));
+    __m256i n = _mm256_sub_epi64(_mm256_srli_epi64(biased, 6), _mm256_set1_epi64x(1023));
+    __m256i entry = _mm256_i64gather_epi64((const long long *)exp_table, j, 8);
+    v4 scale = _mm256_castsi256_pd(_mm256_add_epi64(entry, _mm256_slli_epi64(n, 52)));
     v4 result = _mm256_mul_pd(p, scale);
     return pick(result, zero4(), less(x, splat(-708)));
 }
 
 TARGET static inline v4 exp4(v4 x) {
     v4 t, r = exp_reduce(x, &t);
-    v4 p = splat(1.0 / 6227020800.0);
-    for (int i = 0; i < 13; i++) p = _mm256_add_pd(_mm256_mul_pd(p, r), splat(exp_coefficients[i]));
+    v4 p = splat(1.0 / 120.0);
+    for (int i = 0; i < 5; i++) p = _mm256_add_pd(_mm256_mul_pd(p, r), splat(exp_coefficients[i]));
     return exp_scale(x, t, p);
 }
 
 /* exp4 of two vectors, their Horner chains interleaved (each lane's operations unchanged). */
 TARGET static inline void exp4x2(v4 x0, v4 x1, v4 *e0, v4 *e1) {
     v4 t0, t1, r0 = exp_reduce(x0, &t0), r1 = exp_reduce(x1, &t1);
-    v4 p0 = splat(1.0 / 6227020800.0), p1 = p0;
-    for (int i = 0; i < 13; i++) {
+    v4 p0 = splat(1.0 / 120.0), p1 = p0;
+    for (int i = 0; i < 5; i++) {
         p0 = _mm256_add_pd(_mm256_mul_pd(p0, r0), splat(exp_coefficients[i]));
         p1 = _mm256_add_pd(_mm256_mul_pd(p1, r1), splat(exp_coefficients[i]));
     }
@@ -139,23 +164,43 @@ static void sort_centroids(const double *c, long k, centroid_order *o) {
 static inline double swift_min(double x, double y) { return y < x ? y : x; }
 static inline double swift_max(double x, double y) { return y >= x ? y : x; }
 
-/* First position q with sorted[q] >= x (k if none), for ascending sorted without NaN (the same
- * position as the Swift passes' binary search). Branch-free: the rows' positions are random to the
- * branch predictor, and a mispredicted step costs more than the comparison. */
-static inline long lower_bound(const double *sorted, long k, double x) {
-    const double *base = sorted;
-    long n = k;
-    while (n > 1) {
-        long half = n >> 1;
-        base = base[half - 1] < x ? base + half : base;
-        n -= half;
+/* First position q with sorted[q] >= x (k if none), for ascending sorted without NaN, searched
+ * from a hint: the position of the previous, nearby x (SoftKMeansKernel.lowerBound(_:_:from:)).
+ * The predicate sorted[q] < x is true then false along q (also for x = +-inf, and false throughout
+ * for a NaN x), so the first false position is one number whatever the search: this returns exactly
+ * the position a binary search over all k returns. It gallops away from the hint (steps 1, 2, 4, ...)
+ * and bisects the last step: O(1 + log d) comparisons for an answer d positions from the hint, two
+ * comparisons when the answer is the hint (rows in key order: consecutive values almost always
+ * share their position among the k centroids). */
+static inline long lower_bound_from(const double *sorted, long k, double x, long hint) {
+    long lo, hi;  /* the answer lies in [lo, hi]; hi == k or sorted[hi] >= x */
+    if (hint < k && sorted[hint] < x) {
+        lo = hint + 1;
+        long step = 1;
+        for (;;) {
+            long probe = lo + step - 1;
+            if (probe >= k) { hi = k; break; }
+            if (sorted[probe] < x) { lo = probe + 1; step <<= 1; } else { hi = probe; break; }
+        }
+    } else {
+        hi = hint;
+        long step = 1;
+        for (;;) {
+            long probe = hi - step;
+            if (probe < 0) { lo = 0; break; }
+            if (sorted[probe] < x) { lo = probe + 1; break; } else { hi = probe; step <<= 1; }
+        }
     }
-    return (base - sorted) + (n == 1 && *base < x);
+    while (lo < hi) {
+        long mid = (lo + hi) >> 1;
+        if (sorted[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
 }
 
-/* min (x - sorted[q])^2 over q != excluded (SoftKMeansKernel.nearestSquaredDistance). */
-static inline double nearest_excluding(double x, const centroid_order *o, long k, long excluded) {
-    long lo = lower_bound(o->sorted, k, x);
+/* min (x - sorted[q])^2 over q != excluded (SoftKMeansKernel.nearestSquaredDistance), x's lower
+ * bound `lo` given: the nearest lie next to it, one further out on the excluded position's side. */
+static inline double nearest_excluding(double x, const centroid_order *o, long k, long excluded, long lo) {
     double best = INFINITY;
     long end = lo + 2 < k ? lo + 2 : k;
     for (long q = lo - 2 > 0 ? lo - 2 : 0; q < end; q++) {
@@ -166,67 +211,66 @@ static inline double nearest_excluding(double x, const centroid_order *o, long k
     return best;
 }
 
-/* min_j (x - c_j)^2 for ascending c (DKMEngine.nearestSquaredDistance(_:sorted:)). */
-static inline double nearest_sorted(double x, const double *c, long k) {
-    long lo = lower_bound(c, k, x);
+/* min_j (x - c_j)^2 for ascending c, x's lower bound `lo` given (DKMEngine.nearestSquaredDistance(_:sorted:)). */
+static inline double nearest_sorted(double x, const double *c, long k, long lo) {
     double best = INFINITY;
     if (lo < k) best = (c[lo] - x) * (c[lo] - x);
     if (lo > 0) best = swift_min(best, (x - c[lo - 1]) * (x - c[lo - 1]));
     return best;
 }
 
-/* Up to this many centroids, the rows' nearest squared distances come from a scan of all k (four
- * rows per instruction, no dependent loads) instead of four binary searches. */
-#define SCAN_K 32
-
-/* min over all centroids of (u - c_j)^2 and over those but centroid 0, for four rows: the same
- * values as the binary searches' neighbours give (x - c rounds monotonically in c, so the nearest
- * centroid in value has the smallest rounded square; the minimum of a set does not depend on the
- * order it is taken in), for finite values and centroids; then min D and the radii as window_radii. */
-TARGET static inline v4 window_radii_scan(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
-    const v4 x = _mm256_loadu_pd(u);
-    v4 best = splat(INFINITY), bestOthers = splat(INFINITY);
-    for (long q = 0; q < p->k; q++) {
-        v4 diff = _mm256_sub_pd(x, splat(o->sorted[q]));
-        v4 d = _mm256_mul_pd(diff, diff);
-        best = pick(best, d, less(d, best));
-        if (q != o->position0) bestOthers = pick(bestOthers, d, less(d, bestOthers));
-    }
-    v4 d0 = _mm256_sub_pd(x, splat(c0));
-    v4 pruned = _mm256_sub_pd(_mm256_mul_pd(d0, d0), splat(p->prune_threshold));
-    v4 minD = pick(best, pruned, less(pruned, best));  /* swift_min(near, (x - c0)^2 - p) */
-    if (p->keep_sparsity) {
-        v4 zd = splat(p->zero_distance);
-        v4 constant = pick(bestOthers, zd, less(zd, bestOthers));  /* swift_min(nearest excluding c0, D_0) */
-        minD = pick(minD, constant, _mm256_cmp_pd(x, zero4(), _CMP_NEQ_UQ));  /* x != 0 */
-    }
-    return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(minD, splat(WINDOW_CUT * p->tau))), splat(1 + 0x1p-30));
-}
+/* Where the previous group's searches ended (SoftKMeansKernel.WindowCursor): the last row's lower
+ * bound, the window's two bounds, and the window they gave (lo = -1: none yet). */
+typedef struct {
+    long row, left, right;
+    long lo, hi, count;
+} window_cursor;
 
 /* The first half of SoftKMeansKernel.window4 for the rows u[0..3]: each row's radius
- * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. The four radii take one vector
+ * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. Each row's nearest centroids
+ * come from its lower bound, searched from the previous row's. The four radii take one vector
  * square root (correctly rounded, as the scalar one). */
-TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0) {
+TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
+                                     window_cursor *cursor) {
     const long k = p->k;
-    if (k <= SCAN_K) return window_radii_scan(p, u, o, c0);
+    long lo = cursor->row;
+    if (!p->keep_sparsity && lo > 0 && lo < k) {
+        /* The common case in key order: all four rows have the previous row's lower bound
+         * (sorted[lo - 1] < u <= sorted[lo]; false for a NaN u). Then each lane's min D is the
+         * scalar code's, operation for operation, as one vector. */
+        const v4 x = _mm256_loadu_pd(u), below = splat(o->sorted[lo - 1]), above = splat(o->sorted[lo]);
+        if (_mm256_movemask_pd(_mm256_and_pd(less(below, x), _mm256_cmp_pd(above, x, _CMP_GE_OQ))) == 15) {
+            v4 da = _mm256_sub_pd(above, x), db = _mm256_sub_pd(x, below);
+            v4 best = _mm256_mul_pd(da, da), other = _mm256_mul_pd(db, db);
+            best = pick(best, other, less(other, best));  /* swift_min(best, (x - c[lo - 1])^2) */
+            v4 d0 = _mm256_sub_pd(x, splat(c0));
+            v4 pruned = _mm256_sub_pd(_mm256_mul_pd(d0, d0), splat(p->prune_threshold));
+            v4 minD = pick(best, pruned, less(pruned, best));  /* swift_min(near, (x - c0)^2 - p) */
+            return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(minD, splat(WINDOW_CUT * p->tau))), splat(1 + 0x1p-30));
+        }
+    }
     double minD[4];
     for (int l = 0; l < 4; l++) {
         double x = u[l];
+        lo = lower_bound_from(o->sorted, k, x, lo);
         if (p->keep_sparsity && x != 0) {
-            minD[l] = swift_min(nearest_excluding(x, o, k, o->position0), p->zero_distance);
+            minD[l] = swift_min(nearest_excluding(x, o, k, o->position0, lo), p->zero_distance);
         } else {
-            double near = nearest_sorted(x, o->sorted, k);
+            double near = nearest_sorted(x, o->sorted, k, lo);
             minD[l] = swift_min(near, (x - c0) * (x - c0) - p->prune_threshold);
         }
     }
+    cursor->row = lo;
     return _mm256_mul_pd(_mm256_sqrt_pd(_mm256_add_pd(_mm256_loadu_pd(minD), splat(WINDOW_CUT * p->tau))),
                          splat(1 + 0x1p-30));
 }
 
 /* The second half of window4: the indices of the centroids within the radii of any of the rows
- * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. */
+ * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The bounds are
+ * searched from the previous group's; when they are the previous group's, `window` already holds
+ * that window (the passes only read it) and is left as it is. */
 TARGET static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
-                                            const centroid_order *o, long *window) {
+                                            const centroid_order *o, long *window, window_cursor *cursor) {
     const long k = p->k;
     double left = INFINITY, right = -INFINITY, radius[4];
     _mm256_storeu_pd(radius, radii);
@@ -236,17 +280,23 @@ TARGET static inline long window_from_radii(const edkm_window_params *p, const d
         left = swift_min(left, x - radius[l]);
         right = swift_max(right, x + radius[l]);
     }
-    long count = 0;
-    if (left <= right) {
-        long lo = lower_bound(o->sorted, k, left);
-        long hi = lower_bound(o->sorted, k, right);
-        while (hi < k && o->sorted[hi] <= right) hi++;
-        for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
-        if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
-    } else {
+    if (!(left <= right)) {
         window[0] = 0;
-        count = 1;
+        cursor->lo = -1;
+        return 1;
     }
+    long lo = lower_bound_from(o->sorted, k, left, cursor->left);
+    long hi = lower_bound_from(o->sorted, k, right, cursor->right);
+    cursor->left = lo;
+    cursor->right = hi;
+    while (hi < k && o->sorted[hi] <= right) hi++;
+    if (lo == cursor->lo && hi == cursor->hi) return cursor->count;
+    long count = 0;
+    for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
+    if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
+    cursor->lo = lo;
+    cursor->hi = hi;
+    cursor->count = count;
     return count;
 }
 
@@ -258,6 +308,7 @@ typedef struct {
     long rows;
     const centroid_order *order;
     double c0;
+    window_cursor cursor;
     v4 next;
 } window_stream;
 
@@ -268,13 +319,14 @@ TARGET static inline void window_stream_start(window_stream *s, const edkm_windo
     s->rows = rows;
     s->order = order;
     s->c0 = c0;
-    s->next = rows > 0 ? window_radii(p, values, order, c0) : zero4();
+    s->cursor = (window_cursor){.row = 0, .left = 0, .right = 0, .lo = -1, .hi = -1, .count = 0};
+    s->next = rows > 0 ? window_radii(p, values, order, c0, &s->cursor) : zero4();
 }
 
 /* The window of rows m ... m + 3 (m = 0, 4, 8, ... in turn). */
 TARGET static inline long window_stream_next(window_stream *s, long m, long *window) {
-    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window);
-    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0);
+    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window, &s->cursor);
+    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0, &s->cursor);
     return w;
 }
 
@@ -513,6 +565,22 @@ TARGET static long backward_iteration_avx2(const edkm_window_params *p, const do
     return rows;
 }
 
+TARGET static long choose_avx2(const edkm_window_params *p, const double *values, long count, const double *c,
+                               long *windows, long *sizes) {
+    const long k = p->k, rows = count & ~3L;
+    centroid_order order;
+    sort_centroids(c, k, &order);
+    long window[MAX_K + 1];
+    window_stream stream;
+    window_stream_start(&stream, p, values, rows, &order, c[0]);
+    for (long m = 0; m < rows; m += 4) {
+        long w = window_stream_next(&stream, m, window);
+        sizes[m / 4] = w;
+        memcpy(windows + (m / 4) * (k + 1), window, (size_t)w * sizeof(long));
+    }
+    return rows / 4;
+}
+
 TARGET static void exp4_avx2(const double *x, double *out) { _mm256_storeu_pd(out, exp4(_mm256_loadu_pd(x))); }
 
 long edkm_window_iterate(const edkm_window_params *p, const double *values, const double *counts, long count,
@@ -534,6 +602,11 @@ long edkm_window_backward_iteration(const edkm_window_params *p, const double *v
                                     const double *ct, const double *cn, const double *pbar, double *r, double *acc,
                                     int accumulate) {
     return usable(p) ? backward_iteration_avx2(p, values, counts, count, ct, cn, pbar, r, acc, accumulate) : -1;
+}
+
+long edkm_window_choose(const edkm_window_params *p, const double *values, long count, const double *c, long *windows,
+                        long *sizes) {
+    return p->k >= 1 && p->k <= MAX_K && avx2_selected() ? choose_avx2(p, values, count, c, windows, sizes) : -1;
 }
 
 int edkm_window_exp4(const double *x, double *out) {
@@ -564,6 +637,11 @@ long edkm_window_backward_iteration(const edkm_window_params *p, const double *v
                                     const double *ct, const double *cn, const double *pbar, double *r, double *acc,
                                     int accumulate) {
     (void)p; (void)values; (void)counts; (void)count; (void)ct; (void)cn; (void)pbar; (void)r; (void)acc; (void)accumulate;
+    return -1;
+}
+long edkm_window_choose(const edkm_window_params *p, const double *values, long count, const double *c, long *windows,
+                        long *sizes) {
+    (void)p; (void)values; (void)count; (void)c; (void)windows; (void)sizes;
     return -1;
 }
 int edkm_window_exp4(const double *x, double *out) {

@@ -8,7 +8,7 @@ import Testing
 /// Swift passes it replaces (`SoftKMeansKernel+Window`), with the run-time dispatch both ways
 /// (`WindowKernelSelection.forceScalar`): BIT-IDENTICAL traces (centroids, normalisers, inertia,
 /// entropy), outputs and per-row gradients, since both run the same operations in the same order on
-/// the same four-row lanes with the same exp polynomial and the same libm log. Through the engine,
+/// the same four-row lanes with the same exp (`VectorMath.windowExp`) and the same libm log. Through the engine,
 /// so every pass (iterations, output, the backward's last step and reverse iterations, with and
 /// without the centroid adjoint) and the row remainders (counts not a multiple of 4) are covered,
 /// on Gaussian, heavy-tailed and LLM-like weights, f16 / bf16 keys (distinct values with counts)
@@ -38,23 +38,34 @@ import Testing
         #expect(a.r == b.r, "\(label): r differs (max \(WindowedKernelTests.maxDiff(a.r, b.r)))")
     }
 
-    /// One case: the engine with the AVX2 build at every thread count and with the Swift passes
-    /// at one thread, all bit-identical.
-    static func compare(_ rows: [UniqueValueRows], _ config: ClusteringConfig, initial: [[Double]],
-                        parameters: [EffectiveParameters]? = nil, threads: [Int] = [1], label: String) {
+    /// Each partition's parameters from its initial centroids' distortion (the engine's defaults).
+    static func defaultParameters(_ engine: DKMEngine, _ rows: [UniqueValueRows], _ config: ClusteringConfig,
+                                  initial: [[Double]]) -> [EffectiveParameters] {
         let anyRows: [any RowBlocks] = rows
-        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 1))
         let inertia = engine.inertia(anyRows, centroids: initial)
-        let parameters = parameters ?? rows.indices.map {
+        return rows.indices.map {
             EffectiveParameters(config: config, initial: initial[$0], distortion: inertia[$0] / Double(rows[$0].rowCount),
                                 vectors: rows[$0].rowCount)
         }
-        var rng = SplitMix64(seed: 7)
-        let gradients = rows.map { r in
+    }
+
+    /// Upstream gradients, uniform in +-5e-4 times each row's count.
+    static func randomGradients(_ rows: [UniqueValueRows], seed: UInt64) -> [DoubleBuffer] {
+        var rng = SplitMix64(seed: seed)
+        return rows.map { r in
             let g = DoubleBuffer(zeros: r.rowCount)
             for m in 0..<r.rowCount { g[m] = (rng.nextUnit() - 0.5) * 1e-3 * r.countsBuffer[m] }
             return g
         }
+    }
+
+    /// One case: the engine with the AVX2 build at every thread count and with the Swift passes
+    /// at one thread, all bit-identical.
+    static func compare(_ rows: [UniqueValueRows], _ config: ClusteringConfig, initial: [[Double]],
+                        parameters: [EffectiveParameters]? = nil, threads: [Int] = [1], label: String) {
+        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 1))
+        let parameters = parameters ?? defaultParameters(engine, rows, config, initial: initial)
+        let gradients = randomGradients(rows, seed: 7)
         #expect(WindowKernelSelection.avx2Active)
         let swift = scalar { WindowedKernelTests.run(engine, rows, initial: initial, parameters: parameters, gradients: gradients) }
         for t in threads {
@@ -167,7 +178,7 @@ import Testing
                      threads: [1, 2], label: "prune bias")
     }
 
-    /// The C exp is VectorMath.exp bit for bit, over the whole range the softmax feeds it and beyond.
+    /// The C exp is VectorMath.windowExp bit for bit, over the whole range the softmax feeds it and beyond.
     @Test(.enabled(if: avx2, "this CPU has no AVX2: only the Swift passes exist here"))
     func expMatchesVectorMath() {
         var rng = SplitMix64(seed: 11)
@@ -179,7 +190,7 @@ import Testing
         var mismatches = 0
         for i in stride(from: 0, to: xs.count, by: 4) {
             let x = SIMD4<Double>(xs[i], xs[i + 1], xs[i + 2], xs[i + 3])
-            let want = VectorMath.exp(x)
+            let want = VectorMath.windowExp(x, table: edkm_window_exp_table()!)
             var got = [Double](repeating: 0, count: 4)
             #expect(edkm_window_exp4(Array(xs[i..<(i + 4)]), &got) == 1)
             for l in 0..<4 where got[l].bitPattern != want[l].bitPattern { mismatches += 1 }

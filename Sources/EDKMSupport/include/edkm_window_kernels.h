@@ -48,7 +48,16 @@ EDKM_WINDOW_HIDDEN long edkm_window_backward_iteration(const edkm_window_params 
 EDKM_WINDOW_HIDDEN int edkm_window_kernels_available(void);
 /** 1: run the Swift passes even where AVX2 is present (tests and benchmarks; set while idle). */
 EDKM_WINDOW_HIDDEN void edkm_window_kernels_force_scalar(int on);
-/** Tests: e^x of the AVX2 build for four lanes (VectorMath.exp's polynomial); 0 when not built. */
+/** Tests: the windows the AVX2 passes choose for the groups of four rows of `values` (the leading
+ *  count & ~3) with centroids c: group g's centroid indices in windows[g (k + 1) ...], how many in
+ *  sizes[g] (arrays of (count / 4) (k + 1) and count / 4); returns the groups, or -1 when not built. */
+EDKM_WINDOW_HIDDEN long edkm_window_choose(const edkm_window_params *p, const double *values, long count,
+                                           const double *c, long *windows, long *sizes);
+/** Tests: e^x of the AVX2 build for four lanes (VectorMath.windowExp's operations); 0 when not built. */
 EDKM_WINDOW_HIDDEN int edkm_window_exp4(const double *x, double *out);
+
+/** The 64 entries 2^(j/64) (correctly rounded) that the windowed softmax's exp scales by, in both
+ *  builds (VectorMath.windowExp, window_kernels.c); static storage. */
+EDKM_WINDOW_HIDDEN const double *edkm_window_exp_table(void);
 
 #endif

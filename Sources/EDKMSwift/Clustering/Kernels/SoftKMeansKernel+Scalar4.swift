@@ -10,13 +10,14 @@ extension SoftKMeansKernel {
     @inline(__always)
     func softmax4(_ u: V4, _ c: UnsafePointer<Double>, _ s: UnsafeMutablePointer<V4>,
                   entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
-        softmax4(u, c, count: k, centroid: { $0 }, s, entropy: entropy)
+        softmax4(u, c, count: k, centroid: { $0 }, exp: VectorMath.exp, s, entropy: entropy)
     }
 
     /// softmax4 over `count` centroids, s[q] for centroid `centroid(q)` (the normaliser over those
-    /// only): all k in order for the full passes, a window for `+Window`.
+    /// only), e^x by `exp`: all k in order with `VectorMath.exp` for the full passes, a window with
+    /// `VectorMath.windowExp` for `+Window`.
     @inline(__always)
-    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, count: Int, centroid: (Int) -> Int,
+    func softmax4(_ u: V4, _ c: UnsafePointer<Double>, count: Int, centroid: (Int) -> Int, exp: (V4) -> V4,
                   _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>?) -> V4 {
         var minD = V4(repeating: .infinity)
         for q in 0..<count {
@@ -34,7 +35,7 @@ extension SoftKMeansKernel {
         var weighted = V4(repeating: 0)
         for q in 0..<count {
             let x = (minD - s[q]) * invTau
-            let e = VectorMath.exp(x)
+            let e = exp(x)
             s[q] = e
             sum += e
             if entropy != nil { weighted += (e * x).replacing(with: 0, where: e .== 0) }

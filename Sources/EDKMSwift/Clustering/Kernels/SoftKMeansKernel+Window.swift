@@ -1,3 +1,4 @@
+import EDKMSupport
 import Glibc
 
 /// d = 1, four rows at a time, on the window of centroids that can matter (docs/windowed-dkm.md).
@@ -66,10 +67,36 @@ extension SoftKMeansKernel {
         }
     }
 
-    /// First position q with sorted[q] >= x (k if none).
+    /// First position q with sorted[q] >= x (k if none), for ascending `sorted` without NaN, searched
+    /// from `hint` (the previous nearby x's position).
+    ///
+    /// Exactly the position a binary search over all k gives: along q the predicate sorted[q] < x is
+    /// true, then false (also for x = +-inf; false throughout for a NaN x), so its first false
+    /// position is one number, whatever visits it. The search gallops away from the hint (steps 1, 2,
+    /// 4, ...) and bisects the last step: O(1 + log d) comparisons for an answer d positions from the
+    /// hint, two when the answer is the hint.
     @inline(__always)
-    func lowerBound(_ sorted: UnsafePointer<Double>, _ x: Double) -> Int {
-        var lo = 0, hi = k
+    func lowerBound(_ sorted: UnsafePointer<Double>, _ x: Double, from hint: Int) -> Int {
+        var lo: Int, hi: Int  // the answer lies in [lo, hi]; hi == k or sorted[hi] >= x
+        if hint < k && sorted[hint] < x {
+            lo = hint &+ 1
+            hi = k
+            var step = 1
+            while true {
+                let probe = lo &+ step &- 1
+                if probe >= k { break }
+                if sorted[probe] < x { lo = probe &+ 1; step &<<= 1 } else { hi = probe; break }
+            }
+        } else {
+            lo = 0
+            hi = hint
+            var step = 1
+            while true {
+                let probe = hi &- step
+                if probe < 0 { break }
+                if sorted[probe] < x { lo = probe &+ 1; break } else { hi = probe; step &<<= 1 }
+            }
+        }
         while lo < hi {
             let mid = (lo &+ hi) >> 1
             if sorted[mid] < x { lo = mid &+ 1 } else { hi = mid }
@@ -77,11 +104,10 @@ extension SoftKMeansKernel {
         return lo
     }
 
-    /// min (x - sorted[q])^2 over the positions q != `excluded` (k >= 2): the nearest lie next to
-    /// x's lower bound, one further out on the side where the excluded position is.
+    /// min (x - sorted[q])^2 over the positions q != `excluded` (k >= 2), x's lower bound `lo` given:
+    /// the nearest lie next to it, one further out on the side where the excluded position is.
     @inline(__always)
-    func nearestSquaredDistance(_ x: Double, _ order: CentroidOrder, excluding excluded: Int) -> Double {
-        let lo = lowerBound(order.sorted, x)
+    func nearestSquaredDistance(_ x: Double, _ order: CentroidOrder, excluding excluded: Int, lowerBound lo: Int) -> Double {
         var best = Double.infinity
         for q in Swift.max(0, lo - 2)..<Swift.min(k, lo + 2) where q != excluded {
             let diff = x - order.sorted[q]
@@ -90,19 +116,44 @@ extension SoftKMeansKernel {
         return best
     }
 
-    /// Writes into `window` the indices of the centroids that can matter for any of the four rows u
-    /// (ascending positions, then centroid 0 if it lies outside them); returns how many.
+    /// min_q (x - sorted[q])^2, x's lower bound `lo` given: the nearest is at lo or lo - 1 (the same
+    /// arithmetic as `DKMEngine.nearestSquaredDistance(_:sorted:)`).
     @inline(__always)
-    func window4(_ u: V4, _ order: CentroidOrder, _ c0: Double, _ window: UnsafeMutablePointer<Int>) -> Int {
+    func nearestSquaredDistance(_ x: Double, _ sorted: UnsafePointer<Double>, lowerBound lo: Int) -> Double {
+        var best = Double.infinity
+        if lo < k { best = (sorted[lo] - x) * (sorted[lo] - x) }
+        if lo > 0 { best = Swift.min(best, (x - sorted[lo - 1]) * (x - sorted[lo - 1])) }
+        return best
+    }
+
+    /// Where the previous group of four rows' searches ended: its last row's lower bound, the lower
+    /// bounds of its window's two ends, and the window positions lo..<hi that `window` holds (lo = -1:
+    /// none). Starting each search there makes the window choice O(1) amortised per group when the
+    /// rows run in key order, and changes no window (`lowerBound(_:_:from:)` returns the same
+    /// position from any hint).
+    struct WindowCursor {
+        var row = 0, left = 0, right = 0
+        var lo = -1, hi = -1, count = 0
+    }
+
+    /// Writes into `window` the indices of the centroids that can matter for any of the four rows u
+    /// (ascending positions, then centroid 0 if it lies outside them); returns how many. When the
+    /// positions are the previous group's, `window` already holds them (the passes only read it)
+    /// and is not rewritten.
+    @inline(__always)
+    func window4(_ u: V4, _ order: CentroidOrder, _ c0: Double, _ window: UnsafeMutablePointer<Int>,
+                 _ cursor: inout WindowCursor) -> Int {
         var left = Double.infinity, right = -Double.infinity
         let reach = SoftKMeansKernel.windowCut * tau
+        var position = cursor.row
         for l in 0..<4 {
             let x = u[l]
+            position = lowerBound(order.sorted, x, from: position)
             let minD: Double
             if keepSparsity && x != 0 {  // D_0 is the constant zeroDistance, not (x - c_0)^2
-                minD = Swift.min(nearestSquaredDistance(x, order, excluding: order.position0), zeroDistance)
+                minD = Swift.min(nearestSquaredDistance(x, order, excluding: order.position0, lowerBound: position), zeroDistance)
             } else {
-                let near = DKMEngine.nearestSquaredDistance(x, sorted: UnsafeBufferPointer(start: order.sorted, count: k))
+                let near = nearestSquaredDistance(x, order.sorted, lowerBound: position)
                 minD = Swift.min(near, (x - c0) * (x - c0) - pruneThreshold)
             }
             // The margin (relative 2^-30) covers the rounding of the square and the root, so the
@@ -112,32 +163,53 @@ extension SoftKMeansKernel {
             left = Swift.min(left, x - radius)
             right = Swift.max(right, x + radius)
         }
-        var count = 0
-        if left <= right {
-            let lo = lowerBound(order.sorted, left)
-            var hi = lowerBound(order.sorted, right)
-            while hi < k && order.sorted[hi] <= right { hi += 1 }  // equal values at the right edge
-            for q in lo..<Swift.max(lo, hi) {
-                window[count] = order.index[q]
-                count += 1
-            }
-            if order.position0 < lo || order.position0 >= hi {
-                window[count] = 0
-                count += 1
-            }
-        } else {
+        cursor.row = position
+        guard left <= right else {
             window[0] = 0
-            count = 1
+            cursor.lo = -1
+            return 1
         }
+        let lo = lowerBound(order.sorted, left, from: cursor.left)
+        var hi = lowerBound(order.sorted, right, from: cursor.right)
+        cursor.left = lo
+        cursor.right = hi
+        while hi < k && order.sorted[hi] <= right { hi += 1 }  // equal values at the right edge
+        if lo == cursor.lo && hi == cursor.hi { return cursor.count }
+        var count = 0
+        for q in lo..<Swift.max(lo, hi) {
+            window[count] = order.index[q]
+            count += 1
+        }
+        if order.position0 < lo || order.position0 >= hi {
+            window[count] = 0
+            count += 1
+        }
+        cursor.lo = lo
+        cursor.hi = hi
+        cursor.count = count
         return count
     }
 
-    /// softmax4 on a window: s[q] for centroid window[q], the normaliser over the window only.
-    /// Returns min_j D_j (the argmin is in the window). With `entropy`, the rows' entropy.
+    /// The windows `window4` chooses for the groups of four rows of `values` (the leading count & ~3),
+    /// in order, with the centroids c: each group's centroid indices (tests).
+    func chooseWindows(_ values: UnsafePointer<Double>, _ count: Int, _ c: UnsafePointer<Double>) -> [[Int]] {
+        withCentroidOrder(c) { order, window in
+            var cursor = WindowCursor()
+            return stride(from: 0, to: count & ~3, by: 4).map { m in
+                let w = window4(load4(values + m), order, c[0], window, &cursor)
+                return Array(UnsafeBufferPointer(start: window, count: w))
+            }
+        }
+    }
+
+    /// softmax4 on a window: s[q] for centroid window[q], the normaliser over the window only, e^x
+    /// by `VectorMath.windowExp` with `expTable` (`edkm_window_exp_table()`). Returns min_j D_j (the
+    /// argmin is in the window). With `entropy`, the rows' entropy.
     @inline(__always)
     func windowSoftmax4(_ u: V4, _ c: UnsafePointer<Double>, _ window: UnsafePointer<Int>, _ w: Int,
-                        _ s: UnsafeMutablePointer<V4>, entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
-        softmax4(u, c, count: w, centroid: { window[$0] }, s, entropy: entropy)
+                        _ s: UnsafeMutablePointer<V4>, _ expTable: UnsafePointer<Double>,
+                        entropy: UnsafeMutablePointer<V4>? = nil) -> V4 {
+        softmax4(u, c, count: w, centroid: { window[$0] }, exp: { VectorMath.windowExp($0, table: expTable) }, s, entropy: entropy)
     }
 
     /// max(s - z, 0): the attention above its clamp.
@@ -160,11 +232,13 @@ extension SoftKMeansKernel {
                 let sumS = buf.baseAddress!, sumP = sumS + k, s = sumP + k
                 for j in 0..<(2 * k) { sumS[j] = V4(repeating: 0) }
                 var m = 0
+                var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
-                    let w = window4(u, order, c[0], window)
-                    inertia += n * windowSoftmax4(u, c, window, w, s)
+                    let w = window4(u, order, c[0], window, &cursor)
+                    inertia += n * windowSoftmax4(u, c, window, w, s, expTable)
                     totalN += n
                     totalNU += n * u
                     for q in 0..<w {
@@ -201,10 +275,12 @@ extension SoftKMeansKernel {
                 let s = buf.baseAddress!
                 var h = V4(repeating: 0)
                 var m = 0
+                var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, cPrev[0], window)
-                    _ = windowSoftmax4(u, cPrev, window, w, s, entropy: &h)
+                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    _ = windowSoftmax4(u, cPrev, window, w, s, expTable, entropy: &h)
                     entropy += (counts.map { load4($0 + m) } ?? V4(repeating: 1)) * h
                     var out = V4(repeating: 0)
                     for q in 0..<w { out += excess4(s[q]) * cLast[window[q]] }
@@ -231,11 +307,13 @@ extension SoftKMeansKernel {
                 for j in 0..<(2 * k) { cbar[j] = V4(repeating: 0) }
                 var totalG = V4(repeating: 0)
                 var m = 0
+                var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
                     let g = load4(G + m)
-                    let w = window4(u, order, cPrev[0], window)
-                    _ = windowSoftmax4(u, cPrev, window, w, s)
+                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    _ = windowSoftmax4(u, cPrev, window, w, s, expTable)
                     totalG += g
                     for q in 0..<w {
                         let j = window[q]
@@ -280,10 +358,12 @@ extension SoftKMeansKernel {
                 let cbar = buf.baseAddress!, s = cbar + k, q = s + k + 1
                 for j in 0..<k { cbar[j] = V4(repeating: 0) }
                 var m = 0
+                var cursor = WindowCursor()
+                let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, ct[0], window)
-                    _ = windowSoftmax4(u, ct, window, w, s)
+                    let w = window4(u, order, ct[0], window, &cursor)
+                    _ = windowSoftmax4(u, ct, window, w, s, expTable)
                     var rr = load4(r + m) + zp
                     for i in 0..<w {
                         let j = window[i]
