@@ -83,9 +83,9 @@ extern "C" {
 /* ============================ Version ============================ */
 
 #define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 7
+#define EDKM_VERSION_MINOR 8
 #define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 700 for 0.7.0.
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 800 for 0.8.0.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
  *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
  *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
@@ -100,7 +100,9 @@ extern "C" {
  *  edkm_layer_set_channel_scale).
  *  0.6: no new symbols or fields; what 0.5 refused now works: enforce_zero with prune_threshold 0
  *  (coremltools' keep-sparsity rule) and the channel scale with edkm_layer_forward_shard.
- *  0.7: edkm_layer_forward_histogram takes a layer with a channel scale (its factors fixed first). */
+ *  0.7: edkm_layer_forward_histogram takes a layer with a channel scale (its factors fixed first).
+ *  0.8: no interface change; the windowed passes use a table-driven exp (results can differ from
+ *       0.7 in the last bits of float64 intermediates, within float32 rounding of the outputs). */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.
