@@ -355,7 +355,7 @@ def main(argv=None):
                                         a.generated_cache)
         res["generated_sequences"] = a.generated_sequences
         res["generate_s"] = time.time() - t_gen
-    if a.data != "boolq":  # 8 sequences of another seed, never trained on
+    if a.data != "boolq":  # eight sequences of another seed, never trained on
         heldout_generated = generated_sequences(teacher, cfg.eos_id, 8, a.seq_len, seed=999)
     stop = StopRequest(a.train_minutes)
 
