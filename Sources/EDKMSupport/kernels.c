@@ -8,16 +8,21 @@
 #include <immintrin.h>
 #define EDKM_HAVE_X86_KERNELS 1
 
+/* Written by tests, read by every worker: a relaxed atomic. */
 static int force_portable = 0;
 
+/* Decided once. Threads that ask first at the same time race to fill the cache: it is a relaxed
+ * atomic, and they compute and store the same value. */
 static int cpu_has_avx2_f16c_fma(void) {
     static int cached = -1;
-    if (force_portable) return 0;
-    if (cached < 0) {
+    if (__atomic_load_n(&force_portable, __ATOMIC_RELAXED)) return 0;
+    int value = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (value < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+        value = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&cached, value, __ATOMIC_RELAXED);
     }
-    return cached;
+    return value;
 }
 
 /* The (h, r) pair of a key as one 64-bit load. */
@@ -268,7 +273,7 @@ int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n) {
 
 void edkm_kernel_force_portable(int on) {
 #ifdef EDKM_HAVE_X86_KERNELS
-    force_portable = on;
+    __atomic_store_n(&force_portable, on, __ATOMIC_RELAXED);
 #else
     (void)on;
 #endif

@@ -19,9 +19,10 @@
 #pragma clang fp contract(off)
 #endif
 
+/* Read by every worker, written by tests: relaxed atomics (no ordering is needed, only no torn or racing access). */
 static int force_scalar = 0;
 
-void edkm_window_kernels_force_scalar(int on) { force_scalar = on; }
+void edkm_window_kernels_force_scalar(int on) { __atomic_store_n(&force_scalar, on, __ATOMIC_RELAXED); }
 
 /* VectorMath.windowExp, operation for operation: e^x = 2^n 2^(j/64) e^r with x = m ln2/64 + r,
  * m = round(64 x / ln2) = 64 n + j (0 <= j < 64), |r| <= ln2/128 (Cody-Waite, ln2/64 split in two);
@@ -60,18 +61,22 @@ const double *edkm_window_exp_table(void) { return exp_table; }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-/* AVX2 present and EDKM_WINDOW_KERNELS is not "scalar" (read once). */
+/* AVX2 present and EDKM_WINDOW_KERNELS is not "scalar" (decided once). Workers of several layers
+ * can ask first at the same time: the cache is a relaxed atomic, and threads that race to fill it
+ * compute and store the same value. */
 static int avx2_selected(void) {
     static int cached = -1;
-    if (cached < 0) {
+    int value = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (value < 0) {
         __builtin_cpu_init();
         const char *env = getenv("EDKM_WINDOW_KERNELS");
-        cached = __builtin_cpu_supports("avx2") && !(env && strcmp(env, "scalar") == 0);
+        value = __builtin_cpu_supports("avx2") && !(env && strcmp(env, "scalar") == 0);
+        __atomic_store_n(&cached, value, __ATOMIC_RELAXED);
     }
-    return cached;
+    return value;
 }
 
-int edkm_window_kernels_available(void) { return !force_scalar && avx2_selected(); }
+int edkm_window_kernels_available(void) { return !__atomic_load_n(&force_scalar, __ATOMIC_RELAXED) && avx2_selected(); }
 
 #define TARGET __attribute__((target("avx2")))
 typedef __m256d v4;
