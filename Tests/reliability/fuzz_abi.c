@@ -281,6 +281,8 @@ typedef struct {
     int has_export;
     Buf lut, packed;
     int lut_dtype;
+    int scale_fixed;       /* channel scale: the factors are fixed (fuzz_channel_scale.h) */
+    float *factors;        /* shape[0] factors once fixed (the model's) */
 } LY;
 
 typedef struct {
@@ -296,6 +298,8 @@ typedef struct {
     int uses_comm;
     int degenerate;        /* made by a K6 forward (NaN traces) */
     int hist_form;         /* made by edkm_layer_forward_histogram: count = its total U of keys */
+    float *factors;        /* the channel scale factors of its forward (NULL without) */
+    size_t first, rowlen;  /* tensor element of its element 0 (a slice's offset), row length */
     char desc[200];        /* the forward's layer and payload, for reports */
 } SS;
 
@@ -533,9 +537,9 @@ static void random_layer_config(edkm_layer_config *c) {
     c->enforce_zero = r < 85 ? 0u : r < 98 ? 1u : (uint32_t)RR(2, 1000);
     r = (int)RN(100);
     c->lut_dtype = r < 80 ? EDKM_LUT_F32 : r < 98 ? (int32_t)RR(1, 2) : (CH(50) ? 3 : -1);
-    /* channel_scale: NONE, or an invalid value (the valid scales change what the histogram form and
-     * sharded weights accept; Tests/python/test_core_channel_scale.py covers them) */
-    c->channel_scale = CH(97) ? EDKM_CHANNEL_SCALE_NONE : (CH(50) ? 3 : -1);
+    /* channel_scale: NONE, a valid scale (fuzz_channel_scale.h models it), or an invalid value */
+    r = (int)RN(100);
+    c->channel_scale = r < 70 ? EDKM_CHANNEL_SCALE_NONE : r < 97 ? (int32_t)RR(1, 2) : (CH(50) ? 3 : -1);
 }
 
 /* Faults of an effective layer config (header: ranges of every field). */
@@ -948,6 +952,13 @@ static void layer_free_export(LY *L) {
     if (L->has_export) { buf_free(&L->lut); buf_free(&L->packed); }
     L->has_export = 0;
 }
+/* The model's buffers of a layer that goes. */
+static void layer_release(LY *L) {
+    layer_free_export(L);
+    free(L->factors);
+    L->factors = NULL;
+    L->scale_fixed = 0;
+}
 
 static void op_layer_destroy(void) {
     int l = pick_layer();
@@ -965,7 +976,7 @@ static void op_layer_destroy(void) {
     trace("layer_destroy(%p)", (void *)L->h);
     stale_add(L->h, 1);
     L->live = 0;
-    layer_free_export(L);
+    layer_release(L);
     rt_child_gone(L->rt);
 }
 
@@ -1041,6 +1052,8 @@ static Buf make_weights(int dtype_valid, size_t n, Info *info, int inject) {
     return w;
 }
 
+#include "fuzz_channel_scale.h"
+
 static void op_forward(int shard) {
     void *lh;
     unsigned fault = 0, maybe = F_OOM;
@@ -1090,6 +1103,16 @@ static void op_forward(int shard) {
     if (null_w || null_out) fault |= F_NULL;
     int mode = R ? R->saved_mode : 0;
     int uniq = 0;
+    /* with a channel scale the library clusters v = w / s: faults and bounds come from v */
+    float *csf = NULL;
+    double out_scale = 1.0;
+    if (cs_on(L) && dtype >= 0 && dtype <= 2 &&
+        (shard ? (offset < ((size_t)1 << 63) && count < ((size_t)1 << 63) && offset + count <= N && count > 0) : count == N)) {
+        Info vinfo;
+        csf = cs_call_factors(L, w.p, valid_dt, shard ? offset : 0, count, shard, &info, &vinfo);
+        info = vinfo;
+        out_scale = cs_max_factor(L, csf);
+    }
     if (L) {
         int dtv = (dtype >= 0 && dtype <= 2);
         if (!shard) {
@@ -1146,12 +1169,14 @@ static void op_forward(int shard) {
         if (!buf_is_canary(&out)) fail("%s failed (%s) but wrote its output", name, edkm_status_name(s));
         if (want_saved && sh != (edkm_saved_state *)(uintptr_t)0xA5A5A5A5A5A5A5A5ull) fail("%s failed but wrote *saved", name);
         if (L) check_centroids_unchanged(L, before, cc, name); else free(before);
+        if (L) cs_after_failure(L, csf, name); else free(csf);
         buf_free(&w); buf_free(&out);
         return;
     }
     free(before);
     (void)ok;
-    if (!L) { buf_free(&w); buf_free(&out); return; }
+    if (!L) { free(csf); buf_free(&w); buf_free(&out); return; }
+    cs_after_success(L, csf, name);
     if (k6) {
         g_known_avoided[6]++;
         L->has_centroids = 1;
@@ -1168,7 +1193,7 @@ static void op_forward(int shard) {
         if (!isfinite(v)) {
             /* with a zero threshold the clamped attention is not renormalised: |w~| <= max|c| (1 + k z),
              * which may exceed the output dtype's range (centroids from set_centroids reach ~500) */
-            double bound = (info.maxabs > 500 ? info.maxabs : 500) * (1.0 + (double)L->k * L->cfg.zero_threshold);
+            double bound = (info.maxabs > 500 ? info.maxabs : 500) * (1.0 + (double)L->k * L->cfg.zero_threshold) * out_scale;
             if (!((valid_out == EDKM_DTYPE_F16 && bound > 65504) || bound > 3.4e38)) {
                 fail("%s output[%zu] = %g is not finite (max |w| %g; layer bits %u T %u tau %g eps %g zero %g prune %g "
                      "temperature_mode %d alg %d groups %zu; dtype %d)", name, i, (double)v, info.maxabs, L->cfg.bits,
@@ -1198,6 +1223,12 @@ record:
         S->weights = w;
         S->consumed = 0;
         S->degenerate = k6;
+        if (cs_on(L) && L->scale_fixed) {
+            S->factors = (float *)malloc(cs_rows(L) * sizeof(float));
+            memcpy(S->factors, L->factors, cs_rows(L) * sizeof(float));
+            S->first = shard ? offset : 0;
+            S->rowlen = cs_rowlen(L);
+        }
         snprintf(S->desc, sizeof S->desc, "bits %u d %zu groups %zu N %zu T %u tau %g eps %g zero %g prune %g tm %d alg %d mode %d "
                  "dtype %d max|w| %g%s", L->cfg.bits, L->d, L->groups, L->N, L->cfg.max_iterations, L->cfg.tau, L->cfg.epsilon,
                  L->cfg.zero_threshold, L->cfg.prune_threshold, L->cfg.temperature_mode, L->cfg.algorithm, R->saved_mode, dtype,
@@ -1242,6 +1273,7 @@ static void op_backward(void) {
             static const float bad[] = { NAN, INFINITY, -INFINITY };
             rel_store(g.p, valid_g, e, bad[RN(3)]);
         }
+        if (CH(5)) rel_store(g.p, valid_g, (size_t)RN(alloc), valid_g == EDKM_DTYPE_F16 ? 60000.0f : 1e30f);  /* huge, finite */
         scan_info(g.p, valid_g, alloc < count ? alloc : count, &ginfo);
     }
     Buf gin = buf_new(alloc * rel_width(valid_g), natural_offset(valid_g));
@@ -1270,10 +1302,28 @@ static void op_backward(void) {
                 unsigned char *b = (unsigned char *)changed.p + e * rel_width(S->wdtype);
                 b[0] ^= 1;  /* lowest mantissa bit: still finite */
                 wp = changed.p;
-                fault |= F_CHANGED;
+                /* with a channel scale the check is of v = w / s: a change that rounds away is no change */
+                int same_v = 0;
+                if (S->factors) {
+                    float sr = S->factors[(S->first + e) / S->rowlen];
+                    Buf v0 = buf_new(4, 0), v1 = buf_new(4, 0);
+                    rel_store(v0.p, S->wdtype, 0, rel_load(S->weights.p, S->wdtype, e) / sr);
+                    rel_store(v1.p, S->wdtype, 0, rel_load(changed.p, S->wdtype, e) / sr);
+                    same_v = memcmp(v0.p, v1.p, rel_width(S->wdtype)) == 0;
+                    buf_free(&v0); buf_free(&v1);
+                }
+                if (same_v) maybe |= F_CHANGED; else fault |= F_CHANGED;
             } else wp = S->weights.p;
         }
-        if (count == S->count && !(fault & F_CHANGED) && ginfo.nonfinite && (gdt >= 0 && gdt <= 2)) fault |= F_NONFINITE;
+        /* with a channel scale: a finite gradient whose product with its factor overflows float */
+        int scaled_overflow = 0;
+        if (S->factors && count == S->count && gdt >= 0 && gdt <= 2 && !ginfo.nonfinite) {
+            for (size_t e = 0; e < count && !scaled_overflow; e++)
+                scaled_overflow = !isfinite(rel_load(g.p, valid_g, e) * S->factors[(S->first + e) / S->rowlen]);
+            if (scaled_overflow) g_scale_overflow++;
+        }
+        if (count == S->count && !(fault & F_CHANGED) && (ginfo.nonfinite || scaled_overflow) && (gdt >= 0 && gdt <= 2)) fault |= F_NONFINITE;
+        if (scaled_overflow && (fault & F_CHANGED)) maybe |= F_NONFINITE;
         if (count == S->count && (fault & F_CHANGED) && ginfo.nonfinite) maybe |= F_NONFINITE;
         if (S->uses_comm && R->has_comm && CH(12)) { R->ctx.fail_next = 1; maybe |= F_COMM; }
         /* a mirrored all_gather puts rank 0's index shard in every slot, which is not the tensor's
@@ -1347,6 +1397,7 @@ static void op_forward_histogram(void) {
     int key_dtype = kdt;
     if (CH(4)) { key_dtype = CH(50) ? EDKM_DTYPE_F32 : (int)RR(3, 40); fault |= F_DTYPE; }
     if (L && (L->cfg.cluster_dim != 1 || L->cfg.algorithm == EDKM_ALGORITHM_DENSE)) fault |= F_ARG;
+    if (cs_on(L) && !L->scale_fixed) fault |= F_STATE;   /* the keys are of w / s: the factors must be fixed */
     /* per partition: sort the bit patterns, run-length encode */
     uint16_t *keys = malloc((P * E + 2) * sizeof *keys);
     double *counts = malloc((P * E + 2) * sizeof *counts);
@@ -1524,6 +1575,8 @@ static void saved_destroy_slot(int i) {
     stale_add(S->h, 2);
     S->live = 0;
     buf_free(&S->weights);
+    free(S->factors);
+    S->factors = NULL;
     g_rt[S->rt].live_saved--;
     rt_child_gone(S->rt);
 }
@@ -1639,6 +1692,8 @@ static void op_init_centroids(void) {
     if (alloc > 70000) alloc = 1;
     Info info;
     Buf w = make_weights(valid_dt, alloc, &info, 1);
+    float *csf = NULL;
+    if (cs_on(L) && count == N && dtype >= 0 && dtype <= 2) { Info v; csf = cs_call_factors(L, w.p, valid_dt, 0, N, 0, &info, &v); info = v; }
     if (L && count == N && info.nonfinite && dtype >= 0 && dtype <= 2) fault |= F_NONFINITE;
     int null_w = CH(3);
     if (null_w) fault |= F_NULL;
@@ -1651,13 +1706,16 @@ static void op_init_centroids(void) {
     if (check_status("edkm_layer_init_centroids", s, fault, maybe)) {
         free(before);
         L->has_centroids = 1;
+        cs_after_success(L, csf, "edkm_layer_init_centroids");
+        csf = NULL;
         if (!g_hit_known && dtype == EDKM_DTYPE_F32 && L->cfg.f32_key_dtype == EDKM_DTYPE_F16 && L->E > 65536 && info.key_inf_f16 &&
             L->cfg.cluster_dim == 1 && L->cfg.init != EDKM_INIT_KMEANS_PP) {
             g_known_avoided[6]++;   /* K6: NaN centroids expected; give the layer finite ones again */
             k6_reset(L);
         } else check_centroids_finite(L, "init_centroids");
-    } else if (L) check_centroids_unchanged(L, before, bcc, "init_centroids");
+    } else if (L) { check_centroids_unchanged(L, before, bcc, "init_centroids"); cs_after_failure(L, csf, "init_centroids"); csf = NULL; }
     else free(before);
+    free(csf);
     buf_free(&w);
 }
 
@@ -1699,6 +1757,8 @@ static void op_export(void) {
     if (walloc > 70000) walloc = 1;
     Info info;
     Buf w = make_weights(valid_dt, walloc, &info, 1);
+    float *csf = NULL;
+    if (cs_on(L) && count == N && dtype >= 0 && dtype <= 2) { Info v; csf = cs_call_factors(L, w.p, valid_dt, 0, N, 0, &info, &v); info = v; }
     if (L && count == N && info.nonfinite && dtype >= 0 && dtype <= 2) fault |= F_NONFINITE;
     if (L && !L->has_centroids) fault |= F_STATE;
     if (L && L->has_centroids && lut_dtype == EDKM_DTYPE_F16) {
@@ -1722,6 +1782,7 @@ static void op_export(void) {
     edkm_status s = CALL(edkm_layer_export((const edkm_layer *)h, nw ? NULL : w.p, (edkm_dtype)dtype, count, nl ? NULL : lut.p,
                                            (edkm_dtype)lut_dtype, np ? NULL : (uint8_t *)packed.p, pbytes));
     if (check_status("edkm_layer_export", s, fault, 0)) {
+        cs_after_success(L, csf, "edkm_layer_export");
         layer_free_export(L);
         L->has_export = 1;
         L->lut = lut;
@@ -1732,6 +1793,7 @@ static void op_export(void) {
         return;
     }
     if (!buf_is_canary(&lut) || !buf_is_canary(&packed)) fail("export failed (%s) but wrote an output", edkm_status_name(s));
+    if (L) cs_after_failure(L, csf, "edkm_layer_export"); else free(csf);
     buf_free(&w); buf_free(&lut); buf_free(&packed);
 }
 
@@ -1859,7 +1921,7 @@ static void teardown(void) {
         VCALL(edkm_layer_destroy(g_ly[i].h));
         stale_add(g_ly[i].h, 1);
         g_ly[i].live = 0;
-        layer_free_export(&g_ly[i]);
+        layer_release(&g_ly[i]);
         rt_child_gone(g_ly[i].rt);
     }
     for (int r = 0; r < MAX_RT; r++) {
@@ -1912,7 +1974,9 @@ static void run_program(int max_ops) {
         if (r < 40) op_runtime_create();
         else if (r < 60) op_runtime_destroy();
         else if (r < 85) op_set_budget();
-        else if (r < 125) op_get_stats();
+        else if (r < 110) op_get_stats();
+        else if (r < 118) op_set_channel_scale();
+        else if (r < 125) op_get_channel_scale();
         else if (r < 135) op_reset_peak();
         else if (r < 215) op_layer_create();
         else if (r < 240) op_layer_destroy();
@@ -2048,6 +2112,9 @@ int main(int argc, char **argv) {
            "%llu children (one per saved mode), %llu ran out of memory cleanly\n", (unsigned long long)g_hostile_programs,
            (unsigned long long)g_hostile_applied, (unsigned long long)g_hostile_reentered, (unsigned long long)g_alloc_children,
            (unsigned long long)g_alloc_oom);
+    printf("channel scale: %llu layers' factors fixed, %llu read back and compared with the formula, %llu backwards whose "
+           "gradient times its factor overflows\n", (unsigned long long)g_scale_fixed, (unsigned long long)g_scale_checked,
+           (unsigned long long)g_scale_overflow);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     return failed ? 1 : 0;
 }

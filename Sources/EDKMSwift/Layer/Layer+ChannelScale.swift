@@ -23,13 +23,30 @@ extension Layer {
     }
 
     /// body(the weights to cluster, the scaling): the weights themselves and nil without a
-    /// channel scale, else a copy divided row-wise by the factors (freed when body returns).
+    /// channel scale, else a copy divided row-wise by the factors (freed when body returns), every
+    /// element finite (weights checked finite by the caller; a quotient that overflows the dtype
+    /// is rejected here with `dividedError`).
     func withChannelScaling<R>(_ weights: UnsafeRawPointer, type: ElementType,
                                _ body: (UnsafeRawPointer, ChannelScaling?) throws(EDKMError) -> R) throws(EDKMError) -> R {
         guard let scaling = try channelScaling(for: weights, type: type) else { return try body(weights, nil) }
         let divided = try scaling.divided(weights, type: type, count: geometry.count, pool: runtime.pool)
         defer { free(divided) }
+        if let error = dividedError(divided, weights: weights, type: type, count: geometry.count, scaling: scaling) { throw error }
         return try body(UnsafeRawPointer(divided), scaling)
+    }
+
+    /// The error for a divided copy (v_i = w_i / s_r in the weights' dtype) holding NaN or Inf, nil
+    /// when every v_i is finite: the weight itself is not finite, or a finite weight over a factor
+    /// too small for it overflows the dtype (e.g. a subnormal factor set by the caller). The
+    /// clustering would otherwise report the quotient as if it were the caller's weight.
+    func dividedError(_ divided: UnsafeRawPointer, weights: UnsafeRawPointer, type: ElementType, count: Int,
+                      scaling: ChannelScaling) -> EDKMError? {
+        guard let bad = ElementIO.firstNonFinite(divided, type: type, count: count) else { return nil }
+        let w = ElementIO.load(weights, type: type, at: bad)
+        guard w.isFinite else { return EDKMError(.nonFinite, "weight \(bad) is \(w) (NaN or Inf)") }
+        return EDKMError(.nonFinite, "weight \(bad) = \(w) divided by its row's channel scale factor \(scaling.factor(at: bad)) "
+                         + "is \(ElementIO.load(divided, type: type, at: bad)) in \(type.name): the factor is too small for "
+                         + "the weights (see edkm_layer_set_channel_scale)")
     }
 
     /// Stores the factors a call used when the layer had none yet.
@@ -61,8 +78,15 @@ extension Layer {
         let scaling = try channelScaling(for: weights, type: type)!
         let divided = try scaling.divided(weights, type: type, count: count, pool: runtime.pool)
         defer { free(divided) }
-        let state = try forwardClustering(weights: UnsafeRawPointer(divided), type: type, count: count, output: output,
+        let state: SavedState?
+        do {
+            state = try forwardClustering(weights: UnsafeRawPointer(divided), type: type, count: count, output: output,
                                           outputType: outputType, save: save, outputScaling: scaling)
+        } catch {
+            // a rejected quotient is reported as what it is (the success path scans nothing extra)
+            guard error.code == .nonFinite else { throw error }
+            throw dividedError(divided, weights: weights, type: type, count: count, scaling: scaling) ?? error
+        }
         state?.channelScale = scaling.factors
         return state
     }

@@ -97,6 +97,13 @@ extension Layer {
                 hi = Swift.max(hi, gathered[2 * rows * k + 2 * r + 1])
             }
             if lo <= hi {  // some rank holds an element of row r
+                // An infinite extremum (a rank's Inf weight, or a gather's garbage) would give an
+                // infinite factor that the layer keeps. Every rank sees the same gathered extrema,
+                // so every rank fails here together (nothing kept), as for a non-finite weight.
+                guard lo.isFinite && hi.isFinite else {
+                    throw EDKMError(.nonFinite, "row \(r) holds an infinite weight on some rank (its \(lo.isFinite ? "largest" : "smallest") "
+                                    + "element in the channel scale exchange is \(lo.isFinite ? hi : lo))")
+                }
                 factors[r] = ChannelScaling.factor(low: lo, high: hi, peak: Swift.max(-lo, hi), scheme: config.channelScale)
             }
         }

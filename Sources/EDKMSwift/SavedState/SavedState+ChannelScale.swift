@@ -33,8 +33,16 @@ extension SavedState {
         defer { if let source { free(source) } }
         let clusteringGrad = try HeapAllocation.allocate(Float.self, count: count, for: "the clustering's gradient")
         defer { free(clusteringGrad) }
-        try backwardClustering(gradOutput: scaledGrad, gradInput: clusteringGrad, gradType: .f32, count: count,
-                               weights: source.map { UnsafeRawPointer($0) })
+        do {
+            try backwardClustering(gradOutput: scaledGrad, gradInput: clusteringGrad, gradType: .f32, count: count,
+                                   weights: source.map { UnsafeRawPointer($0) })
+        } catch {
+            // a finite gradient whose product with its factor overflows float: say so, not "grad_output is inf"
+            guard error.code == .nonFinite, let bad = ElementIO.firstNonFinite(scaledGrad, type: .f32, count: count),
+                  ElementIO.load(gradOutput, type: gradType, at: bad).isFinite else { throw error }
+            throw EDKMError(.nonFinite, "grad_output[\(bad)] = \(ElementIO.load(gradOutput, type: gradType, at: bad)) times its row's "
+                            + "channel scale factor \(scaling.factor(at: bad)) overflows float (the gradient of the scaled weights)")
+        }
         scaling.apply(clusteringGrad, into: gradInput, type: gradType, count: count, multiply: false, pool: pool)
     }
 }
