@@ -49,10 +49,25 @@ static void run_hostile_program(void) {
     set_ctx("hostile: edkm_runtime_create");
     if (!check_status("hostile: edkm_runtime_create", CALL(edkm_runtime_create(&rc, &rt)), 0, F_ALLOC | F_OOM)) return;
     size_t N = (size_t)RR(64, 4096);
-    int64_t shape = (int64_t)N, small = 64;
+    int64_t small = 64;
     edkm_layer_config lc;
     edkm_layer_config_init(&lc);
     lc.bits = (uint32_t)RR(1, 4);
+    /* a channel scale on a 2-D layer (rows x N / rows): its sharded forwards add the agreement and
+     * factor exchange gathers; sometimes factors set first (every rank the same) */
+    int64_t shape[2] = { (int64_t)N, 1 };
+    int scaled = CH(40), set_factors = 0;
+    size_t rows = 1;
+    if (scaled) {
+        lc.channel_scale = (int32_t)RR(1, 2);
+        rows = (size_t)1 << RR(0, 4);
+        if (rows == 2) rows = 4;   /* 2 rows x 8 bytes would be the agreement's 16 bytes */
+        N = rows * (size_t)RR(64 / (int64_t)rows + 1, 4096 / (int64_t)rows);
+        shape[0] = (int64_t)rows;
+        shape[1] = (int64_t)(N / rows);
+        h.exchange_bytes = rows * 8;
+        set_factors = CH(25);
+    }
     int dtype = (int)RN(3);
     if (dtype == EDKM_DTYPE_F32) lc.f32_key_dtype = CH(50) ? EDKM_DTYPE_F16 : EDKM_DTYPE_BF16;
     edkm_layer *l = NULL, *other = NULL;
@@ -64,9 +79,15 @@ static void run_hostile_program(void) {
     edkm_runtime_stats st0;
     memset(&st0, 0, sizeof st0);
     st0.struct_size = sizeof st0;
-    if (!check_status("hostile: edkm_layer_create", CALL(edkm_layer_create(rt, &lc, &shape, 1, &l)), 0, 0) ||
+    if (!check_status("hostile: edkm_layer_create", CALL(edkm_layer_create(rt, &lc, shape, scaled ? 2 : 1, &l)), 0, 0) ||
         !check_status("hostile: edkm_layer_create(other)", CALL(edkm_layer_create(rt, NULL, &small, 1, &other)), 0, 0) ||
         !check_status("hostile: get_stats", CALL(edkm_runtime_get_stats(rt, &st0)), 0, 0)) goto done;
+    if (set_factors) {
+        float *f = (float *)malloc(rows * sizeof(float));
+        for (size_t r = 0; r < rows; r++) f[r] = (float)log_uniform(1e-3, 1e3);
+        check_status("hostile: edkm_layer_set_channel_scale", CALL(edkm_layer_set_channel_scale(l, f, rows)), 0, 0);
+        free(f);
+    }
     int ops = (int)RR(4, 14);
     for (int op = 0; op < ops; op++) {
         g_opno = op;
@@ -132,12 +153,18 @@ static void run_hostile_program(void) {
         int save = CH(75);
         const char *name = shard ? "hostile forward_shard" : "hostile forward";
         set_ctx(name);
+        int garbage_before = h.scale_garbage;
+        h.in_shard_forward = shard;
         edkm_status s = shard ? CALL(edkm_layer_forward_shard(l, w.p, (edkm_dtype)dtype, offset, count, out.p, EDKM_DTYPE_F32, save ? &sh : NULL))
                               : CALL(edkm_layer_forward(l, w.p, (edkm_dtype)dtype, count, out.p, EDKM_DTYPE_F32, save ? &sh : NULL));
+        h.in_shard_forward = 0;
+        if (h.scale_garbage && s != EDKM_OK) h.scale_garbage = garbage_before;   /* nothing kept */
         char op_name[240];
         snprintf(op_name, sizeof op_name, "%s (world %d, mode %d, N %zu, slice %zu+%zu; %s)", name, world, rc.saved_mode, N, offset,
                  count, h.applied ? h.what : "honest");
         unsigned allow = h.applied ? h.expect : SB(EDKM_OK);
+        /* factors from a garbage exchange may be tiny: a finite weight over them overflows */
+        if (garbage_before) allow |= SB(EDKM_ERR_NON_FINITE);
         if (h.applied) g_hostile_applied++;
         if (!(allow & SB(s)) && !(s == EDKM_ERR_OUT_OF_MEMORY)) {
             fail("%s returned %s (%s)", op_name, edkm_status_name(s), edkm_last_error());

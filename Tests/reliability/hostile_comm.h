@@ -40,6 +40,11 @@ typedef struct hostile_comm {
     int applied;           /* the corruption was applied */
     unsigned expect;       /* statuses the outer call may return once it was applied */
     char what[160];
+    /* a layer with a channel scale: its sharded forward all-gathers rows x 8 bytes of row extrema
+     * (the factor exchange) while it has no factors; set by the caller around forward_shard */
+    size_t exchange_bytes;
+    int in_shard_forward;
+    int scale_garbage;     /* a peer's extrema in the exchange were garbage (the factors may be too) */
 } hostile_comm;
 
 static REL_UNUSED void hc_reenter(hostile_comm *h) {
@@ -145,6 +150,14 @@ static REL_UNUSED int hc_all_gather(void *user, const void *send, void *recv, si
     }
     snprintf(h->what, sizeof h->what, "all_gather(%zu bytes x %d) returns %s", bytes, h->world, HC_NAMES[h->kind]);
     h->expect = comm;
+    if (h->in_shard_forward && bytes == h->exchange_bytes && h->world > 1 && h->kind != HC_GATHER_OWN) {
+        /* the peers' row extrema of the channel scale exchange: any floats are some slice's extrema
+         * (NaN is skipped; an infinite one is a peer's Inf weight, which fails every rank) */
+        h->expect = HC_BIT(EDKM_OK) | HC_BIT(EDKM_ERR_NON_FINITE);
+        h->scale_garbage = 1;
+        snprintf(h->what, sizeof h->what, "all_gather(%zu bytes x %d) of the channel scale exchange returns %s", bytes, h->world,
+                 HC_NAMES[h->kind]);
+    }
     return 0;
 }
 

@@ -635,6 +635,90 @@ static int m1(char *d, size_t n) {
     return bad;
 }
 
+/* ---- Channel scale (found by the fuzz driver's channel scale model, fuzz_channel_scale.h). */
+
+/* A runtime and an 8 x 16 layer (2 bits, the given channel scale), f32 weights in [-1, 1]. */
+static void cs_open(edkm_runtime **rt, edkm_layer **l, const edkm_communicator *comm, int scheme, float *w) {
+    edkm_runtime_config rc; edkm_runtime_config_init(&rc); rc.num_threads = 1; rc.communicator = comm;
+    REL_CHECK(edkm_runtime_create(&rc, rt));
+    edkm_layer_config lc; edkm_layer_config_init(&lc); lc.bits = 2; lc.channel_scale = scheme; lc.f32_key_dtype = EDKM_DTYPE_F16;
+    int64_t shape[2] = { 8, 16 };
+    REL_CHECK(edkm_layer_create(*rt, &lc, shape, 2, l));
+    for (int i = 0; i < 128; i++) w[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+}
+
+/* S1: init_centroids of a layer whose factors are too small for the weights (w / s overflows, here
+ * a subnormal factor set by the caller) returned EDKM_OK and left NaN centroids: the layer's next
+ * forwards returned NaN with EDKM_OK. Now EDKM_ERR_NON_FINITE naming the quotient, nothing changed. */
+static int s1(char *d, size_t n) {
+    edkm_runtime *rt; edkm_layer *l; float w[128], f[8], c[4];
+    cs_open(&rt, &l, NULL, EDKM_CHANNEL_SCALE_ABS_MAX, w);
+    for (int r = 0; r < 8; r++) f[r] = 1e-42f;
+    REL_CHECK(edkm_layer_set_channel_scale(l, f, 8));
+    edkm_status s = edkm_layer_init_centroids(l, w, EDKM_DTYPE_F32, 128);
+    char msg[240]; snprintf(msg, sizeof msg, "%s", edkm_last_error());
+    edkm_status g = edkm_layer_get_centroids(l, c, 4);
+    snprintf(d, n, "init_centroids with factors 1e-42 -> %s (%s); get_centroids -> %s%s", edkm_status_name(s), s ? msg : "",
+             edkm_status_name(g), g == EDKM_OK && !isfinite(c[0]) ? " with NaN centroids" : "");
+    int bad = s != EDKM_ERR_NON_FINITE || !strstr(msg, "channel scale factor") || g != EDKM_ERR_STATE;
+    edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
+/* S2: forward_shard of a layer with a channel scale whose factor exchange gathers an infinite row
+ * extremum (a peer's Inf weight, or garbage) with status 0: the row's factor became Inf and the layer
+ * kept it (get_channel_scale returned Inf; the next buffer forward returned -Inf with EDKM_OK). Now
+ * every rank fails with EDKM_ERR_NON_FINITE and nothing is kept. */
+static int s2_calls = 0;
+static int s2_gather(void *u, const void *send, void *recv, size_t bytes) {
+    (void)u;
+    memcpy(recv, send, bytes);
+    memcpy((char *)recv + bytes, send, bytes);
+    if (s2_calls++ == 1) { float *peer = (float *)((char *)recv + bytes); peer[2 * 7] = -INFINITY; peer[2 * 7 + 1] = 1.0f; }
+    return 0;
+}
+static int s2_reduce(void *u, double *x, size_t c) { (void)u; for (size_t i = 0; i < c; i++) x[i] *= 2; return 0; }
+static int s2(char *d, size_t n) {
+    edkm_communicator comm = rel_comm_struct(2, NULL, s2_gather, s2_reduce);
+    edkm_runtime *rt; edkm_layer *l; float w[128], out[128], f[8];
+    cs_open(&rt, &l, &comm, EDKM_CHANNEL_SCALE_MIN_MAX, w);
+    s2_calls = 0;
+    edkm_status s = edkm_layer_forward_shard(l, w, EDKM_DTYPE_F32, 0, 64, out, EDKM_DTYPE_F32, NULL);
+    char msg[240]; snprintf(msg, sizeof msg, "%s", edkm_last_error());
+    edkm_status g = edkm_layer_get_channel_scale(l, f, 8);
+    snprintf(d, n, "peer row 7 extrema (-inf, 1) -> %s (%s); get_channel_scale -> %s%s", edkm_status_name(s), s ? msg : "",
+             edkm_status_name(g), g == EDKM_OK && !isfinite(f[7]) ? " with an infinite factor" : "");
+    int bad = s != EDKM_ERR_NON_FINITE || g != EDKM_ERR_STATE;
+    edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
+/* S3: messages that blamed the caller's finite inputs: a forward whose w / s overflows said
+ * "weight 0 is -inf", a backward whose gradient times its factor overflows float said
+ * "grad_output[0] is inf". The statuses stay EDKM_ERR_NON_FINITE; the messages now name the quotient
+ * and the product. */
+static int s3(char *d, size_t n) {
+    edkm_runtime *rt; edkm_layer *l; float w[128], out[128], g[128], gi[128], f[8];
+    cs_open(&rt, &l, NULL, EDKM_CHANNEL_SCALE_ABS_MAX, w);
+    for (int r = 0; r < 8; r++) f[r] = 1e-42f;
+    REL_CHECK(edkm_layer_set_channel_scale(l, f, 8));
+    edkm_status a = edkm_layer_forward(l, w, EDKM_DTYPE_F32, 128, out, EDKM_DTYPE_F32, NULL);
+    char ma[240]; snprintf(ma, sizeof ma, "%s", edkm_last_error());
+    for (int r = 0; r < 8; r++) f[r] = 3e38f;
+    REL_CHECK(edkm_layer_set_channel_scale(l, f, 8));
+    edkm_saved_state *st = NULL;
+    REL_CHECK(edkm_layer_forward(l, w, EDKM_DTYPE_F32, 128, out, EDKM_DTYPE_F32, &st));
+    for (int i = 0; i < 128; i++) g[i] = 10.0f;
+    edkm_status b = edkm_saved_state_backward(st, g, gi, EDKM_DTYPE_F32, 128, w);
+    char mb[240]; snprintf(mb, sizeof mb, "%s", edkm_last_error());
+    snprintf(d, n, "forward, factors 1e-42: %s (%s) | backward, factors 3e38, gradient 10: %s (%s)", edkm_status_name(a), ma,
+             edkm_status_name(b), mb);
+    int bad = a != EDKM_ERR_NON_FINITE || !strstr(ma, "channel scale factor") || b != EDKM_ERR_NON_FINITE ||
+              !strstr(mb, "channel scale factor");
+    edkm_saved_state_destroy(st); edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
 static const struct { const char *id; check_fn fn; int fork; const char *what; } CHECKS[] = {
     { "K1", k1, 1, "forward_shard offset + count overflow traps" },
     { "K2", k2, 1, "set_centroids count >= 2^63 (UB; trap in debug builds)" },
@@ -658,6 +742,9 @@ static const struct { const char *id; check_fn fn; int fork; const char *what; }
     { "H13", h13, 1, "f16 LUT overflow (Inf) on export; unpack of a NaN LUT gives EDKM_OK" },
     { "H14", h14, 1, "num_threads 1024 beyond the thread limit: stats claim 1024 workers" },
     { "M1", m1, 1, "misleading messages (signed sizes, shape overflow) and non-zero reserved fields accepted" },
+    { "S1", s1, 1, "channel scale: init_centroids with w / s overflowing keeps NaN centroids with EDKM_OK" },
+    { "S2", s2, 1, "channel scale: an infinite extremum in the sharded factor exchange is kept as an infinite factor" },
+    { "S3", s3, 1, "channel scale: overflowing quotients and scaled gradients reported as the caller's NaN/Inf" },
 };
 
 int main(int argc, char **argv) {
