@@ -375,7 +375,10 @@ typedef enum edkm_lut_dtype {
  *   MIN_MAX: s_r = (max_r w - min_r w) / 2 (coremltools' "min_max", its default);
  *   ABS_MAX: s_r = max_r |w| (coremltools' "abs").
  * A factor that would be 0 (a zero row; a constant row under MIN_MAX) is the row's largest
- * magnitude instead, or 1 for a zero row (coremltools divides by zero there). The centroids, the
+ * magnitude instead, or 1 for a zero row (coremltools divides by zero there). A quotient w / s_r
+ * that is not finite in the weights' dtype (a factor set too small for its row) makes the call that
+ * clusters it fail with EDKM_ERR_NON_FINITE, as does a gradient whose product s_r dL/dw~ overflows
+ * float in the backward (nothing written; the saved state stays usable). The centroids, the
  * LUT of edkm_layer_export and the output of edkm_layer_unpack are in the scaled units: multiply
  * row r by s_r (edkm_layer_get_channel_scale) for the weights. Works with every group_size,
  * cluster_dim, algorithm and saved_mode, and (since 0.6) with edkm_layer_forward_shard, whose

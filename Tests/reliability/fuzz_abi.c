@@ -1995,6 +1995,7 @@ static void run_program(int max_ops) {
         else if (r < 900) op_export();
         else if (r < 945) op_unpack();
         else if (r < 985) op_layer_stats();
+        else if (r < 995) op_histogram_matches_buffer();
         else op_misc();
     }
     teardown();
@@ -2113,8 +2114,9 @@ int main(int argc, char **argv) {
            (unsigned long long)g_hostile_applied, (unsigned long long)g_hostile_reentered, (unsigned long long)g_alloc_children,
            (unsigned long long)g_alloc_oom);
     printf("channel scale: %llu layers' factors fixed, %llu read back and compared with the formula, %llu backwards whose "
-           "gradient times its factor overflows\n", (unsigned long long)g_scale_fixed, (unsigned long long)g_scale_checked,
-           (unsigned long long)g_scale_overflow);
+           "gradient times its factor overflows; %llu histogram forms compared with the buffer forward\n",
+           (unsigned long long)g_scale_fixed, (unsigned long long)g_scale_checked, (unsigned long long)g_scale_overflow,
+           (unsigned long long)g_hist_vs_buffer);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     return failed ? 1 : 0;
 }

@@ -196,4 +196,88 @@ static void op_get_channel_scale(void) {
     buf_free(&out);
 }
 
+static uint64_t g_hist_vs_buffer = 0;
+
+static int cs_cmp_u16(const void *a, const void *b) {
+    uint16_t x = *(const uint16_t *)a, y = *(const uint16_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * The histogram form against the buffer forward (include/edkm.h: "the caller forms
+ * w~_i = s_r f[m_i] in float ... the buffer forward's out bit for bit"): from the same centroids, a
+ * buffer forward of 16-bit weights w (f32 output) and a histogram forward of the keys of
+ * v = round(w / s) (s = 1 without a channel scale) must agree: out_i == float(soft[m_i]) * s_r, bit
+ * for bit, whatever the factors (set to extreme values, or derived from subnormal or huge weights).
+ */
+static void op_histogram_matches_buffer(void) {
+    int l = pick_layer();
+    if (l < 0) return;
+    LY *L = &g_ly[l];
+    if (L->N > 70000 || L->cfg.cluster_dim != 1 || L->cfg.algorithm == EDKM_ALGORITHM_DENSE || !L->has_centroids) return;
+    if (cs_on(L) && !L->scale_fixed) return;
+    int t = CH(50) ? EDKM_DTYPE_F16 : EDKM_DTYPE_BF16;
+    size_t N = L->N, P = L->groups, E = L->E;
+    Info info;
+    Buf w = make_weights(t, N, &info, 0);
+    float *f = (float *)malloc(cs_rows(L) * sizeof(float));
+    for (size_t r = 0; r < cs_rows(L); r++) f[r] = cs_on(L) ? L->factors[r] : 1.0f;
+    Buf v = cs_on(L) ? cs_divided(L, w.p, t, 0, N, f) : w;
+    Info vinfo;
+    scan_info(v.p, t, N, &vinfo);
+    size_t cc = 0;
+    float *c0 = snapshot_centroids(L, &cc);
+    if (vinfo.nonfinite || !c0) goto out;
+    g_hist_vs_buffer++;
+    float *out = (float *)malloc(N * sizeof(float));
+    set_ctx("histogram form vs buffer forward: edkm_layer_forward");
+    edkm_status s = CALL(edkm_layer_forward(L->h, w.p, (edkm_dtype)t, N, out, EDKM_DTYPE_F32, NULL));
+    if (!check_status("histogram form vs buffer forward: edkm_layer_forward", s, 0, F_ARG | F_OOM)) { free(out); goto out; }
+    L->forwards++;
+    L->last_degenerate = 0;
+    L->entropy_scale = 1.0;
+    if (!check_status("histogram form vs buffer forward: edkm_layer_set_centroids", CALL(edkm_layer_set_centroids(L->h, c0, cc)), 0, 0)) {
+        free(out);
+        goto out;
+    }
+    /* per partition: the sorted distinct keys of v and their counts */
+    uint16_t *keys = (uint16_t *)malloc(N * sizeof(uint16_t)), *part = (uint16_t *)malloc(E * sizeof(uint16_t));
+    double *counts = (double *)malloc(N * sizeof(double)), *soft = (double *)malloc(N * sizeof(double));
+    size_t *offsets = (size_t *)malloc((P + 1) * sizeof(size_t)), U = 0;
+    offsets[0] = 0;
+    for (size_t p = 0; p < P; p++) {
+        memcpy(part, (const uint16_t *)v.p + p * E, E * sizeof(uint16_t));
+        qsort(part, E, sizeof *part, cs_cmp_u16);
+        for (size_t i = 0; i < E; i++) {
+            if (i > 0 && part[i] == part[i - 1]) { counts[U - 1] += 1; continue; }
+            keys[U] = part[i];
+            counts[U++] = 1;
+        }
+        offsets[p + 1] = U;
+    }
+    set_ctx("histogram form vs buffer forward: edkm_layer_forward_histogram");
+    s = CALL(edkm_layer_forward_histogram(L->h, (edkm_dtype)t, keys, counts, offsets, P, soft, NULL));
+    if (check_status("histogram form vs buffer forward: edkm_layer_forward_histogram", s, 0, F_ARG | F_OOM)) {
+        L->forwards++;
+        for (size_t i = 0; i < N; i++) {
+            size_t p = i / E, lo = offsets[p], hi = offsets[p + 1];
+            uint16_t key = ((const uint16_t *)v.p)[i];
+            while (hi - lo > 1) { size_t mid = (lo + hi) / 2; if (keys[mid] <= key) lo = mid; else hi = mid; }
+            float want = (float)soft[lo] * f[i / cs_rowlen(L)];
+            if (memcmp(&want, &out[i], sizeof want) != 0) {
+                fail("histogram form vs buffer forward: element %zu (row factor %g, key 0x%04x): float(soft) x s = %.9g, the buffer "
+                     "forward gave %.9g (dtype %d, bits %u groups %zu N %zu U %zu tm %d)", i, (double)f[i / cs_rowlen(L)], key,
+                     (double)want, (double)out[i], t, L->cfg.bits, P, N, U, L->cfg.temperature_mode);
+                break;
+            }
+        }
+    }
+    free(keys); free(part); free(counts); free(soft); free(offsets); free(out);
+out:
+    free(c0);
+    free(f);
+    if (v.base != w.base) buf_free(&v);
+    buf_free(&w);
+}
+
 #endif /* EDKM_FUZZ_CHANNEL_SCALE_H */
