@@ -10,6 +10,11 @@
  * shapes, dtypes (including invalid values), bit widths 0..9, NaN/Inf/subnormal payloads, NULL
  * pointers, misaligned byte buffers and 16-bit buffers at 2-byte alignment (the header asks only
  * natural alignment, so float buffers are never misaligned), wrong sizes and struct sizes.
+ * Layers with a valid channel scale (fuzz_channel_scale.h) run every operation above with the
+ * scale's model (factors by the header's formula, read back bit for bit; v = w / s for the NaN/Inf
+ * and range checks; scaled-gradient overflow), plus set/get_channel_scale with hostile factors
+ * (NaN, Inf, 0, negative, subnormal, FLT_MAX) and the histogram form checked bit for bit against
+ * the buffer forward.
  *
  * Every call is checked against a model of the header:
  *   - the status is one the header documents for what was injected (an oracle per call: an

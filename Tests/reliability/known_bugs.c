@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -719,6 +720,37 @@ static int s3(char *d, size_t n) {
     return bad;
 }
 
+/* S4: a backward of a channel-scaled state called from inside a communicator callback of its own
+ * runtime must fail with EDKM_ERR_BUSY at once (include/edkm.h); it first multiplied the gradient
+ * and divided the weights, reading the caller's buffers (found under ASan: a re-entrant call with a
+ * buffer of another dtype read past its end). Here both buffers are an inaccessible page: reading
+ * them crashes. */
+static edkm_saved_state *s4_state;
+static edkm_status s4_status = EDKM_OK;
+static void *s4_page;
+static int s4_gather(void *u, const void *send, void *recv, size_t bytes) {
+    (void)u;
+    memcpy(recv, send, bytes);
+    if (s4_state) { float out[128]; s4_status = edkm_saved_state_backward(s4_state, s4_page, out, EDKM_DTYPE_F32, 128, s4_page); s4_state = NULL; }
+    return 0;
+}
+static int s4_reduce(void *u, double *x, size_t c) { (void)u; (void)x; (void)c; return 0; }
+static int s4(char *d, size_t n) {
+    edkm_communicator comm = rel_comm_struct(1, NULL, s4_gather, s4_reduce);
+    edkm_runtime *rt; edkm_layer *l; float w[128], out[128];
+    cs_open(&rt, &l, &comm, EDKM_CHANNEL_SCALE_ABS_MAX, w);
+    edkm_saved_state *st = NULL;
+    REL_CHECK(edkm_layer_forward(l, w, EDKM_DTYPE_F32, 128, out, EDKM_DTYPE_F32, &st));
+    s4_page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    s4_state = st;
+    edkm_status s = edkm_layer_forward_shard(l, w, EDKM_DTYPE_F32, 0, 128, out, EDKM_DTYPE_F32, NULL);
+    snprintf(d, n, "backward from inside the forward_shard's all_gather -> %s (outer forward_shard %s)", edkm_status_name(s4_status),
+             edkm_status_name(s));
+    int bad = s4_status != EDKM_ERR_BUSY;
+    edkm_saved_state_destroy(st); edkm_layer_destroy(l); edkm_runtime_destroy(rt);
+    return bad;
+}
+
 static const struct { const char *id; check_fn fn; int fork; const char *what; } CHECKS[] = {
     { "K1", k1, 1, "forward_shard offset + count overflow traps" },
     { "K2", k2, 1, "set_centroids count >= 2^63 (UB; trap in debug builds)" },
@@ -745,6 +777,7 @@ static const struct { const char *id; check_fn fn; int fork; const char *what; }
     { "S1", s1, 1, "channel scale: init_centroids with w / s overflowing keeps NaN centroids with EDKM_OK" },
     { "S2", s2, 1, "channel scale: an infinite extremum in the sharded factor exchange is kept as an infinite factor" },
     { "S3", s3, 1, "channel scale: overflowing quotients and scaled gradients reported as the caller's NaN/Inf" },
+    { "S4", s4, 1, "channel scale: a re-entrant backward reads the caller's buffers before failing with EDKM_ERR_BUSY" },
 };
 
 int main(int argc, char **argv) {

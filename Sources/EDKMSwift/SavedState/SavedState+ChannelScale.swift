@@ -16,6 +16,9 @@ extension SavedState {
             return try backwardClustering(gradOutput: gradOutput, gradInput: gradInput, gradType: gradType, count: count,
                                           weights: weights)
         }
+        // A call from inside a communicator callback of this runtime fails at once, before the
+        // scaled copies below read the caller's buffers (as the clustering's backward does).
+        try runtime.collectives.rejectReentry()
         var elements = 0..<geometry.count, sharded = false
         if case .weightShard(_, let slice, _) = contents { (elements, sharded) = (slice, true) }
         guard count == elements.count else {
