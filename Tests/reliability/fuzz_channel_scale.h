@@ -153,8 +153,10 @@ static void op_set_channel_scale(void) {
         fp[r] = style == 0 ? 1.0f : style == 1 ? (float)log_uniform(1e-3, 1e3) : style == 2 ? (float)log_uniform(1e-30, 1e30) : 0.5f;
     if (CH(35)) {
         int n = 1 + (int)RN(3);
-        for (int j = 0; j < n; j++) fp[RN(alloc)] = cs_hostile_factor(&bad);
+        for (int j = 0; j < n; j++) { size_t i = (size_t)RN(alloc); fp[i] = cs_hostile_factor(&bad); }
     }
+    bad = 0;   /* what the buffer holds (a later value may overwrite an invalid one) */
+    for (size_t r = 0; r < alloc; r++) bad |= !(isfinite(fp[r]) && fp[r] > 0);
     if (L && count == rows && bad) fault |= F_ARG;
     if (L && !cs_on(L)) fault |= F_ARG;
     int null_f = CH(3);
