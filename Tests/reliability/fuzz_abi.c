@@ -14,7 +14,7 @@
  * scale's model (factors by the header's formula, read back bit for bit; v = w / s for the NaN/Inf
  * and range checks; scaled-gradient overflow), plus set/get_channel_scale with hostile factors
  * (NaN, Inf, 0, negative, subnormal, FLT_MAX) and the histogram form checked bit for bit against
- * the buffer forward.
+ * the buffer forward (and its backward against the buffer backward, within float rounding).
  *
  * Every call is checked against a model of the header:
  *   - the status is one the header documents for what was injected (an oracle per call: an
@@ -2119,9 +2119,9 @@ int main(int argc, char **argv) {
            (unsigned long long)g_hostile_applied, (unsigned long long)g_hostile_reentered, (unsigned long long)g_alloc_children,
            (unsigned long long)g_alloc_oom);
     printf("channel scale: %llu layers' factors fixed, %llu read back and compared with the formula, %llu backwards whose "
-           "gradient times its factor overflows; %llu histogram forms compared with the buffer forward\n",
-           (unsigned long long)g_scale_fixed, (unsigned long long)g_scale_checked, (unsigned long long)g_scale_overflow,
-           (unsigned long long)g_hist_vs_buffer);
+           "gradient times its factor overflows; %llu histogram forms compared with the buffer forward (%llu with their "
+           "backwards)\n", (unsigned long long)g_scale_fixed, (unsigned long long)g_scale_checked, (unsigned long long)g_scale_overflow,
+           (unsigned long long)g_hist_vs_buffer, (unsigned long long)g_hist_backward);
     printf("%llu passed, %llu failed\n", (unsigned long long)passed, (unsigned long long)failed);
     return failed ? 1 : 0;
 }

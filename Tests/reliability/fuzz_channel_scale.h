@@ -198,7 +198,7 @@ static void op_get_channel_scale(void) {
     buf_free(&out);
 }
 
-static uint64_t g_hist_vs_buffer = 0;
+static uint64_t g_hist_vs_buffer = 0, g_hist_backward = 0;
 
 static int cs_cmp_u16(const void *a, const void *b) {
     uint16_t x = *(const uint16_t *)a, y = *(const uint16_t *)b;
@@ -211,13 +211,65 @@ static int cs_cmp_u16(const void *a, const void *b) {
  * buffer forward of 16-bit weights w (f32 output) and a histogram forward of the keys of
  * v = round(w / s) (s = 1 without a channel scale) must agree: out_i == float(soft[m_i]) * s_r, bit
  * for bit, whatever the factors (set to extreme values, or derived from subnormal or huge weights).
+ * Half of the time both keep saved states (saved modes that keep the uniquified algorithm) and the
+ * backwards are compared too: the buffer backward's dL/dw_i against (g'_i h[m_i] + r[m_i]) / s_r
+ * from backward_histogram on G_m = sum of g'_i over key m, g'_i = float(s_r g_i) (the header's
+ * recipe), within float rounding (the buffer form rounds J^T g' to float before dividing by s_r).
  */
+static void cs_compare_backwards(LY *L, edkm_saved_state *sb, edkm_saved_state *sh, const Buf *w, int t, const Buf *v,
+                                 const uint16_t *keys, const size_t *offsets, size_t U, const float *f) {
+    size_t N = L->N, E = L->E, rowlen = cs_rowlen(L);
+    float *g = (float *)malloc(N * sizeof(float)), *gi = (float *)malloc(N * sizeof(float)), *gp = (float *)malloc(N * sizeof(float));
+    double *G = (double *)calloc(U ? U : 1, sizeof(double)), *h = (double *)malloc((U ? U : 1) * sizeof(double));
+    double *r = (double *)malloc((U ? U : 1) * sizeof(double));
+    size_t *slot = (size_t *)malloc(N * sizeof(size_t));
+    uint64_t st = R64();
+    for (size_t i = 0; i < N; i++) g[i] = (float)(rel_normal(&st) * (rel_splitmix(&st) % 8 == 0 ? 10.0 : 0.01));
+    for (size_t i = 0; i < N; i++) {
+        size_t p = i / E, lo = offsets[p], hi = offsets[p + 1];
+        uint16_t key = ((const uint16_t *)v->p)[i];
+        while (hi - lo > 1) { size_t mid = (lo + hi) / 2; if (keys[mid] <= key) lo = mid; else hi = mid; }
+        slot[i] = lo;
+        gp[i] = g[i] * f[i / rowlen];
+        G[lo] += (double)gp[i];
+    }
+    int finite = 1;
+    for (size_t i = 0; i < N && finite; i++) finite = isfinite(gp[i]);
+    if (!finite) goto out;   /* (the overflowing product is the backward op's case) */
+    set_ctx("histogram form vs buffer forward: edkm_saved_state_backward");
+    edkm_status a = CALL(edkm_saved_state_backward(sb, g, gi, EDKM_DTYPE_F32, N, w->p));
+    if (!check_status("histogram form vs buffer forward: edkm_saved_state_backward", a, 0, F_OOM)) goto out;
+    set_ctx("histogram form vs buffer forward: edkm_saved_state_backward_histogram");
+    edkm_status b = CALL(edkm_saved_state_backward_histogram(sh, G, U, h, r));
+    if (!check_status("histogram form vs buffer forward: edkm_saved_state_backward_histogram", b, 0, F_OOM)) goto out;
+    g_hist_backward++;
+    for (size_t i = 0; i < N; i++) {
+        double s = f[i / rowlen], x = (double)gp[i] * h[slot[i]], want = (x + r[slot[i]]) / s;
+        if (!isfinite((float)want) || !isfinite(gi[i])) continue;   /* beyond float: rounded to +-Inf, as documented */
+        double tol = 1e-6 * (fabs(x) + fabs(r[slot[i]])) / s + 3e-45 / s + 1e-300;
+        if (!(fabs((double)gi[i] - want) <= tol)) {
+            fail("histogram form vs buffer backward: element %zu (row factor %g): (g' h + r) / s = %.9g, the buffer backward gave "
+                 "%.9g (g %g, h %g, r %g; dtype %d, bits %u, N %zu, U %zu, tm %d)", i, s, want, (double)gi[i], (double)g[i],
+                 h[slot[i]], r[slot[i]], t, L->cfg.bits, N, U, L->cfg.temperature_mode);
+            break;
+        }
+    }
+out:
+    free(g); free(gi); free(gp); free(G); free(h); free(r); free(slot);
+}
+
 static void op_histogram_matches_buffer(void) {
     int l = pick_layer();
     if (l < 0) return;
     LY *L = &g_ly[l];
+    RT *R = &g_rt[L->rt];
     if (L->N > 70000 || L->cfg.cluster_dim != 1 || L->cfg.algorithm == EDKM_ALGORITHM_DENSE || !L->has_centroids) return;
     if (cs_on(L) && !L->scale_fixed) return;
+    /* saved states from both forms: only where the buffer forward keeps the uniquified algorithm,
+     * and a backward needs no all-gather a mirrored communicator cannot give */
+    int mode = R->saved_mode;
+    int saving = CH(50) && (mode == EDKM_SAVED_HISTOGRAM || mode == EDKM_SAVED_UNIQUIFY ||
+                            (mode == EDKM_SAVED_SHARD && R->world == 1));
     int t = CH(50) ? EDKM_DTYPE_F16 : EDKM_DTYPE_BF16;
     size_t N = L->N, P = L->groups, E = L->E;
     Info info;
@@ -229,12 +281,14 @@ static void op_histogram_matches_buffer(void) {
     scan_info(v.p, t, N, &vinfo);
     size_t cc = 0;
     float *c0 = snapshot_centroids(L, &cc);
+    edkm_saved_state *sb = NULL, *sh = NULL;
     if (vinfo.nonfinite || !c0) goto out;
     g_hist_vs_buffer++;
     float *out = (float *)malloc(N * sizeof(float));
+    unsigned budget = R->budget ? F_BUDGET : 0;
     set_ctx("histogram form vs buffer forward: edkm_layer_forward");
-    edkm_status s = CALL(edkm_layer_forward(L->h, w.p, (edkm_dtype)t, N, out, EDKM_DTYPE_F32, NULL));
-    if (!check_status("histogram form vs buffer forward: edkm_layer_forward", s, 0, F_ARG | F_OOM)) { free(out); goto out; }
+    edkm_status s = CALL(edkm_layer_forward(L->h, w.p, (edkm_dtype)t, N, out, EDKM_DTYPE_F32, saving ? &sb : NULL));
+    if (!check_status("histogram form vs buffer forward: edkm_layer_forward", s, 0, F_ARG | F_OOM | budget)) { sb = NULL; free(out); goto out; }
     L->forwards++;
     L->last_degenerate = 0;
     L->entropy_scale = 1.0;
@@ -258,9 +312,10 @@ static void op_histogram_matches_buffer(void) {
         offsets[p + 1] = U;
     }
     set_ctx("histogram form vs buffer forward: edkm_layer_forward_histogram");
-    s = CALL(edkm_layer_forward_histogram(L->h, (edkm_dtype)t, keys, counts, offsets, P, soft, NULL));
-    if (check_status("histogram form vs buffer forward: edkm_layer_forward_histogram", s, 0, F_ARG | F_OOM)) {
+    s = CALL(edkm_layer_forward_histogram(L->h, (edkm_dtype)t, keys, counts, offsets, P, soft, sb ? &sh : NULL));
+    if (check_status("histogram form vs buffer forward: edkm_layer_forward_histogram", s, 0, F_ARG | F_OOM | budget)) {
         L->forwards++;
+        int same = 1;
         for (size_t i = 0; i < N; i++) {
             size_t p = i / E, lo = offsets[p], hi = offsets[p + 1];
             uint16_t key = ((const uint16_t *)v.p)[i];
@@ -270,12 +325,16 @@ static void op_histogram_matches_buffer(void) {
                 fail("histogram form vs buffer forward: element %zu (row factor %g, key 0x%04x): float(soft) x s = %.9g, the buffer "
                      "forward gave %.9g (dtype %d, bits %u groups %zu N %zu U %zu tm %d)", i, (double)f[i / cs_rowlen(L)], key,
                      (double)want, (double)out[i], t, L->cfg.bits, P, N, U, L->cfg.temperature_mode);
+                same = 0;
                 break;
             }
         }
-    }
+        if (same && sb && sh) cs_compare_backwards(L, sb, sh, &w, t, &v, keys, offsets, U, f);
+    } else sh = NULL;
     free(keys); free(part); free(counts); free(soft); free(offsets); free(out);
 out:
+    VCALL(edkm_saved_state_destroy(sb));
+    VCALL(edkm_saved_state_destroy(sh));
     free(c0);
     free(f);
     if (v.base != w.base) buf_free(&v);
