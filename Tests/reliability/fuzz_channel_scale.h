@@ -137,15 +137,24 @@ static float cs_hostile_factor(int *bad) {
     return extreme[RN(9)];
 }
 
+/* The target of a set/get_channel_scale call: a layer handle (live, or bad: NULL returned), the
+ * factor count passed (shape[0], or a wrong one: EDKM_ERR_SHAPE) and the floats to allocate. */
+static LY *cs_call_target(void **h, unsigned *fault, size_t *rows, size_t *count, size_t *alloc) {
+    int l = layer_for_call(h, fault);
+    LY *L = l >= 0 ? &g_ly[l] : NULL;
+    *rows = L ? cs_rows(L) : 8;
+    *count = *rows;
+    if (CH(6)) { *count = wrong_count(*rows); if (L) *fault |= F_SHAPE; }
+    *alloc = *count <= *rows ? *count : *rows;
+    if (*alloc == 0) *alloc = 1;
+    return L;
+}
+
 static void op_set_channel_scale(void) {
     void *h;
     unsigned fault = 0;
-    int l = layer_for_call(&h, &fault);
-    LY *L = l >= 0 ? &g_ly[l] : NULL;
-    size_t rows = L ? cs_rows(L) : 8, count = rows;
-    if (CH(6)) { count = wrong_count(rows); if (L) fault |= F_SHAPE; }
-    size_t alloc = count <= rows ? count : rows;
-    if (alloc == 0) alloc = 1;
+    size_t rows, count, alloc;
+    LY *L = cs_call_target(&h, &fault, &rows, &count, &alloc);
     Buf f = buf_new(alloc * sizeof(float), 0);
     float *fp = (float *)f.p;
     int style = (int)RN(4), bad = 0;
@@ -177,14 +186,10 @@ static void op_set_channel_scale(void) {
 static void op_get_channel_scale(void) {
     void *h;
     unsigned fault = 0;
-    int l = layer_for_call(&h, &fault);
-    LY *L = l >= 0 ? &g_ly[l] : NULL;
-    size_t rows = L ? cs_rows(L) : 8, count = rows;
-    if (CH(6)) { count = wrong_count(rows); if (L) fault |= F_SHAPE; }
+    size_t rows, count, alloc;
+    LY *L = cs_call_target(&h, &fault, &rows, &count, &alloc);
     if (L && !cs_on(L)) fault |= F_ARG;
     else if (L && !L->scale_fixed) fault |= F_STATE;
-    size_t alloc = count <= rows ? count : rows;
-    if (alloc == 0) alloc = 1;
     Buf out = buf_new(alloc * sizeof(float), 0);
     buf_canary(&out);
     int null_out = CH(3);
