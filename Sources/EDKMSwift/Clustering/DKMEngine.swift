@@ -63,7 +63,22 @@ struct DKMEngine {
         SoftKMeansKernel(config: config, tau: trace.parameters.tau, prune: trace.parameters.prune, windowed: windowed)
     }
 
-    private struct BlockItem { var partition: Int; var start: Int; var count: Int }
+    /// The kernel of one block, recording or replaying the block's window ends in `ends` (nil:
+    /// the passes choose their windows).
+    func kernel(_ trace: PartitionTrace, block item: BlockItem, ends: WindowEndsBuffer?, _ mode: WindowEnds.Mode) -> SoftKMeansKernel {
+        var kernel = kernel(trace)
+        kernel.windowEnds = ends?.ends(partition: item.partition, start: item.start, mode)
+        return kernel
+    }
+
+    /// A buffer for the window ends of `rows` that `iterate` records and `output` replays (nil
+    /// where the passes use no windows: d > 1, windows off). Without maps only: pass nil to both
+    /// when `iterate` writes maps (those passes run on all k centroids).
+    func windowEnds(_ rows: [any RowBlocks]) -> WindowEndsBuffer? {
+        WindowEndsBuffer(rows, config: config, windowed: windowed)
+    }
+
+    struct BlockItem { var partition: Int; var start: Int; var count: Int }
 
     /// For blocks made by `blocks(rows, partitions:)`: the blocks of partitions[a] are
     /// firstItem[a] ..< firstItem[a + 1].
@@ -96,12 +111,15 @@ struct DKMEngine {
     /// (k x d, Double), with coremltools' early stop. `prepare(t)` (optional) runs before
     /// iteration t (to allocate where its maps go; an error stops the forward) and
     /// `mapSink(p, t, start, count)` returns where to store the D and s maps (count x k floats
-    /// each) of those rows.
+    /// each) of those rows. `windowEnds` (optional, without maps): where each partition's windows
+    /// of its last iteration are left for `output`.
     func iterate(_ rows: [any RowBlocks], initial: [[Double]], parameters: [EffectiveParameters],
                  prepare: ((Int) throws(EDKMError) -> Void)? = nil,
-                 mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil)
+                 mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil,
+                 windowEnds: WindowEndsBuffer? = nil)
         throws(EDKMError) -> [PartitionTrace]
     {
+        let ends = mapSink == nil ? windowEnds : nil
         let k = config.k, d = config.clusterDim
         let P = rows.count
         var traces = (0..<P).map { PartitionTrace(centroids: [initial[$0]], normalizers: [], inertia: 0, parameters: parameters[$0]) }
@@ -126,8 +144,8 @@ struct DKMEngine {
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let maps = mapSink?(item.partition, t, item.start, item.count)
                             c.withUnsafeBufferPointer { cb in
-                                acc[stride - 1] = kernel(tracesBuf[item.partition]).iterateBlock(values, counts, item.count,
-                                                                                                 cb.baseAddress!, acc, maps: maps)
+                                acc[stride - 1] = kernel(tracesBuf[item.partition], block: item, ends: ends, .record)
+                                    .iterateBlock(values, counts, item.count, cb.baseAddress!, acc, maps: maps)
                             }
                         }
                     }
@@ -236,8 +254,9 @@ struct DKMEngine {
     }
 
     /// Soft output rows f_m = sum_j A^{T-1}_mj c^T_j; `sink(p, start, count, f)` receives count x d values.
-    /// Also sets every trace's `entropySum`.
-    func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace],
+    /// Also sets every trace's `entropySum`. `windowEnds`: the buffer `iterate` recorded into on the
+    /// same rows (its last iterations' windows are the ones the output needs), or nil.
+    func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace], windowEnds: WindowEndsBuffer? = nil,
                 sink: (Int, Int, Int, UnsafePointer<Double>) -> Void)
     {
         let d = config.clusterDim
@@ -257,8 +276,8 @@ struct DKMEngine {
                     let counts = rows[item.partition].counts(start: item.start, count: item.count)
                     trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
                         trace.centroids[T].withUnsafeBufferPointer { cLast in
-                            entropyOut[i] = kernel(trace).outputBlock(values, counts, item.count, cPrev.baseAddress!,
-                                                                      cLast.baseAddress!, f)
+                            entropyOut[i] = kernel(trace, block: item, ends: windowEnds, .replay)
+                                .outputBlock(values, counts, item.count, cPrev.baseAddress!, cLast.baseAddress!, f)
                         }
                     }
                     sink(item.partition, item.start, item.count, f)
@@ -302,6 +321,8 @@ struct DKMEngine {
         let lastPtrs = results.map { $0.last.pointer }
         let rPtrs = results.map { $0.r.pointer }
         let items = blocks(rows, partitions: Array(0..<P))
+        // The windows of c^{T-1}: chosen by pass 1, replayed by the first reverse iteration.
+        let ends = savedSoftmax == nil ? windowEnds(rows) : nil
         // Pass 1: the output y = A^{T-1} c^T. Per block: cbar^T partial (k x d) and extra (k x d).
         let stride1 = 2 * k * d
         var partials = [Double](repeating: 0, count: items.count * stride1)
@@ -322,8 +343,9 @@ struct DKMEngine {
                         let last = lastPtrs[item.partition] + item.start * d
                         trace.centroids[T - 1].withUnsafeBufferPointer { cPrevB in
                             trace.centroids[T].withUnsafeBufferPointer { cLastB in
-                                kernel(trace).backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
-                                                         saved: saved, last, acc)
+                                kernel(trace, block: item, ends: ends, .record)
+                                    .backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
+                                                       saved: saved, last, acc)
                             }
                         }
                     }
@@ -393,7 +415,8 @@ struct DKMEngine {
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
                                 // the update P/S itself (before any LUT quantization: straight-through)
                                 (trace.rawCentroids.isEmpty ? trace.centroids : trace.rawCentroids)[t + 1].withUnsafeBufferPointer { cnB in
-                                    kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
+                                    kernel(trace, block: item, ends: step == 0 ? ends : nil, .replay)
+                                        .backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
                                                                          pbarAll + item.partition * kd, saved: saved, r, acc,
                                                                          accumulate: t > 0)
                                 }

@@ -58,10 +58,13 @@ extension Layer {
                        builder: SavedStateBuilder?) throws(EDKMError) -> HistogramCoreRun {
         let rows = Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool)
         let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
+        let mapSink = builder?.mapSink
+        // Without maps the output replays the windows of each partition's last iteration.
+        let ends = mapSink == nil ? engine.windowEnds(rows) : nil
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
-                                        prepare: builder?.prepare, mapSink: builder?.mapSink)
+                                        prepare: builder?.prepare, mapSink: mapSink, windowEnds: ends)
         let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(zeros: hists[$0].distinctCount) }
-        engine.output(rows, traces: &traces) { p, start, count, values in
+        engine.output(rows, traces: &traces, windowEnds: ends) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }
         return HistogramCoreRun(traces: traces, softValues: f, entropy: traces.reduce(0) { $0 + $1.entropySum },

@@ -174,6 +174,15 @@ extension SoftKMeansKernel {
         cursor.left = lo
         cursor.right = hi
         while hi < k && order.sorted[hi] <= right { hi += 1 }  // equal values at the right edge
+        return windowRun(lo, hi, order, window, &cursor)
+    }
+
+    /// Writes into `window` the centroids at the sorted positions lo ..< hi, then centroid 0 if it
+    /// lies outside them; returns how many. When the positions are the cursor's (the previous
+    /// group's), `window` already holds them and is not rewritten.
+    @inline(__always)
+    func windowRun(_ lo: Int, _ hi: Int, _ order: CentroidOrder, _ window: UnsafeMutablePointer<Int>,
+                _ cursor: inout WindowCursor) -> Int {
         if lo == cursor.lo && hi == cursor.hi { return cursor.count }
         var count = 0
         for q in lo..<Swift.max(lo, hi) {
@@ -237,7 +246,7 @@ extension SoftKMeansKernel {
                 while m < rows {
                     let u = load4(values + m)
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
-                    let w = window4(u, order, c[0], window, &cursor)
+                    let w = window4(u, order, c[0], window, &cursor, group: m / 4)
                     inertia += n * windowSoftmax4(u, c, window, w, s, expTable)
                     totalN += n
                     totalNU += n * u
@@ -279,7 +288,7 @@ extension SoftKMeansKernel {
                 let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    let w = window4(u, order, cPrev[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, cPrev, window, w, s, expTable, entropy: &h)
                     entropy += (counts.map { load4($0 + m) } ?? V4(repeating: 1)) * h
                     var out = V4(repeating: 0)
@@ -312,7 +321,7 @@ extension SoftKMeansKernel {
                 while m < rows {
                     let u = load4(values + m)
                     let g = load4(G + m)
-                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    let w = window4(u, order, cPrev[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, cPrev, window, w, s, expTable)
                     totalG += g
                     for q in 0..<w {
@@ -362,7 +371,7 @@ extension SoftKMeansKernel {
                 let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, ct[0], window, &cursor)
+                    let w = window4(u, order, ct[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, ct, window, w, s, expTable)
                     var rr = load4(r + m) + zp
                     for i in 0..<w {
