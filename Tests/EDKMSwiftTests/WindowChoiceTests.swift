@@ -73,7 +73,42 @@ import Testing
             for g in 0..<groups where Array(windows[(g * (kernel.k + 1))..<(g * (kernel.k + 1) + sizes[g])]) != want[g] { mismatches += 1 }
             #expect(mismatches == 0, "\(label): AVX2 build, \(mismatches) of \(groups) windows differ")
         }
+        checkEnds(kernel, values, c, want, label)
         return Double(want.reduce(0) { $0 + $1.count }) / Double(max(groups, 1))
+    }
+
+    /// The window ends one pass records and a later pass replays (`WindowEnds`): recorded while
+    /// choosing (the windows still those of the definition), then replayed on rows that are all
+    /// NaN (choosing on them would give [0] for every group, so a replay that chose again would
+    /// fail), in both builds and across them (Swift records, C replays, and the reverse).
+    static func checkEnds(_ kernel: SoftKMeansKernel, _ values: [Double], _ c: [Double], _ want: [[Int]], _ label: String) {
+        let groups = values.count / 4
+        let nan = [Double](repeating: .nan, count: values.count)
+        let swiftEnds = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, 2 * groups))
+        let cEnds = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, 2 * groups))
+        defer { swiftEnds.deallocate(); cEnds.deallocate() }
+        func swiftWindows(_ rows: [Double], _ ends: UnsafeMutablePointer<UInt8>, _ mode: WindowEnds.Mode) -> [[Int]] {
+            var k = kernel
+            k.windowEnds = WindowEnds(ends, mode)
+            return rows.withUnsafeBufferPointer { v in c.withUnsafeBufferPointer { k.chooseWindows(v.baseAddress!, rows.count, $0.baseAddress!) } }
+        }
+        /// The C build's windows, nil where it is not built.
+        func cWindows(_ rows: [Double], _ ends: UnsafeMutablePointer<UInt8>, _ mode: WindowEnds.Mode) -> [[Int]]? {
+            var k = kernel
+            k.windowEnds = WindowEnds(ends, mode)
+            var params = k.windowParameters
+            var windows = [Int](repeating: -1, count: groups * (kernel.k + 1)), sizes = [Int](repeating: 0, count: groups)
+            guard edkm_window_choose(&params, rows, rows.count, c, &windows, &sizes) >= 0 else { return nil }
+            return (0..<groups).map { Array(windows[($0 * (kernel.k + 1))..<($0 * (kernel.k + 1) + sizes[$0])]) }
+        }
+        #expect(swiftWindows(values, swiftEnds, .record) == want, "\(label): Swift build, windows while recording")
+        #expect(swiftWindows(nan, swiftEnds, .replay) == want, "\(label): Swift build, replayed windows")
+        guard let recorded = cWindows(values, cEnds, .record) else { return }
+        #expect(recorded == want, "\(label): AVX2 build, windows while recording")
+        #expect(memcmp(swiftEnds, cEnds, 2 * groups) == 0, "\(label): the builds record different ends")
+        #expect(cWindows(nan, cEnds, .replay) == want, "\(label): AVX2 build, replayed windows")
+        #expect(cWindows(nan, swiftEnds, .replay) == want, "\(label): AVX2 build, the Swift build's ends replayed")
+        #expect(swiftWindows(nan, cEnds, .replay) == want, "\(label): Swift build, the AVX2 build's ends replayed")
     }
 
     static func kernel(bits: Int, tau: Double, keepSparsity: Bool = false, zeroThreshold: Double = 1e-7,

@@ -194,7 +194,9 @@ struct DKMEngine {
 
     /// Per partition p: sum over rows m of n_m min_j ||v_m - c_j||^2 (no prune bias) for the
     /// centroids c[p] (k x d): the hard k-means inertia. Blocked like `iterate`, so the result
-    /// does not depend on the thread count. O(rows log k) for d = 1, O(rows k d) otherwise.
+    /// does not depend on the thread count. d = 1: each row's neighbours by a search started from the
+    /// previous row's position (the same position as a binary search: `SoftKMeansKernel.lowerBound`),
+    /// O(1) per row for rows in key order, O(log k) otherwise; O(rows k d) for d > 1.
     func inertia(_ rows: [any RowBlocks], centroids: [[Double]]) -> [Double] {
         let k = config.k, d = config.clusterDim
         let sorted = d == 1 ? centroids.map { $0.sorted() } : centroids
@@ -209,9 +211,15 @@ struct DKMEngine {
                     let n = rows[item.partition].counts(start: item.start, count: item.count)
                     out[i] = sorted[item.partition].withUnsafeBufferPointer { c in
                         var sum = 0.0
+                        var position = 0
                         for r in 0..<item.count {
-                            let best = d == 1 ? DKMEngine.nearestSquaredDistance(v[r], sorted: c)
-                                              : DKMEngine.nearestSquaredDistance(v + r * d, c, k: k, d: d)
+                            let best: Double
+                            if d == 1 {
+                                position = SoftKMeansKernel.lowerBound(c.baseAddress!, count: k, v[r], from: position)
+                                best = DKMEngine.nearestSquaredDistance(v[r], sorted: c, lowerBound: position)
+                            } else {
+                                best = DKMEngine.nearestSquaredDistance(v + r * d, c, k: k, d: d)
+                            }
                             sum += (n?[r] ?? 1) * best
                         }
                         return sum
@@ -232,6 +240,12 @@ struct DKMEngine {
             let mid = (lo + hi) / 2
             if c[mid] < x { lo = mid + 1 } else { hi = mid }
         }
+        return nearestSquaredDistance(x, sorted: c, lowerBound: lo)
+    }
+
+    /// min_j (x - c_j)^2 for ascending c, given lo = the first index with c >= x (c.count if none).
+    @inline(__always)
+    static func nearestSquaredDistance(_ x: Double, sorted c: UnsafeBufferPointer<Double>, lowerBound lo: Int) -> Double {
         var best = Double.infinity
         if lo < c.count { best = (c[lo] - x) * (c[lo] - x) }
         if lo > 0 { best = Swift.min(best, (x - c[lo - 1]) * (x - c[lo - 1])) }

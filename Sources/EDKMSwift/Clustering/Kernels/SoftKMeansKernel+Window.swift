@@ -77,6 +77,12 @@ extension SoftKMeansKernel {
     /// hint, two when the answer is the hint.
     @inline(__always)
     func lowerBound(_ sorted: UnsafePointer<Double>, _ x: Double, from hint: Int) -> Int {
+        SoftKMeansKernel.lowerBound(sorted, count: k, x, from: hint)
+    }
+
+    /// `lowerBound(_:_:from:)` over `k` ascending values (also `DKMEngine.inertia`'s search).
+    @inline(__always)
+    static func lowerBound(_ sorted: UnsafePointer<Double>, count k: Int, _ x: Double, from hint: Int) -> Int {
         var lo: Int, hi: Int  // the answer lies in [lo, hi]; hi == k or sorted[hi] >= x
         if hint < k && sorted[hint] < x {
             lo = hint &+ 1
@@ -200,12 +206,13 @@ extension SoftKMeansKernel {
     }
 
     /// The windows `window4` chooses for the groups of four rows of `values` (the leading count & ~3),
-    /// in order, with the centroids c: each group's centroid indices (tests).
+    /// in order, with the centroids c: each group's centroid indices (tests). With `windowEnds`,
+    /// recorded or replayed as the passes do.
     func chooseWindows(_ values: UnsafePointer<Double>, _ count: Int, _ c: UnsafePointer<Double>) -> [[Int]] {
         withCentroidOrder(c) { order, window in
             var cursor = WindowCursor()
             return stride(from: 0, to: count & ~3, by: 4).map { m in
-                let w = window4(load4(values + m), order, c[0], window, &cursor)
+                let w = window4(load4(values + m), order, c[0], window, &cursor, group: m / 4)
                 return Array(UnsafeBufferPointer(start: window, count: w))
             }
         }
