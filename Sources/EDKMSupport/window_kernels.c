@@ -79,6 +79,9 @@ static int avx2_selected(void) {
 int edkm_window_kernels_available(void) { return !__atomic_load_n(&force_scalar, __ATOMIC_RELAXED) && avx2_selected(); }
 
 #define TARGET __attribute__((target("avx2")))
+/* The per-group steps of the passes: inlined into each pass (a call per group of four rows costs a
+ * frame and a vzeroupper). */
+#define HOT TARGET __attribute__((always_inline))
 typedef __m256d v4;
 
 /* Softmax terms with x_j < -WINDOW_CUT are dropped (SoftKMeansKernel.windowCut). */
@@ -235,7 +238,7 @@ typedef struct {
  * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. Each row's nearest centroids
  * come from its lower bound, searched from the previous row's. The four radii take one vector
  * square root (correctly rounded, as the scalar one). */
-TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
+HOT static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
                                      window_cursor *cursor) {
     const long k = p->k;
     long lo = cursor->row;
@@ -287,7 +290,7 @@ static inline long window_from_ends(const centroid_order *o, long lo, long hi, l
  * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The bounds are
  * searched from the previous group's; when they are the previous group's, `window` already holds
  * that window (the passes only read it) and is left as it is. */
-TARGET static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
+HOT static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
                                             const centroid_order *o, long *window, window_cursor *cursor) {
     const long k = p->k;
     double left = INFINITY, right = -INFINITY, radius[4];
@@ -339,7 +342,7 @@ TARGET static inline void window_stream_start(window_stream *s, const edkm_windo
 }
 
 /* The window of rows m ... m + 3 (m = 0, 4, 8, ... in turn). */
-TARGET static inline long window_stream_next(window_stream *s, long m, long *window) {
+HOT static inline long window_stream_next(window_stream *s, long m, long *window) {
     const int mode = s->p->ends_mode;
     unsigned char *ends = mode == EDKM_WINDOW_ENDS_NONE ? NULL : s->p->ends + 2 * (m / 4);
     if (mode == EDKM_WINDOW_ENDS_REPLAY) return window_from_ends(&s->order, ends[0], (long)ends[1] + 1, window, &s->cursor);
@@ -354,9 +357,12 @@ TARGET static inline long window_stream_next(window_stream *s, long m, long *win
     return w;
 }
 
+/* log(x), with x = 1 answered without the call (+0, libm's value). */
+static inline double log_of_normalizer(double x) { return x == 1 ? 0.0 : log(x); }
+
 /* softmax4 on a window: s[q] for centroid window[q], the normaliser over the window; returns
  * min_j D_j. With `entropy`, writes the rows' entropy ln(sum) - sum_q s_q x_q. */
-TARGET static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const double *c, const long *window, long w,
+HOT static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const double *c, const long *window, long w,
                                         v4 *s, v4 *entropy) {
     v4 minD = splat(INFINITY);
     const v4 nonzero = _mm256_cmp_pd(u, zero4(), _CMP_NEQ_UQ);
@@ -396,9 +402,15 @@ TARGET static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const
     v4 inv = _mm256_div_pd(splat(1), sum);
     for (long q = 0; q < w; q++) s[q] = _mm256_mul_pd(s[q], inv);
     if (entropy) {
-        double l[4];
-        _mm256_storeu_pd(l, sum);
-        v4 logs = _mm256_setr_pd(log(l[0]), log(l[1]), log(l[2]), log(l[3]));
+        /* ln 1 = +0 exactly: a normaliser of 1 skips the libm call, with the same value (the Swift
+         * passes' logOfNormalizer). */
+        v4 logs = zero4();
+        if (_mm256_movemask_pd(_mm256_cmp_pd(sum, splat(1), _CMP_EQ_OQ)) != 15) {
+            double l[4];
+            _mm256_storeu_pd(l, sum);
+            logs = _mm256_setr_pd(log_of_normalizer(l[0]), log_of_normalizer(l[1]), log_of_normalizer(l[2]),
+                                  log_of_normalizer(l[3]));
+        }
         *entropy = _mm256_sub_pd(logs, _mm256_mul_pd(weighted, inv));
     }
     return minD;
