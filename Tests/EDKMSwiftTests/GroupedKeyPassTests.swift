@@ -84,3 +84,34 @@ import Testing
         #expect(KeyPasses.firstNonFiniteKey([hist([0x0001]), hist([0x7f80, 0xffc0])], type: .bf16, pool: pool) == 0x7f80)
     }
 }
+
+/// The histogram extraction from a full 65,536-entry table (partitions of at least 2^15 keys: runs
+/// of 8 entries, empty runs skipped, the others compacted without branches) against a scan of every
+/// entry: keys ascending with their counts, the table left zeroed; keys at both ends of the table,
+/// at run boundaries, dense blocks and isolated keys.
+@Suite struct HistogramExtractionTests {
+    @Test(arguments: [UInt64(1), 2, 3])
+    func fullTableExtractionMatchesAScan(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        let count = 1 << 15 + Int(rng.next() % 1000)
+        let fixed: [UInt16] = [0, 7, 8, 15, 16, 65527, 65528, 65535]
+        let keys = (0..<count).map { e -> UInt16 in
+            if e < fixed.count { return fixed[e] }
+            switch rng.next() % 3 {
+            case 0: return UInt16(truncatingIfNeeded: 15_000 + rng.next() % 2_000)  // a dense block
+            case 1: return UInt16(truncatingIfNeeded: rng.next())  // anywhere
+            default: return UInt16(truncatingIfNeeded: 48_000 + 64 * (rng.next() % 100))  // isolated
+            }
+        }
+        let table = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
+        defer { table.deallocate() }
+        table.initialize(repeating: 0, count: 65536)
+        for key in keys { table[Int(key)] += 1 }
+        let present = (0..<65536).filter { table[$0] != 0 }
+        let expectedCounts = present.map { table[$0] }
+        let h = keys.withUnsafeBufferPointer { KeyPasses.extractClearing(table, $0.baseAddress!, count: count) }
+        #expect(h.keys == present.map { UInt16($0) })
+        #expect(h.counts == expectedCounts)
+        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "the table is left zeroed")
+    }
+}

@@ -209,4 +209,42 @@ import Testing
             Self.check(Self.kernel(bits: 3, tau: tau), values.reversed(), duplicated, "duplicates reversed tau \(tau)")
         }
     }
+
+    /// The hard k-means inertia (`DKMEngine.inertia`, which sets the scale-free temperature) searches
+    /// each row's neighbours from the previous row's position: the same positions, so the same sum,
+    /// bit for bit, as a binary search per row, summed in the engine's block order; rows in key
+    /// order, reversed and shuffled, with +-0, rows beyond the outer centroids and duplicated centroids.
+    @Test func hardInertiaMatchesBinarySearch() {
+        var config = ClusteringConfig()
+        config.bits = 4
+        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 3))
+        var rng = SplitMix64(seed: 23)
+        var c = (0..<16).map { _ in (rng.nextUnit() - 0.5) * 0.1 }
+        c[5] = c[9]
+        c[3] = 0
+        var ascending = (0..<5_000).map { _ in (rng.nextUnit() - 0.5) * 0.12 }
+        ascending += [0, -0.0, c[9], c[3], 1, -1]
+        ascending.sort()
+        var shuffled = ascending
+        shuffled.shuffle(using: &rng)
+        for (values, label) in [(ascending, "key order"), (Array(ascending.reversed()), "reversed"), (shuffled, "shuffled")] {
+            let v = DoubleBuffer(zeros: values.count), n = DoubleBuffer(zeros: values.count)
+            for m in values.indices { v[m] = values[m]; n[m] = Double(1 + rng.next() % 7) }
+            let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: v, countsBuffer: n)]
+            let sorted = c.sorted()
+            let blockRows = engine.blockRows(rows)
+            var expected = 0.0
+            sorted.withUnsafeBufferPointer { cb in
+                for start in stride(from: 0, to: values.count, by: blockRows) {
+                    var block = 0.0
+                    for m in start..<min(values.count, start + blockRows) {
+                        block += n[m] * DKMEngine.nearestSquaredDistance(values[m], sorted: cb)
+                    }
+                    expected += block
+                }
+            }
+            let got = engine.inertia(rows, centroids: [c])[0]
+            #expect(got.bitPattern == expected.bitPattern, "\(label): \(got) against \(expected)")
+        }
+    }
 }
