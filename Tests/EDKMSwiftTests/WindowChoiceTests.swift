@@ -226,7 +226,7 @@ import Testing
         ascending += [0, -0.0, c[9], c[3], 1, -1]
         ascending.sort()
         var shuffled = ascending
-        shuffled.shuffle(using: &rng)
+        for i in stride(from: shuffled.count - 1, to: 0, by: -1) { shuffled.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         for (values, label) in [(ascending, "key order"), (Array(ascending.reversed()), "reversed"), (shuffled, "shuffled")] {
             let v = DoubleBuffer(zeros: values.count), n = DoubleBuffer(zeros: values.count)
             for m in values.indices { v[m] = values[m]; n[m] = Double(1 + rng.next() % 7) }
