@@ -1,5 +1,6 @@
 @testable import EDKMSwift
 import EDKMNumerics
+import EDKMSupport
 import Glibc
 import Testing
 
@@ -86,7 +87,7 @@ import Testing
 }
 
 /// The histogram extraction from a full 65,536-entry table (partitions of at least 2^15 keys: runs
-/// of 8 entries, empty runs skipped, the others compacted without branches) against a scan of every
+/// of 8 entries, empty runs skipped, the others compacted; the AVX2 kernel and the portable loop) against a scan of every
 /// entry: keys ascending with their counts, the table left zeroed; keys at both ends of the table,
 /// at run boundaries, dense blocks and isolated keys.
 @Suite struct HistogramExtractionTests {
@@ -104,14 +105,32 @@ import Testing
             }
         }
         let table = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
-        defer { table.deallocate() }
-        table.initialize(repeating: 0, count: 65536)
-        for key in keys { table[Int(key)] += 1 }
+        let found = UnsafeMutablePointer<UInt16>.allocate(capacity: 65536 + 8)
+        let counts = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536 + 8)
+        defer { table.deallocate(); found.deallocate(); counts.deallocate() }
+        func fill() {
+            table.initialize(repeating: 0, count: 65536)
+            for key in keys { table[Int(key)] += 1 }
+        }
+        fill()
         let present = (0..<65536).filter { table[$0] != 0 }
-        let expectedCounts = present.map { table[$0] }
+        let expectedKeys = present.map { UInt16($0) }, expectedCounts = present.map { table[$0] }
+        // The layer's path (the AVX2 kernel where the CPU has it).
         let h = keys.withUnsafeBufferPointer { KeyPasses.extractClearing(table, $0.baseAddress!, count: count) }
-        #expect(h.keys == present.map { UInt16($0) })
-        #expect(h.counts == expectedCounts)
-        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "the table is left zeroed")
+        #expect(h.keys == expectedKeys && h.counts == expectedCounts, "extractClearing")
+        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "extractClearing leaves the table zeroed")
+        // The portable loop and the kernel, each on its own.
+        fill()
+        let m = KeyPasses.extractFullTable(table, found, counts)
+        #expect(Array(UnsafeBufferPointer(start: found, count: m)) == expectedKeys, "portable loop: keys")
+        #expect(Array(UnsafeBufferPointer(start: counts, count: m)) == expectedCounts, "portable loop: counts")
+        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "portable loop leaves the table zeroed")
+        fill()
+        let n = edkm_kernel_extract_keys(table, found, counts)
+        if n >= 0 {
+            #expect(Array(UnsafeBufferPointer(start: found, count: n)) == expectedKeys, "AVX2 kernel: keys")
+            #expect(Array(UnsafeBufferPointer(start: counts, count: n)) == expectedCounts, "AVX2 kernel: counts")
+            #expect((0..<65536).allSatisfy { table[$0] == 0 }, "AVX2 kernel leaves the table zeroed")
+        }
     }
 }

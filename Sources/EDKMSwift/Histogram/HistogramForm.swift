@@ -35,8 +35,8 @@ extension Layer {
         // The values as ElementIO.keyValue gives them, through the f16 table held once.
         HalfConversion.f16Table.withUnsafeBufferPointer { f16 in
             pool.parallelMap(hists.count) { p -> any RowBlocks in
-                let values = DoubleBuffer(zeros: hists[p].distinctCount)
-                let counts = DoubleBuffer(zeros: hists[p].distinctCount)
+                let values = DoubleBuffer(uninitialized: hists[p].distinctCount)  // every entry written below
+                let counts = DoubleBuffer(uninitialized: hists[p].distinctCount)
                 hists[p].keys.withUnsafeBufferPointer { keys in
                     hists[p].counts.withUnsafeBufferPointer { n in
                         for m in 0..<keys.count {
@@ -63,7 +63,8 @@ extension Layer {
         let ends = mapSink == nil ? engine.windowEnds(rows) : nil
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
                                         prepare: builder?.prepare, mapSink: mapSink, windowEnds: ends)
-        let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(zeros: hists[$0].distinctCount) }
+        // Every row's soft value is written by the output's blocks, which cover all rows.
+        let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(uninitialized: hists[$0].distinctCount) }
         engine.output(rows, traces: &traces, windowEnds: ends) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }
