@@ -247,4 +247,34 @@ import Testing
             #expect(got.bitPattern == expected.bitPattern, "\(label): \(got) against \(expected)")
         }
     }
+
+    /// The histogram form's value rows compute the same hard inertia in their pass over the rows
+    /// (`Layer.histogramRows(_:keyType:pool:inertia:)`) as `DKMEngine.inertia` in its own pass:
+    /// bit-identical, for f16 and bf16 keys, partitions of several blocks and of one, 1 and 3 threads.
+    @Test(arguments: [ElementType.f16, .bf16])
+    func histogramRowsInertiaMatchesTheEngine(keyType: ElementType) {
+        var config = ClusteringConfig()
+        config.bits = 4
+        var rng = SplitMix64(seed: keyType == .f16 ? 31 : 37)
+        // Distinct values over 16 binades (bf16 has 128 per binade and sign).
+        let sizes = keyType == .f16 ? [3, 700, 2_500, 9_001] : [3, 700, 2_500]
+        let hists = sizes.map { size -> KeyHistogram in
+            var present = Set<UInt16>()
+            while present.count < size {
+                let value = Float((rng.nextUnit() - 0.5) * 0.2 * Double(sign: .plus, exponent: -Int(rng.next() % 16), significand: 1))
+                let key = keyType == .f16 ? HalfConversion.floatToF16(value) : HalfConversion.floatToBF16(value)
+                if ElementIO.keyValue(key, type: keyType).isFinite { present.insert(key) }
+            }
+            let keys = present.sorted()
+            return KeyHistogram(keys: keys, counts: keys.map { _ in UInt32(1 + rng.next() % 9) })
+        }
+        let initial = sizes.map { _ in (0..<16).map { _ in (rng.nextUnit() - 0.5) * 0.15 } }
+        for threads in [1, 3] {
+            let pool = ThreadPool(threads: threads)
+            let engine = DKMEngine(config: config, pool: pool)
+            let (rows, fused) = Layer.histogramRows(hists, keyType: keyType, pool: pool, inertia: (engine, initial))
+            let separate = engine.inertia(rows, centroids: initial)
+            #expect(fused?.map(\.bitPattern) == separate.map(\.bitPattern), "\(keyType.name), \(threads) threads")
+        }
+    }
 }

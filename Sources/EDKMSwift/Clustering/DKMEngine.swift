@@ -50,10 +50,13 @@ struct DKMEngine {
     /// Rows per block: about 2048 values; for d = 1 layers with fewer than 64 x 2048 rows in all
     /// (per-tensor LUTs on the histogram path), total / 64 rows (a multiple of 4, at least 256).
     /// Fixed by the rows (never by the thread count), so results do not depend on the threads.
-    func blockRows(_ rows: [any RowBlocks]) -> Int {
+    func blockRows(_ rows: [any RowBlocks]) -> Int { blockRows(rowCounts: rows.map(\.rowCount)) }
+
+    /// `blockRows` for partitions of these row counts.
+    func blockRows(rowCounts: [Int]) -> Int {
         let base = max(1, 2048 / config.clusterDim)
         if config.clusterDim != 1 { return base }
-        let total = rows.reduce(0) { $0 + $1.rowCount }
+        let total = rowCounts.reduce(0, +)
         let share = (total + DKMEngine.minimumBlocks - 1) / DKMEngine.minimumBlocks
         return min(base, max(256, (share + 3) & ~3))
     }
