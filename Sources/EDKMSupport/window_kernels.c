@@ -79,6 +79,9 @@ static int avx2_selected(void) {
 int edkm_window_kernels_available(void) { return !__atomic_load_n(&force_scalar, __ATOMIC_RELAXED) && avx2_selected(); }
 
 #define TARGET __attribute__((target("avx2")))
+/* The per-group steps of the passes: inlined into each pass (a call per group of four rows costs a
+ * frame and a vzeroupper). */
+#define HOT TARGET __attribute__((always_inline))
 typedef __m256d v4;
 
 /* Softmax terms with x_j < -WINDOW_CUT are dropped (SoftKMeansKernel.windowCut). */
@@ -235,7 +238,7 @@ typedef struct {
  * sqrt(min D + cut tau) (1 + 2^-30), NaN where min D + cut tau < 0. Each row's nearest centroids
  * come from its lower bound, searched from the previous row's. The four radii take one vector
  * square root (correctly rounded, as the scalar one). */
-TARGET static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
+HOT static inline v4 window_radii(const edkm_window_params *p, const double *u, const centroid_order *o, double c0,
                                      window_cursor *cursor) {
     const long k = p->k;
     long lo = cursor->row;
@@ -270,11 +273,24 @@ TARGET static inline v4 window_radii(const edkm_window_params *p, const double *
                          splat(1 + 0x1p-30));
 }
 
+/* The window of sorted positions lo ..< hi, then centroid 0 if outside them; `window` is left as it
+ * is when the positions are the previous group's (window_from_radii's rule). */
+static inline long window_from_ends(const centroid_order *o, long lo, long hi, long *window, window_cursor *cursor) {
+    if (lo == cursor->lo && hi == cursor->hi) return cursor->count;
+    long count = 0;
+    for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
+    if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
+    cursor->lo = lo;
+    cursor->hi = hi;
+    cursor->count = count;
+    return count;
+}
+
 /* The second half of window4: the indices of the centroids within the radii of any of the rows
  * u[0..3] (ascending positions, then centroid 0 if outside them); returns how many. The bounds are
  * searched from the previous group's; when they are the previous group's, `window` already holds
  * that window (the passes only read it) and is left as it is. */
-TARGET static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
+HOT static inline long window_from_radii(const edkm_window_params *p, const double *u, v4 radii,
                                             const centroid_order *o, long *window, window_cursor *cursor) {
     const long k = p->k;
     double left = INFINITY, right = -INFINITY, radius[4];
@@ -295,49 +311,58 @@ TARGET static inline long window_from_radii(const edkm_window_params *p, const d
     cursor->left = lo;
     cursor->right = hi;
     while (hi < k && o->sorted[hi] <= right) hi++;
-    if (lo == cursor->lo && hi == cursor->hi) return cursor->count;
-    long count = 0;
-    for (long q = lo; q < (hi > lo ? hi : lo); q++) window[count++] = o->index[q];
-    if (o->position0 < lo || o->position0 >= hi) window[count++] = 0;
-    cursor->lo = lo;
-    cursor->hi = hi;
-    cursor->count = count;
-    return count;
+    return window_from_ends(o, lo, hi, window, cursor);
 }
 
-/* The windows of a block's groups of four rows in order, the radii of the next group computed
- * one group ahead: its square root's latency then overlaps the current group's softmax. */
+/* The windows of a block's groups of four rows in order, with the block's centroid order (sorted
+ * once, at the start). Chosen from the rows, the radii of the next group computed one group ahead
+ * (its square root's latency then overlaps the current group's softmax); with the parameters' ends
+ * in EDKM_WINDOW_ENDS_RECORD mode each group's ends are written too, and in _REPLAY mode they are
+ * read instead of choosing (same window: it is a function of the ends and the order alone). */
 typedef struct {
     const edkm_window_params *p;
     const double *values;
     long rows;
-    const centroid_order *order;
+    centroid_order order;
     double c0;
     window_cursor cursor;
     v4 next;
 } window_stream;
 
 TARGET static inline void window_stream_start(window_stream *s, const edkm_window_params *p, const double *values, long rows,
-                                              const centroid_order *order, double c0) {
+                                              const double *c) {
     s->p = p;
     s->values = values;
     s->rows = rows;
-    s->order = order;
-    s->c0 = c0;
+    sort_centroids(c, p->k, &s->order);
+    s->c0 = c[0];
     s->cursor = (window_cursor){.row = 0, .left = 0, .right = 0, .lo = -1, .hi = -1, .count = 0};
-    s->next = rows > 0 ? window_radii(p, values, order, c0, &s->cursor) : zero4();
+    s->next = rows > 0 && p->ends_mode != EDKM_WINDOW_ENDS_REPLAY ? window_radii(p, values, &s->order, s->c0, &s->cursor)
+                                                                  : zero4();
 }
 
 /* The window of rows m ... m + 3 (m = 0, 4, 8, ... in turn). */
-TARGET static inline long window_stream_next(window_stream *s, long m, long *window) {
-    long w = window_from_radii(s->p, s->values + m, s->next, s->order, window, &s->cursor);
-    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, s->order, s->c0, &s->cursor);
+HOT static inline long window_stream_next(window_stream *s, long m, long *window) {
+    const int mode = s->p->ends_mode;
+    unsigned char *ends = mode == EDKM_WINDOW_ENDS_NONE ? NULL : s->p->ends + 2 * (m / 4);
+    if (mode == EDKM_WINDOW_ENDS_REPLAY) return window_from_ends(&s->order, ends[0], (long)ends[1] + 1, window, &s->cursor);
+    long w = window_from_radii(s->p, s->values + m, s->next, &s->order, window, &s->cursor);
+    if (m + 4 < s->rows) s->next = window_radii(s->p, s->values + m + 4, &s->order, s->c0, &s->cursor);
+    if (mode == EDKM_WINDOW_ENDS_RECORD) {
+        /* The positions the window holds (cursor.lo < 0: the window {0} alone, as an empty run). */
+        int run = s->cursor.lo >= 0 && s->cursor.hi > s->cursor.lo;
+        ends[0] = (unsigned char)(run ? s->cursor.lo : 1);
+        ends[1] = (unsigned char)(run ? s->cursor.hi - 1 : 0);
+    }
     return w;
 }
 
+/* log(x), with x = 1 answered without the call (+0, libm's value). */
+static inline double log_of_normalizer(double x) { return x == 1 ? 0.0 : log(x); }
+
 /* softmax4 on a window: s[q] for centroid window[q], the normaliser over the window; returns
  * min_j D_j. With `entropy`, writes the rows' entropy ln(sum) - sum_q s_q x_q. */
-TARGET static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const double *c, const long *window, long w,
+HOT static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const double *c, const long *window, long w,
                                         v4 *s, v4 *entropy) {
     v4 minD = splat(INFINITY);
     const v4 nonzero = _mm256_cmp_pd(u, zero4(), _CMP_NEQ_UQ);
@@ -377,9 +402,15 @@ TARGET static inline v4 window_softmax4(const edkm_window_params *p, v4 u, const
     v4 inv = _mm256_div_pd(splat(1), sum);
     for (long q = 0; q < w; q++) s[q] = _mm256_mul_pd(s[q], inv);
     if (entropy) {
-        double l[4];
-        _mm256_storeu_pd(l, sum);
-        v4 logs = _mm256_setr_pd(log(l[0]), log(l[1]), log(l[2]), log(l[3]));
+        /* ln 1 = +0 exactly: a normaliser of 1 skips the libm call, with the same value (the Swift
+         * passes' logOfNormalizer). */
+        v4 logs = zero4();
+        if (_mm256_movemask_pd(_mm256_cmp_pd(sum, splat(1), _CMP_EQ_OQ)) != 15) {
+            double l[4];
+            _mm256_storeu_pd(l, sum);
+            logs = _mm256_setr_pd(log_of_normalizer(l[0]), log_of_normalizer(l[1]), log_of_normalizer(l[2]),
+                                  log_of_normalizer(l[3]));
+        }
         *entropy = _mm256_sub_pd(logs, _mm256_mul_pd(weighted, inv));
     }
     return minD;
@@ -425,11 +456,9 @@ TARGET static long iterate_avx2(const edkm_window_params *p, const double *value
     const double z = p->zero_threshold;
     *inertiaOut = 0;
     if (rows == 0) return 0;
-    centroid_order order;
-    sort_centroids(c, k, &order);
     long window[MAX_K + 1];
     window_stream stream;
-    window_stream_start(&stream, p, values, rows, &order, c[0]);
+    window_stream_start(&stream, p, values, rows, c);
     v4 sumS[k], sumP[k], s[k + 1];
     for (long j = 0; j < k; j++) sumS[j] = sumP[j] = zero4();
     v4 inertia = zero4(), totalN = zero4(), totalNU = zero4();
@@ -464,11 +493,9 @@ TARGET static long output_avx2(const edkm_window_params *p, const double *values
     double cSum = 0;
     for (long j = 0; j < k; j++) cSum += cLast[j];
     const v4 zc = splat(z * cSum);
-    centroid_order order;
-    sort_centroids(cPrev, k, &order);
     long window[MAX_K + 1];
     window_stream stream;
-    window_stream_start(&stream, p, values, rows, &order, cPrev[0]);
+    window_stream_start(&stream, p, values, rows, cPrev);
     v4 s[k + 1];
     v4 entropy = zero4(), h = zero4();
     for (long m = 0; m < rows; m += 4) {
@@ -490,11 +517,9 @@ TARGET static long backward_last_avx2(const edkm_window_params *p, const double 
     const long k = p->k, rows = count & ~3L;
     const double z = p->zero_threshold;
     if (rows == 0) return 0;
-    centroid_order order;
-    sort_centroids(cPrev, k, &order);
     long window[MAX_K + 1];
     window_stream stream;
-    window_stream_start(&stream, p, values, rows, &order, cPrev[0]);
+    window_stream_start(&stream, p, values, rows, cPrev);
     v4 cbar[k], extra[k], s[k + 1], x[k + 1];
     for (long j = 0; j < k; j++) cbar[j] = extra[j] = zero4();
     v4 totalG = zero4();
@@ -537,11 +562,9 @@ TARGET static long backward_iteration_avx2(const edkm_window_params *p, const do
     double pSum = 0;
     for (long j = 0; j < k; j++) pSum += pbar[j];
     const v4 zp = splat(z * pSum);
-    centroid_order order;
-    sort_centroids(ct, k, &order);
     long window[MAX_K + 1];
     window_stream stream;
-    window_stream_start(&stream, p, values, rows, &order, ct[0]);
+    window_stream_start(&stream, p, values, rows, ct);
     v4 cbar[k], s[k + 1], q[k + 1];
     for (long j = 0; j < k; j++) cbar[j] = zero4();
     const v4 two = splat(2);
@@ -573,11 +596,9 @@ TARGET static long backward_iteration_avx2(const edkm_window_params *p, const do
 TARGET static long choose_avx2(const edkm_window_params *p, const double *values, long count, const double *c,
                                long *windows, long *sizes) {
     const long k = p->k, rows = count & ~3L;
-    centroid_order order;
-    sort_centroids(c, k, &order);
     long window[MAX_K + 1];
     window_stream stream;
-    window_stream_start(&stream, p, values, rows, &order, c[0]);
+    window_stream_start(&stream, p, values, rows, c);
     for (long m = 0; m < rows; m += 4) {
         long w = window_stream_next(&stream, m, window);
         sizes[m / 4] = w;

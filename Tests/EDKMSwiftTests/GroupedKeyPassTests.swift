@@ -1,5 +1,6 @@
 @testable import EDKMSwift
 import EDKMNumerics
+import EDKMSupport
 import Glibc
 import Testing
 
@@ -82,5 +83,54 @@ import Testing
         // 0x7c00 is a finite bf16 (2^121); 0x7f80 is +Inf, 0xffc0 a NaN.
         #expect(KeyPasses.firstNonFiniteKey([hist([0x3f80, 0x7c00, 0x7f7f])], type: .bf16, pool: pool) == nil)
         #expect(KeyPasses.firstNonFiniteKey([hist([0x0001]), hist([0x7f80, 0xffc0])], type: .bf16, pool: pool) == 0x7f80)
+    }
+}
+
+/// The histogram extraction from a full 65,536-entry table (partitions of at least 2^15 keys: runs
+/// of 8 entries, empty runs skipped, the others compacted; the AVX2 kernel and the portable loop) against a scan of every
+/// entry: keys ascending with their counts, the table left zeroed; keys at both ends of the table,
+/// at run boundaries, dense blocks and isolated keys.
+@Suite struct HistogramExtractionTests {
+    @Test(arguments: [UInt64(1), 2, 3])
+    func fullTableExtractionMatchesAScan(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        let count = 1 << 15 + Int(rng.next() % 1000)
+        let fixed: [UInt16] = [0, 7, 8, 15, 16, 65527, 65528, 65535]
+        let keys = (0..<count).map { e -> UInt16 in
+            if e < fixed.count { return fixed[e] }
+            switch rng.next() % 3 {
+            case 0: return UInt16(truncatingIfNeeded: 15_000 + rng.next() % 2_000)  // a dense block
+            case 1: return UInt16(truncatingIfNeeded: rng.next())  // anywhere
+            default: return UInt16(truncatingIfNeeded: 48_000 + 64 * (rng.next() % 100))  // isolated
+            }
+        }
+        let table = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
+        let found = UnsafeMutablePointer<UInt16>.allocate(capacity: 65536 + 8)
+        let counts = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536 + 8)
+        defer { table.deallocate(); found.deallocate(); counts.deallocate() }
+        func fill() {
+            table.initialize(repeating: 0, count: 65536)
+            for key in keys { table[Int(key)] += 1 }
+        }
+        fill()
+        let present = (0..<65536).filter { table[$0] != 0 }
+        let expectedKeys = present.map { UInt16($0) }, expectedCounts = present.map { table[$0] }
+        // The layer's path (the AVX2 kernel where the CPU has it).
+        let h = keys.withUnsafeBufferPointer { KeyPasses.extractClearing(table, $0.baseAddress!, count: count) }
+        #expect(h.keys == expectedKeys && h.counts == expectedCounts, "extractClearing")
+        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "extractClearing leaves the table zeroed")
+        // The portable loop and the kernel, each on its own.
+        fill()
+        let m = KeyPasses.extractFullTable(table, found, counts)
+        #expect(Array(UnsafeBufferPointer(start: found, count: m)) == expectedKeys, "portable loop: keys")
+        #expect(Array(UnsafeBufferPointer(start: counts, count: m)) == expectedCounts, "portable loop: counts")
+        #expect((0..<65536).allSatisfy { table[$0] == 0 }, "portable loop leaves the table zeroed")
+        fill()
+        let n = edkm_kernel_extract_keys(table, found, counts)
+        if n >= 0 {
+            #expect(Array(UnsafeBufferPointer(start: found, count: n)) == expectedKeys, "AVX2 kernel: keys")
+            #expect(Array(UnsafeBufferPointer(start: counts, count: n)) == expectedCounts, "AVX2 kernel: counts")
+            #expect((0..<65536).allSatisfy { table[$0] == 0 }, "AVX2 kernel leaves the table zeroed")
+        }
     }
 }

@@ -73,7 +73,42 @@ import Testing
             for g in 0..<groups where Array(windows[(g * (kernel.k + 1))..<(g * (kernel.k + 1) + sizes[g])]) != want[g] { mismatches += 1 }
             #expect(mismatches == 0, "\(label): AVX2 build, \(mismatches) of \(groups) windows differ")
         }
+        checkEnds(kernel, values, c, want, label)
         return Double(want.reduce(0) { $0 + $1.count }) / Double(max(groups, 1))
+    }
+
+    /// The window ends one pass records and a later pass replays (`WindowEnds`): recorded while
+    /// choosing (the windows still those of the definition), then replayed on rows that are all
+    /// NaN (choosing on them would give [0] for every group, so a replay that chose again would
+    /// fail), in both builds and across them (Swift records, C replays, and the reverse).
+    static func checkEnds(_ kernel: SoftKMeansKernel, _ values: [Double], _ c: [Double], _ want: [[Int]], _ label: String) {
+        let groups = values.count / 4
+        let nan = [Double](repeating: .nan, count: values.count)
+        let swiftEnds = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, 2 * groups))
+        let cEnds = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, 2 * groups))
+        defer { swiftEnds.deallocate(); cEnds.deallocate() }
+        func swiftWindows(_ rows: [Double], _ ends: UnsafeMutablePointer<UInt8>, _ mode: WindowEnds.Mode) -> [[Int]] {
+            var k = kernel
+            k.windowEnds = WindowEnds(ends, mode)
+            return rows.withUnsafeBufferPointer { v in c.withUnsafeBufferPointer { k.chooseWindows(v.baseAddress!, rows.count, $0.baseAddress!) } }
+        }
+        /// The C build's windows, nil where it is not built.
+        func cWindows(_ rows: [Double], _ ends: UnsafeMutablePointer<UInt8>, _ mode: WindowEnds.Mode) -> [[Int]]? {
+            var k = kernel
+            k.windowEnds = WindowEnds(ends, mode)
+            var params = k.windowParameters
+            var windows = [Int](repeating: -1, count: groups * (kernel.k + 1)), sizes = [Int](repeating: 0, count: groups)
+            guard edkm_window_choose(&params, rows, rows.count, c, &windows, &sizes) >= 0 else { return nil }
+            return (0..<groups).map { Array(windows[($0 * (kernel.k + 1))..<($0 * (kernel.k + 1) + sizes[$0])]) }
+        }
+        #expect(swiftWindows(values, swiftEnds, .record) == want, "\(label): Swift build, windows while recording")
+        #expect(swiftWindows(nan, swiftEnds, .replay) == want, "\(label): Swift build, replayed windows")
+        guard let recorded = cWindows(values, cEnds, .record) else { return }
+        #expect(recorded == want, "\(label): AVX2 build, windows while recording")
+        #expect(memcmp(swiftEnds, cEnds, 2 * groups) == 0, "\(label): the builds record different ends")
+        #expect(cWindows(nan, cEnds, .replay) == want, "\(label): AVX2 build, replayed windows")
+        #expect(cWindows(nan, swiftEnds, .replay) == want, "\(label): AVX2 build, the Swift build's ends replayed")
+        #expect(swiftWindows(nan, cEnds, .replay) == want, "\(label): Swift build, the AVX2 build's ends replayed")
     }
 
     static func kernel(bits: Int, tau: Double, keepSparsity: Bool = false, zeroThreshold: Double = 1e-7,
@@ -172,6 +207,74 @@ import Testing
         for tau in Self.taus {
             Self.check(Self.kernel(bits: 3, tau: tau), values, duplicated, "duplicates tau \(tau)")
             Self.check(Self.kernel(bits: 3, tau: tau), values.reversed(), duplicated, "duplicates reversed tau \(tau)")
+        }
+    }
+
+    /// The hard k-means inertia (`DKMEngine.inertia`, which sets the scale-free temperature) searches
+    /// each row's neighbours from the previous row's position: the same positions, so the same sum,
+    /// bit for bit, as a binary search per row, summed in the engine's block order; rows in key
+    /// order, reversed and shuffled, with +-0, rows beyond the outer centroids and duplicated centroids.
+    @Test func hardInertiaMatchesBinarySearch() {
+        var config = ClusteringConfig()
+        config.bits = 4
+        let engine = DKMEngine(config: config, pool: ThreadPool(threads: 3))
+        var rng = SplitMix64(seed: 23)
+        var c = (0..<16).map { _ in (rng.nextUnit() - 0.5) * 0.1 }
+        c[5] = c[9]
+        c[3] = 0
+        var ascending = (0..<5_000).map { _ in (rng.nextUnit() - 0.5) * 0.12 }
+        ascending += [0, -0.0, c[9], c[3], 1, -1]
+        ascending.sort()
+        var shuffled = ascending
+        for i in stride(from: shuffled.count - 1, to: 0, by: -1) { shuffled.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        for (values, label) in [(ascending, "key order"), (Array(ascending.reversed()), "reversed"), (shuffled, "shuffled")] {
+            let v = DoubleBuffer(zeros: values.count), n = DoubleBuffer(zeros: values.count)
+            for m in values.indices { v[m] = values[m]; n[m] = Double(1 + rng.next() % 7) }
+            let rows: [any RowBlocks] = [UniqueValueRows(valuesBuffer: v, countsBuffer: n)]
+            let sorted = c.sorted()
+            let blockRows = engine.blockRows(rows)
+            var expected = 0.0
+            sorted.withUnsafeBufferPointer { cb in
+                for start in stride(from: 0, to: values.count, by: blockRows) {
+                    var block = 0.0
+                    for m in start..<min(values.count, start + blockRows) {
+                        block += n[m] * DKMEngine.nearestSquaredDistance(values[m], sorted: cb)
+                    }
+                    expected += block
+                }
+            }
+            let got = engine.inertia(rows, centroids: [c])[0]
+            #expect(got.bitPattern == expected.bitPattern, "\(label): \(got) against \(expected)")
+        }
+    }
+
+    /// The histogram form's value rows compute the same hard inertia in their pass over the rows
+    /// (`Layer.histogramRows(_:keyType:pool:inertia:)`) as `DKMEngine.inertia` in its own pass:
+    /// bit-identical, for f16 and bf16 keys, partitions of several blocks and of one, 1 and 3 threads.
+    @Test(arguments: [ElementType.f16, .bf16])
+    func histogramRowsInertiaMatchesTheEngine(keyType: ElementType) {
+        var config = ClusteringConfig()
+        config.bits = 4
+        var rng = SplitMix64(seed: keyType == .f16 ? 31 : 37)
+        // Distinct values over 16 binades (bf16 has 128 per binade and sign).
+        let sizes = keyType == .f16 ? [3, 700, 2_500, 9_001] : [3, 700, 2_500]
+        let hists = sizes.map { size -> KeyHistogram in
+            var present = Set<UInt16>()
+            while present.count < size {
+                let value = Float((rng.nextUnit() - 0.5) * 0.2 * Double(sign: .plus, exponent: -Int(rng.next() % 16), significand: 1))
+                let key = keyType == .f16 ? HalfConversion.floatToF16(value) : HalfConversion.floatToBF16(value)
+                if ElementIO.keyValue(key, type: keyType).isFinite { present.insert(key) }
+            }
+            let keys = present.sorted()
+            return KeyHistogram(keys: keys, counts: keys.map { _ in UInt32(1 + rng.next() % 9) })
+        }
+        let initial = sizes.map { _ in (0..<16).map { _ in (rng.nextUnit() - 0.5) * 0.15 } }
+        for threads in [1, 3] {
+            let pool = ThreadPool(threads: threads)
+            let engine = DKMEngine(config: config, pool: pool)
+            let (rows, fused) = Layer.histogramRows(hists, keyType: keyType, pool: pool, inertia: (engine, initial))
+            let separate = engine.inertia(rows, centroids: initial)
+            #expect(fused?.map(\.bitPattern) == separate.map(\.bitPattern), "\(keyType.name), \(threads) threads")
         }
     }
 }

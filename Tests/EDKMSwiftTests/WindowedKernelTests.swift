@@ -71,9 +71,11 @@ import Testing
     static func run(_ engine: DKMEngine, _ rows: [UniqueValueRows], initial: [[Double]], parameters: [EffectiveParameters],
                     gradients: [DoubleBuffer]) -> Run {
         let anyRows: [any RowBlocks] = rows
-        var traces = try! engine.iterate(anyRows, initial: initial, parameters: parameters)
+        // As the layer runs them: the output replays the windows of the iterations' last.
+        let ends = engine.windowEnds(anyRows)
+        var traces = try! engine.iterate(anyRows, initial: initial, parameters: parameters, windowEnds: ends)
         let outputs = rows.map { DoubleBuffer(zeros: $0.rowCount) }
-        engine.output(anyRows, traces: &traces) { p, start, count, f in
+        engine.output(anyRows, traces: &traces, windowEnds: ends) { p, start, count, f in
             for i in 0..<count { outputs[p][start + i] = f[i] }
         }
         let results = try! engine.backward(anyRows, traces: traces) { p, start, _, _ in UnsafePointer(gradients[p].pointer + start) }

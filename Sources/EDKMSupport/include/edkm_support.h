@@ -58,6 +58,11 @@ EDKM_HIDDEN int edkm_kernel_scatter_gradients(int type, const uint16_t *keys, co
  *  show as exponent bits 0x7c00; the sums are then meaningless). */
 EDKM_HIDDEN int edkm_kernel_scatter_f16_units(const uint16_t *keys, const uint16_t *grad, size_t n, int64_t *sums,
                                               uint64_t *state, uint16_t *max_magnitude);
+/** The histogram in a 65,536-entry count table: keys[m] (ascending) and counts[m] of its nonzero
+ *  entries for m < the returned count, the table left zeroed (keys and counts need 65,536 + 8
+ *  entries: whole runs of 8 are stored). Returns -1 when the caller must use its portable loop (the
+ *  same result). */
+EDKM_HIDDEN long edkm_kernel_extract_keys(uint32_t *table, uint16_t *keys, uint32_t *counts);
 /** out[i] = (float)in[i] for binary16 bit patterns; returns 1 when run (F16C), else 0. */
 EDKM_HIDDEN int edkm_kernel_f16_to_f32(const uint16_t *in, float *out, size_t n);
 /** The first i in lo...hi (lo <= hi) minimising prev[i] + cost(i, j), cost(i, j) = 0 where

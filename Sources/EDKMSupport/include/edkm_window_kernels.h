@@ -15,7 +15,19 @@ typedef struct {
     double tau, zero_threshold, prune_threshold, zero_distance;
     /** 1 when keep-sparsity holds (a nonzero row's D_0 is zero_distance and has no adjoint). */
     int keep_sparsity;
+    /** The window ends of the block's groups of four rows, 2 bytes per group (group g at ends[2 g]):
+     *  EDKM_WINDOW_ENDS_NONE (ends unused), _RECORD (each pass that chooses windows writes them) or
+     *  _REPLAY (the passes read them instead of choosing; they must have been recorded on the same
+     *  rows with the same centroids and parameters). Encoding: group g's window is the sorted
+     *  positions lo ..< hi (lo = ends[2 g], hi = ends[2 g + 1] + 1), then centroid 0 if it sits
+     *  outside them; (1, 0) is the window {0} alone. */
+    unsigned char *ends;
+    int ends_mode;
 } edkm_window_params;
+
+#define EDKM_WINDOW_ENDS_NONE 0
+#define EDKM_WINDOW_ENDS_RECORD 1
+#define EDKM_WINDOW_ENDS_REPLAY 2
 
 /* Every pass handles the leading count & ~3 rows, four at a time (lanes = rows), with the same
  * operations in the same order as the Swift passes of the same name, so results are bit-identical;

@@ -1,6 +1,6 @@
 import Glibc
 
-/// An owned, zero-initialised, fixed-size buffer of doubles with a stable address, for per-row
+/// An owned, zero-initialised (unless made `uninitialized`), fixed-size buffer of doubles with a stable address, for per-row
 /// results written from several threads (each thread its own rows).
 final class DoubleBuffer: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Double>
@@ -12,6 +12,13 @@ final class DoubleBuffer: @unchecked Sendable {
         self.count = count
         pointer = .allocate(capacity: Swift.max(count, 1))
         pointer.initialize(repeating: 0, count: Swift.max(count, 1))
+    }
+
+    /// Like `init(zeros:)` without the zeros, for a buffer whose every element the caller writes
+    /// before reading it (saves a pass over fresh memory).
+    init(uninitialized count: Int) {
+        self.count = count
+        pointer = .allocate(capacity: Swift.max(count, 1))
     }
 
     /// For counts that grow with the tensor: `.outOfMemory` when the allocator fails.

@@ -50,10 +50,13 @@ struct DKMEngine {
     /// Rows per block: about 2048 values; for d = 1 layers with fewer than 64 x 2048 rows in all
     /// (per-tensor LUTs on the histogram path), total / 64 rows (a multiple of 4, at least 256).
     /// Fixed by the rows (never by the thread count), so results do not depend on the threads.
-    func blockRows(_ rows: [any RowBlocks]) -> Int {
+    func blockRows(_ rows: [any RowBlocks]) -> Int { blockRows(rowCounts: rows.map(\.rowCount)) }
+
+    /// `blockRows` for partitions of these row counts.
+    func blockRows(rowCounts: [Int]) -> Int {
         let base = max(1, 2048 / config.clusterDim)
         if config.clusterDim != 1 { return base }
-        let total = rows.reduce(0) { $0 + $1.rowCount }
+        let total = rowCounts.reduce(0, +)
         let share = (total + DKMEngine.minimumBlocks - 1) / DKMEngine.minimumBlocks
         return min(base, max(256, (share + 3) & ~3))
     }
@@ -63,7 +66,22 @@ struct DKMEngine {
         SoftKMeansKernel(config: config, tau: trace.parameters.tau, prune: trace.parameters.prune, windowed: windowed)
     }
 
-    private struct BlockItem { var partition: Int; var start: Int; var count: Int }
+    /// The kernel of one block, recording or replaying the block's window ends in `ends` (nil:
+    /// the passes choose their windows).
+    func kernel(_ trace: PartitionTrace, block item: BlockItem, ends: WindowEndsBuffer?, _ mode: WindowEnds.Mode) -> SoftKMeansKernel {
+        var kernel = kernel(trace)
+        kernel.windowEnds = ends?.ends(partition: item.partition, start: item.start, mode)
+        return kernel
+    }
+
+    /// A buffer for the window ends of `rows` that `iterate` records and `output` replays (nil
+    /// where the passes use no windows: d > 1, windows off). Without maps only: pass nil to both
+    /// when `iterate` writes maps (those passes run on all k centroids).
+    func windowEnds(_ rows: [any RowBlocks]) -> WindowEndsBuffer? {
+        WindowEndsBuffer(rows, config: config, windowed: windowed)
+    }
+
+    struct BlockItem { var partition: Int; var start: Int; var count: Int }
 
     /// For blocks made by `blocks(rows, partitions:)`: the blocks of partitions[a] are
     /// firstItem[a] ..< firstItem[a + 1].
@@ -96,12 +114,15 @@ struct DKMEngine {
     /// (k x d, Double), with coremltools' early stop. `prepare(t)` (optional) runs before
     /// iteration t (to allocate where its maps go; an error stops the forward) and
     /// `mapSink(p, t, start, count)` returns where to store the D and s maps (count x k floats
-    /// each) of those rows.
+    /// each) of those rows. `windowEnds` (optional, without maps): where each partition's windows
+    /// of its last iteration are left for `output`.
     func iterate(_ rows: [any RowBlocks], initial: [[Double]], parameters: [EffectiveParameters],
                  prepare: ((Int) throws(EDKMError) -> Void)? = nil,
-                 mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil)
+                 mapSink: ((Int, Int, Int, Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>))? = nil,
+                 windowEnds: WindowEndsBuffer? = nil)
         throws(EDKMError) -> [PartitionTrace]
     {
+        let ends = mapSink == nil ? windowEnds : nil
         let k = config.k, d = config.clusterDim
         let P = rows.count
         var traces = (0..<P).map { PartitionTrace(centroids: [initial[$0]], normalizers: [], inertia: 0, parameters: parameters[$0]) }
@@ -126,8 +147,8 @@ struct DKMEngine {
                             let counts = rows[item.partition].counts(start: item.start, count: item.count)
                             let maps = mapSink?(item.partition, t, item.start, item.count)
                             c.withUnsafeBufferPointer { cb in
-                                acc[stride - 1] = kernel(tracesBuf[item.partition]).iterateBlock(values, counts, item.count,
-                                                                                                 cb.baseAddress!, acc, maps: maps)
+                                acc[stride - 1] = kernel(tracesBuf[item.partition], block: item, ends: ends, .record)
+                                    .iterateBlock(values, counts, item.count, cb.baseAddress!, acc, maps: maps)
                             }
                         }
                     }
@@ -176,7 +197,9 @@ struct DKMEngine {
 
     /// Per partition p: sum over rows m of n_m min_j ||v_m - c_j||^2 (no prune bias) for the
     /// centroids c[p] (k x d): the hard k-means inertia. Blocked like `iterate`, so the result
-    /// does not depend on the thread count. O(rows log k) for d = 1, O(rows k d) otherwise.
+    /// does not depend on the thread count. d = 1: each row's neighbours by a search started from the
+    /// previous row's position (the same position as a binary search: `SoftKMeansKernel.lowerBound`),
+    /// O(1) per row for rows in key order, O(log k) otherwise; O(rows k d) for d > 1.
     func inertia(_ rows: [any RowBlocks], centroids: [[Double]]) -> [Double] {
         let k = config.k, d = config.clusterDim
         let sorted = d == 1 ? centroids.map { $0.sorted() } : centroids
@@ -191,9 +214,15 @@ struct DKMEngine {
                     let n = rows[item.partition].counts(start: item.start, count: item.count)
                     out[i] = sorted[item.partition].withUnsafeBufferPointer { c in
                         var sum = 0.0
+                        var position = 0
                         for r in 0..<item.count {
-                            let best = d == 1 ? DKMEngine.nearestSquaredDistance(v[r], sorted: c)
-                                              : DKMEngine.nearestSquaredDistance(v + r * d, c, k: k, d: d)
+                            let best: Double
+                            if d == 1 {
+                                position = SoftKMeansKernel.lowerBound(c.baseAddress!, count: k, v[r], from: position)
+                                best = DKMEngine.nearestSquaredDistance(v[r], sorted: c, lowerBound: position)
+                            } else {
+                                best = DKMEngine.nearestSquaredDistance(v + r * d, c, k: k, d: d)
+                            }
                             sum += (n?[r] ?? 1) * best
                         }
                         return sum
@@ -214,6 +243,12 @@ struct DKMEngine {
             let mid = (lo + hi) / 2
             if c[mid] < x { lo = mid + 1 } else { hi = mid }
         }
+        return nearestSquaredDistance(x, sorted: c, lowerBound: lo)
+    }
+
+    /// min_j (x - c_j)^2 for ascending c, given lo = the first index with c >= x (c.count if none).
+    @inline(__always)
+    static func nearestSquaredDistance(_ x: Double, sorted c: UnsafeBufferPointer<Double>, lowerBound lo: Int) -> Double {
         var best = Double.infinity
         if lo < c.count { best = (c[lo] - x) * (c[lo] - x) }
         if lo > 0 { best = Swift.min(best, (x - c[lo - 1]) * (x - c[lo - 1])) }
@@ -236,8 +271,9 @@ struct DKMEngine {
     }
 
     /// Soft output rows f_m = sum_j A^{T-1}_mj c^T_j; `sink(p, start, count, f)` receives count x d values.
-    /// Also sets every trace's `entropySum`.
-    func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace],
+    /// Also sets every trace's `entropySum`. `windowEnds`: the buffer `iterate` recorded into on the
+    /// same rows (its last iterations' windows are the ones the output needs), or nil.
+    func output(_ rows: [any RowBlocks], traces: inout [PartitionTrace], windowEnds: WindowEndsBuffer? = nil,
                 sink: (Int, Int, Int, UnsafePointer<Double>) -> Void)
     {
         let d = config.clusterDim
@@ -257,8 +293,8 @@ struct DKMEngine {
                     let counts = rows[item.partition].counts(start: item.start, count: item.count)
                     trace.centroids[T - 1].withUnsafeBufferPointer { cPrev in
                         trace.centroids[T].withUnsafeBufferPointer { cLast in
-                            entropyOut[i] = kernel(trace).outputBlock(values, counts, item.count, cPrev.baseAddress!,
-                                                                      cLast.baseAddress!, f)
+                            entropyOut[i] = kernel(trace, block: item, ends: windowEnds, .replay)
+                                .outputBlock(values, counts, item.count, cPrev.baseAddress!, cLast.baseAddress!, f)
                         }
                     }
                     sink(item.partition, item.start, item.count, f)
@@ -302,6 +338,8 @@ struct DKMEngine {
         let lastPtrs = results.map { $0.last.pointer }
         let rPtrs = results.map { $0.r.pointer }
         let items = blocks(rows, partitions: Array(0..<P))
+        // The windows of c^{T-1}: chosen by pass 1, replayed by the first reverse iteration.
+        let ends = savedSoftmax == nil ? windowEnds(rows) : nil
         // Pass 1: the output y = A^{T-1} c^T. Per block: cbar^T partial (k x d) and extra (k x d).
         let stride1 = 2 * k * d
         var partials = [Double](repeating: 0, count: items.count * stride1)
@@ -322,8 +360,9 @@ struct DKMEngine {
                         let last = lastPtrs[item.partition] + item.start * d
                         trace.centroids[T - 1].withUnsafeBufferPointer { cPrevB in
                             trace.centroids[T].withUnsafeBufferPointer { cLastB in
-                                kernel(trace).backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
-                                                         saved: saved, last, acc)
+                                kernel(trace, block: item, ends: ends, .record)
+                                    .backwardLastBlock(values, G, item.count, cPrevB.baseAddress!, cLastB.baseAddress!,
+                                                       saved: saved, last, acc)
                             }
                         }
                     }
@@ -393,7 +432,8 @@ struct DKMEngine {
                             trace.centroids[t].withUnsafeBufferPointer { ctB in
                                 // the update P/S itself (before any LUT quantization: straight-through)
                                 (trace.rawCentroids.isEmpty ? trace.centroids : trace.rawCentroids)[t + 1].withUnsafeBufferPointer { cnB in
-                                    kernel(trace).backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
+                                    kernel(trace, block: item, ends: step == 0 ? ends : nil, .replay)
+                                        .backwardIterationBlock(values, counts, item.count, ctB.baseAddress!, cnB.baseAddress!,
                                                                          pbarAll + item.partition * kd, saved: saved, r, acc,
                                                                          accumulate: t > 0)
                                 }

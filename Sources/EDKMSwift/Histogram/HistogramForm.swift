@@ -32,11 +32,23 @@ extension Layer {
     /// The rows the engine reads: the keys' values (as `keyType`) and counts, per partition
     /// (made in parallel over partitions).
     static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType, pool: ThreadPool) -> [any RowBlocks] {
+        histogramRows(hists, keyType: keyType, pool: pool, inertia: nil).rows
+    }
+
+    /// `histogramRows`, and with `inertia` (an engine and each partition's initial centroids) also
+    /// `engine.inertia(rows, centroids:)` in the same pass over the rows: the same sums in the same
+    /// order (rows in blocks of `engine.blockRows`, each block's sum added in block order; each row's
+    /// neighbours by the search the engine uses), bit-identical, without reading the rows again.
+    static func histogramRows(_ hists: [KeyHistogram], keyType: ElementType, pool: ThreadPool,
+                              inertia: (engine: DKMEngine, centroids: [[Double]])?) -> (rows: [any RowBlocks], inertia: [Double]?) {
+        let blockRows = inertia.map { $0.engine.blockRows(rowCounts: hists.map(\.distinctCount)) } ?? 0
+        let k = inertia?.engine.config.k ?? 0
         // The values as ElementIO.keyValue gives them, through the f16 table held once.
-        HalfConversion.f16Table.withUnsafeBufferPointer { f16 in
-            pool.parallelMap(hists.count) { p -> any RowBlocks in
-                let values = DoubleBuffer(zeros: hists[p].distinctCount)
-                let counts = DoubleBuffer(zeros: hists[p].distinctCount)
+        let made = HalfConversion.f16Table.withUnsafeBufferPointer { f16 in
+            pool.parallelMap(hists.count) { p -> (any RowBlocks, Double) in
+                let values = DoubleBuffer(uninitialized: hists[p].distinctCount)  // every entry written below
+                let counts = DoubleBuffer(uninitialized: hists[p].distinctCount)
+                var total = 0.0
                 hists[p].keys.withUnsafeBufferPointer { keys in
                     hists[p].counts.withUnsafeBufferPointer { n in
                         for m in 0..<keys.count {
@@ -46,9 +58,23 @@ extension Layer {
                         }
                     }
                 }
-                return UniqueValueRows(valuesBuffer: values, countsBuffer: counts)
+                if let inertia {
+                    inertia.centroids[p].sorted().withUnsafeBufferPointer { c in
+                        var position = 0
+                        for start in stride(from: 0, to: values.count, by: blockRows) {
+                            var block = 0.0
+                            for m in start..<Swift.min(values.count, start + blockRows) {
+                                position = SoftKMeansKernel.lowerBound(c.baseAddress!, count: k, values[m], from: position)
+                                block += counts[m] * DKMEngine.nearestSquaredDistance(values[m], sorted: c, lowerBound: position)
+                            }
+                            total += block
+                        }
+                    }
+                }
+                return (UniqueValueRows(valuesBuffer: values, countsBuffer: counts), total)
             }
         }
+        return (made.map(\.0), inertia == nil ? nil : made.map(\.1))
     }
 
     /// The DKM iterations and the soft values on the histograms (the keys must be finite values of
@@ -56,12 +82,19 @@ extension Layer {
     /// what its mode keeps per iteration (UNIQUIFY/SHARD: the U x k tables).
     func histogramCore(_ hists: [KeyHistogram], keyType: ElementType, initial: [[Double]], vectors: Int,
                        builder: SavedStateBuilder?) throws(EDKMError) -> HistogramCoreRun {
-        let rows = Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool)
-        let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors)
+        // The scale-free temperature's hard inertia in the same pass as the rows.
+        let (rows, inertia) = Layer.histogramRows(hists, keyType: keyType, pool: runtime.pool,
+                                                  inertia: config.temperatureMode == .scaleFree && config.clusterDim == 1
+                                                      ? (engine, initial) : nil)
+        let parameters = try effectiveParameters(rows, initial: initial, vectors: vectors, inertia: inertia)
+        let mapSink = builder?.mapSink
+        // Without maps the output replays the windows of each partition's last iteration.
+        let ends = mapSink == nil ? engine.windowEnds(rows) : nil
         var traces = try engine.iterate(rows, initial: initial, parameters: parameters,
-                                        prepare: builder?.prepare, mapSink: builder?.mapSink)
-        let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(zeros: hists[$0].distinctCount) }
-        engine.output(rows, traces: &traces) { p, start, count, values in
+                                        prepare: builder?.prepare, mapSink: mapSink, windowEnds: ends)
+        // Every row's soft value is written by the output's blocks, which cover all rows.
+        let f = runtime.pool.parallelMap(hists.count) { DoubleBuffer(uninitialized: hists[$0].distinctCount) }
+        engine.output(rows, traces: &traces, windowEnds: ends) { p, start, count, values in
             (f[p].pointer + start).update(from: values, count: count)
         }
         return HistogramCoreRun(traces: traces, softValues: f, entropy: traces.reduce(0) { $0 + $1.entropySum },

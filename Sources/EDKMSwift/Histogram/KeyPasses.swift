@@ -207,30 +207,45 @@ enum KeyPasses {
         return h
     }
 
+    /// The nonzero entries of a full 65,536-entry table, keys ascending, into found and counts (65,536
+    /// entries each), the table left zeroed; returns how many (the portable loop of
+    /// `edkm_kernel_extract_keys`, the same result): runs of 8 entries, an empty run skipped by one
+    /// test, the others compacted without branches.
+    static func extractFullTable(_ table: UnsafeMutablePointer<UInt32>, _ found: UnsafeMutablePointer<UInt16>,
+                                 _ counts: UnsafeMutablePointer<UInt32>) -> Int {
+        var m = 0  // <= the key written below, so every write is in bounds
+        for run in stride(from: 0, to: 65536, by: 8) {
+            let t = table + run
+            if (t[0] | t[1] | t[2] | t[3] | t[4] | t[5] | t[6] | t[7]) == 0 { continue }
+            for e in 0..<8 {
+                let n = t[e]
+                found[m] = UInt16(truncatingIfNeeded: run &+ e)
+                counts[m] = n
+                t[e] = 0
+                m &+= n != 0 ? 1 : 0
+            }
+        }
+        return m
+    }
+
     /// The histogram in `table` of the `count` keys at `keys` (the keys counted into it), leaving
-    /// the table zeroed. Few keys: a 65,536-bit map of the keys present, built in one pass over
-    /// them, is scanned instead of the table (O(count + 1024 + U) rather than O(65,536)).
+    /// the table zeroed. Many keys: one pass over the table in runs of 8 entries, a run without keys
+    /// skipped by one test (most of the table for weights of one scale), the others compacted
+    /// (`edkm_kernel_extract_keys`, AVX2, or `extractFullTable`). Few keys: a 65,536-bit
+    /// map of the keys present, built in one pass over them, is scanned instead of the table
+    /// (O(count + 1024 + U) rather than O(65,536)).
     static func extractClearing(_ table: UnsafeMutablePointer<UInt32>, _ keys: UnsafePointer<UInt16>,
                                 count: Int) -> KeyHistogram {
         if count >= 1 << 15 {
-            var distinct = 0
-            for key in 0..<65536 where table[key] != 0 { distinct += 1 }
-            var m = 0
-            let found = [UInt16](unsafeUninitializedCapacity: distinct) { b, n in
-                for key in 0..<65536 where table[key] != 0 {
-                    b[m] = UInt16(key)
-                    m += 1
+            return withUnsafeTemporaryAllocation(of: UInt16.self, capacity: 65536 + 8) { kb in
+                withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 65536 + 8) { cb in
+                    let found = kb.baseAddress!, counts = cb.baseAddress!
+                    var m = edkm_kernel_extract_keys(table, found, counts)
+                    if m < 0 { m = extractFullTable(table, found, counts) }
+                    return KeyHistogram(keys: Array(UnsafeBufferPointer(start: found, count: m)),
+                                        counts: Array(UnsafeBufferPointer(start: counts, count: m)))
                 }
-                n = distinct
             }
-            let counts = [UInt32](unsafeUninitializedCapacity: distinct) { b, n in
-                for (m, key) in found.enumerated() {
-                    b[m] = table[Int(key)]
-                    table[Int(key)] = 0
-                }
-                n = distinct
-            }
-            return KeyHistogram(keys: found, counts: counts)
         }
         return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 1024) { bits in
             let map = bits.baseAddress!

@@ -83,8 +83,9 @@ extension Layer {
     /// a scale-free factor times a tiny distortion) is rejected: the softmax exp(-(D - min D)/tau)
     /// would be 0 x Inf = NaN on the nearest centroid.
     func effectiveParameters(_ rows: [any RowBlocks], initial c0: [[Double]], vectors: Int,
-                             checkTemperature: Bool = true) throws(EDKMError) -> [EffectiveParameters] {
-        let inertia = config.temperatureMode == .scaleFree ? engine.inertia(rows, centroids: c0)
+                             checkTemperature: Bool = true, inertia known: [Double]? = nil) throws(EDKMError) -> [EffectiveParameters] {
+        // `known`: engine.inertia(rows, centroids: c0), computed by the caller (scale-free mode).
+        let inertia = config.temperatureMode == .scaleFree ? known ?? engine.inertia(rows, centroids: c0)
                                                             : [Double](repeating: 0, count: c0.count)
         let config = config
         let parameters = runtime.pool.parallelMap(c0.count) {

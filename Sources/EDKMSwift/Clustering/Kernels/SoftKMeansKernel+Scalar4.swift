@@ -42,9 +42,20 @@ extension SoftKMeansKernel {
         }
         let inv = 1 / sum
         for q in 0..<count { s[q] *= inv }
-        if let entropy { entropy.pointee = V4(log(sum[0]), log(sum[1]), log(sum[2]), log(sum[3])) - weighted * inv }
+        if let entropy {
+            // ln 1 = +0 exactly: a normaliser of 1 (every other term below half an ulp of the
+            // argmin's, most rows at a small tau) skips the libm call, with the same value.
+            let logs = sum == V4(repeating: 1) ? V4(repeating: 0)
+                : V4(SoftKMeansKernel.logOfNormalizer(sum[0]), SoftKMeansKernel.logOfNormalizer(sum[1]),
+                     SoftKMeansKernel.logOfNormalizer(sum[2]), SoftKMeansKernel.logOfNormalizer(sum[3]))
+            entropy.pointee = logs - weighted * inv
+        }
         return minD
     }
+
+    /// log(x), with x = 1 answered without the call (+0, libm's value).
+    @inline(__always)
+    static func logOfNormalizer(_ x: Double) -> Double { x == 1 ? 0 : log(x) }
 
     /// A term of centroid j's distance adjoint for four rows u: zero in the lanes where keep-sparsity
     /// makes D_0 a constant (j = 0, nonzero u).

@@ -77,6 +77,12 @@ extension SoftKMeansKernel {
     /// hint, two when the answer is the hint.
     @inline(__always)
     func lowerBound(_ sorted: UnsafePointer<Double>, _ x: Double, from hint: Int) -> Int {
+        SoftKMeansKernel.lowerBound(sorted, count: k, x, from: hint)
+    }
+
+    /// `lowerBound(_:_:from:)` over `k` ascending values (also `DKMEngine.inertia`'s search).
+    @inline(__always)
+    static func lowerBound(_ sorted: UnsafePointer<Double>, count k: Int, _ x: Double, from hint: Int) -> Int {
         var lo: Int, hi: Int  // the answer lies in [lo, hi]; hi == k or sorted[hi] >= x
         if hint < k && sorted[hint] < x {
             lo = hint &+ 1
@@ -174,6 +180,15 @@ extension SoftKMeansKernel {
         cursor.left = lo
         cursor.right = hi
         while hi < k && order.sorted[hi] <= right { hi += 1 }  // equal values at the right edge
+        return windowRun(lo, hi, order, window, &cursor)
+    }
+
+    /// Writes into `window` the centroids at the sorted positions lo ..< hi, then centroid 0 if it
+    /// lies outside them; returns how many. When the positions are the cursor's (the previous
+    /// group's), `window` already holds them and is not rewritten.
+    @inline(__always)
+    func windowRun(_ lo: Int, _ hi: Int, _ order: CentroidOrder, _ window: UnsafeMutablePointer<Int>,
+                _ cursor: inout WindowCursor) -> Int {
         if lo == cursor.lo && hi == cursor.hi { return cursor.count }
         var count = 0
         for q in lo..<Swift.max(lo, hi) {
@@ -191,12 +206,13 @@ extension SoftKMeansKernel {
     }
 
     /// The windows `window4` chooses for the groups of four rows of `values` (the leading count & ~3),
-    /// in order, with the centroids c: each group's centroid indices (tests).
+    /// in order, with the centroids c: each group's centroid indices (tests). With `windowEnds`,
+    /// recorded or replayed as the passes do.
     func chooseWindows(_ values: UnsafePointer<Double>, _ count: Int, _ c: UnsafePointer<Double>) -> [[Int]] {
         withCentroidOrder(c) { order, window in
             var cursor = WindowCursor()
             return stride(from: 0, to: count & ~3, by: 4).map { m in
-                let w = window4(load4(values + m), order, c[0], window, &cursor)
+                let w = window4(load4(values + m), order, c[0], window, &cursor, group: m / 4)
                 return Array(UnsafeBufferPointer(start: window, count: w))
             }
         }
@@ -237,7 +253,7 @@ extension SoftKMeansKernel {
                 while m < rows {
                     let u = load4(values + m)
                     let n = counts.map { load4($0 + m) } ?? V4(repeating: 1)
-                    let w = window4(u, order, c[0], window, &cursor)
+                    let w = window4(u, order, c[0], window, &cursor, group: m / 4)
                     inertia += n * windowSoftmax4(u, c, window, w, s, expTable)
                     totalN += n
                     totalNU += n * u
@@ -279,7 +295,7 @@ extension SoftKMeansKernel {
                 let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    let w = window4(u, order, cPrev[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, cPrev, window, w, s, expTable, entropy: &h)
                     entropy += (counts.map { load4($0 + m) } ?? V4(repeating: 1)) * h
                     var out = V4(repeating: 0)
@@ -312,7 +328,7 @@ extension SoftKMeansKernel {
                 while m < rows {
                     let u = load4(values + m)
                     let g = load4(G + m)
-                    let w = window4(u, order, cPrev[0], window, &cursor)
+                    let w = window4(u, order, cPrev[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, cPrev, window, w, s, expTable)
                     totalG += g
                     for q in 0..<w {
@@ -362,7 +378,7 @@ extension SoftKMeansKernel {
                 let expTable = edkm_window_exp_table()!
                 while m < rows {
                     let u = load4(values + m)
-                    let w = window4(u, order, ct[0], window, &cursor)
+                    let w = window4(u, order, ct[0], window, &cursor, group: m / 4)
                     _ = windowSoftmax4(u, ct, window, w, s, expTable)
                     var rr = load4(r + m) + zp
                     for i in 0..<w {

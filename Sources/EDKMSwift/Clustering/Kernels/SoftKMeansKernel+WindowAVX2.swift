@@ -10,7 +10,8 @@ extension SoftKMeansKernel {
     /// The constants the C passes read.
     var windowParameters: edkm_window_params {
         edkm_window_params(k: k, tau: tau, zero_threshold: zeroThreshold, prune_threshold: pruneThreshold,
-                           zero_distance: zeroDistance, keep_sparsity: keepSparsity ? 1 : 0)
+                           zero_distance: zeroDistance, keep_sparsity: keepSparsity ? 1 : 0,
+                           ends: windowEnds?.pointer, ends_mode: windowEnds?.cMode ?? EDKM_WINDOW_ENDS_NONE)
     }
 
     func avx2Iterate(_ values: UnsafePointer<Double>, _ counts: UnsafePointer<Double>?, _ count: Int,

@@ -36,6 +36,9 @@ struct SoftKMeansKernel {
     /// partition's distortion sigma^2 = tau / config.tau, as tau and the prune threshold are);
     /// +infinity when z = 0. Unused otherwise.
     @usableFromInline let zeroDistance: Double
+    /// The block's window ends, recorded or replayed by the windowed d = 1 passes
+    /// (`SoftKMeansKernel+WindowEnds`); nil: every pass chooses its windows.
+    var windowEnds: WindowEnds?
 
     init(config: ClusteringConfig, tau: Double, prune: Double, windowed: Bool = true) {
         k = config.k
