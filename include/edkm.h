@@ -84,8 +84,8 @@ extern "C" {
 
 #define EDKM_VERSION_MAJOR 0
 #define EDKM_VERSION_MINOR 8
-#define EDKM_VERSION_PATCH 0
-/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 800 for 0.8.0.
+#define EDKM_VERSION_PATCH 1
+/** MAJOR * 10000 + MINOR * 100 + PATCH, e.g. 801 for 0.8.1.
  *  0.2: the default temperature_mode became EDKM_TEMPERATURE_SCALE_FREE (tau 0.1); a program that
  *  sets an absolute tau must also set temperature_mode = EDKM_TEMPERATURE_ABSOLUTE.
  *  0.3: the histogram form (edkm_layer_forward_histogram, edkm_saved_state_backward_histogram) for
@@ -102,7 +102,10 @@ extern "C" {
  *  (coremltools' keep-sparsity rule) and the channel scale with edkm_layer_forward_shard.
  *  0.7: edkm_layer_forward_histogram takes a layer with a channel scale (its factors fixed first).
  *  0.8: no interface change; the windowed passes use a table-driven exp (results can differ from
- *       0.7 in the last bits of float64 intermediates, within float32 rounding of the outputs). */
+ *       0.7 in the last bits of float64 intermediates, within float32 rounding of the outputs).
+ *  0.8.1: no interface change, the same results; calls that returned EDKM_OK with non-finite
+ *       results on a channel-scaled layer (w / s overflowing in init_centroids, an infinite
+ *       extremum from a peer in forward_shard's factor exchange) now return EDKM_ERR_NON_FINITE. */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.

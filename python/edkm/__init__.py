@@ -37,7 +37,7 @@ from .core import (
     unpack_labels,
 )
 
-__version__ = "0.8.0"
+__version__ = "0.8.1"
 
 if "edkm_version_number" not in _ffi.missing_symbols:
     _lib_major = _ffi.edkm_version_number() // 10000

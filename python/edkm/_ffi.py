@@ -45,7 +45,7 @@ from pathlib import Path
 # #define EDKM_VERSION_MAJOR 0 / MINOR 4 / PATCH 0: the header this binding mirrors.
 EDKM_VERSION_MAJOR = 0
 EDKM_VERSION_MINOR = 8
-EDKM_VERSION_PATCH = 0
+EDKM_VERSION_PATCH = 1
 EDKM_VERSION_NUMBER = EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH
 
 # ============================ Status (typedef enum edkm_status) ============================
