@@ -251,7 +251,10 @@ static void cs_compare_backwards(LY *L, edkm_saved_state *sb, edkm_saved_state *
     for (size_t i = 0; i < N; i++) {
         double s = f[i / rowlen], x = (double)gp[i] * h[slot[i]], want = (x + r[slot[i]]) / s;
         if (!isfinite((float)want) || !isfinite(gi[i])) continue;   /* beyond float: rounded to +-Inf, as documented */
-        double tol = 1e-6 * (fabs(x) + fabs(r[slot[i]])) / s + 3e-45 / s + 1e-300;
+        /* float rounding of the terms (1e-6 relative), of J^T g' to float before the division
+         * (3e-45 / s: two subnormal steps of the undivided value), and of the result itself: a
+         * subnormal dL/dw_i lies on the 1.4e-45 grid whatever s is (FLT_TRUE_MIN). */
+        double tol = 1e-6 * (fabs(x) + fabs(r[slot[i]])) / s + 3e-45 / s + 1.5e-45;
         if (!(fabs((double)gi[i] - want) <= tol)) {
             fail("histogram form vs buffer backward: element %zu (row factor %g): (g' h + r) / s = %.9g, the buffer backward gave "
                  "%.9g (g %g, h %g, r %g; dtype %d, bits %u, N %zu, U %zu, tm %d)", i, s, want, (double)gi[i], (double)g[i],
