@@ -393,6 +393,23 @@ def test_wrong_element_count_raises_shape(lib, rt):
         assert ei.value.status == lib._ffi.EDKM_ERR_SHAPE
 
 
+@pytest.mark.parametrize("scale", [1e-40, 1e-44])
+def test_init_on_subnormal_f32_weights_gives_finite_centroids(lib, rt, scale):
+    """f32 weights with an RMS below 2^-126 (subnormal floats) in a partition of over 65,536
+    weights: the initialisation rounds them to f16 keys after multiplying by a power of two, which
+    must stay a finite float (2^126 at most; 2^-l for the RMS's exponent l would be +Inf and every
+    key Inf). The centroids must be finite and within the weights' range."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((300, 256)) * scale).astype(np.float32)
+    assert np.sqrt(np.mean(w.astype(np.float64) ** 2)) < 2.0 ** -126
+    with lib.Layer(rt, w.shape, bits=2) as layer:
+        layer.init_centroids(w)
+        c = np.asarray(layer.centroids, dtype=np.float64)
+        assert np.all(np.isfinite(c)), c
+        assert np.all(np.abs(c) <= np.abs(w).max()), (c, np.abs(w).max())
+        assert len(np.unique(c)) > 1, c
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_raise(lib, rt, dtype, bad):

@@ -282,6 +282,9 @@ typedef struct {
     int has_centroids;
     int last_degenerate;   /* the last forward was a K6 one (NaN traces) */
     double entropy_scale;  /* forward_shard with a mirrored communicator: counts are world x the slice's */
+    double cent_maxabs;    /* the largest |weight| (v = w / s with a channel scale) any successful
+                              init_centroids or forward clustered: a centroid no later weight attends
+                              keeps its value, so later outputs can reach it */
     uint64_t forwards;
     int has_export;
     Buf lut, packed;
@@ -1198,7 +1201,8 @@ static void op_forward(int shard) {
         if (!isfinite(v)) {
             /* with a zero threshold the clamped attention is not renormalised: |w~| <= max|c| (1 + k z),
              * which may exceed the output dtype's range (centroids from set_centroids reach ~500) */
-            double bound = (info.maxabs > 500 ? info.maxabs : 500) * (1.0 + (double)L->k * L->cfg.zero_threshold) * out_scale;
+            double cmax = info.maxabs > L->cent_maxabs ? info.maxabs : L->cent_maxabs;
+            double bound = (cmax > 500 ? cmax : 500) * (1.0 + (double)L->k * L->cfg.zero_threshold) * out_scale;
             if (!((valid_out == EDKM_DTYPE_F16 && bound > 65504) || bound > 3.4e38)) {
                 fail("%s output[%zu] = %g is not finite (max |w| %g; layer bits %u T %u tau %g eps %g zero %g prune %g "
                      "temperature_mode %d alg %d groups %zu; dtype %d)", name, i, (double)v, info.maxabs, L->cfg.bits,
@@ -1209,6 +1213,7 @@ static void op_forward(int shard) {
         }
     }
     L->has_centroids = 1;
+    if (info.maxabs > L->cent_maxabs) L->cent_maxabs = info.maxabs;
     L->forwards++;
     L->last_degenerate = 0;
     L->entropy_scale = shard ? (double)R->world * (double)count / (double)N : 1.0;  /* entropy sum / N */
@@ -1711,6 +1716,7 @@ static void op_init_centroids(void) {
     if (check_status("edkm_layer_init_centroids", s, fault, maybe)) {
         free(before);
         L->has_centroids = 1;
+        if (info.maxabs > L->cent_maxabs) L->cent_maxabs = info.maxabs;
         cs_after_success(L, csf, "edkm_layer_init_centroids");
         csf = NULL;
         if (!g_hit_known && dtype == EDKM_DTYPE_F32 && L->cfg.f32_key_dtype == EDKM_DTYPE_F16 && L->E > 65536 && info.key_inf_f16 &&

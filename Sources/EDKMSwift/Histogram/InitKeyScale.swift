@@ -24,7 +24,11 @@ struct InitKeyScale {
         for i in 0..<count { sum += Double(f[i]) * Double(f[i]) }
         let rms = count > 0 ? (sum / Double(count)).squareRoot() : 0
         guard rms.isFinite && rms > 0 else { self = .one; return }
-        let l = rms.exponent  // floor(log2(rms)) for a positive finite double
+        // floor(log2(rms)) for a positive finite double; at least -126 so that 2^-l stays a finite
+        // Float (RMS below 2^-126, e.g. subnormal weights or w / s with a large channel scale
+        // factor, would make it +Inf and every key Inf): such weights get 2^126, which takes even
+        // the smallest float (2^-149) to 2^-23, above f16's smallest subnormal (2^-24)
+        let l = max(rms.exponent, -126)
         guard l < -12 || l > 8 else { self = .one; return }
         factor = Float(sign: .plus, exponent: -l, significand: 1)
         inverse = Double(sign: .plus, exponent: l, significand: 1)
