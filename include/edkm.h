@@ -105,7 +105,9 @@ extern "C" {
  *       0.7 in the last bits of float64 intermediates, within float32 rounding of the outputs).
  *  0.8.1: no interface change, the same results; calls that returned EDKM_OK with non-finite
  *       results on a channel-scaled layer (w / s overflowing in init_centroids, an infinite
- *       extremum from a peer in forward_shard's factor exchange) now return EDKM_ERR_NON_FINITE. */
+ *       extremum from a peer in forward_shard's factor exchange) now return EDKM_ERR_NON_FINITE;
+ *       edkm_layer_init_centroids on f32 weights with an RMS below 2^-126 gives finite centroids
+ *       (it returned Inf or NaN ones with EDKM_OK). */
 #define EDKM_VERSION_NUMBER (EDKM_VERSION_MAJOR * 10000 + EDKM_VERSION_MINOR * 100 + EDKM_VERSION_PATCH)
 
 /** The library's version as EDKM_VERSION_NUMBER computes it; compare with the header's.
